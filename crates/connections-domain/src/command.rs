@@ -1,0 +1,69 @@
+//! What a user asks of their connections.
+
+use crate::ids::{AgentId, ConnectionId, ConnectionName, CredentialKind, OwnerId, ServiceName, SkillName};
+
+/// A command together with the user who issued it. Only the owner of the
+/// state may act on it; for anyone else the connections do not exist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// The authenticated user issuing the command.
+    pub actor: OwnerId,
+    /// What they ask for.
+    pub command: Command,
+}
+
+/// Every change a user can make. Secrets are not part of commands: the
+/// credential is sealed at the edge and only its kind reaches the domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Create a connection (its id minted by the caller), optionally assigning
+    /// it at once to the agent whose connector skill is being configured.
+    CreateConnection {
+        /// The new connection's id.
+        connection_id: ConnectionId,
+        /// The service it authenticates to.
+        service: ServiceName,
+        /// Its display name.
+        name: ConnectionName,
+        /// The shape of its credential.
+        credential_kind: CredentialKind,
+        /// The agent being configured, if any; it is assigned the connection.
+        agent_id: Option<AgentId>,
+        /// The connector skill being configured, kept for audit.
+        skill: Option<SkillName>,
+    },
+    /// Bind an agent to a connection, replacing the agent's previous
+    /// connection for the same service.
+    AssignToAgent {
+        /// The connection to bind.
+        connection_id: ConnectionId,
+        /// The agent that will use it.
+        agent_id: AgentId,
+    },
+    /// End an agent's binding to a connection.
+    UnassignFromAgent {
+        /// The connection.
+        connection_id: ConnectionId,
+        /// The agent to unbind.
+        agent_id: AgentId,
+    },
+    /// Revoke a connection for good: its bindings and default end with it.
+    RevokeConnection {
+        /// The connection to revoke.
+        connection_id: ConnectionId,
+    },
+    /// Make a connection the owner's default for its service.
+    SetDefault {
+        /// The connection to make default.
+        connection_id: ConnectionId,
+    },
+    /// Remove the owner's default for the service.
+    ClearDefault,
+    /// Replace a connection's credential with a new version.
+    RotateCredential {
+        /// The connection whose credential changes.
+        connection_id: ConnectionId,
+        /// The shape of the new credential.
+        credential_kind: CredentialKind,
+    },
+}

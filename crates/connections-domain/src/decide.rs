@@ -1,0 +1,179 @@
+//! The decision function: which events a command produces, or why it is refused.
+
+use crate::command::{Command, Request};
+use crate::error::DomainError;
+use crate::event::{BindingSource, DefaultClearReason, Event, UnbindReason};
+use crate::ids::ConnectionId;
+use crate::state::{Connection, ConnectionStatus, OwnerService};
+
+/// Decides what `request` changes in `state`.
+///
+/// Commands that would change nothing (revoking twice, assigning an agent to
+/// the connection it already uses, clearing an absent default) succeed with
+/// no events, so that retries are harmless and answer the same.
+pub fn decide(state: &OwnerService, request: &Request) -> Result<Vec<Event>, DomainError> {
+    let actor = &request.actor;
+    match &request.command {
+        Command::CreateConnection {
+            connection_id,
+            service,
+            name,
+            credential_kind,
+            agent_id,
+            skill,
+        } => {
+            let foreign = state.owner.as_ref().is_some_and(|owner| owner != actor)
+                || state.service.as_ref().is_some_and(|known| known != service);
+            if foreign {
+                return Err(DomainError::NotFound);
+            }
+            if state.connections.contains_key(connection_id) {
+                return Err(DomainError::AlreadyExists(*connection_id));
+            }
+            let mut events = vec![Event::ConnectionCreated {
+                connection_id: *connection_id,
+                owner: actor.clone(),
+                service: service.clone(),
+                name: name.clone(),
+                credential_kind: *credential_kind,
+                agent_id: agent_id.clone(),
+                skill: skill.clone(),
+            }];
+            if let Some(agent_id) = agent_id {
+                events.extend(bind(state, *connection_id, agent_id, BindingSource::Created));
+            }
+            Ok(events)
+        }
+        Command::AssignToAgent {
+            connection_id,
+            agent_id,
+        } => {
+            active(state, request, *connection_id)?;
+            Ok(bind(state, *connection_id, agent_id, BindingSource::Assigned))
+        }
+        Command::UnassignFromAgent {
+            connection_id,
+            agent_id,
+        } => {
+            existing(state, request, *connection_id)?;
+            let bound_here = state
+                .bindings
+                .get(agent_id)
+                .is_some_and(|b| b.connection_id == *connection_id);
+            if !bound_here {
+                return Ok(vec![]);
+            }
+            Ok(vec![Event::AgentUnassigned {
+                connection_id: *connection_id,
+                agent_id: agent_id.clone(),
+                reason: UnbindReason::Unassigned,
+            }])
+        }
+        Command::RevokeConnection { connection_id } => {
+            let connection = existing(state, request, *connection_id)?;
+            if matches!(connection.status, ConnectionStatus::Revoked { .. }) {
+                return Ok(vec![]);
+            }
+            let affected_agents = state.agents_of(*connection_id);
+            let mut events = Vec::with_capacity(affected_agents.len() + 2);
+            if state.default == Some(*connection_id) {
+                events.push(Event::DefaultCleared {
+                    connection_id: *connection_id,
+                    reason: DefaultClearReason::Revoked,
+                });
+            }
+            events.extend(affected_agents.iter().map(|agent_id| Event::AgentUnassigned {
+                connection_id: *connection_id,
+                agent_id: agent_id.clone(),
+                reason: UnbindReason::Revoked,
+            }));
+            events.push(Event::ConnectionRevoked {
+                connection_id: *connection_id,
+                affected_agents,
+            });
+            Ok(events)
+        }
+        Command::SetDefault { connection_id } => {
+            active(state, request, *connection_id)?;
+            if state.default == Some(*connection_id) {
+                return Ok(vec![]);
+            }
+            Ok(vec![Event::DefaultSet {
+                connection_id: *connection_id,
+                previous: state.default,
+            }])
+        }
+        Command::ClearDefault => match state.default {
+            Some(connection_id) if state.is_owned_by(actor) => Ok(vec![Event::DefaultCleared {
+                connection_id,
+                reason: DefaultClearReason::Cleared,
+            }]),
+            _ => Ok(vec![]),
+        },
+        Command::RotateCredential {
+            connection_id,
+            credential_kind,
+        } => {
+            let connection = active(state, request, *connection_id)?;
+            Ok(vec![Event::CredentialRotated {
+                connection_id: *connection_id,
+                credential_version: connection.credential_version + 1,
+                credential_kind: *credential_kind,
+            }])
+        }
+    }
+}
+
+/// The connection, if it exists and the actor owns it; otherwise `NotFound`.
+fn existing<'s>(
+    state: &'s OwnerService,
+    request: &Request,
+    connection_id: ConnectionId,
+) -> Result<&'s Connection, DomainError> {
+    state
+        .connection_for(&request.actor, connection_id)
+        .ok_or(DomainError::NotFound)
+}
+
+/// The connection, if it exists, the actor owns it, and it is not revoked.
+fn active<'s>(
+    state: &'s OwnerService,
+    request: &Request,
+    connection_id: ConnectionId,
+) -> Result<&'s Connection, DomainError> {
+    let connection = existing(state, request, connection_id)?;
+    match connection.status {
+        ConnectionStatus::Active => Ok(connection),
+        ConnectionStatus::Revoked { .. } => Err(DomainError::Revoked(connection_id)),
+    }
+}
+
+/// The events that bind `agent_id` to `connection_id`, ending the agent's
+/// previous binding for this service if it had one.
+fn bind(
+    state: &OwnerService,
+    connection_id: ConnectionId,
+    agent_id: &crate::ids::AgentId,
+    source: BindingSource,
+) -> Vec<Event> {
+    match state.bindings.get(agent_id) {
+        Some(current) if current.connection_id == connection_id => vec![],
+        Some(current) => vec![
+            Event::AgentUnassigned {
+                connection_id: current.connection_id,
+                agent_id: agent_id.clone(),
+                reason: UnbindReason::Replaced,
+            },
+            Event::AgentAssigned {
+                connection_id,
+                agent_id: agent_id.clone(),
+                source,
+            },
+        ],
+        None => vec![Event::AgentAssigned {
+            connection_id,
+            agent_id: agent_id.clone(),
+            source,
+        }],
+    }
+}

@@ -1,0 +1,120 @@
+//! What happened to a user's connections. Events are plain values; their
+//! stored form (type names, schema versions) lives in the store crate and in
+//! `schemas/events/`.
+
+use crate::ids::{AgentId, ConnectionId, ConnectionName, CredentialKind, OwnerId, ServiceName, SkillName};
+
+/// How an agent came to be bound to a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BindingSource {
+    /// The connection was created while configuring this agent's skill.
+    Created,
+    /// The owner assigned the connection to the agent.
+    Assigned,
+}
+
+/// Why an agent's binding ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnbindReason {
+    /// The owner unassigned the agent.
+    Unassigned,
+    /// The agent was assigned another connection for the same service.
+    Replaced,
+    /// The connection was revoked.
+    Revoked,
+}
+
+/// Why a service's default was cleared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DefaultClearReason {
+    /// The owner cleared it.
+    Cleared,
+    /// The default connection was revoked.
+    Revoked,
+}
+
+/// A fact about one owner's connections for one service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A connection was created; its sealed credential is version 1.
+    ConnectionCreated {
+        /// The new connection.
+        connection_id: ConnectionId,
+        /// Its owner.
+        owner: OwnerId,
+        /// The service it authenticates to.
+        service: ServiceName,
+        /// Its display name.
+        name: ConnectionName,
+        /// The shape of its credential.
+        credential_kind: CredentialKind,
+        /// The agent being configured when it was created.
+        agent_id: Option<AgentId>,
+        /// The connector skill being configured when it was created.
+        skill: Option<SkillName>,
+    },
+    /// An agent was bound to a connection.
+    AgentAssigned {
+        /// The connection.
+        connection_id: ConnectionId,
+        /// The agent now using it.
+        agent_id: AgentId,
+        /// How the binding came about.
+        source: BindingSource,
+    },
+    /// An agent's binding to a connection ended.
+    AgentUnassigned {
+        /// The connection.
+        connection_id: ConnectionId,
+        /// The agent no longer using it.
+        agent_id: AgentId,
+        /// Why.
+        reason: UnbindReason,
+    },
+    /// A connection's credential was replaced by a new version.
+    CredentialRotated {
+        /// The connection.
+        connection_id: ConnectionId,
+        /// The new credential version (the first is 1).
+        credential_version: u32,
+        /// The shape of the new credential.
+        credential_kind: CredentialKind,
+    },
+    /// A connection became the default for its service.
+    DefaultSet {
+        /// The new default.
+        connection_id: ConnectionId,
+        /// The default it replaced, if any.
+        previous: Option<ConnectionId>,
+    },
+    /// The service's default was cleared.
+    DefaultCleared {
+        /// The connection that was the default.
+        connection_id: ConnectionId,
+        /// Why.
+        reason: DefaultClearReason,
+    },
+    /// A connection was revoked; its data key is destroyed in the same
+    /// transaction.
+    ConnectionRevoked {
+        /// The connection.
+        connection_id: ConnectionId,
+        /// The agents that were using it at the moment of revocation.
+        affected_agents: Vec<AgentId>,
+    },
+}
+
+impl Event {
+    /// The connection this event is about (every event is about one).
+    pub fn connection_id(&self) -> ConnectionId {
+        match self {
+            Event::ConnectionCreated { connection_id, .. }
+            | Event::AgentAssigned { connection_id, .. }
+            | Event::AgentUnassigned { connection_id, .. }
+            | Event::CredentialRotated { connection_id, .. }
+            | Event::DefaultSet { connection_id, .. }
+            | Event::DefaultCleared { connection_id, .. }
+            | Event::ConnectionRevoked { connection_id, .. } => *connection_id,
+        }
+    }
+}
