@@ -1,0 +1,118 @@
+//! Bearer-token authentication: JWTs signed with HS256 (development) or
+//! Ed25519 / RS256 (production, public key from configuration).
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use connections_domain::OwnerId;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::problem::ApiError;
+use crate::state::AppState;
+
+/// The claims Connections reads. `sub` is the user id; `exp` is required.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    /// The user id.
+    pub sub: String,
+    /// Expiry, seconds since the Unix epoch.
+    pub exp: i64,
+    /// `user` (or absent) for people; other roles cannot call user endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+}
+
+/// Why an authenticator could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthConfigError {
+    /// The key material could not be parsed.
+    #[error("invalid JWT key: {0}")]
+    InvalidKey(#[from] jsonwebtoken::errors::Error),
+    /// An HS256 secret shorter than 32 bytes.
+    #[error("CONNECTIONS_JWT_SECRET must be at least 32 bytes")]
+    WeakSecret,
+}
+
+/// Verifies bearer tokens with one configured key.
+pub struct Authenticator {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl Authenticator {
+    /// HS256 with a shared secret (development).
+    pub fn hs256(secret: &[u8]) -> Result<Self, AuthConfigError> {
+        if secret.len() < 32 {
+            return Err(AuthConfigError::WeakSecret);
+        }
+        Ok(Self::new(DecodingKey::from_secret(secret), Algorithm::HS256))
+    }
+
+    /// EdDSA (Ed25519) with a PEM public key (production).
+    pub fn ed25519_pem(pem: &[u8]) -> Result<Self, AuthConfigError> {
+        Ok(Self::new(DecodingKey::from_ed_pem(pem)?, Algorithm::EdDSA))
+    }
+
+    /// RS256 with a PEM public key (production).
+    pub fn rs256_pem(pem: &[u8]) -> Result<Self, AuthConfigError> {
+        Ok(Self::new(DecodingKey::from_rsa_pem(pem)?, Algorithm::RS256))
+    }
+
+    fn new(key: DecodingKey, algorithm: Algorithm) -> Self {
+        let mut validation = Validation::new(algorithm);
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.leeway = 5;
+        Self { key, validation }
+    }
+
+    /// The verified claims of a token.
+    pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
+        jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+            .map(|data| data.claims)
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => ApiError::Unauthorized("token has expired"),
+                _ => ApiError::Unauthorized("token is invalid"),
+            })
+    }
+}
+
+/// Mints an HS256 user token (for `connections token` and tests).
+pub fn mint_user_token(secret: &[u8], user: &OwnerId, expires_at: i64) -> Result<String, AuthConfigError> {
+    let claims = Claims {
+        sub: user.to_string(),
+        exp: expires_at,
+        role: None,
+    };
+    Ok(jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret),
+    )?)
+}
+
+/// The authenticated user of a request.
+#[derive(Debug, Clone)]
+pub struct AuthenticatedUser(pub OwnerId);
+
+impl FromRequestParts<AppState> for AuthenticatedUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .ok_or(ApiError::Unauthorized("missing Authorization header"))?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .ok_or(ApiError::Unauthorized("Authorization must be 'Bearer <token>'"))?;
+        let claims = state.authenticator.verify(token.trim())?;
+        if claims.role.as_deref().is_some_and(|role| role != "user") {
+            return Err(ApiError::Unauthorized("this endpoint needs a user token"));
+        }
+        let user =
+            OwnerId::parse(claims.sub).map_err(|_| ApiError::Unauthorized("token subject is not a valid user id"))?;
+        Ok(AuthenticatedUser(user))
+    }
+}

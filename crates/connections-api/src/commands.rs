@@ -1,0 +1,302 @@
+//! The command handler: one transaction per attempt that loads the stream,
+//! decides, writes the side tables the events call for, and appends, retried
+//! against fresh state when another command wins the race.
+
+use axum::http::StatusCode;
+use connections_domain::{decide, Command, ConnectionId, Event, OwnerId, OwnerService, Request, ServiceName};
+use connections_sealing::{seal, Credential, DataKey, MasterKey};
+use connections_store::codec::{decode, encode};
+use connections_store::{
+    ConnectionLocation, EventLog, IdempotencyClaim, Metadata, NewEvent, RecordedEvent, StoreError, StoredCredential,
+    StoredResponse, StreamAppend, StreamId,
+};
+use deadpool_postgres::Transaction;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::problem::ApiError;
+use crate::state::AppState;
+
+/// How many times a command is retried after losing an optimistic-concurrency race.
+pub const MAX_ATTEMPTS: usize = 8;
+
+/// Which stream a command addresses.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// The caller's own stream for a service (create, defaults).
+    Service(ServiceName),
+    /// Wherever the connection lives (it may be someone else's: the domain
+    /// then answers not-found).
+    Connection(ConnectionId),
+}
+
+/// A client-supplied `Idempotency-Key` and the hash of the request it came with.
+#[derive(Debug, Clone)]
+pub struct IdempotencyRequest {
+    /// The key, scoped to the caller.
+    pub key: String,
+    /// SHA-256 of method, path and body.
+    pub request_hash: Vec<u8>,
+}
+
+impl IdempotencyRequest {
+    /// Hashes a request for comparison with a replay.
+    pub fn new(key: String, method: &str, path: &str, body: &[u8]) -> Self {
+        let mut hasher = Sha256::new();
+        for part in [method.as_bytes(), path.as_bytes(), body] {
+            hasher.update((part.len() as u64).to_be_bytes());
+            hasher.update(part);
+        }
+        Self {
+            key,
+            request_hash: hasher.finalize().to_vec(),
+        }
+    }
+}
+
+/// One command to run.
+pub struct CommandInput {
+    /// The authenticated caller.
+    pub actor: OwnerId,
+    /// The stream it addresses.
+    pub target: Target,
+    /// What it asks.
+    pub command: Command,
+    /// The plaintext credential, for create and rotate (sealed before storing).
+    pub credential: Option<Credential>,
+    /// The idempotency key, if the client sent one.
+    pub idempotency: Option<IdempotencyRequest>,
+}
+
+/// The outcome a handler turns into its answer.
+pub struct Decided {
+    /// The state after the command.
+    pub state: OwnerService,
+    /// The events appended (empty when the command changed nothing).
+    pub events: Vec<Event>,
+    /// The position of the last event appended, or of the stream's last
+    /// event when nothing was appended (0 for an empty stream).
+    pub position: i64,
+}
+
+/// Runs a command and answers with `respond`'s status and body. With an
+/// idempotency key, the first answer is stored and replayed.
+pub async fn execute(
+    app: &AppState,
+    input: CommandInput,
+    respond: impl Fn(&Decided) -> (StatusCode, Value),
+) -> Result<(StatusCode, Value), ApiError> {
+    let command_id = uuid::Uuid::now_v7();
+    for attempt in 1..=MAX_ATTEMPTS {
+        let mut client = app.database.pool().get().await.map_err(StoreError::from)?;
+        let transaction = client.transaction().await.map_err(StoreError::from)?;
+        match attempt_once(app, &transaction, &input, command_id, &respond).await {
+            Ok(answer) => {
+                transaction.commit().await.map_err(StoreError::from)?;
+                return Ok(answer);
+            }
+            Err(AttemptError::Conflict) => {
+                tracing::debug!(attempt, "optimistic concurrency conflict, retrying");
+                continue;
+            }
+            Err(AttemptError::Refused(error)) => {
+                // A refusal is an answer too: store it for the key, append nothing.
+                if let Some(idempotency) = &input.idempotency {
+                    let (status, body) = error.to_problem();
+                    let stored = StoredResponse {
+                        status: status.as_u16(),
+                        body,
+                    };
+                    IdempotencyClaim::record(&transaction, input.actor.as_str(), &idempotency.key, &stored).await?;
+                    transaction.commit().await.map_err(StoreError::from)?;
+                }
+                return Err(error);
+            }
+            Err(AttemptError::Fail(error)) => return Err(error),
+        }
+    }
+    Err(ApiError::ConcurrencyExhausted)
+}
+
+enum AttemptError {
+    Conflict,
+    Refused(ApiError),
+    Fail(ApiError),
+}
+
+impl From<StoreError> for AttemptError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Conflict { .. } => AttemptError::Conflict,
+            other => AttemptError::Fail(other.into()),
+        }
+    }
+}
+
+async fn attempt_once(
+    app: &AppState,
+    transaction: &Transaction<'_>,
+    input: &CommandInput,
+    command_id: uuid::Uuid,
+    respond: &impl Fn(&Decided) -> (StatusCode, Value),
+) -> Result<(StatusCode, Value), AttemptError> {
+    if let Some(idempotency) = &input.idempotency {
+        match IdempotencyClaim::claim(
+            transaction,
+            input.actor.as_str(),
+            &idempotency.key,
+            &idempotency.request_hash,
+        )
+        .await?
+        {
+            IdempotencyClaim::Fresh => {}
+            IdempotencyClaim::Replay(stored) => {
+                let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
+                return Ok((status, stored.body));
+            }
+            IdempotencyClaim::Mismatch => return Err(AttemptError::Fail(ApiError::IdempotencyKeyReused)),
+        }
+    }
+    let location = match &input.target {
+        Target::Service(service) => ConnectionLocation {
+            owner: input.actor.clone(),
+            service: service.clone(),
+        },
+        Target::Connection(connection_id) => ConnectionLocation::find(transaction, *connection_id)
+            .await?
+            .ok_or(AttemptError::Refused(ApiError::NotFound))?,
+    };
+    let stream_id = location.stream_id();
+    let (history, version) = EventLog::read_stream(transaction, &stream_id).await?;
+    let mut state = fold(&history)?;
+    let request = Request {
+        actor: input.actor.clone(),
+        command: input.command.clone(),
+    };
+    let events = decide(&state, &request).map_err(|e| AttemptError::Refused(e.into()))?;
+    for event in &events {
+        state.apply(event);
+        write_side_tables(app, transaction, &location, event, input.credential.as_ref()).await?;
+    }
+    let new_events = events
+        .iter()
+        .map(|event| {
+            let (event_type, schema_version, data) = encode(event);
+            NewEvent {
+                event_id: uuid::Uuid::now_v7(),
+                event_type,
+                schema_version,
+                data,
+            }
+        })
+        .collect();
+    let metadata = Metadata {
+        actor: input.actor.to_string(),
+        command_id,
+        correlation_id: command_id,
+    };
+    let append = StreamAppend {
+        stream_id: stream_id.clone(),
+        expected_version: version,
+        events: new_events,
+    };
+    let positions = EventLog::append(transaction, &[append], &metadata).await?;
+    let position = positions
+        .last()
+        .or(history.last().map(|e| &e.position))
+        .copied()
+        .unwrap_or(0);
+    let (status, body) = respond(&Decided {
+        state,
+        events,
+        position,
+    });
+    if let Some(idempotency) = &input.idempotency {
+        let stored = StoredResponse {
+            status: status.as_u16(),
+            body: body.clone(),
+        };
+        IdempotencyClaim::record(transaction, input.actor.as_str(), &idempotency.key, &stored).await?;
+    }
+    Ok((status, body))
+}
+
+/// Folds a stream's recorded events into state.
+pub fn fold(history: &[RecordedEvent]) -> Result<OwnerService, StoreError> {
+    let mut state = OwnerService::default();
+    for recorded in history {
+        state.apply(&decode(&recorded.event_type, recorded.schema_version, &recorded.data)?);
+    }
+    Ok(state)
+}
+
+/// The secret-state writes an event calls for, in the event's transaction.
+async fn write_side_tables(
+    app: &AppState,
+    transaction: &Transaction<'_>,
+    location: &ConnectionLocation,
+    event: &Event,
+    credential: Option<&Credential>,
+) -> Result<(), AttemptError> {
+    let master_key: &MasterKey = &app.master_key;
+    match event {
+        Event::ConnectionCreated { connection_id, .. } => {
+            let credential = credential.ok_or_else(|| internal("create without a credential"))?;
+            ConnectionLocation::insert(transaction, *connection_id, location).await?;
+            let data_key = DataKey::generate().map_err(|e| AttemptError::Fail(ApiError::Internal(Box::new(e))))?;
+            StoredCredential::insert_data_key(transaction, *connection_id, &master_key.wrap(&data_key, *connection_id))
+                .await?;
+            let sealed = seal(&data_key, credential, *connection_id, &location.owner, 1)
+                .map_err(|e| AttemptError::Fail(ApiError::Internal(Box::new(e))))?;
+            StoredCredential::insert_sealed(transaction, *connection_id, 1, &sealed).await?;
+        }
+        Event::CredentialRotated {
+            connection_id,
+            credential_version,
+            ..
+        } => {
+            let credential = credential.ok_or_else(|| internal("rotate without a credential"))?;
+            let wrapped = StoredCredential::data_key(transaction, *connection_id)
+                .await?
+                .ok_or_else(|| internal("active connection without a data key"))?;
+            let data_key = master_key
+                .unwrap(&wrapped, *connection_id)
+                .map_err(|e| AttemptError::Fail(ApiError::Internal(Box::new(e))))?;
+            let sealed = seal(
+                &data_key,
+                credential,
+                *connection_id,
+                &location.owner,
+                *credential_version,
+            )
+            .map_err(|e| AttemptError::Fail(ApiError::Internal(Box::new(e))))?;
+            StoredCredential::insert_sealed(transaction, *connection_id, *credential_version, &sealed).await?;
+        }
+        Event::ConnectionRevoked { connection_id, .. } => {
+            StoredCredential::destroy_data_key(transaction, *connection_id).await?;
+        }
+        Event::AgentAssigned { .. }
+        | Event::AgentUnassigned { .. }
+        | Event::DefaultSet { .. }
+        | Event::DefaultCleared { .. } => {}
+    }
+    Ok(())
+}
+
+fn internal(what: &'static str) -> AttemptError {
+    AttemptError::Fail(ApiError::Internal(what.into()))
+}
+
+/// Loads the state of the stream holding `connection_id`, for reads.
+pub async fn load_connection_stream(
+    app: &AppState,
+    connection_id: ConnectionId,
+) -> Result<Option<(OwnerService, Vec<RecordedEvent>)>, ApiError> {
+    let client = app.database.pool().get().await.map_err(StoreError::from)?;
+    let Some(location) = ConnectionLocation::find(&client, connection_id).await? else {
+        return Ok(None);
+    };
+    let (history, _) =
+        EventLog::read_stream(&client, &StreamId::owner_service(&location.owner, &location.service)).await?;
+    Ok(Some((fold(&history)?, history)))
+}

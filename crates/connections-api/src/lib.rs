@@ -1,0 +1,18 @@
+//! The HTTP API of Connections.
+//!
+//! Requests are authenticated ([`auth`]), parsed into domain types at the
+//! edge ([`body`]), and turned into commands run by the command handler
+//! ([`commands`]): load the stream, decide, write side tables, append, all in
+//! one transaction, retried on a lost optimistic-concurrency race. Every
+//! error is an RFC 9457 problem ([`problem`]).
+
+pub mod auth;
+pub mod body;
+pub mod commands;
+pub mod problem;
+pub mod routes;
+mod state;
+mod views;
+
+pub use routes::{router, ROUTES};
+pub use state::AppState;

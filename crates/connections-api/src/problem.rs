@@ -1,0 +1,130 @@
+//! The one HTTP error type, rendered as `application/problem+json` (RFC 9457).
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use connections_domain::DomainError;
+use connections_store::StoreError;
+use serde_json::json;
+
+/// Every way a request can fail, each with one status and one stable type.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body or a parameter is malformed or invalid; names the field.
+    #[error("{field} {reason}")]
+    InvalidInput {
+        /// The field, parameter or header at fault.
+        field: String,
+        /// What is wrong with it (never its value).
+        reason: String,
+    },
+    /// The body is not JSON at all.
+    #[error("request body is not valid JSON")]
+    MalformedJson,
+    /// No usable bearer token.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// Absent or not the caller's: deliberately the same answer.
+    #[error("not found")]
+    NotFound,
+    /// No such route.
+    #[error("no such route")]
+    NoRoute,
+    /// The connection is revoked.
+    #[error("connection is revoked")]
+    Revoked,
+    /// The connection id is taken.
+    #[error("connection already exists")]
+    AlreadyExists,
+    /// Concurrent commands kept winning; the client may retry.
+    #[error("the resource kept changing concurrently; retry")]
+    ConcurrencyExhausted,
+    /// The Idempotency-Key was used for a different request.
+    #[error("Idempotency-Key was already used for a different request")]
+    IdempotencyKeyReused,
+    /// The body is larger than allowed.
+    #[error("request body is too large")]
+    PayloadTooLarge,
+    /// The body is not `application/json`.
+    #[error("Content-Type must be application/json")]
+    UnsupportedMediaType,
+    /// Something broke on our side; details go to the log only.
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl ApiError {
+    /// An invalid field with a reason.
+    pub fn invalid(field: impl Into<String>, reason: impl ToString) -> Self {
+        ApiError::InvalidInput {
+            field: field.into(),
+            reason: reason.to_string(),
+        }
+    }
+
+    fn status_and_type(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::InvalidInput { .. } => (StatusCode::BAD_REQUEST, "invalid-input"),
+            ApiError::MalformedJson => (StatusCode::BAD_REQUEST, "malformed-json"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::NotFound => (StatusCode::NOT_FOUND, "not-found"),
+            ApiError::NoRoute => (StatusCode::NOT_FOUND, "no-such-route"),
+            ApiError::Revoked => (StatusCode::CONFLICT, "connection-revoked"),
+            ApiError::AlreadyExists => (StatusCode::CONFLICT, "already-exists"),
+            ApiError::ConcurrencyExhausted => (StatusCode::CONFLICT, "concurrency-conflict"),
+            ApiError::IdempotencyKeyReused => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency-key-reused"),
+            ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large"),
+            ApiError::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+
+    /// The problem body and status, for storing as an idempotent answer too.
+    pub fn to_problem(&self) -> (StatusCode, serde_json::Value) {
+        let (status, slug) = self.status_and_type();
+        let mut body = json!({
+            "type": format!("urn:connections:problem:{slug}"),
+            "title": status.canonical_reason().unwrap_or("Error"),
+            "status": status.as_u16(),
+            "detail": self.to_string(),
+        });
+        if let ApiError::InvalidInput { field, .. } = self {
+            body["field"] = json!(field);
+        }
+        (status, body)
+    }
+}
+
+impl From<DomainError> for ApiError {
+    fn from(error: DomainError) -> Self {
+        match error {
+            DomainError::NotFound => ApiError::NotFound,
+            DomainError::Revoked(_) => ApiError::Revoked,
+            DomainError::AlreadyExists(_) => ApiError::AlreadyExists,
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        ApiError::Internal(Box::new(error))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Internal(cause) = &self {
+            tracing::error!(error = %cause, cause = ?std::error::Error::source(&**cause), "request failed");
+        }
+        let (status, body) = self.to_problem();
+        let mut response = (status, axum::Json(body)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}

@@ -1,0 +1,208 @@
+//! `/v1/connections…`: create, show, assign, unassign, rotate, revoke.
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use connections_domain::{AgentId, Command, ConnectionId, ConnectionName, ServiceName, SkillName};
+use connections_sealing::{Credential, CredentialError};
+use serde_json::Value;
+
+use super::{answer, idempotency};
+use crate::auth::AuthenticatedUser;
+use crate::body::{path_param, JsonObject};
+use crate::commands::{execute, load_connection_stream, CommandInput, Decided, Target};
+use crate::problem::ApiError;
+use crate::state::AppState;
+use crate::views;
+
+/// `POST /v1/connections` {service, name, credential, agent_id?, skill?}.
+pub async fn create(
+    State(app): State<AppState>,
+    AuthenticatedUser(actor): AuthenticatedUser,
+    headers: HeaderMap,
+    body: JsonObject,
+) -> Result<Response, ApiError> {
+    body.only(&["service", "name", "credential", "agent_id", "skill"])?;
+    let service = body.required("service", ServiceName::parse)?;
+    let name = body.required("name", ConnectionName::parse)?;
+    let agent_id = body.optional("agent_id", AgentId::parse)?;
+    let skill = body.optional("skill", SkillName::parse)?;
+    let credential = parse_credential(body.value("credential")?)?;
+    let idempotency = idempotency(&headers, "POST", "/v1/connections", &body.raw)?;
+    let connection_id = ConnectionId::from_uuid(uuid::Uuid::now_v7());
+    let input = CommandInput {
+        actor,
+        target: Target::Service(service.clone()),
+        command: Command::CreateConnection {
+            connection_id,
+            service,
+            name,
+            credential_kind: credential.kind(),
+            agent_id,
+            skill,
+        },
+        credential: Some(credential),
+        idempotency,
+    };
+    Ok(answer(
+        execute(&app, input, |d| (StatusCode::CREATED, with_position(d, connection_id))).await?,
+    ))
+}
+
+/// `GET /v1/connections/{id}`: status, default flag, agents and since when.
+pub async fn show(
+    State(app): State<AppState>,
+    AuthenticatedUser(actor): AuthenticatedUser,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let connection_id = connection_id(id)?;
+    let (state, history) = load_connection_stream(&app, connection_id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    state.connection_for(&actor, connection_id).ok_or(ApiError::NotFound)?;
+    let mut view = views::connection(&state, connection_id, Some(&history));
+    view["position"] = history.last().map_or(Value::from(0), |e| Value::from(e.position));
+    Ok(Json(view).into_response())
+}
+
+/// `DELETE /v1/connections/{id}`: revoke; answers the agents that were using it.
+pub async fn revoke(
+    State(app): State<AppState>,
+    AuthenticatedUser(actor): AuthenticatedUser,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let connection_id = connection_id(id)?;
+    let idempotency = idempotency(&headers, "DELETE", &format!("/v1/connections/{connection_id}"), b"")?;
+    let input = CommandInput {
+        actor,
+        target: Target::Connection(connection_id),
+        command: Command::RevokeConnection { connection_id },
+        credential: None,
+        idempotency,
+    };
+    Ok(answer(
+        execute(&app, input, |d| (StatusCode::OK, with_position(d, connection_id))).await?,
+    ))
+}
+
+/// `POST /v1/connections/{id}/agents` {agent_id}.
+pub async fn assign(
+    State(app): State<AppState>,
+    AuthenticatedUser(actor): AuthenticatedUser,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: JsonObject,
+) -> Result<Response, ApiError> {
+    let connection_id = connection_id(id)?;
+    body.only(&["agent_id"])?;
+    let agent_id = body.required("agent_id", AgentId::parse)?;
+    let idempotency = idempotency(
+        &headers,
+        "POST",
+        &format!("/v1/connections/{connection_id}/agents"),
+        &body.raw,
+    )?;
+    let input = CommandInput {
+        actor,
+        target: Target::Connection(connection_id),
+        command: Command::AssignToAgent {
+            connection_id,
+            agent_id,
+        },
+        credential: None,
+        idempotency,
+    };
+    Ok(answer(
+        execute(&app, input, |d| (StatusCode::OK, with_position(d, connection_id))).await?,
+    ))
+}
+
+/// `DELETE /v1/connections/{id}/agents/{agent_id}`.
+pub async fn unassign(
+    State(app): State<AppState>,
+    AuthenticatedUser(actor): AuthenticatedUser,
+    ids: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let Path((id, agent)) = ids.map_err(|_| ApiError::invalid("path", "is malformed"))?;
+    let connection_id = path_param("id", &id, ConnectionId::parse)?;
+    let agent_id = path_param("agent_id", &agent, |raw| AgentId::parse(raw))?;
+    let path = format!("/v1/connections/{connection_id}/agents/{agent_id}");
+    let idempotency = idempotency(&headers, "DELETE", &path, b"")?;
+    let input = CommandInput {
+        actor,
+        target: Target::Connection(connection_id),
+        command: Command::UnassignFromAgent {
+            connection_id,
+            agent_id,
+        },
+        credential: None,
+        idempotency,
+    };
+    Ok(answer(
+        execute(&app, input, |d| (StatusCode::OK, with_position(d, connection_id))).await?,
+    ))
+}
+
+/// `PUT /v1/connections/{id}/credential` {credential}: rotate.
+pub async fn rotate(
+    State(app): State<AppState>,
+    AuthenticatedUser(actor): AuthenticatedUser,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: JsonObject,
+) -> Result<Response, ApiError> {
+    let connection_id = connection_id(id)?;
+    body.only(&["credential"])?;
+    let credential = parse_credential(body.value("credential")?)?;
+    let path = format!("/v1/connections/{connection_id}/credential");
+    let idempotency = idempotency(&headers, "PUT", &path, &body.raw)?;
+    let input = CommandInput {
+        actor,
+        target: Target::Connection(connection_id),
+        command: Command::RotateCredential {
+            connection_id,
+            credential_kind: credential.kind(),
+        },
+        credential: Some(credential),
+        idempotency,
+    };
+    Ok(answer(
+        execute(&app, input, |d| (StatusCode::OK, with_position(d, connection_id))).await?,
+    ))
+}
+
+fn connection_id(id: Result<Path<String>, PathRejection>) -> Result<ConnectionId, ApiError> {
+    let Path(raw) = id.map_err(|_| ApiError::invalid("id", "is malformed"))?;
+    path_param("id", &raw, ConnectionId::parse)
+}
+
+fn with_position(decided: &Decided, connection_id: ConnectionId) -> Value {
+    let mut view = views::connection(&decided.state, connection_id, None);
+    view["position"] = Value::from(decided.position);
+    view
+}
+
+/// A credential from the body, with problems that name the field and never
+/// echo a value.
+fn parse_credential(value: &Value) -> Result<Credential, ApiError> {
+    Credential::parse(value).map_err(|error| match error {
+        CredentialError::NotAnObject => ApiError::invalid("credential", "must be a JSON object"),
+        CredentialError::UnknownKind => {
+            ApiError::invalid("credential.kind", "must be one of \"oauth2\", \"api_key\", \"basic\"")
+        }
+        CredentialError::Missing(field) => ApiError::invalid(format!("credential.{field}"), "is required"),
+        CredentialError::Invalid { field, expected } => {
+            ApiError::invalid(format!("credential.{field}"), format!("must be {expected}"))
+        }
+        CredentialError::UnknownField(field) => {
+            ApiError::invalid(format!("credential.{field}"), "is not a field of this credential kind")
+        }
+        CredentialError::TooLarge => {
+            ApiError::invalid("credential", error.to_string().trim_start_matches("credential "))
+        }
+    })
+}

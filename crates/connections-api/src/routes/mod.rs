@@ -1,0 +1,100 @@
+//! The router: every route the server mounts, and the fallbacks that keep
+//! even unknown paths answering in problem+json.
+
+mod connections;
+mod health;
+mod services;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use axum::Router;
+use serde_json::Value;
+
+use crate::body::MAX_BODY_BYTES;
+use crate::commands::IdempotencyRequest;
+use crate::problem::ApiError;
+use crate::state::AppState;
+
+/// Every (method, path) the router mounts, as written in `schemas/openapi.json`.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/health"),
+    ("POST", "/v1/connections"),
+    ("GET", "/v1/connections/{id}"),
+    ("DELETE", "/v1/connections/{id}"),
+    ("POST", "/v1/connections/{id}/agents"),
+    ("DELETE", "/v1/connections/{id}/agents/{agent_id}"),
+    ("PUT", "/v1/connections/{id}/credential"),
+    ("PUT", "/v1/services/{service}/default"),
+    ("DELETE", "/v1/services/{service}/default"),
+];
+
+/// The application's router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health::health))
+        .route("/v1/connections", post(connections::create))
+        .route(
+            "/v1/connections/{id}",
+            get(connections::show).delete(connections::revoke),
+        )
+        .route("/v1/connections/{id}/agents", post(connections::assign))
+        .route("/v1/connections/{id}/agents/{agent_id}", delete(connections::unassign))
+        .route("/v1/connections/{id}/credential", put(connections::rotate))
+        .route(
+            "/v1/services/{service}/default",
+            put(services::set_default).delete(services::clear_default),
+        )
+        .fallback(|| async { ApiError::NoRoute })
+        .method_not_allowed_fallback(|| async { method_not_allowed() })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+fn method_not_allowed() -> Response {
+    let body = serde_json::json!({
+        "type": "urn:connections:problem:method-not-allowed",
+        "title": "Method Not Allowed",
+        "status": 405,
+        "detail": "this route does not accept that method",
+    });
+    let mut response = (StatusCode::METHOD_NOT_ALLOWED, axum::Json(body)).into_response();
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/problem+json"),
+    );
+    response
+}
+
+/// The `Idempotency-Key` header, if present: 1–255 visible ASCII characters.
+fn idempotency(
+    headers: &HeaderMap,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Result<Option<IdempotencyRequest>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|key| !key.is_empty() && key.len() <= 255 && key.chars().all(|c| c.is_ascii_graphic()))
+        .ok_or_else(|| ApiError::invalid("Idempotency-Key", "must be 1-255 visible ASCII characters"))?;
+    Ok(Some(IdempotencyRequest::new(key.to_owned(), method, path, body)))
+}
+
+/// A command's answer as a JSON response.
+fn answer(result: (StatusCode, Value)) -> Response {
+    let (status, body) = result;
+    if status.is_client_error() || status.is_server_error() {
+        let mut response = (status, axum::Json(body)).into_response();
+        response.headers_mut().insert(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/problem+json"),
+        );
+        return response;
+    }
+    (status, axum::Json(body)).into_response()
+}

@@ -1,0 +1,19 @@
+//! What every handler shares.
+
+use std::sync::Arc;
+
+use connections_sealing::MasterKey;
+use connections_store::Database;
+
+use crate::auth::Authenticator;
+
+/// The application state: the database, the master key, the token verifier.
+#[derive(Clone)]
+pub struct AppState {
+    /// The Postgres pool.
+    pub database: Database,
+    /// The key that wraps every data key.
+    pub master_key: Arc<MasterKey>,
+    /// Verifies bearer tokens.
+    pub authenticator: Arc<Authenticator>,
+}

@@ -1,0 +1,65 @@
+//! The JSON shapes of connections in answers (never a secret).
+
+use connections_domain::{BindingSource, ConnectionId};
+use connections_domain::{ConnectionStatus, OwnerService};
+use connections_store::codec::binding_source_name;
+use connections_store::RecordedEvent;
+use serde_json::{json, Value};
+
+/// A connection with its status, default flag and agents. With `history`,
+/// agents carry the time they were bound and the connection its creation time.
+pub fn connection(state: &OwnerService, connection_id: ConnectionId, history: Option<&[RecordedEvent]>) -> Value {
+    let Some(connection) = state.connections.get(&connection_id) else {
+        return Value::Null;
+    };
+    let since = |agent: &str, source: BindingSource| -> Option<String> {
+        let history = history?;
+        history
+            .iter()
+            .rev()
+            .find(|e| {
+                e.event_type == "agent_assigned"
+                    && e.data["connection_id"] == json!(connection_id)
+                    && e.data["agent_id"] == agent
+                    && e.data["source"] == binding_source_name(source)
+            })
+            .map(|e| e.recorded_at.to_rfc3339())
+    };
+    let agents: Vec<Value> = state
+        .bindings
+        .iter()
+        .filter(|(_, binding)| binding.connection_id == connection_id)
+        .map(|(agent, binding)| {
+            let mut value = json!({ "agent_id": agent, "source": binding_source_name(binding.source) });
+            if let Some(since) = since(agent.as_str(), binding.source) {
+                value["since"] = json!(since);
+            }
+            value
+        })
+        .collect();
+    let (status, affected) = match &connection.status {
+        ConnectionStatus::Active => ("active", None),
+        ConnectionStatus::Revoked { affected_agents } => ("revoked", Some(affected_agents)),
+    };
+    let mut value = json!({
+        "connection_id": connection_id,
+        "service": state.service,
+        "name": connection.name,
+        "credential_kind": connection.credential_kind.as_str(),
+        "credential_version": connection.credential_version,
+        "skill": connection.skill,
+        "status": status,
+        "is_default": state.default == Some(connection_id),
+        "agents": agents,
+    });
+    if let Some(affected) = affected {
+        value["affected_agents"] = json!(affected);
+    }
+    if let Some(created) = history.and_then(|h| {
+        h.iter()
+            .find(|e| e.event_type == "connection_created" && e.data["connection_id"] == json!(connection_id))
+    }) {
+        value["created_at"] = json!(created.recorded_at.to_rfc3339());
+    }
+    value
+}

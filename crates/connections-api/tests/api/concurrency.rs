@@ -1,0 +1,109 @@
+//! Invariants under concurrent commands.
+
+use axum::http::{Method, StatusCode};
+use serde_json::json;
+
+use crate::TestApp;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thirty_two_concurrent_set_defaults_leave_exactly_one_default_and_a_consistent_log() {
+    let app = TestApp::new().await;
+    let mut ids = Vec::new();
+    for _ in 0..32 {
+        ids.push(app.create("alice", "github", None).await);
+    }
+    let requests = ids.iter().map(|id| {
+        app.send(
+            Method::PUT,
+            "/v1/services/github/default",
+            Some("alice"),
+            Some(json!({"connection_id": id})),
+        )
+    });
+    let answers = futures::future::join_all(requests).await;
+    for answer in &answers {
+        assert!(
+            answer.status == StatusCode::OK
+                || (answer.status == StatusCode::CONFLICT
+                    && answer.body["type"] == "urn:connections:problem:concurrency-conflict"),
+            "unexpected answer {} {}",
+            answer.status,
+            answer.body
+        );
+    }
+    let succeeded = answers.iter().filter(|a| a.status == StatusCode::OK).count();
+    assert!(succeeded >= 1);
+
+    // The log is a consistent chain: each default_set names the default it replaced.
+    let rows = app
+        .db
+        .client()
+        .await
+        .query(
+            "SELECT data->>'connection_id', data->>'previous' FROM events WHERE event_type = 'default_set' ORDER BY stream_version",
+            &[],
+        )
+        .await
+        .expect("default_set events");
+    assert_eq!(rows.len(), succeeded, "one default_set per successful command");
+    let mut current: Option<String> = None;
+    for row in &rows {
+        let previous: Option<String> = row.get(1);
+        assert_eq!(previous, current, "default_set must name the default it replaced");
+        current = Some(row.get(0));
+    }
+    let defaults: Vec<_> = futures::future::join_all(
+        ids.iter()
+            .map(|id| app.send(Method::GET, format!("/v1/connections/{id}"), Some("alice"), None)),
+    )
+    .await
+    .into_iter()
+    .filter(|a| a.body["is_default"] == true)
+    .map(|a| a.body["connection_id"].as_str().expect("id").to_owned())
+    .collect();
+    assert_eq!(defaults.len(), 1, "exactly one default");
+    assert_eq!(Some(defaults[0].clone()), current);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn assign_racing_revoke_never_leaves_an_agent_bound_to_a_revoked_connection() {
+    let app = TestApp::new().await;
+    for round in 0..10 {
+        let id = app.create("alice", "github", None).await;
+        let assigns = (0..6).map(|n| {
+            app.send(
+                Method::POST,
+                format!("/v1/connections/{id}/agents"),
+                Some("alice"),
+                Some(json!({"agent_id": format!("agent-{round}-{n}")})),
+            )
+        });
+        let revoke = app.send(Method::DELETE, format!("/v1/connections/{id}"), Some("alice"), None);
+        let (assigned, revoked) = tokio::join!(futures::future::join_all(assigns), revoke);
+        assert_eq!(revoked.status, StatusCode::OK, "{}", revoked.body);
+        for answer in &assigned {
+            assert!(
+                answer.status == StatusCode::OK || answer.status == StatusCode::CONFLICT,
+                "assign answered {} {}",
+                answer.status,
+                answer.body
+            );
+        }
+        let view = app
+            .send(Method::GET, &format!("/v1/connections/{id}"), Some("alice"), None)
+            .await;
+        assert_eq!(view.body["status"], "revoked");
+        assert_eq!(
+            view.body["agents"],
+            json!([]),
+            "round {round}: an agent is bound to a revoked connection"
+        );
+        // Every assign that succeeded before the revoke is named by it.
+        let affected = view.body["affected_agents"].as_array().expect("affected").len();
+        let won_before = assigned.iter().filter(|a| a.status == StatusCode::OK).count();
+        assert_eq!(
+            affected, won_before,
+            "round {round}: the revoke names every agent that was bound"
+        );
+    }
+}

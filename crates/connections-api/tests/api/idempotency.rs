@@ -1,0 +1,119 @@
+//! `Idempotency-Key`: a retried command returns its first answer and appends nothing.
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use serde_json::{json, Value};
+
+use crate::TestApp;
+
+fn keyed(app: &TestApp, method: Method, path: &str, key: &str, body: Option<Value>) -> Request<Body> {
+    let builder = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("authorization", format!("Bearer {}", app.token("alice")))
+        .header("idempotency-key", key);
+    match body {
+        Some(body) => builder
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string())),
+        None => builder.body(Body::empty()),
+    }
+    .expect("request")
+}
+
+#[tokio::test]
+async fn a_retried_create_returns_the_first_answer_and_appends_nothing() {
+    let app = TestApp::new().await;
+    let body = json!({"service": "github", "name": "Work", "credential": {"kind": "api_key", "key": "k"}});
+    let first = app
+        .raw(keyed(
+            &app,
+            Method::POST,
+            "/v1/connections",
+            "key-1",
+            Some(body.clone()),
+        ))
+        .await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let after_first = app.fingerprint().await;
+    let retry = app
+        .raw(keyed(&app, Method::POST, "/v1/connections", "key-1", Some(body)))
+        .await;
+    assert_eq!(retry.status, StatusCode::CREATED);
+    assert_eq!(
+        retry.body, first.body,
+        "the retry must return the first answer, same connection id"
+    );
+    assert_eq!(app.fingerprint().await, after_first, "the retry must append nothing");
+}
+
+#[tokio::test]
+async fn the_same_key_with_a_different_request_is_refused() {
+    let app = TestApp::new().await;
+    let body = json!({"service": "github", "name": "Work", "credential": {"kind": "api_key", "key": "k"}});
+    app.raw(keyed(&app, Method::POST, "/v1/connections", "key-1", Some(body)))
+        .await;
+    let before = app.fingerprint().await;
+    let other = json!({"service": "github", "name": "Other", "credential": {"kind": "api_key", "key": "k"}});
+    let answer = app
+        .raw(keyed(&app, Method::POST, "/v1/connections", "key-1", Some(other)))
+        .await;
+    answer.assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "idempotency-key-reused");
+    assert_eq!(app.fingerprint().await, before);
+}
+
+#[tokio::test]
+async fn a_refusal_is_also_the_first_answer() {
+    let app = TestApp::new().await;
+    let id = app.create("alice", "github", None).await;
+    app.send(Method::DELETE, &format!("/v1/connections/{id}"), Some("alice"), None)
+        .await;
+    let path = format!("/v1/connections/{id}/agents");
+    let first = app
+        .raw(keyed(
+            &app,
+            Method::POST,
+            &path,
+            "k-assign",
+            Some(json!({"agent_id": "a"})),
+        ))
+        .await;
+    first.assert_problem(StatusCode::CONFLICT, "connection-revoked");
+    let retry = app
+        .raw(keyed(
+            &app,
+            Method::POST,
+            &path,
+            "k-assign",
+            Some(json!({"agent_id": "a"})),
+        ))
+        .await;
+    assert_eq!((retry.status, retry.body), (first.status, first.body));
+}
+
+#[tokio::test]
+async fn concurrent_retries_with_one_key_create_one_connection() {
+    let app = TestApp::new().await;
+    let body = json!({"service": "github", "name": "Work", "credential": {"kind": "api_key", "key": "k"}});
+    let mut answers = Vec::new();
+    let futures: Vec<_> = (0..8)
+        .map(|_| app.raw(keyed(&app, Method::POST, "/v1/connections", "same", Some(body.clone()))))
+        .collect();
+    for answer in futures::future::join_all(futures).await {
+        answers.push(answer);
+    }
+    let ids: std::collections::HashSet<_> = answers.iter().map(|a| a.body["connection_id"].to_string()).collect();
+    assert_eq!(ids.len(), 1, "every retry answers the same connection");
+    let created: i64 = app
+        .db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM events WHERE event_type = 'connection_created'",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(created, 1);
+}

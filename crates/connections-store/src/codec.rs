@@ -1,0 +1,292 @@
+//! The stored form of domain events: stable type names, schema versions and
+//! JSON data, documented one file per type in `schemas/events/`.
+//!
+//! The domain's enums never touch serde's representation of Rust types: the
+//! mirrors below are the contract, and renaming a Rust variant cannot change
+//! what is stored.
+
+use connections_domain::{
+    AgentId, BindingSource, ConnectionId, ConnectionName, CredentialKind, DefaultClearReason, Event, OwnerId,
+    ServiceName, SkillName, UnbindReason,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::StoreError;
+
+/// Every stored event type name with its current schema version.
+pub const EVENT_TYPES: &[(&str, i32)] = &[
+    ("connection_created", 1),
+    ("agent_assigned", 1),
+    ("agent_unassigned", 1),
+    ("credential_rotated", 1),
+    ("default_set", 1),
+    ("default_cleared", 1),
+    ("connection_revoked", 1),
+];
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConnectionCreatedV1 {
+    connection_id: ConnectionId,
+    owner: OwnerId,
+    service: ServiceName,
+    name: ConnectionName,
+    credential_kind: CredentialKind,
+    agent_id: Option<AgentId>,
+    skill: Option<SkillName>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentAssignedV1 {
+    connection_id: ConnectionId,
+    agent_id: AgentId,
+    source: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentUnassignedV1 {
+    connection_id: ConnectionId,
+    agent_id: AgentId,
+    reason: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CredentialRotatedV1 {
+    connection_id: ConnectionId,
+    credential_version: u32,
+    credential_kind: CredentialKind,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DefaultSetV1 {
+    connection_id: ConnectionId,
+    previous: Option<ConnectionId>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DefaultClearedV1 {
+    connection_id: ConnectionId,
+    reason: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConnectionRevokedV1 {
+    connection_id: ConnectionId,
+    affected_agents: Vec<AgentId>,
+}
+
+/// The stored type name, schema version and data of a domain event.
+pub fn encode(event: &Event) -> (&'static str, i32, Value) {
+    let to_value = |v: Result<Value, serde_json::Error>| v.expect("event data always serializes");
+    match event {
+        Event::ConnectionCreated {
+            connection_id,
+            owner,
+            service,
+            name,
+            credential_kind,
+            agent_id,
+            skill,
+        } => (
+            "connection_created",
+            1,
+            to_value(serde_json::to_value(ConnectionCreatedV1 {
+                connection_id: *connection_id,
+                owner: owner.clone(),
+                service: service.clone(),
+                name: name.clone(),
+                credential_kind: *credential_kind,
+                agent_id: agent_id.clone(),
+                skill: skill.clone(),
+            })),
+        ),
+        Event::AgentAssigned {
+            connection_id,
+            agent_id,
+            source,
+        } => (
+            "agent_assigned",
+            1,
+            to_value(serde_json::to_value(AgentAssignedV1 {
+                connection_id: *connection_id,
+                agent_id: agent_id.clone(),
+                source: binding_source_name(*source).into(),
+            })),
+        ),
+        Event::AgentUnassigned {
+            connection_id,
+            agent_id,
+            reason,
+        } => (
+            "agent_unassigned",
+            1,
+            to_value(serde_json::to_value(AgentUnassignedV1 {
+                connection_id: *connection_id,
+                agent_id: agent_id.clone(),
+                reason: unbind_reason_name(*reason).into(),
+            })),
+        ),
+        Event::CredentialRotated {
+            connection_id,
+            credential_version,
+            credential_kind,
+        } => (
+            "credential_rotated",
+            1,
+            to_value(serde_json::to_value(CredentialRotatedV1 {
+                connection_id: *connection_id,
+                credential_version: *credential_version,
+                credential_kind: *credential_kind,
+            })),
+        ),
+        Event::DefaultSet {
+            connection_id,
+            previous,
+        } => (
+            "default_set",
+            1,
+            to_value(serde_json::to_value(DefaultSetV1 {
+                connection_id: *connection_id,
+                previous: *previous,
+            })),
+        ),
+        Event::DefaultCleared { connection_id, reason } => (
+            "default_cleared",
+            1,
+            to_value(serde_json::to_value(DefaultClearedV1 {
+                connection_id: *connection_id,
+                reason: default_clear_reason_name(*reason).into(),
+            })),
+        ),
+        Event::ConnectionRevoked {
+            connection_id,
+            affected_agents,
+        } => (
+            "connection_revoked",
+            1,
+            to_value(serde_json::to_value(ConnectionRevokedV1 {
+                connection_id: *connection_id,
+                affected_agents: affected_agents.clone(),
+            })),
+        ),
+    }
+}
+
+/// The domain event stored as (type, schema version, data). Older schema
+/// versions are upcast here when they exist.
+pub fn decode(event_type: &str, schema_version: i32, data: &Value) -> Result<Event, StoreError> {
+    fn parse<T: for<'de> Deserialize<'de>>(event_type: &str, data: &Value) -> Result<T, StoreError> {
+        T::deserialize(data).map_err(|e| StoreError::Corrupt(format!("{event_type}: {e}")))
+    }
+    let unknown = || StoreError::Corrupt(format!("unknown event {event_type} v{schema_version}"));
+    if schema_version != 1 {
+        return Err(unknown());
+    }
+    let event = match event_type {
+        "connection_created" => {
+            let d: ConnectionCreatedV1 = parse(event_type, data)?;
+            Event::ConnectionCreated {
+                connection_id: d.connection_id,
+                owner: d.owner,
+                service: d.service,
+                name: d.name,
+                credential_kind: d.credential_kind,
+                agent_id: d.agent_id,
+                skill: d.skill,
+            }
+        }
+        "agent_assigned" => {
+            let d: AgentAssignedV1 = parse(event_type, data)?;
+            let source = match d.source.as_str() {
+                "created" => BindingSource::Created,
+                "assigned" => BindingSource::Assigned,
+                _ => return Err(unknown()),
+            };
+            Event::AgentAssigned {
+                connection_id: d.connection_id,
+                agent_id: d.agent_id,
+                source,
+            }
+        }
+        "agent_unassigned" => {
+            let d: AgentUnassignedV1 = parse(event_type, data)?;
+            let reason = match d.reason.as_str() {
+                "unassigned" => UnbindReason::Unassigned,
+                "replaced" => UnbindReason::Replaced,
+                "revoked" => UnbindReason::Revoked,
+                _ => return Err(unknown()),
+            };
+            Event::AgentUnassigned {
+                connection_id: d.connection_id,
+                agent_id: d.agent_id,
+                reason,
+            }
+        }
+        "credential_rotated" => {
+            let d: CredentialRotatedV1 = parse(event_type, data)?;
+            Event::CredentialRotated {
+                connection_id: d.connection_id,
+                credential_version: d.credential_version,
+                credential_kind: d.credential_kind,
+            }
+        }
+        "default_set" => {
+            let d: DefaultSetV1 = parse(event_type, data)?;
+            Event::DefaultSet {
+                connection_id: d.connection_id,
+                previous: d.previous,
+            }
+        }
+        "default_cleared" => {
+            let d: DefaultClearedV1 = parse(event_type, data)?;
+            let reason = match d.reason.as_str() {
+                "cleared" => DefaultClearReason::Cleared,
+                "revoked" => DefaultClearReason::Revoked,
+                _ => return Err(unknown()),
+            };
+            Event::DefaultCleared {
+                connection_id: d.connection_id,
+                reason,
+            }
+        }
+        "connection_revoked" => {
+            let d: ConnectionRevokedV1 = parse(event_type, data)?;
+            Event::ConnectionRevoked {
+                connection_id: d.connection_id,
+                affected_agents: d.affected_agents,
+            }
+        }
+        _ => return Err(unknown()),
+    };
+    Ok(event)
+}
+
+/// The stored name of a binding source.
+pub fn binding_source_name(source: BindingSource) -> &'static str {
+    match source {
+        BindingSource::Created => "created",
+        BindingSource::Assigned => "assigned",
+    }
+}
+
+fn unbind_reason_name(reason: UnbindReason) -> &'static str {
+    match reason {
+        UnbindReason::Unassigned => "unassigned",
+        UnbindReason::Replaced => "replaced",
+        UnbindReason::Revoked => "revoked",
+    }
+}
+
+fn default_clear_reason_name(reason: DefaultClearReason) -> &'static str {
+    match reason {
+        DefaultClearReason::Cleared => "cleared",
+        DefaultClearReason::Revoked => "revoked",
+    }
+}

@@ -1,0 +1,75 @@
+//! Connecting to Postgres: creating the database if missing, and the pool.
+
+use std::str::FromStr;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::NoTls;
+
+use crate::error::StoreError;
+
+/// A handle on the database: a bounded pool of connections, all with
+/// `synchronous_commit = on` so that an acknowledged command is on disk.
+#[derive(Clone)]
+pub struct Database {
+    pool: Pool,
+}
+
+impl Database {
+    /// Wraps an existing pool.
+    pub fn new(pool: Pool) -> Self {
+        Self { pool }
+    }
+
+    /// The underlying pool.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+}
+
+/// Creates the database named in `url` if it does not exist, by connecting
+/// to the `postgres` maintenance database on the same server.
+pub async fn ensure_database(url: &str) -> Result<(), StoreError> {
+    let config = tokio_postgres::Config::from_str(url)?;
+    let name = config.get_dbname().unwrap_or("postgres").to_owned();
+    let mut maintenance = config.clone();
+    maintenance.dbname("postgres");
+    let (client, connection) = maintenance.connect(NoTls).await?;
+    let driver = tokio::spawn(connection);
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await?
+        .is_some();
+    if !exists {
+        let quoted = name.replace('"', "\"\"");
+        match client.batch_execute(&format!("CREATE DATABASE \"{quoted}\"")).await {
+            Ok(()) => tracing::info!(database = %name, "created database"),
+            // Another process created it between our check and our CREATE.
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    drop(client);
+    let _ = driver.await;
+    Ok(())
+}
+
+/// A pool of at most `max_size` connections to `url`.
+pub fn connect_pool(url: &str, max_size: usize) -> Result<Database, StoreError> {
+    let mut config = tokio_postgres::Config::from_str(url)?;
+    // The log's durability promise: never acknowledge before the WAL is flushed,
+    // whatever the server's or the role's default says.
+    config.options("-c synchronous_commit=on");
+    config.application_name("connections");
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    let pool = Pool::builder(manager)
+        .max_size(max_size)
+        .build()
+        .map_err(|e| StoreError::Configuration(e.to_string()))?;
+    Ok(Database { pool })
+}

@@ -1,0 +1,26 @@
+//! The Postgres side of Connections.
+//!
+//! - [`EventLog`]: the append-only event log, with optimistic concurrency per
+//!   stream, atomic multi-stream appends and a gap-safe reader of the global
+//!   order ([`EventLog::read_after`]).
+//! - [`codec`]: the stored form of domain events (stable type names and
+//!   schema versions), kept apart from the domain.
+//! - Side tables written in the same transaction as the events they go with:
+//!   the connection locator, data keys and sealed credentials, idempotency keys.
+
+pub mod codec;
+mod database;
+mod error;
+mod idempotency;
+mod locator;
+mod log;
+mod migrate;
+mod secrets;
+
+pub use database::{connect_pool, ensure_database, Database};
+pub use error::StoreError;
+pub use idempotency::{IdempotencyClaim, StoredResponse};
+pub use locator::ConnectionLocation;
+pub use log::{EventLog, LogCursor, Metadata, NewEvent, RecordedEvent, StreamAppend, StreamId, StreamVersion};
+pub use migrate::migrate;
+pub use secrets::StoredCredential;

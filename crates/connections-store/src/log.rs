@@ -1,0 +1,269 @@
+//! The append-only event log: appends with optimistic concurrency, stream
+//! reads, and the gap-safe reader of the global order.
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{GenericClient, Transaction};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use crate::error::StoreError;
+
+/// A stream's id. Streams are the unit of optimistic concurrency.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StreamId(String);
+
+impl StreamId {
+    /// The stream of one owner's connections for one service (the domain's
+    /// consistency boundary). Neither id can contain `/`, so the form is
+    /// unambiguous.
+    pub fn owner_service(owner: &connections_domain::OwnerId, service: &connections_domain::ServiceName) -> Self {
+        Self(format!("owner-service/{owner}/{service}"))
+    }
+
+    /// A stream id from its stored form (tests and tools).
+    pub fn from_raw(raw: impl Into<String>) -> Self {
+        Self(raw.into())
+    }
+
+    /// The stored form.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// How many events a stream holds; 0 for a stream that does not exist yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct StreamVersion(pub u64);
+
+/// An event about to be appended, already in its stored form.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// Its id (UUIDv7).
+    pub event_id: Uuid,
+    /// Its stable type name, e.g. `connection_revoked`.
+    pub event_type: &'static str,
+    /// The version of its data's schema.
+    pub schema_version: i32,
+    /// Its data (never secret material).
+    pub data: Value,
+}
+
+/// The events one command appends to one stream, with the version the
+/// command decided against.
+#[derive(Debug, Clone)]
+pub struct StreamAppend {
+    /// The stream.
+    pub stream_id: StreamId,
+    /// The version the decision was made against.
+    pub expected_version: StreamVersion,
+    /// The events, in order.
+    pub events: Vec<NewEvent>,
+}
+
+/// Who caused an append and in answer to what.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metadata {
+    /// The authenticated user (or system component) that issued the command.
+    pub actor: String,
+    /// The id of the command (one per accepted HTTP request).
+    pub command_id: Uuid,
+    /// The id correlating this command with the request that caused it.
+    pub correlation_id: Uuid,
+}
+
+/// An event as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedEvent {
+    /// Its position: unique, increasing within a transaction.
+    pub position: i64,
+    /// The transaction that appended it (first half of the global order).
+    pub transaction_id: u64,
+    /// Its id.
+    pub event_id: Uuid,
+    /// Its stream.
+    pub stream_id: String,
+    /// Its version within the stream (1-based).
+    pub stream_version: u64,
+    /// Its stable type name.
+    pub event_type: String,
+    /// The version of its data's schema.
+    pub schema_version: i32,
+    /// Its data.
+    pub data: Value,
+    /// Its metadata (actor, command id, correlation id).
+    pub metadata: Value,
+    /// When the appending transaction started.
+    pub recorded_at: DateTime<Utc>,
+}
+
+impl RecordedEvent {
+    /// Where a reader that has handled this event continues from.
+    pub fn cursor(&self) -> LogCursor {
+        LogCursor {
+            transaction_id: self.transaction_id,
+            position: self.position,
+        }
+    }
+}
+
+/// A place in the global order: after the event (transaction_id, position).
+/// The default cursor is before the first event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct LogCursor {
+    /// The transaction id of the last event read.
+    pub transaction_id: u64,
+    /// The position of the last event read.
+    pub position: i64,
+}
+
+// The text form of transaction_id gets its own name: ORDER BY prefers output
+// column names, and sorting transaction ids as text is wrong past each power of ten.
+const COLUMNS: &str =
+    "position, transaction_id::text AS transaction_id_text, event_id, stream_id, stream_version, event_type, \
+                       schema_version, data, metadata, recorded_at";
+
+/// The event log's operations. Appends take a transaction so that all the
+/// events of a command, and the side-table writes that go with them, commit
+/// or roll back together.
+pub struct EventLog;
+
+impl EventLog {
+    /// Appends every stream's events atomically, checking each stream's
+    /// expected version first. Returns the positions of the appended events,
+    /// in order. A lost race is [`StoreError::Conflict`]; the transaction is
+    /// then unusable and must be dropped.
+    pub async fn append(
+        transaction: &Transaction<'_>,
+        appends: &[StreamAppend],
+        metadata: &Metadata,
+    ) -> Result<Vec<i64>, StoreError> {
+        let version_query = transaction
+            .prepare_cached("SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_id = $1")
+            .await?;
+        let mut ids = Vec::new();
+        let mut streams = Vec::new();
+        let mut versions = Vec::new();
+        let mut types = Vec::new();
+        let mut schema_versions = Vec::new();
+        let mut data = Vec::new();
+        for append in appends {
+            let current: i64 = transaction
+                .query_one(&version_query, &[&append.stream_id.as_str()])
+                .await?
+                .get(0);
+            if current as u64 != append.expected_version.0 {
+                return Err(StoreError::Conflict {
+                    stream_id: append.stream_id.0.clone(),
+                });
+            }
+            for (offset, event) in append.events.iter().enumerate() {
+                ids.push(event.event_id);
+                streams.push(append.stream_id.as_str());
+                versions.push(current + 1 + offset as i64);
+                types.push(event.event_type);
+                schema_versions.push(event.schema_version);
+                data.push(&event.data);
+            }
+        }
+        if ids.is_empty() {
+            return Ok(vec![]);
+        }
+        let metadata = serde_json::to_value(metadata).expect("metadata always serializes");
+        let insert = transaction
+            .prepare_cached(
+                "INSERT INTO events (event_id, stream_id, stream_version, event_type, schema_version, data, metadata) \
+                 SELECT e.event_id, e.stream_id, e.stream_version, e.event_type, e.schema_version, e.data, $7::jsonb \
+                 FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::text[], $5::int4[], $6::jsonb[]) \
+                 WITH ORDINALITY AS e(event_id, stream_id, stream_version, event_type, schema_version, data, n) \
+                 ORDER BY e.n RETURNING position",
+            )
+            .await?;
+        let rows = transaction
+            .query(
+                &insert,
+                &[&ids, &streams, &versions, &types, &schema_versions, &data, &metadata],
+            )
+            .await
+            .map_err(|e| {
+                if StoreError::is_unique_violation(&e) {
+                    let stream_id = appends.first().map(|a| a.stream_id.0.clone()).unwrap_or_default();
+                    StoreError::Conflict { stream_id }
+                } else {
+                    StoreError::Database(e)
+                }
+            })?;
+        let mut positions: Vec<i64> = rows.iter().map(|row| row.get(0)).collect();
+        positions.sort_unstable();
+        Ok(positions)
+    }
+
+    /// Every event of one stream, in version order, and the stream's version.
+    pub async fn read_stream(
+        client: &impl GenericClient,
+        stream_id: &StreamId,
+    ) -> Result<(Vec<RecordedEvent>, StreamVersion), StoreError> {
+        let statement = client
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM events WHERE stream_id = $1 ORDER BY stream_version"
+            ))
+            .await?;
+        let rows = client.query(&statement, &[&stream_id.as_str()]).await?;
+        let events = rows.iter().map(recorded).collect::<Result<Vec<_>, _>>()?;
+        let version = StreamVersion(events.last().map_or(0, |e| e.stream_version));
+        Ok((events, version))
+    }
+
+    /// Up to `limit` events after `cursor` in the global order, never
+    /// skipping one that commits late.
+    ///
+    /// Only events of transactions older than the oldest transaction still
+    /// running (`pg_snapshot_xmin`) are returned: those are all committed or
+    /// rolled back, and every transaction that has not yet written will get a
+    /// larger transaction id. So once the reader passes a cursor, no event can
+    /// appear behind it.
+    pub async fn read_after(
+        client: &impl GenericClient,
+        cursor: LogCursor,
+        limit: i64,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let statement = client
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM events \
+                 WHERE (transaction_id, position) > ($1::text::xid8, $2) \
+                   AND transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
+                 ORDER BY events.transaction_id, events.position LIMIT $3"
+            ))
+            .await?;
+        let transaction_id = cursor.transaction_id.to_string();
+        let rows = client
+            .query(&statement, &[&transaction_id, &cursor.position, &limit])
+            .await?;
+        rows.iter().map(recorded).collect()
+    }
+
+    /// The position of the newest event, if any (for status and tests).
+    pub async fn head_position(client: &impl GenericClient) -> Result<Option<i64>, StoreError> {
+        Ok(client.query_one("SELECT max(position) FROM events", &[]).await?.get(0))
+    }
+}
+
+fn recorded(row: &Row) -> Result<RecordedEvent, StoreError> {
+    let transaction_id: String = row.get(1);
+    let stream_version: i64 = row.get(4);
+    Ok(RecordedEvent {
+        position: row.get(0),
+        transaction_id: transaction_id
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("transaction id {transaction_id:?}")))?,
+        event_id: row.get(2),
+        stream_id: row.get(3),
+        stream_version: stream_version as u64,
+        event_type: row.get(5),
+        schema_version: row.get(6),
+        data: row.get(7),
+        metadata: row.get(8),
+        recorded_at: row.get(9),
+    })
+}

@@ -1,0 +1,152 @@
+//! Appends: optimistic concurrency, atomicity, append-only, durability setting.
+
+use connections_store::{EventLog, StoreError, StreamId, StreamVersion};
+use connections_testkit::TestDatabase;
+
+use crate::{append_to, event, metadata};
+
+#[tokio::test]
+async fn appends_are_read_back_in_stream_order_with_versions() {
+    let db = TestDatabase::new().await;
+    let mut client = db.database.pool().get().await.expect("pool connection");
+    let tx = client.transaction().await.expect("begin");
+    let positions = EventLog::append(&tx, &[append_to("s-1", 0, vec![event(1), event(2)])], &metadata())
+        .await
+        .expect("first append");
+    tx.commit().await.expect("commit");
+    assert_eq!(positions.len(), 2);
+    let (events, version) = EventLog::read_stream(&client, &StreamId::from_raw("s-1"))
+        .await
+        .expect("read stream");
+    assert_eq!(version, StreamVersion(2));
+    assert_eq!(events.iter().map(|e| e.stream_version).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(events[0].data["n"], 1);
+    assert_eq!(events[0].metadata["actor"], "test");
+}
+
+#[tokio::test]
+async fn a_stale_expected_version_is_a_typed_conflict_and_writes_nothing() {
+    let db = TestDatabase::new().await;
+    let mut client = db.database.pool().get().await.expect("pool connection");
+    let tx = client.transaction().await.expect("begin");
+    EventLog::append(&tx, &[append_to("s-1", 0, vec![event(1)])], &metadata())
+        .await
+        .expect("first append");
+    tx.commit().await.expect("commit");
+
+    let tx = client.transaction().await.expect("begin");
+    let stale = EventLog::append(&tx, &[append_to("s-1", 0, vec![event(2)])], &metadata()).await;
+    assert!(
+        matches!(stale, Err(StoreError::Conflict { .. })),
+        "expected a conflict, got {stale:?}"
+    );
+    drop(tx);
+    let (events, _) = EventLog::read_stream(&client, &StreamId::from_raw("s-1"))
+        .await
+        .expect("read stream");
+    assert_eq!(events.len(), 1, "a conflicting append must write nothing");
+}
+
+#[tokio::test]
+async fn concurrent_appends_at_the_same_version_let_exactly_one_win() {
+    let db = TestDatabase::new().await;
+    let mut tasks = Vec::new();
+    for n in 0..16 {
+        let pool = db.database.pool().clone();
+        tasks.push(tokio::spawn(async move {
+            let mut client = pool.get().await.expect("pool connection");
+            let tx = client.transaction().await.expect("begin");
+            match EventLog::append(&tx, &[append_to("race", 0, vec![event(n)])], &metadata()).await {
+                Ok(_) => tx.commit().await.is_ok(),
+                Err(StoreError::Conflict { .. }) => false,
+                Err(other) => panic!("unexpected error {other:?}"),
+            }
+        }));
+    }
+    let mut winners = 0;
+    for task in tasks {
+        winners += usize::from(task.await.expect("task"));
+    }
+    assert_eq!(winners, 1, "exactly one writer may append version 1");
+    let client = db.client().await;
+    let count: i64 = client
+        .query_one("SELECT count(*) FROM events", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(count, 1);
+}
+
+#[tokio::test]
+async fn a_multi_stream_append_is_all_or_nothing() {
+    let db = TestDatabase::new().await;
+    let mut client = db.database.pool().get().await.expect("pool connection");
+    let tx = client.transaction().await.expect("begin");
+    EventLog::append(&tx, &[append_to("b", 0, vec![event(1)])], &metadata())
+        .await
+        .expect("seed b");
+    tx.commit().await.expect("commit");
+
+    // The first stream is fine, the second is stale: neither may be written.
+    let tx = client.transaction().await.expect("begin");
+    let result = EventLog::append(
+        &tx,
+        &[append_to("a", 0, vec![event(2)]), append_to("b", 0, vec![event(3)])],
+        &metadata(),
+    )
+    .await;
+    assert!(matches!(result, Err(StoreError::Conflict { .. })));
+    drop(tx);
+    let (a, _) = EventLog::read_stream(&client, &StreamId::from_raw("a"))
+        .await
+        .expect("read a");
+    assert!(a.is_empty(), "stream a must not keep half of a failed command");
+
+    let tx = client.transaction().await.expect("begin");
+    EventLog::append(
+        &tx,
+        &[append_to("a", 0, vec![event(4)]), append_to("b", 1, vec![event(5)])],
+        &metadata(),
+    )
+    .await
+    .expect("both streams at their versions");
+    tx.commit().await.expect("commit");
+    let client = db.client().await;
+    let count: i64 = client
+        .query_one("SELECT count(*) FROM events", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(count, 3);
+}
+
+#[tokio::test]
+async fn the_log_refuses_update_delete_and_truncate() {
+    let db = TestDatabase::new().await;
+    let mut client = db.database.pool().get().await.expect("pool connection");
+    let tx = client.transaction().await.expect("begin");
+    EventLog::append(&tx, &[append_to("s", 0, vec![event(1)])], &metadata())
+        .await
+        .expect("append");
+    tx.commit().await.expect("commit");
+    let sql = db.client().await;
+    for statement in ["UPDATE events SET data = '{}'", "DELETE FROM events", "TRUNCATE events"] {
+        let error = sql.batch_execute(statement).await.expect_err("the log is append-only");
+        assert!(format!("{error:?}").contains("append-only"), "{statement}: {error:?}");
+    }
+}
+
+#[tokio::test]
+async fn pool_connections_commit_synchronously() {
+    let db = TestDatabase::new().await;
+    let client = db.database.pool().get().await.expect("pool connection");
+    let setting: String = client
+        .query_one("SHOW synchronous_commit", &[])
+        .await
+        .expect("show")
+        .get(0);
+    assert_eq!(
+        setting, "on",
+        "an acknowledged command must be flushed before the answer"
+    );
+}

@@ -1,0 +1,80 @@
+//! Test support shared by the crates' integration tests and the end-to-end
+//! suites: every test gets its own database on the real Postgres server.
+
+use std::str::FromStr;
+
+use connections_store::{connect_pool, ensure_database, migrate, Database};
+
+/// The server tests run against: `CONNECTIONS_TEST_DATABASE_URL` without a
+/// database name, or the local trust-auth server.
+pub fn server_url() -> String {
+    std::env::var("CONNECTIONS_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// A fresh database, migrated, dropped (with `FORCE`) when this value drops.
+pub struct TestDatabase {
+    /// The database's URL.
+    pub url: String,
+    /// Its name (`connections_test_<uuid>`).
+    pub name: String,
+    /// A pool on it.
+    pub database: Database,
+}
+
+impl TestDatabase {
+    /// Creates and migrates a database with a unique name.
+    pub async fn new() -> Self {
+        Self::with_migrations(true).await
+    }
+
+    /// Creates a database, migrated or not.
+    pub async fn with_migrations(migrated: bool) -> Self {
+        let name = format!("connections_test_{}", uuid::Uuid::now_v7().simple());
+        let url = format!("{}/{}", server_url().trim_end_matches('/'), name);
+        ensure_database(&url).await.expect("create the test database");
+        if migrated {
+            migrate(&url).await.expect("migrate the test database");
+        }
+        let database = connect_pool(&url, 16).expect("pool on the test database");
+        Self { url, name, database }
+    }
+
+    /// A plain client on the test database, for assertions in SQL.
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let config = tokio_postgres::Config::from_str(&self.url).expect("valid test database URL");
+        let (client, connection) = config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .expect("connect to the test database");
+        tokio::spawn(connection);
+        client
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs outside any async context we can rely on: use a private
+        // runtime on a plain thread, bounded by the statement itself.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async move {
+                let url = format!("{}/postgres", server_url().trim_end_matches('/'));
+                let config = tokio_postgres::Config::from_str(&url).ok()?;
+                let (client, connection) = config.connect(tokio_postgres::NoTls).await.ok()?;
+                tokio::spawn(connection);
+                client
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                    .await
+                    .ok()
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Some(()))) {
+            eprintln!("warning: test database {} was not dropped", self.name);
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! The append benchmark: (a) a raw transaction that reads a stream's version
+//! and inserts one row; (b) the store's append path; (c) the full HTTP command
+//! path (create a connection: parse, seal, decide, append, answer).
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use connections_api::auth::{mint_user_token, Authenticator};
+use connections_api::{router, AppState};
+use connections_domain::OwnerId;
+use connections_sealing::MasterKey;
+use connections_store::{
+    connect_pool, ensure_database, migrate, Database, EventLog, Metadata, NewEvent, StreamAppend, StreamId,
+    StreamVersion,
+};
+use serde_json::json;
+
+use super::stats::{ms, Summary};
+
+/// Options of `connections bench append`.
+#[derive(clap::Args)]
+pub struct AppendOptions {
+    /// The Postgres server (a fresh database is created on it and dropped after).
+    #[arg(
+        long,
+        env = "CONNECTIONS_BENCH_SERVER",
+        default_value = "postgres://postgres@127.0.0.1:5432"
+    )]
+    server: String,
+    /// Seconds per phase.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Concurrency levels.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1, 8, 32])]
+    concurrency: Vec<usize>,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Raw,
+    Store,
+    Http,
+}
+
+impl Mode {
+    fn label(self) -> &'static str {
+        match self {
+            Mode::Raw => "(a) raw INSERT",
+            Mode::Store => "(b) store append",
+            Mode::Http => "(c) HTTP command",
+        }
+    }
+}
+
+/// Runs the benchmark and prints one table.
+pub async fn run(options: AppendOptions) -> anyhow::Result<()> {
+    let name = format!("connections_bench_{}", uuid::Uuid::now_v7().simple());
+    let url = format!("{}/{}", options.server.trim_end_matches('/'), name);
+    ensure_database(&url).await?;
+    migrate(&url).await?;
+    let result = run_on(&url, &options).await;
+    drop_database(&options.server, &name).await?;
+    result
+}
+
+async fn run_on(url: &str, options: &AppendOptions) -> anyhow::Result<()> {
+    let max_concurrency = options.concurrency.iter().copied().max().unwrap_or(1);
+    let database = connect_pool(url, max_concurrency + 4)?;
+    database
+        .pool()
+        .get()
+        .await?
+        .batch_execute(
+            "CREATE TABLE bench_raw (stream_id text NOT NULL, version bigint NOT NULL, data jsonb NOT NULL, \
+             PRIMARY KEY (stream_id, version))",
+        )
+        .await?;
+    let server = HttpServer::start(database.clone()).await?;
+    let phase = Duration::from_secs(options.seconds);
+    println!(
+        "bench append: {}s per phase, Postgres {}",
+        options.seconds,
+        server_version(&database).await?
+    );
+    println!(
+        "{:<18} {:>5} {:>8} {:>9} {:>9} {:>9} {:>9} {:>12}",
+        "path", "conc", "ops", "ops/s", "p50 ms", "p99 ms", "max ms", "vs (a) ops/s"
+    );
+    for &concurrency in &options.concurrency {
+        let mut baseline = None;
+        for mode in [Mode::Raw, Mode::Store, Mode::Http] {
+            let summary = measure(mode, concurrency, phase, &database, &server).await?;
+            let ratio = match baseline {
+                None => {
+                    baseline = Some(summary.per_second);
+                    "1.00".to_owned()
+                }
+                Some(raw) => format!("{:.2}", summary.per_second / raw),
+            };
+            println!(
+                "{:<18} {:>5} {:>8} {:>9.0} {:>9} {:>9} {:>9} {:>12}",
+                mode.label(),
+                concurrency,
+                summary.operations,
+                summary.per_second,
+                ms(summary.p50),
+                ms(summary.p99),
+                ms(summary.max),
+                ratio
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn measure(
+    mode: Mode,
+    concurrency: usize,
+    phase: Duration,
+    database: &Database,
+    server: &HttpServer,
+) -> anyhow::Result<Summary> {
+    let run_id = uuid::Uuid::now_v7().simple().to_string();
+    let started = Instant::now();
+    let deadline = started + phase;
+    let mut workers = Vec::new();
+    for worker in 0..concurrency {
+        let database = database.clone();
+        let http = server.clone();
+        let stream = format!("bench-{run_id}-{worker}");
+        workers.push(tokio::spawn(async move {
+            let mut samples = Vec::new();
+            let mut version = 0u64;
+            while Instant::now() < deadline {
+                let begin = Instant::now();
+                match mode {
+                    Mode::Raw => raw_append(&database, &stream).await?,
+                    Mode::Store => store_append(&database, &stream, version).await?,
+                    Mode::Http => http.create_connection(&format!("{stream}-{version}")).await?,
+                }
+                samples.push(begin.elapsed());
+                version += 1;
+            }
+            anyhow::Ok(samples)
+        }));
+    }
+    let mut samples = Vec::new();
+    for worker in workers {
+        samples.extend(worker.await??);
+    }
+    Ok(Summary::new(samples, started.elapsed()))
+}
+
+async fn raw_append(database: &Database, stream: &str) -> anyhow::Result<()> {
+    let mut client = database.pool().get().await?;
+    let transaction = client.transaction().await?;
+    let read = transaction
+        .prepare_cached("SELECT coalesce(max(version), 0) FROM bench_raw WHERE stream_id = $1")
+        .await?;
+    let version: i64 = transaction.query_one(&read, &[&stream]).await?.get(0);
+    let insert = transaction
+        .prepare_cached("INSERT INTO bench_raw (stream_id, version, data) VALUES ($1, $2, $3)")
+        .await?;
+    transaction
+        .execute(&insert, &[&stream, &(version + 1), &json!({"n": version})])
+        .await?;
+    transaction.commit().await?;
+    Ok(())
+}
+
+async fn store_append(database: &Database, stream: &str, version: u64) -> anyhow::Result<()> {
+    let mut client = database.pool().get().await?;
+    let transaction = client.transaction().await?;
+    let append = StreamAppend {
+        stream_id: StreamId::from_raw(stream),
+        expected_version: StreamVersion(version),
+        events: vec![NewEvent {
+            event_id: uuid::Uuid::now_v7(),
+            event_type: "bench_event",
+            schema_version: 1,
+            data: json!({"n": version}),
+        }],
+    };
+    let metadata = Metadata {
+        actor: "bench".into(),
+        command_id: uuid::Uuid::now_v7(),
+        correlation_id: uuid::Uuid::now_v7(),
+    };
+    EventLog::append(&transaction, &[append], &metadata).await?;
+    transaction.commit().await?;
+    Ok(())
+}
+
+/// The real router on a loopback port, and a client with a token per owner.
+#[derive(Clone)]
+struct HttpServer {
+    base: String,
+    client: reqwest::Client,
+    secret: Arc<Vec<u8>>,
+}
+
+impl HttpServer {
+    async fn start(database: Database) -> anyhow::Result<Self> {
+        let secret: Vec<u8> = MasterKey::generate_base64()?.into_bytes();
+        let state = AppState {
+            database,
+            master_key: Arc::new(MasterKey::from_base64("bench", &MasterKey::generate_base64()?)?),
+            authenticator: Arc::new(Authenticator::hs256(&secret)?),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base = format!("http://{}", listener.local_addr()?);
+        tokio::spawn(async move { axum::serve(listener, router(state)).await });
+        Ok(Self {
+            base,
+            client: reqwest::Client::new(),
+            secret: Arc::new(secret),
+        })
+    }
+
+    /// One command: a new owner creates a connection (parse, seal, decide, append).
+    async fn create_connection(&self, owner: &str) -> anyhow::Result<()> {
+        let owner = OwnerId::parse(owner.to_owned()).map_err(|e| anyhow::anyhow!("owner {e}"))?;
+        let token = mint_user_token(&self.secret, &owner, chrono::Utc::now().timestamp() + 3600)?;
+        let response = self
+            .client
+            .post(format!("{}/v1/connections", self.base))
+            .bearer_auth(token)
+            .json(&json!({"service": "bench", "name": "bench", "credential": {"kind": "api_key", "key": "bench-key"}}))
+            .send()
+            .await?;
+        anyhow::ensure!(response.status() == 201, "create answered {}", response.status());
+        Ok(())
+    }
+}
+
+async fn server_version(database: &Database) -> anyhow::Result<String> {
+    Ok(database
+        .pool()
+        .get()
+        .await?
+        .query_one("SHOW server_version", &[])
+        .await?
+        .get(0))
+}
+
+async fn drop_database(server: &str, name: &str) -> anyhow::Result<()> {
+    let config = tokio_postgres::Config::from_str(&format!("{}/postgres", server.trim_end_matches('/')))?;
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .await
+        .context("dropping the bench database")?;
+    Ok(())
+}

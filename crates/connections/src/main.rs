@@ -1,0 +1,69 @@
+//! `connections`: the server binary and its tools.
+
+mod bench;
+mod config;
+mod serve;
+
+use clap::{Parser, Subcommand};
+use connections_domain::OwnerId;
+
+/// Connections: keeps the credentials AI agents use on their users' behalf.
+#[derive(Parser)]
+#[command(name = "connections", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: CliCommand,
+}
+
+#[derive(Subcommand)]
+enum CliCommand {
+    /// Run the HTTP server (migrates the database first).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Mint a development token (HS256 with CONNECTIONS_JWT_SECRET).
+    Token {
+        /// The user id the token authenticates.
+        #[arg(long)]
+        user: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 86_400)]
+        ttl: i64,
+    },
+    /// Benchmarks against the local services.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CONNECTIONS_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        CliCommand::Serve => serve::run(config::Config::from_env()?).await,
+        CliCommand::Migrate => {
+            let config = config::Config::from_env()?;
+            connections_store::ensure_database(&config.database_url).await?;
+            connections_store::migrate(&config.database_url).await?;
+            println!("migrations applied");
+            Ok(())
+        }
+        CliCommand::Token { user, ttl } => {
+            let user = OwnerId::parse(user).map_err(|e| anyhow::anyhow!("--user {e}"))?;
+            let secret = config::jwt_secret()?;
+            let expires_at = chrono::Utc::now().timestamp() + ttl;
+            println!(
+                "{}",
+                connections_api::auth::mint_user_token(&secret, &user, expires_at)?
+            );
+            Ok(())
+        }
+        CliCommand::Bench(command) => bench::run(command).await,
+    }
+}
