@@ -29,8 +29,7 @@ impl TestDatabase {
 
     /// Creates a database, migrated or not.
     pub async fn with_migrations(migrated: bool) -> Self {
-        let name = format!("connections_test_{}", uuid::Uuid::now_v7().simple());
-        let url = format!("{}/{}", server_url().trim_end_matches('/'), name);
+        let (name, url) = unique_database();
         ensure_database(&url).await.expect("create the test database");
         if migrated {
             migrate(&url).await.expect("migrate the test database");
@@ -53,28 +52,36 @@ impl TestDatabase {
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {
-        let name = self.name.clone();
-        // Drop runs outside any async context we can rely on: use a private
-        // runtime on a plain thread, bounded by the statement itself.
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            runtime.block_on(async move {
-                let url = format!("{}/postgres", server_url().trim_end_matches('/'));
-                let config = tokio_postgres::Config::from_str(&url).ok()?;
-                let (client, connection) = config.connect(tokio_postgres::NoTls).await.ok()?;
-                tokio::spawn(connection);
-                client
-                    .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                    .await
-                    .ok()
-            })
+        drop_database(&self.name);
+    }
+}
+
+/// A database name no other test uses, and its URL (the database is not created).
+pub fn unique_database() -> (String, String) {
+    let name = format!("connections_test_{}", uuid::Uuid::now_v7().simple());
+    let url = format!("{}/{}", server_url().trim_end_matches('/'), name);
+    (name, url)
+}
+
+/// Drops a database if it exists, terminating its connections. Blocking:
+/// it runs on a plain thread with a private runtime, so it works from `Drop`.
+pub fn drop_database(name: &str) {
+    let statement = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+    let dropped = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        runtime.block_on(async move {
+            let url = format!("{}/postgres", server_url().trim_end_matches('/'));
+            let config = tokio_postgres::Config::from_str(&url).ok()?;
+            let (client, connection) = config.connect(tokio_postgres::NoTls).await.ok()?;
+            tokio::spawn(connection);
+            client.batch_execute(&statement).await.ok()
         })
-        .join();
-        if !matches!(dropped, Ok(Some(()))) {
-            eprintln!("warning: test database {} was not dropped", self.name);
-        }
+    })
+    .join();
+    if !matches!(dropped, Ok(Some(()))) {
+        eprintln!("warning: test database {name} was not dropped");
     }
 }

@@ -88,7 +88,13 @@ impl TestApp {
     }
 
     /// Sends a request as `user` (None: no Authorization header).
-    pub(crate) async fn send(&self, method: Method, path: impl Into<String>, user: Option<&str>, body: Option<Value>) -> Answer {
+    pub(crate) async fn send(
+        &self,
+        method: Method,
+        path: impl Into<String>,
+        user: Option<&str>,
+        body: Option<Value>,
+    ) -> Answer {
         let mut request = Request::builder().method(method).uri(path.into());
         if let Some(user) = user {
             request = request.header("authorization", format!("Bearer {}", self.token(user)));

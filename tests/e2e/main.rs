@@ -1,0 +1,5 @@
+//! End-to-end: the real `connections` binary against the real Postgres.
+
+mod cli;
+mod readme;
+mod secrets;
