@@ -14,11 +14,7 @@ fn migrate_creates_the_database_and_is_idempotent() {
             .env("CONNECTIONS_DATABASE_URL", &url)
             .output()
             .expect("run connections migrate");
-        assert!(
-            output.status.success(),
-            "migrate run {run} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        assert!(output.status.success(), "migrate run {run} failed: {}", String::from_utf8_lossy(&output.stderr));
     }
     drop_database(&name);
 }

@@ -13,11 +13,7 @@ async fn a_canary_secret_never_reaches_the_database_dump_or_the_logs() {
     let client = reqwest::Client::new();
     let token = server.token("alice");
     let post = |path: &str, body: serde_json::Value| {
-        client
-            .post(format!("{}{path}", server.base))
-            .bearer_auth(&token)
-            .json(&body)
-            .send()
+        client.post(format!("{}{path}", server.base)).bearer_auth(&token).json(&body).send()
     };
 
     let created = post(
@@ -28,10 +24,7 @@ async fn a_canary_secret_never_reaches_the_database_dump_or_the_logs() {
     .await
     .expect("create");
     assert_eq!(created.status(), 201);
-    let id = created.json::<serde_json::Value>().await.expect("json")["connection_id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let id = created.json::<serde_json::Value>().await.expect("json")["connection_id"].as_str().expect("id").to_owned();
     let rotated = client
         .put(format!("{}/v1/connections/{id}/credential", server.base))
         .bearer_auth(&token)
@@ -59,35 +52,18 @@ async fn a_canary_secret_never_reaches_the_database_dump_or_the_logs() {
         .expect("malformed");
     assert_eq!(malformed.status(), 400);
     assert!(!malformed.text().await.expect("body").contains(&canary));
-    let revoked = client
-        .delete(format!("{}/v1/connections/{id}", server.base))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .expect("revoke");
+    let revoked =
+        client.delete(format!("{}/v1/connections/{id}", server.base)).bearer_auth(&token).send().await.expect("revoke");
     assert_eq!(revoked.status(), 200);
 
-    let dump = Command::new("pg_dump")
-        .args(["--data-only", &server.database_url])
-        .output()
-        .expect("run pg_dump");
-    assert!(
-        dump.status.success(),
-        "pg_dump failed: {}",
-        String::from_utf8_lossy(&dump.stderr)
-    );
+    let dump = Command::new("pg_dump").args(["--data-only", &server.database_url]).output().expect("run pg_dump");
+    assert!(dump.status.success(), "pg_dump failed: {}", String::from_utf8_lossy(&dump.stderr));
     let dump = String::from_utf8_lossy(&dump.stdout);
-    assert!(
-        dump.contains("connection_revoked"),
-        "the dump must contain the log (sanity check)"
-    );
+    assert!(dump.contains("connection_revoked"), "the dump must contain the log (sanity check)");
     assert!(!dump.contains(&canary), "the canary is in the database dump");
 
     server.stop();
     let output = server.output();
-    assert!(
-        output.contains("listening on"),
-        "the server output was captured (sanity check)"
-    );
+    assert!(output.contains("listening on"), "the server output was captured (sanity check)");
     assert!(!output.contains(&canary), "the canary is in the server's output");
 }

@@ -90,30 +90,16 @@ impl Server {
         }
         let started = Instant::now();
         let base = loop {
-            if let Some(line) = output
-                .lock()
-                .expect("output lock")
-                .lines()
-                .find(|l| l.starts_with("listening on "))
-            {
+            if let Some(line) = output.lock().expect("output lock").lines().find(|l| l.starts_with("listening on ")) {
                 break line.trim_start_matches("listening on ").trim().to_owned();
             }
             if let Ok(Some(status)) = child.try_wait() {
                 panic!("server exited with {status}: {}", output.lock().expect("output lock"));
             }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "server did not start in 60 s"
-            );
+            assert!(started.elapsed() < Duration::from_secs(60), "server did not start in 60 s");
             std::thread::sleep(Duration::from_millis(20));
         };
-        Self {
-            child,
-            base,
-            database_url,
-            database_name,
-            output,
-        }
+        Self { child, base, database_url, database_name, output }
     }
 
     /// Everything the server printed so far (stdout and stderr).
@@ -128,19 +114,13 @@ impl Server {
             .env("CONNECTIONS_JWT_SECRET", JWT_SECRET)
             .output()
             .expect("run connections token");
-        assert!(
-            output.status.success(),
-            "token failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        assert!(output.status.success(), "token failed: {}", String::from_utf8_lossy(&output.stderr));
         String::from_utf8(output.stdout).expect("utf-8 token").trim().to_owned()
     }
 
     /// Stops the server with SIGTERM and waits (bounded) for it to exit.
     pub fn stop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(10) {
             if let Ok(Some(_)) = self.child.try_wait() {

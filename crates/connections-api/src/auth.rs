@@ -67,27 +67,19 @@ impl Authenticator {
 
     /// The verified claims of a token.
     pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
-        jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
-            .map(|data| data.claims)
-            .map_err(|e| match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => ApiError::Unauthorized("token has expired"),
-                _ => ApiError::Unauthorized("token is invalid"),
-            })
+        jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map(|data| data.claims).map_err(|e| match e
+            .kind()
+        {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => ApiError::Unauthorized("token has expired"),
+            _ => ApiError::Unauthorized("token is invalid"),
+        })
     }
 }
 
 /// Mints an HS256 user token (for `connections token` and tests).
 pub fn mint_user_token(secret: &[u8], user: &OwnerId, expires_at: i64) -> Result<String, AuthConfigError> {
-    let claims = Claims {
-        sub: user.to_string(),
-        exp: expires_at,
-        role: None,
-    };
-    Ok(jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(secret),
-    )?)
+    let claims = Claims { sub: user.to_string(), exp: expires_at, role: None };
+    Ok(jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret))?)
 }
 
 /// The authenticated user of a request.
@@ -114,5 +106,42 @@ impl FromRequestParts<AppState> for AuthenticatedUser {
         let user =
             OwnerId::parse(claims.sub).map_err(|_| ApiError::Unauthorized("token subject is not a valid user id"))?;
         Ok(AuthenticatedUser(user))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // A key pair made for this test only (`openssl genpkey -algorithm ed25519`).
+    const ED25519_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEID3KhBVWfr0la/y89VLajef5KVNBRDsVUOkbCfZ7pvyk\n-----END PRIVATE KEY-----";
+    const ED25519_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAbHNQmS0FkLRVTZdCc9fZan+Td+Bp5dLey4x9gCROigA=\n-----END PUBLIC KEY-----";
+
+    fn claims(sub: &str, exp_in: i64) -> Claims {
+        Claims { sub: sub.into(), exp: chrono::Utc::now().timestamp() + exp_in, role: None }
+    }
+
+    #[test]
+    fn ed25519_tokens_verify_with_the_public_key_only() {
+        let authenticator = Authenticator::ed25519_pem(ED25519_PUBLIC.as_bytes()).expect("public key");
+        let key = EncodingKey::from_ed_pem(ED25519_PRIVATE.as_bytes()).expect("private key");
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims("alice", 60), &key).expect("sign");
+        assert_eq!(authenticator.verify(&token).expect("valid token").sub, "alice");
+
+        // A token signed with a shared secret must not pass an asymmetric verifier.
+        let forged = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims("alice", 60),
+            &EncodingKey::from_secret(ED25519_PUBLIC.as_bytes()),
+        )
+        .expect("sign");
+        assert!(authenticator.verify(&forged).is_err());
+        let expired = jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims("alice", -600), &key).expect("sign");
+        assert!(matches!(authenticator.verify(&expired), Err(ApiError::Unauthorized("token has expired"))));
+    }
+
+    #[test]
+    fn short_hs256_secrets_are_refused() {
+        assert!(matches!(Authenticator::hs256(b"short"), Err(AuthConfigError::WeakSecret)));
     }
 }

@@ -63,8 +63,7 @@ impl JsonObject {
 
     /// A required string field parsed by `parse`.
     pub fn required<T>(&self, field: &str, parse: impl FnOnce(String) -> Result<T, IdError>) -> Result<T, ApiError> {
-        self.optional(field, parse)?
-            .ok_or_else(|| ApiError::invalid(field, "is required"))
+        self.optional(field, parse)?.ok_or_else(|| ApiError::invalid(field, "is required"))
     }
 
     /// An optional string field (absent or null) parsed by `parse`.
@@ -96,8 +95,5 @@ pub fn path_param<T>(name: &str, raw: &str, parse: impl FnOnce(&str) -> Result<T
 
 /// An attacker-chosen name made safe to print in a problem.
 fn printable(name: &str) -> String {
-    name.chars()
-        .take(64)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
+    name.chars().take(64).map(|c| if c.is_control() { '?' } else { c }).collect()
 }

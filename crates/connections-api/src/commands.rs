@@ -4,7 +4,7 @@
 
 use axum::http::StatusCode;
 use connections_domain::{decide, Command, ConnectionId, Event, OwnerId, OwnerService, Request, ServiceName};
-use connections_sealing::{seal, Credential, DataKey, MasterKey};
+use connections_sealing::{seal, Credential, DataKey, MasterKey, SealedCredential, WrappedDataKey};
 use connections_store::codec::{decode, encode};
 use connections_store::{
     ConnectionLocation, EventLog, IdempotencyClaim, Metadata, NewEvent, RecordedEvent, StoreError, StoredCredential,
@@ -47,10 +47,7 @@ impl IdempotencyRequest {
             hasher.update((part.len() as u64).to_be_bytes());
             hasher.update(part);
         }
-        Self {
-            key,
-            request_hash: hasher.finalize().to_vec(),
-        }
+        Self { key, request_hash: hasher.finalize().to_vec() }
     }
 }
 
@@ -103,10 +100,7 @@ pub async fn execute(
                 // A refusal is an answer too: store it for the key, append nothing.
                 if let Some(idempotency) = &input.idempotency {
                     let (status, body) = error.to_problem();
-                    let stored = StoredResponse {
-                        status: status.as_u16(),
-                        body,
-                    };
+                    let stored = StoredResponse { status: status.as_u16(), body };
                     IdempotencyClaim::record(&transaction, input.actor.as_str(), &idempotency.key, &stored).await?;
                     transaction.commit().await.map_err(StoreError::from)?;
                 }
@@ -141,13 +135,8 @@ async fn attempt_once(
     respond: &impl Fn(&Decided) -> (StatusCode, Value),
 ) -> Result<(StatusCode, Value), AttemptError> {
     if let Some(idempotency) = &input.idempotency {
-        match IdempotencyClaim::claim(
-            transaction,
-            input.actor.as_str(),
-            &idempotency.key,
-            &idempotency.request_hash,
-        )
-        .await?
+        match IdempotencyClaim::claim(transaction, input.actor.as_str(), &idempotency.key, &idempotency.request_hash)
+            .await?
         {
             IdempotencyClaim::Fresh => {}
             IdempotencyClaim::Replay(stored) => {
@@ -158,10 +147,7 @@ async fn attempt_once(
         }
     }
     let location = match &input.target {
-        Target::Service(service) => ConnectionLocation {
-            owner: input.actor.clone(),
-            service: service.clone(),
-        },
+        Target::Service(service) => ConnectionLocation { owner: input.actor.clone(), service: service.clone() },
         Target::Connection(connection_id) => ConnectionLocation::find(transaction, *connection_id)
             .await?
             .ok_or(AttemptError::Refused(ApiError::NotFound))?,
@@ -169,53 +155,32 @@ async fn attempt_once(
     let stream_id = location.stream_id();
     let (history, version) = EventLog::read_stream(transaction, &stream_id).await?;
     let mut state = fold(&history)?;
-    let request = Request {
-        actor: input.actor.clone(),
-        command: input.command.clone(),
-    };
+    let request = Request { actor: input.actor.clone(), command: input.command.clone() };
     let events = decide(&state, &request).map_err(|e| AttemptError::Refused(e.into()))?;
     for event in &events {
         state.apply(event);
-        write_side_tables(app, transaction, &location, event, input.credential.as_ref()).await?;
     }
+    let side_writes = side_writes(app, transaction, &location, &events, input.credential.as_ref()).await?;
     let new_events = events
         .iter()
         .map(|event| {
             let (event_type, schema_version, data) = encode(event);
-            NewEvent {
-                event_id: uuid::Uuid::now_v7(),
-                event_type,
-                schema_version,
-                data,
-            }
+            NewEvent { event_id: uuid::Uuid::now_v7(), event_type, schema_version, data }
         })
         .collect();
-    let metadata = Metadata {
-        actor: input.actor.to_string(),
-        command_id,
-        correlation_id: command_id,
-    };
-    let append = StreamAppend {
-        stream_id: stream_id.clone(),
-        expected_version: version,
-        events: new_events,
-    };
-    let positions = EventLog::append(transaction, &[append], &metadata).await?;
-    let position = positions
-        .last()
-        .or(history.last().map(|e| &e.position))
-        .copied()
-        .unwrap_or(0);
-    let (status, body) = respond(&Decided {
-        state,
-        events,
-        position,
-    });
+    let metadata = Metadata { actor: input.actor.to_string(), command_id, correlation_id: command_id };
+    let append = [StreamAppend { stream_id: stream_id.clone(), expected_version: version, events: new_events }];
+    // The side-table writes and the append are independent statements of one
+    // transaction: pipeline them instead of paying a round trip each.
+    let (positions, _) = futures::future::try_join(
+        EventLog::append(transaction, &append, &metadata),
+        futures::future::try_join_all(side_writes.iter().map(|write| write.execute(transaction, &location))),
+    )
+    .await?;
+    let position = positions.last().or(history.last().map(|e| &e.position)).copied().unwrap_or(0);
+    let (status, body) = respond(&Decided { state, events, position });
     if let Some(idempotency) = &input.idempotency {
-        let stored = StoredResponse {
-            status: status.as_u16(),
-            body: body.clone(),
-        };
+        let stored = StoredResponse { status: status.as_u16(), body: body.clone() };
         IdempotencyClaim::record(transaction, input.actor.as_str(), &idempotency.key, &stored).await?;
     }
     Ok((status, body))
@@ -230,57 +195,69 @@ pub fn fold(history: &[RecordedEvent]) -> Result<OwnerService, StoreError> {
     Ok(state)
 }
 
-/// The secret-state writes an event calls for, in the event's transaction.
-async fn write_side_tables(
+/// A write to a side table that an event calls for, made in the event's transaction.
+enum SideWrite {
+    /// Store a new connection's locator, wrapped data key and sealed credential v1.
+    NewConnection(ConnectionId, WrappedDataKey, SealedCredential),
+    /// Store a sealed credential version.
+    Sealed(ConnectionId, u32, SealedCredential),
+    /// Destroy a revoked connection's data key (crypto-shredding).
+    DestroyDataKey(ConnectionId),
+}
+
+impl SideWrite {
+    async fn execute(&self, transaction: &Transaction<'_>, location: &ConnectionLocation) -> Result<(), StoreError> {
+        match self {
+            SideWrite::NewConnection(id, wrapped, sealed) => {
+                StoredCredential::insert_new_connection(transaction, *id, location, wrapped, sealed).await
+            }
+            SideWrite::Sealed(id, version, sealed) => {
+                StoredCredential::insert_sealed(transaction, *id, *version, sealed).await
+            }
+            SideWrite::DestroyDataKey(id) => StoredCredential::destroy_data_key(transaction, *id).await,
+        }
+    }
+}
+
+/// The side-table writes `events` call for. Sealing happens here, in memory;
+/// only a rotation reads (the connection's data key).
+async fn side_writes(
     app: &AppState,
     transaction: &Transaction<'_>,
     location: &ConnectionLocation,
-    event: &Event,
+    events: &[Event],
     credential: Option<&Credential>,
-) -> Result<(), AttemptError> {
+) -> Result<Vec<SideWrite>, AttemptError> {
     let master_key: &MasterKey = &app.master_key;
-    match event {
-        Event::ConnectionCreated { connection_id, .. } => {
-            let credential = credential.ok_or_else(|| internal("create without a credential"))?;
-            ConnectionLocation::insert(transaction, *connection_id, location).await?;
-            let data_key = DataKey::generate().map_err(|e| AttemptError::Fail(ApiError::Internal(Box::new(e))))?;
-            StoredCredential::insert_data_key(transaction, *connection_id, &master_key.wrap(&data_key, *connection_id))
-                .await?;
-            let sealed = seal(&data_key, credential, *connection_id, &location.owner, 1)
-                .map_err(|e| AttemptError::Fail(ApiError::Internal(Box::new(e))))?;
-            StoredCredential::insert_sealed(transaction, *connection_id, 1, &sealed).await?;
+    let failed = |e: &dyn std::error::Error| AttemptError::Fail(ApiError::Internal(e.to_string().into()));
+    let mut writes = Vec::new();
+    for event in events {
+        match event {
+            Event::ConnectionCreated { connection_id, .. } => {
+                let credential = credential.ok_or_else(|| internal("create without a credential"))?;
+                let data_key = DataKey::generate().map_err(|e| failed(&e))?;
+                let sealed = seal(&data_key, credential, *connection_id, &location.owner, 1).map_err(|e| failed(&e))?;
+                let wrapped = master_key.wrap(&data_key, *connection_id);
+                writes.push(SideWrite::NewConnection(*connection_id, wrapped, sealed));
+            }
+            Event::CredentialRotated { connection_id, credential_version, .. } => {
+                let credential = credential.ok_or_else(|| internal("rotate without a credential"))?;
+                let wrapped = StoredCredential::data_key(transaction, *connection_id)
+                    .await?
+                    .ok_or_else(|| internal("active connection without a data key"))?;
+                let data_key = master_key.unwrap(&wrapped, *connection_id).map_err(|e| failed(&e))?;
+                let sealed = seal(&data_key, credential, *connection_id, &location.owner, *credential_version)
+                    .map_err(|e| failed(&e))?;
+                writes.push(SideWrite::Sealed(*connection_id, *credential_version, sealed));
+            }
+            Event::ConnectionRevoked { connection_id, .. } => writes.push(SideWrite::DestroyDataKey(*connection_id)),
+            Event::AgentAssigned { .. }
+            | Event::AgentUnassigned { .. }
+            | Event::DefaultSet { .. }
+            | Event::DefaultCleared { .. } => {}
         }
-        Event::CredentialRotated {
-            connection_id,
-            credential_version,
-            ..
-        } => {
-            let credential = credential.ok_or_else(|| internal("rotate without a credential"))?;
-            let wrapped = StoredCredential::data_key(transaction, *connection_id)
-                .await?
-                .ok_or_else(|| internal("active connection without a data key"))?;
-            let data_key = master_key
-                .unwrap(&wrapped, *connection_id)
-                .map_err(|e| AttemptError::Fail(ApiError::Internal(Box::new(e))))?;
-            let sealed = seal(
-                &data_key,
-                credential,
-                *connection_id,
-                &location.owner,
-                *credential_version,
-            )
-            .map_err(|e| AttemptError::Fail(ApiError::Internal(Box::new(e))))?;
-            StoredCredential::insert_sealed(transaction, *connection_id, *credential_version, &sealed).await?;
-        }
-        Event::ConnectionRevoked { connection_id, .. } => {
-            StoredCredential::destroy_data_key(transaction, *connection_id).await?;
-        }
-        Event::AgentAssigned { .. }
-        | Event::AgentUnassigned { .. }
-        | Event::DefaultSet { .. }
-        | Event::DefaultCleared { .. } => {}
     }
-    Ok(())
+    Ok(writes)
 }
 
 fn internal(what: &'static str) -> AttemptError {

@@ -55,10 +55,7 @@ pub enum ApiError {
 impl ApiError {
     /// An invalid field with a reason.
     pub fn invalid(field: impl Into<String>, reason: impl ToString) -> Self {
-        ApiError::InvalidInput {
-            field: field.into(),
-            reason: reason.to_string(),
-        }
+        ApiError::InvalidInput { field: field.into(), reason: reason.to_string() }
     }
 
     fn status_and_type(&self) -> (StatusCode, &'static str) {
@@ -118,10 +115,7 @@ impl IntoResponse for ApiError {
         let (status, body) = self.to_problem();
         let mut response = (status, axum::Json(body)).into_response();
         let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }

@@ -56,8 +56,7 @@ pub fn connection(state: &OwnerService, connection_id: ConnectionId, history: Op
         value["affected_agents"] = json!(affected);
     }
     if let Some(created) = history.and_then(|h| {
-        h.iter()
-            .find(|e| e.event_type == "connection_created" && e.data["connection_id"] == json!(connection_id))
+        h.iter().find(|e| e.event_type == "connection_created" && e.data["connection_id"] == json!(connection_id))
     }) {
         value["created_at"] = json!(created.recorded_at.to_rfc3339());
     }

@@ -14,14 +14,7 @@ use crate::state::{Connection, ConnectionStatus, OwnerService};
 pub fn decide(state: &OwnerService, request: &Request) -> Result<Vec<Event>, DomainError> {
     let actor = &request.actor;
     match &request.command {
-        Command::CreateConnection {
-            connection_id,
-            service,
-            name,
-            credential_kind,
-            agent_id,
-            skill,
-        } => {
+        Command::CreateConnection { connection_id, service, name, credential_kind, agent_id, skill } => {
             let foreign = state.owner.as_ref().is_some_and(|owner| owner != actor)
                 || state.service.as_ref().is_some_and(|known| known != service);
             if foreign {
@@ -44,22 +37,13 @@ pub fn decide(state: &OwnerService, request: &Request) -> Result<Vec<Event>, Dom
             }
             Ok(events)
         }
-        Command::AssignToAgent {
-            connection_id,
-            agent_id,
-        } => {
+        Command::AssignToAgent { connection_id, agent_id } => {
             active(state, request, *connection_id)?;
             Ok(bind(state, *connection_id, agent_id, BindingSource::Assigned))
         }
-        Command::UnassignFromAgent {
-            connection_id,
-            agent_id,
-        } => {
+        Command::UnassignFromAgent { connection_id, agent_id } => {
             existing(state, request, *connection_id)?;
-            let bound_here = state
-                .bindings
-                .get(agent_id)
-                .is_some_and(|b| b.connection_id == *connection_id);
+            let bound_here = state.bindings.get(agent_id).is_some_and(|b| b.connection_id == *connection_id);
             if !bound_here {
                 return Ok(vec![]);
             }
@@ -77,20 +61,15 @@ pub fn decide(state: &OwnerService, request: &Request) -> Result<Vec<Event>, Dom
             let affected_agents = state.agents_of(*connection_id);
             let mut events = Vec::with_capacity(affected_agents.len() + 2);
             if state.default == Some(*connection_id) {
-                events.push(Event::DefaultCleared {
-                    connection_id: *connection_id,
-                    reason: DefaultClearReason::Revoked,
-                });
+                events
+                    .push(Event::DefaultCleared { connection_id: *connection_id, reason: DefaultClearReason::Revoked });
             }
             events.extend(affected_agents.iter().map(|agent_id| Event::AgentUnassigned {
                 connection_id: *connection_id,
                 agent_id: agent_id.clone(),
                 reason: UnbindReason::Revoked,
             }));
-            events.push(Event::ConnectionRevoked {
-                connection_id: *connection_id,
-                affected_agents,
-            });
+            events.push(Event::ConnectionRevoked { connection_id: *connection_id, affected_agents });
             Ok(events)
         }
         Command::SetDefault { connection_id } => {
@@ -98,22 +77,15 @@ pub fn decide(state: &OwnerService, request: &Request) -> Result<Vec<Event>, Dom
             if state.default == Some(*connection_id) {
                 return Ok(vec![]);
             }
-            Ok(vec![Event::DefaultSet {
-                connection_id: *connection_id,
-                previous: state.default,
-            }])
+            Ok(vec![Event::DefaultSet { connection_id: *connection_id, previous: state.default }])
         }
         Command::ClearDefault => match state.default {
-            Some(connection_id) if state.is_owned_by(actor) => Ok(vec![Event::DefaultCleared {
-                connection_id,
-                reason: DefaultClearReason::Cleared,
-            }]),
+            Some(connection_id) if state.is_owned_by(actor) => {
+                Ok(vec![Event::DefaultCleared { connection_id, reason: DefaultClearReason::Cleared }])
+            }
             _ => Ok(vec![]),
         },
-        Command::RotateCredential {
-            connection_id,
-            credential_kind,
-        } => {
+        Command::RotateCredential { connection_id, credential_kind } => {
             let connection = active(state, request, *connection_id)?;
             Ok(vec![Event::CredentialRotated {
                 connection_id: *connection_id,
@@ -130,9 +102,7 @@ fn existing<'s>(
     request: &Request,
     connection_id: ConnectionId,
 ) -> Result<&'s Connection, DomainError> {
-    state
-        .connection_for(&request.actor, connection_id)
-        .ok_or(DomainError::NotFound)
+    state.connection_for(&request.actor, connection_id).ok_or(DomainError::NotFound)
 }
 
 /// The connection, if it exists, the actor owns it, and it is not revoked.
@@ -164,16 +134,8 @@ fn bind(
                 agent_id: agent_id.clone(),
                 reason: UnbindReason::Replaced,
             },
-            Event::AgentAssigned {
-                connection_id,
-                agent_id: agent_id.clone(),
-                source,
-            },
+            Event::AgentAssigned { connection_id, agent_id: agent_id.clone(), source },
         ],
-        None => vec![Event::AgentAssigned {
-            connection_id,
-            agent_id: agent_id.clone(),
-            source,
-        }],
+        None => vec![Event::AgentAssigned { connection_id, agent_id: agent_id.clone(), source }],
     }
 }

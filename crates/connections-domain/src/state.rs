@@ -68,15 +68,7 @@ impl OwnerService {
     /// Folds one event into the state in place.
     pub fn apply(&mut self, event: &Event) {
         match event {
-            Event::ConnectionCreated {
-                connection_id,
-                owner,
-                service,
-                name,
-                credential_kind,
-                skill,
-                ..
-            } => {
+            Event::ConnectionCreated { connection_id, owner, service, name, credential_kind, skill, .. } => {
                 self.owner.get_or_insert_with(|| owner.clone());
                 self.service.get_or_insert_with(|| service.clone());
                 self.connections.insert(
@@ -91,37 +83,15 @@ impl OwnerService {
                     },
                 );
             }
-            Event::AgentAssigned {
-                connection_id,
-                agent_id,
-                source,
-            } => {
-                self.bindings.insert(
-                    agent_id.clone(),
-                    Binding {
-                        connection_id: *connection_id,
-                        source: *source,
-                    },
-                );
+            Event::AgentAssigned { connection_id, agent_id, source } => {
+                self.bindings.insert(agent_id.clone(), Binding { connection_id: *connection_id, source: *source });
             }
-            Event::AgentUnassigned {
-                connection_id,
-                agent_id,
-                ..
-            } => {
-                if self
-                    .bindings
-                    .get(agent_id)
-                    .is_some_and(|b| b.connection_id == *connection_id)
-                {
+            Event::AgentUnassigned { connection_id, agent_id, .. } => {
+                if self.bindings.get(agent_id).is_some_and(|b| b.connection_id == *connection_id) {
                     self.bindings.remove(agent_id);
                 }
             }
-            Event::CredentialRotated {
-                connection_id,
-                credential_version,
-                credential_kind,
-            } => {
+            Event::CredentialRotated { connection_id, credential_version, credential_kind } => {
                 if let Some(connection) = self.connections.get_mut(connection_id) {
                     connection.credential_version = *credential_version;
                     connection.credential_kind = *credential_kind;
@@ -133,14 +103,9 @@ impl OwnerService {
                     self.default = None;
                 }
             }
-            Event::ConnectionRevoked {
-                connection_id,
-                affected_agents,
-            } => {
+            Event::ConnectionRevoked { connection_id, affected_agents } => {
                 if let Some(connection) = self.connections.get_mut(connection_id) {
-                    connection.status = ConnectionStatus::Revoked {
-                        affected_agents: affected_agents.clone(),
-                    };
+                    connection.status = ConnectionStatus::Revoked { affected_agents: affected_agents.clone() };
                 }
             }
         }

@@ -27,25 +27,12 @@ fn create(n: u128, agent_id: Option<&str>) -> Command {
 fn given_when(history: Vec<Command>, actor: &str, command: Command) -> (Result<Vec<Event>, DomainError>, OwnerService) {
     let mut state = OwnerService::default();
     for past in history {
-        let events = decide(
-            &state,
-            &Request {
-                actor: owner("alice"),
-                command: past,
-            },
-        )
-        .expect("history is valid");
+        let events = decide(&state, &Request { actor: owner("alice"), command: past }).expect("history is valid");
         for event in &events {
             state.apply(event);
         }
     }
-    let result = decide(
-        &state,
-        &Request {
-            actor: owner(actor),
-            command,
-        },
-    );
+    let result = decide(&state, &Request { actor: owner(actor), command });
     if let Ok(events) = &result {
         for event in events {
             state.apply(event);
@@ -61,11 +48,7 @@ fn creating_with_an_agent_binds_it_and_records_the_skill_context() {
     assert!(matches!(events[0], Event::ConnectionCreated { .. }));
     assert_eq!(
         events[1],
-        Event::AgentAssigned {
-            connection_id: conn(1),
-            agent_id: agent("a1"),
-            source: BindingSource::Created
-        }
+        Event::AgentAssigned { connection_id: conn(1), agent_id: agent("a1"), source: BindingSource::Created }
     );
     assert_eq!(state.agents_of(conn(1)), vec![agent("a1")]);
 }
@@ -74,34 +57,18 @@ fn creating_with_an_agent_binds_it_and_records_the_skill_context() {
 fn only_the_owner_can_act_everyone_else_gets_not_found() {
     let history = vec![create(1, Some("a1"))];
     for command in [
-        Command::AssignToAgent {
-            connection_id: conn(1),
-            agent_id: agent("b1"),
-        },
-        Command::UnassignFromAgent {
-            connection_id: conn(1),
-            agent_id: agent("a1"),
-        },
+        Command::AssignToAgent { connection_id: conn(1), agent_id: agent("b1") },
+        Command::UnassignFromAgent { connection_id: conn(1), agent_id: agent("a1") },
         Command::RevokeConnection { connection_id: conn(1) },
         Command::SetDefault { connection_id: conn(1) },
-        Command::RotateCredential {
-            connection_id: conn(1),
-            credential_kind: CredentialKind::ApiKey,
-        },
+        Command::RotateCredential { connection_id: conn(1), credential_kind: CredentialKind::ApiKey },
         create(2, None),
     ] {
         let (result, _) = given_when(history.clone(), "bob", command.clone());
-        assert_eq!(
-            result,
-            Err(DomainError::NotFound),
-            "bob must not see alice's connection: {command:?}"
-        );
+        assert_eq!(result, Err(DomainError::NotFound), "bob must not see alice's connection: {command:?}");
     }
-    let (result, _) = given_when(
-        vec![create(1, None), Command::SetDefault { connection_id: conn(1) }],
-        "bob",
-        Command::ClearDefault,
-    );
+    let (result, _) =
+        given_when(vec![create(1, None), Command::SetDefault { connection_id: conn(1) }], "bob", Command::ClearDefault);
     assert_eq!(result, Ok(vec![]), "bob's ClearDefault must not touch alice's default");
 }
 
@@ -110,24 +77,13 @@ fn assigning_replaces_the_agents_previous_binding_with_an_explicit_end() {
     let (result, state) = given_when(
         vec![create(1, Some("a1")), create(2, None)],
         "alice",
-        Command::AssignToAgent {
-            connection_id: conn(2),
-            agent_id: agent("a1"),
-        },
+        Command::AssignToAgent { connection_id: conn(2), agent_id: agent("a1") },
     );
     assert_eq!(
         result.expect("assign accepted"),
         vec![
-            Event::AgentUnassigned {
-                connection_id: conn(1),
-                agent_id: agent("a1"),
-                reason: UnbindReason::Replaced
-            },
-            Event::AgentAssigned {
-                connection_id: conn(2),
-                agent_id: agent("a1"),
-                source: BindingSource::Assigned
-            },
+            Event::AgentUnassigned { connection_id: conn(1), agent_id: agent("a1"), reason: UnbindReason::Replaced },
+            Event::AgentAssigned { connection_id: conn(2), agent_id: agent("a1"), source: BindingSource::Assigned },
         ]
     );
     assert_eq!(state.agents_of(conn(1)), Vec::<AgentId>::new());
@@ -137,21 +93,11 @@ fn assigning_replaces_the_agents_previous_binding_with_an_explicit_end() {
 #[test]
 fn setting_a_default_replaces_the_previous_one() {
     let (result, state) = given_when(
-        vec![
-            create(1, None),
-            create(2, None),
-            Command::SetDefault { connection_id: conn(1) },
-        ],
+        vec![create(1, None), create(2, None), Command::SetDefault { connection_id: conn(1) }],
         "alice",
         Command::SetDefault { connection_id: conn(2) },
     );
-    assert_eq!(
-        result,
-        Ok(vec![Event::DefaultSet {
-            connection_id: conn(2),
-            previous: Some(conn(1))
-        }])
-    );
+    assert_eq!(result, Ok(vec![Event::DefaultSet { connection_id: conn(2), previous: Some(conn(1)) }]));
     assert_eq!(state.default, Some(conn(2)));
 }
 
@@ -160,29 +106,17 @@ fn revoking_the_default_clears_it_and_ends_every_binding_in_one_decision() {
     let (result, state) = given_when(
         vec![
             create(1, Some("a1")),
-            Command::AssignToAgent {
-                connection_id: conn(1),
-                agent_id: agent("a2"),
-            },
+            Command::AssignToAgent { connection_id: conn(1), agent_id: agent("a2") },
             Command::SetDefault { connection_id: conn(1) },
         ],
         "alice",
         Command::RevokeConnection { connection_id: conn(1) },
     );
     let events = result.expect("revoke accepted");
-    assert_eq!(
-        events[0],
-        Event::DefaultCleared {
-            connection_id: conn(1),
-            reason: DefaultClearReason::Revoked
-        }
-    );
+    assert_eq!(events[0], Event::DefaultCleared { connection_id: conn(1), reason: DefaultClearReason::Revoked });
     assert_eq!(
         events.last(),
-        Some(&Event::ConnectionRevoked {
-            connection_id: conn(1),
-            affected_agents: vec![agent("a1"), agent("a2")]
-        })
+        Some(&Event::ConnectionRevoked { connection_id: conn(1), affected_agents: vec![agent("a1"), agent("a2")] })
     );
     assert_eq!(state.default, None);
     assert!(state.bindings.is_empty());
@@ -190,33 +124,19 @@ fn revoking_the_default_clears_it_and_ends_every_binding_in_one_decision() {
 
 #[test]
 fn revoking_twice_appends_nothing_and_answers_the_same_agents() {
-    let history = vec![
-        create(1, Some("a1")),
-        Command::RevokeConnection { connection_id: conn(1) },
-    ];
+    let history = vec![create(1, Some("a1")), Command::RevokeConnection { connection_id: conn(1) }];
     let (result, state) = given_when(history, "alice", Command::RevokeConnection { connection_id: conn(1) });
     assert_eq!(result, Ok(vec![]));
-    assert_eq!(
-        state.connections[&conn(1)].status,
-        ConnectionStatus::Revoked {
-            affected_agents: vec![agent("a1")]
-        }
-    );
+    assert_eq!(state.connections[&conn(1)].status, ConnectionStatus::Revoked { affected_agents: vec![agent("a1")] });
 }
 
 #[test]
 fn a_revoked_connection_cannot_be_assigned_made_default_or_rotated() {
     let history = vec![create(1, None), Command::RevokeConnection { connection_id: conn(1) }];
     for command in [
-        Command::AssignToAgent {
-            connection_id: conn(1),
-            agent_id: agent("a1"),
-        },
+        Command::AssignToAgent { connection_id: conn(1), agent_id: agent("a1") },
         Command::SetDefault { connection_id: conn(1) },
-        Command::RotateCredential {
-            connection_id: conn(1),
-            credential_kind: CredentialKind::Basic,
-        },
+        Command::RotateCredential { connection_id: conn(1), credential_kind: CredentialKind::Basic },
     ] {
         let (result, _) = given_when(history.clone(), "alice", command);
         assert_eq!(result, Err(DomainError::Revoked(conn(1))));
@@ -228,10 +148,7 @@ fn rotating_increments_the_credential_version() {
     let (result, state) = given_when(
         vec![create(1, None)],
         "alice",
-        Command::RotateCredential {
-            connection_id: conn(1),
-            credential_kind: CredentialKind::Oauth2,
-        },
+        Command::RotateCredential { connection_id: conn(1), credential_kind: CredentialKind::Oauth2 },
     );
     assert_eq!(
         result,
@@ -255,10 +172,7 @@ fn unassigning_an_agent_that_is_not_bound_changes_nothing() {
     let (result, _) = given_when(
         vec![create(1, None)],
         "alice",
-        Command::UnassignFromAgent {
-            connection_id: conn(1),
-            agent_id: agent("a9"),
-        },
+        Command::UnassignFromAgent { connection_id: conn(1), agent_id: agent("a9") },
     );
     assert_eq!(result, Ok(vec![]));
 }

@@ -31,22 +31,14 @@ fn arb_request() -> impl Strategy<Value = Request> {
         (0u8..4).prop_map(|n| Command::RevokeConnection { connection_id: conn(n) }),
         (0u8..4).prop_map(|n| Command::SetDefault { connection_id: conn(n) }),
         Just(Command::ClearDefault),
-        (0u8..4).prop_map(|n| Command::RotateCredential {
-            connection_id: conn(n),
-            credential_kind: CredentialKind::Basic
-        }),
+        (0u8..4)
+            .prop_map(|n| Command::RotateCredential { connection_id: conn(n), credential_kind: CredentialKind::Basic }),
     ];
-    (actor, command).prop_map(|(actor, command)| Request {
-        actor: OwnerId::parse(actor).expect("valid"),
-        command,
-    })
+    (actor, command).prop_map(|(actor, command)| Request { actor: OwnerId::parse(actor).expect("valid"), command })
 }
 
 fn is_active(state: &OwnerService, id: ConnectionId) -> bool {
-    state
-        .connections
-        .get(&id)
-        .is_some_and(|c| c.status == ConnectionStatus::Active)
+    state.connections.get(&id).is_some_and(|c| c.status == ConnectionStatus::Active)
 }
 
 proptest! {

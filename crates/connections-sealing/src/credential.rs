@@ -94,9 +94,7 @@ impl Credential {
                 expires_at: optional_time(object, "expires_at")?,
                 scopes: optional_scopes(object)?,
             },
-            CredentialKind::ApiKey => Credential::ApiKey {
-                key: required_secret(object, "key")?,
-            },
+            CredentialKind::ApiKey => Credential::ApiKey { key: required_secret(object, "key")? },
             CredentialKind::Basic => Credential::Basic {
                 username: required_secret(object, "username")?,
                 password: required_secret(object, "password")?,
@@ -120,12 +118,7 @@ impl Credential {
         let mut object = Map::new();
         object.insert("kind".into(), Value::from(self.kind().as_str()));
         match self {
-            Credential::Oauth2 {
-                access_token,
-                refresh_token,
-                expires_at,
-                scopes,
-            } => {
+            Credential::Oauth2 { access_token, refresh_token, expires_at, scopes } => {
                 object.insert("access_token".into(), Value::from(access_token.expose()));
                 if let Some(refresh_token) = refresh_token {
                     object.insert("refresh_token".into(), Value::from(refresh_token.expose()));
@@ -153,10 +146,7 @@ impl Credential {
 /// characters, control characters replaced. (Field names are not secrets,
 /// but they are attacker-chosen.)
 fn printable_field(name: &str) -> String {
-    name.chars()
-        .take(64)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
+    name.chars().take(64).map(|c| if c.is_control() { '?' } else { c }).collect()
 }
 
 fn required_secret(object: &Map<String, Value>, field: &'static str) -> Result<Secret, CredentialError> {
@@ -167,10 +157,7 @@ fn optional_secret(object: &Map<String, Value>, field: &'static str) -> Result<O
     match object.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if !s.is_empty() => Ok(Some(Secret::new(s.clone()))),
-        Some(_) => Err(CredentialError::Invalid {
-            field: field.into(),
-            expected: "a non-empty string",
-        }),
+        Some(_) => Err(CredentialError::Invalid { field: field.into(), expected: "a non-empty string" }),
     }
 }
 
@@ -179,22 +166,13 @@ fn optional_time(object: &Map<String, Value>, field: &'static str) -> Result<Opt
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => DateTime::parse_from_rfc3339(s)
             .map(|t| Some(t.with_timezone(&Utc)))
-            .map_err(|_| CredentialError::Invalid {
-                field: field.into(),
-                expected: "an RFC 3339 timestamp",
-            }),
-        Some(_) => Err(CredentialError::Invalid {
-            field: field.into(),
-            expected: "an RFC 3339 timestamp",
-        }),
+            .map_err(|_| CredentialError::Invalid { field: field.into(), expected: "an RFC 3339 timestamp" }),
+        Some(_) => Err(CredentialError::Invalid { field: field.into(), expected: "an RFC 3339 timestamp" }),
     }
 }
 
 fn optional_scopes(object: &Map<String, Value>) -> Result<Option<Vec<String>>, CredentialError> {
-    let invalid = || CredentialError::Invalid {
-        field: "scopes".into(),
-        expected: "an array of non-empty strings",
-    };
+    let invalid = || CredentialError::Invalid { field: "scopes".into(), expected: "an array of non-empty strings" };
     match object.get("scopes") {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Array(items)) => items
@@ -223,10 +201,7 @@ mod tests {
             &json!({"kind":"oauth2","access_token":"a","refresh_token":"r","expires_at":"2030-01-01T00:00:00Z","scopes":["x"]}),
         );
         assert!(matches!(oauth, Ok(Credential::Oauth2 { .. })));
-        assert!(matches!(
-            Credential::parse(&json!({"kind":"api_key","key":"k"})),
-            Ok(Credential::ApiKey { .. })
-        ));
+        assert!(matches!(Credential::parse(&json!({"kind":"api_key","key":"k"})), Ok(Credential::ApiKey { .. })));
         assert!(matches!(
             Credential::parse(&json!({"kind":"basic","username":"u","password":"p"})),
             Ok(Credential::Basic { .. })

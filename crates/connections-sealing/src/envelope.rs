@@ -96,12 +96,7 @@ mod tests {
     fn setup() -> (DataKey, Credential, ConnectionId, OwnerId) {
         let credential = Credential::parse(&json!({"kind":"api_key","key":"canary-seal"})).expect("valid credential");
         let connection_id = ConnectionId::from_uuid(uuid::Uuid::from_u128(7));
-        (
-            DataKey::generate().expect("random"),
-            credential,
-            connection_id,
-            OwnerId::parse("alice").expect("valid owner"),
-        )
+        (DataKey::generate().expect("random"), credential, connection_id, OwnerId::parse("alice").expect("valid owner"))
     }
 
     #[test]

@@ -44,9 +44,7 @@ pub struct MasterKey {
 
 impl fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MasterKey")
-            .field("key_id", &self.key_id)
-            .finish_non_exhaustive()
+        f.debug_struct("MasterKey").field("key_id", &self.key_id).finish_non_exhaustive()
     }
 }
 
@@ -61,10 +59,7 @@ impl MasterKey {
             .decode(encoded.trim())
             .map_err(|_| KeyError::MalformedMasterKey)?;
         let bytes: [u8; KEY_BYTES] = decoded.try_into().map_err(|_| KeyError::MalformedMasterKey)?;
-        Ok(Self {
-            key_id: key_id.to_owned(),
-            bytes,
-        })
+        Ok(Self { key_id: key_id.to_owned(), bytes })
     }
 
     /// A fresh random master key, base64-encoded (for `ops/run` and tests).
@@ -83,16 +78,11 @@ impl MasterKey {
     pub fn wrap(&self, data_key: &DataKey, connection_id: ConnectionId) -> WrappedDataKey {
         let mut cipher = Aes256Siv::new((&self.bytes).into());
         let headers = wrap_headers(&self.key_id, connection_id);
-        let sealed = cipher
-            .encrypt(headers, &data_key.bytes)
-            .expect("AES-SIV encryption of 64 bytes cannot fail");
+        let sealed = cipher.encrypt(headers, &data_key.bytes).expect("AES-SIV encryption of 64 bytes cannot fail");
         let mut bytes = Vec::with_capacity(1 + sealed.len());
         bytes.push(WRAP_FORMAT_V1);
         bytes.extend_from_slice(&sealed);
-        WrappedDataKey {
-            master_key_id: self.key_id.clone(),
-            bytes,
-        }
+        WrappedDataKey { master_key_id: self.key_id.clone(), bytes }
     }
 
     /// Unwraps a connection's data key.
@@ -104,20 +94,15 @@ impl MasterKey {
             return Err(KeyError::UnwrapFailed);
         };
         let mut cipher = Aes256Siv::new((&self.bytes).into());
-        let plain = cipher
-            .decrypt(wrap_headers(&self.key_id, connection_id), sealed)
-            .map_err(|_| KeyError::UnwrapFailed)?;
+        let plain =
+            cipher.decrypt(wrap_headers(&self.key_id, connection_id), sealed).map_err(|_| KeyError::UnwrapFailed)?;
         let bytes: [u8; KEY_BYTES] = plain.try_into().map_err(|_| KeyError::UnwrapFailed)?;
         Ok(DataKey { bytes })
     }
 }
 
 fn wrap_headers(key_id: &str, connection_id: ConnectionId) -> [Vec<u8>; 3] {
-    [
-        WRAP_CONTEXT.to_vec(),
-        key_id.as_bytes().to_vec(),
-        connection_id.as_uuid().as_bytes().to_vec(),
-    ]
+    [WRAP_CONTEXT.to_vec(), key_id.as_bytes().to_vec(), connection_id.as_uuid().as_bytes().to_vec()]
 }
 
 /// One connection's data key, in plaintext. Lives only in memory while
@@ -165,10 +150,7 @@ mod tests {
         let a = ConnectionId::from_uuid(uuid_from(1));
         let b = ConnectionId::from_uuid(uuid_from(2));
         let wrapped = master.wrap(&data_key, a);
-        assert_eq!(
-            master.unwrap(&wrapped, a).expect("unwrap for its own connection").bytes,
-            data_key.bytes
-        );
+        assert_eq!(master.unwrap(&wrapped, a).expect("unwrap for its own connection").bytes, data_key.bytes);
         assert_eq!(master.unwrap(&wrapped, b).err(), Some(KeyError::UnwrapFailed));
         let other = MasterKey::from_base64("k1", &MasterKey::generate_base64().expect("random")).expect("valid key");
         assert_eq!(other.unwrap(&wrapped, a).err(), Some(KeyError::UnwrapFailed));
@@ -182,10 +164,7 @@ mod tests {
 
     #[test]
     fn malformed_master_keys_are_refused() {
-        assert_eq!(
-            MasterKey::from_base64("k1", "bm90IDY0IGJ5dGVz").err(),
-            Some(KeyError::MalformedMasterKey)
-        );
+        assert_eq!(MasterKey::from_base64("k1", "bm90IDY0IGJ5dGVz").err(), Some(KeyError::MalformedMasterKey));
         assert_eq!(MasterKey::from_base64("", "x").err(), Some(KeyError::MalformedKeyId));
     }
 

@@ -86,15 +86,7 @@ struct ConnectionRevokedV1 {
 pub fn encode(event: &Event) -> (&'static str, i32, Value) {
     let to_value = |v: Result<Value, serde_json::Error>| v.expect("event data always serializes");
     match event {
-        Event::ConnectionCreated {
-            connection_id,
-            owner,
-            service,
-            name,
-            credential_kind,
-            agent_id,
-            skill,
-        } => (
+        Event::ConnectionCreated { connection_id, owner, service, name, credential_kind, agent_id, skill } => (
             "connection_created",
             1,
             to_value(serde_json::to_value(ConnectionCreatedV1 {
@@ -107,11 +99,7 @@ pub fn encode(event: &Event) -> (&'static str, i32, Value) {
                 skill: skill.clone(),
             })),
         ),
-        Event::AgentAssigned {
-            connection_id,
-            agent_id,
-            source,
-        } => (
+        Event::AgentAssigned { connection_id, agent_id, source } => (
             "agent_assigned",
             1,
             to_value(serde_json::to_value(AgentAssignedV1 {
@@ -120,11 +108,7 @@ pub fn encode(event: &Event) -> (&'static str, i32, Value) {
                 source: binding_source_name(*source).into(),
             })),
         ),
-        Event::AgentUnassigned {
-            connection_id,
-            agent_id,
-            reason,
-        } => (
+        Event::AgentUnassigned { connection_id, agent_id, reason } => (
             "agent_unassigned",
             1,
             to_value(serde_json::to_value(AgentUnassignedV1 {
@@ -133,11 +117,7 @@ pub fn encode(event: &Event) -> (&'static str, i32, Value) {
                 reason: unbind_reason_name(*reason).into(),
             })),
         ),
-        Event::CredentialRotated {
-            connection_id,
-            credential_version,
-            credential_kind,
-        } => (
+        Event::CredentialRotated { connection_id, credential_version, credential_kind } => (
             "credential_rotated",
             1,
             to_value(serde_json::to_value(CredentialRotatedV1 {
@@ -146,16 +126,10 @@ pub fn encode(event: &Event) -> (&'static str, i32, Value) {
                 credential_kind: *credential_kind,
             })),
         ),
-        Event::DefaultSet {
-            connection_id,
-            previous,
-        } => (
+        Event::DefaultSet { connection_id, previous } => (
             "default_set",
             1,
-            to_value(serde_json::to_value(DefaultSetV1 {
-                connection_id: *connection_id,
-                previous: *previous,
-            })),
+            to_value(serde_json::to_value(DefaultSetV1 { connection_id: *connection_id, previous: *previous })),
         ),
         Event::DefaultCleared { connection_id, reason } => (
             "default_cleared",
@@ -165,10 +139,7 @@ pub fn encode(event: &Event) -> (&'static str, i32, Value) {
                 reason: default_clear_reason_name(*reason).into(),
             })),
         ),
-        Event::ConnectionRevoked {
-            connection_id,
-            affected_agents,
-        } => (
+        Event::ConnectionRevoked { connection_id, affected_agents } => (
             "connection_revoked",
             1,
             to_value(serde_json::to_value(ConnectionRevokedV1 {
@@ -209,11 +180,7 @@ pub fn decode(event_type: &str, schema_version: i32, data: &Value) -> Result<Eve
                 "assigned" => BindingSource::Assigned,
                 _ => return Err(unknown()),
             };
-            Event::AgentAssigned {
-                connection_id: d.connection_id,
-                agent_id: d.agent_id,
-                source,
-            }
+            Event::AgentAssigned { connection_id: d.connection_id, agent_id: d.agent_id, source }
         }
         "agent_unassigned" => {
             let d: AgentUnassignedV1 = parse(event_type, data)?;
@@ -223,11 +190,7 @@ pub fn decode(event_type: &str, schema_version: i32, data: &Value) -> Result<Eve
                 "revoked" => UnbindReason::Revoked,
                 _ => return Err(unknown()),
             };
-            Event::AgentUnassigned {
-                connection_id: d.connection_id,
-                agent_id: d.agent_id,
-                reason,
-            }
+            Event::AgentUnassigned { connection_id: d.connection_id, agent_id: d.agent_id, reason }
         }
         "credential_rotated" => {
             let d: CredentialRotatedV1 = parse(event_type, data)?;
@@ -239,10 +202,7 @@ pub fn decode(event_type: &str, schema_version: i32, data: &Value) -> Result<Eve
         }
         "default_set" => {
             let d: DefaultSetV1 = parse(event_type, data)?;
-            Event::DefaultSet {
-                connection_id: d.connection_id,
-                previous: d.previous,
-            }
+            Event::DefaultSet { connection_id: d.connection_id, previous: d.previous }
         }
         "default_cleared" => {
             let d: DefaultClearedV1 = parse(event_type, data)?;
@@ -251,17 +211,11 @@ pub fn decode(event_type: &str, schema_version: i32, data: &Value) -> Result<Eve
                 "revoked" => DefaultClearReason::Revoked,
                 _ => return Err(unknown()),
             };
-            Event::DefaultCleared {
-                connection_id: d.connection_id,
-                reason,
-            }
+            Event::DefaultCleared { connection_id: d.connection_id, reason }
         }
         "connection_revoked" => {
             let d: ConnectionRevokedV1 = parse(event_type, data)?;
-            Event::ConnectionRevoked {
-                connection_id: d.connection_id,
-                affected_agents: d.affected_agents,
-            }
+            Event::ConnectionRevoked { connection_id: d.connection_id, affected_agents: d.affected_agents }
         }
         _ => return Err(unknown()),
     };

@@ -35,10 +35,7 @@ pub async fn ensure_database(url: &str) -> Result<(), StoreError> {
     maintenance.dbname("postgres");
     let (client, connection) = maintenance.connect(NoTls).await?;
     let driver = tokio::spawn(connection);
-    let exists = client
-        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
-        .await?
-        .is_some();
+    let exists = client.query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name]).await?.is_some();
     if !exists {
         let quoted = name.replace('"', "\"\"");
         match client.batch_execute(&format!("CREATE DATABASE \"{quoted}\"")).await {
@@ -60,16 +57,8 @@ pub fn connect_pool(url: &str, max_size: usize) -> Result<Database, StoreError> 
     // whatever the server's or the role's default says.
     config.options("-c synchronous_commit=on");
     config.application_name("connections");
-    let manager = Manager::from_config(
-        config,
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
-    let pool = Pool::builder(manager)
-        .max_size(max_size)
-        .build()
-        .map_err(|e| StoreError::Configuration(e.to_string()))?;
+    let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    let pool =
+        Pool::builder(manager).max_size(max_size).build().map_err(|e| StoreError::Configuration(e.to_string()))?;
     Ok(Database { pool })
 }

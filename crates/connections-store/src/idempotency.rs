@@ -59,13 +59,8 @@ impl IdempotencyClaim {
         let status: Option<i16> = row.get(1);
         let body: Option<Value> = row.get(2);
         match (status, body) {
-            (Some(status), Some(body)) => Ok(IdempotencyClaim::Replay(StoredResponse {
-                status: status as u16,
-                body,
-            })),
-            _ => Err(StoreError::Corrupt(
-                "idempotency key committed without an answer".into(),
-            )),
+            (Some(status), Some(body)) => Ok(IdempotencyClaim::Replay(StoredResponse { status: status as u16, body })),
+            _ => Err(StoreError::Corrupt("idempotency key committed without an answer".into())),
         }
     }
 
@@ -83,9 +78,7 @@ impl IdempotencyClaim {
             )
             .await?;
         let status = response.status as i16;
-        client
-            .execute(&statement, &[&owner, &key, &status, &response.body])
-            .await?;
+        client.execute(&statement, &[&owner, &key, &status, &response.body]).await?;
         Ok(())
     }
 }

@@ -31,20 +31,11 @@ impl ConnectionLocation {
             .prepare_cached("INSERT INTO connection_locator (connection_id, owner_id, service) VALUES ($1, $2, $3)")
             .await?;
         client
-            .execute(
-                &statement,
-                &[
-                    &connection_id.as_uuid(),
-                    &location.owner.as_str(),
-                    &location.service.as_str(),
-                ],
-            )
+            .execute(&statement, &[&connection_id.as_uuid(), &location.owner.as_str(), &location.service.as_str()])
             .await
             .map_err(|e| {
                 if StoreError::is_unique_violation(&e) {
-                    StoreError::Conflict {
-                        stream_id: location.stream_id().as_str().to_owned(),
-                    }
+                    StoreError::Conflict { stream_id: location.stream_id().as_str().to_owned() }
                 } else {
                     e.into()
                 }
@@ -58,9 +49,8 @@ impl ConnectionLocation {
         client: &impl GenericClient,
         connection_id: ConnectionId,
     ) -> Result<Option<ConnectionLocation>, StoreError> {
-        let statement = client
-            .prepare_cached("SELECT owner_id, service FROM connection_locator WHERE connection_id = $1")
-            .await?;
+        let statement =
+            client.prepare_cached("SELECT owner_id, service FROM connection_locator WHERE connection_id = $1").await?;
         let Some(row) = client.query_opt(&statement, &[&connection_id.as_uuid()]).await? else {
             return Ok(None);
         };

@@ -101,10 +101,7 @@ pub struct RecordedEvent {
 impl RecordedEvent {
     /// Where a reader that has handled this event continues from.
     pub fn cursor(&self) -> LogCursor {
-        LogCursor {
-            transaction_id: self.transaction_id,
-            position: self.position,
-        }
+        LogCursor { transaction_id: self.transaction_id, position: self.position }
     }
 }
 
@@ -124,77 +121,73 @@ const COLUMNS: &str =
     "position, transaction_id::text AS transaction_id_text, event_id, stream_id, stream_version, event_type, \
                        schema_version, data, metadata, recorded_at";
 
+/// One stream's append: the version check and the insert in one statement.
+/// Rows are numbered from the stream's current version, and only if that is
+/// the expected version; a concurrent append at the same versions hits the
+/// unique (stream_id, stream_version) constraint.
+const APPEND: &str = "WITH current AS ( \
+        SELECT coalesce(max(stream_version), 0) AS version FROM events WHERE stream_id = $1) \
+    INSERT INTO events (event_id, stream_id, stream_version, event_type, schema_version, data, metadata) \
+    SELECT e.event_id, $1, current.version + e.n, e.event_type, e.schema_version, e.data, $7::jsonb \
+    FROM current, unnest($3::uuid[], $4::text[], $5::int4[], $6::jsonb[]) \
+        WITH ORDINALITY AS e(event_id, event_type, schema_version, data, n) \
+    WHERE current.version = $2 \
+    ORDER BY e.n \
+    RETURNING position";
+
 /// The event log's operations. Appends take a transaction so that all the
 /// events of a command, and the side-table writes that go with them, commit
 /// or roll back together.
 pub struct EventLog;
 
 impl EventLog {
-    /// Appends every stream's events atomically, checking each stream's
-    /// expected version first. Returns the positions of the appended events,
-    /// in order. A lost race is [`StoreError::Conflict`]; the transaction is
-    /// then unusable and must be dropped.
+    /// Appends every stream's events atomically, each stream checked against
+    /// its expected version. Returns the positions of the appended events, in
+    /// order. A lost race is [`StoreError::Conflict`]; the transaction is then
+    /// unusable and must be dropped.
+    ///
+    /// Each stream costs one statement (the version check is part of the
+    /// INSERT), and the statements of several streams are pipelined.
     pub async fn append(
         transaction: &Transaction<'_>,
         appends: &[StreamAppend],
         metadata: &Metadata,
     ) -> Result<Vec<i64>, StoreError> {
-        let version_query = transaction
-            .prepare_cached("SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_id = $1")
-            .await?;
-        let mut ids = Vec::new();
-        let mut streams = Vec::new();
-        let mut versions = Vec::new();
-        let mut types = Vec::new();
-        let mut schema_versions = Vec::new();
-        let mut data = Vec::new();
-        for append in appends {
-            let current: i64 = transaction
-                .query_one(&version_query, &[&append.stream_id.as_str()])
-                .await?
-                .get(0);
-            if current as u64 != append.expected_version.0 {
-                return Err(StoreError::Conflict {
-                    stream_id: append.stream_id.0.clone(),
-                });
-            }
-            for (offset, event) in append.events.iter().enumerate() {
-                ids.push(event.event_id);
-                streams.push(append.stream_id.as_str());
-                versions.push(current + 1 + offset as i64);
-                types.push(event.event_type);
-                schema_versions.push(event.schema_version);
-                data.push(&event.data);
-            }
-        }
-        if ids.is_empty() {
-            return Ok(vec![]);
-        }
         let metadata = serde_json::to_value(metadata).expect("metadata always serializes");
-        let insert = transaction
-            .prepare_cached(
-                "INSERT INTO events (event_id, stream_id, stream_version, event_type, schema_version, data, metadata) \
-                 SELECT e.event_id, e.stream_id, e.stream_version, e.event_type, e.schema_version, e.data, $7::jsonb \
-                 FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::text[], $5::int4[], $6::jsonb[]) \
-                 WITH ORDINALITY AS e(event_id, stream_id, stream_version, event_type, schema_version, data, n) \
-                 ORDER BY e.n RETURNING position",
-            )
-            .await?;
-        let rows = transaction
-            .query(
-                &insert,
-                &[&ids, &streams, &versions, &types, &schema_versions, &data, &metadata],
-            )
-            .await
-            .map_err(|e| {
-                if StoreError::is_unique_violation(&e) {
-                    let stream_id = appends.first().map(|a| a.stream_id.0.clone()).unwrap_or_default();
-                    StoreError::Conflict { stream_id }
-                } else {
-                    StoreError::Database(e)
+        let statement = transaction.prepare_cached(APPEND).await?;
+        let inserts = appends.iter().filter(|append| !append.events.is_empty()).map(|append| {
+            let statement = &statement;
+            let metadata = &metadata;
+            async move {
+                let ids: Vec<Uuid> = append.events.iter().map(|e| e.event_id).collect();
+                let types: Vec<&str> = append.events.iter().map(|e| e.event_type).collect();
+                let schema_versions: Vec<i32> = append.events.iter().map(|e| e.schema_version).collect();
+                let data: Vec<&Value> = append.events.iter().map(|e| &e.data).collect();
+                let expected = append.expected_version.0 as i64;
+                let conflict = || StoreError::Conflict { stream_id: append.stream_id.0.clone() };
+                let rows =
+                    transaction
+                        .query(
+                            statement,
+                            &[&append.stream_id.as_str(), &expected, &ids, &types, &schema_versions, &data, metadata],
+                        )
+                        .await
+                        .map_err(|e| {
+                            if StoreError::is_unique_violation(&e) {
+                                conflict()
+                            } else {
+                                StoreError::Database(e)
+                            }
+                        })?;
+                // No row means the stream was not at the expected version.
+                if rows.len() != append.events.len() {
+                    return Err(conflict());
                 }
-            })?;
-        let mut positions: Vec<i64> = rows.iter().map(|row| row.get(0)).collect();
+                Ok::<_, StoreError>(rows.iter().map(|row| row.get::<_, i64>(0)).collect::<Vec<_>>())
+            }
+        });
+        let per_stream = futures_util::future::try_join_all(inserts).await?;
+        let mut positions: Vec<i64> = per_stream.into_iter().flatten().collect();
         positions.sort_unstable();
         Ok(positions)
     }
@@ -205,9 +198,7 @@ impl EventLog {
         stream_id: &StreamId,
     ) -> Result<(Vec<RecordedEvent>, StreamVersion), StoreError> {
         let statement = client
-            .prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM events WHERE stream_id = $1 ORDER BY stream_version"
-            ))
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM events WHERE stream_id = $1 ORDER BY stream_version"))
             .await?;
         let rows = client.query(&statement, &[&stream_id.as_str()]).await?;
         let events = rows.iter().map(recorded).collect::<Result<Vec<_>, _>>()?;
@@ -237,9 +228,7 @@ impl EventLog {
             ))
             .await?;
         let transaction_id = cursor.transaction_id.to_string();
-        let rows = client
-            .query(&statement, &[&transaction_id, &cursor.position, &limit])
-            .await?;
+        let rows = client.query(&statement, &[&transaction_id, &cursor.position, &limit]).await?;
         rows.iter().map(recorded).collect()
     }
 

@@ -5,11 +5,53 @@ use connections_sealing::{SealedCredential, WrappedDataKey};
 use deadpool_postgres::GenericClient;
 
 use crate::error::StoreError;
+use crate::locator::ConnectionLocation;
 
 /// The sealed secret state of one connection.
 pub struct StoredCredential;
 
 impl StoredCredential {
+    /// Everything a new connection stores besides its events, in one
+    /// statement: where it lives, its wrapped data key, its sealed credential v1.
+    pub async fn insert_new_connection(
+        client: &impl GenericClient,
+        connection_id: ConnectionId,
+        location: &ConnectionLocation,
+        wrapped: &WrappedDataKey,
+        sealed: &SealedCredential,
+    ) -> Result<(), StoreError> {
+        let statement = client
+            .prepare_cached(
+                "WITH located AS ( \
+                     INSERT INTO connection_locator (connection_id, owner_id, service) VALUES ($1, $2, $3)), \
+                 keyed AS ( \
+                     INSERT INTO data_keys (connection_id, master_key_id, wrapped_key) VALUES ($1, $4, $5)) \
+                 INSERT INTO sealed_credentials (connection_id, credential_version, sealed) VALUES ($1, 1, $6)",
+            )
+            .await?;
+        client
+            .execute(
+                &statement,
+                &[
+                    &connection_id.as_uuid(),
+                    &location.owner.as_str(),
+                    &location.service.as_str(),
+                    &wrapped.master_key_id,
+                    &wrapped.bytes,
+                    &sealed.0,
+                ],
+            )
+            .await
+            .map_err(|e| {
+                if StoreError::is_unique_violation(&e) {
+                    StoreError::Conflict { stream_id: location.stream_id().as_str().to_owned() }
+                } else {
+                    e.into()
+                }
+            })?;
+        Ok(())
+    }
+
     /// Stores a new connection's wrapped data key.
     pub async fn insert_data_key(
         client: &impl GenericClient,
@@ -19,12 +61,7 @@ impl StoredCredential {
         let statement = client
             .prepare_cached("INSERT INTO data_keys (connection_id, master_key_id, wrapped_key) VALUES ($1, $2, $3)")
             .await?;
-        client
-            .execute(
-                &statement,
-                &[&connection_id.as_uuid(), &wrapped.master_key_id, &wrapped.bytes],
-            )
-            .await?;
+        client.execute(&statement, &[&connection_id.as_uuid(), &wrapped.master_key_id, &wrapped.bytes]).await?;
         Ok(())
     }
 
@@ -33,22 +70,16 @@ impl StoredCredential {
         client: &impl GenericClient,
         connection_id: ConnectionId,
     ) -> Result<Option<WrappedDataKey>, StoreError> {
-        let statement = client
-            .prepare_cached("SELECT master_key_id, wrapped_key FROM data_keys WHERE connection_id = $1")
-            .await?;
+        let statement =
+            client.prepare_cached("SELECT master_key_id, wrapped_key FROM data_keys WHERE connection_id = $1").await?;
         let row = client.query_opt(&statement, &[&connection_id.as_uuid()]).await?;
-        Ok(row.map(|row| WrappedDataKey {
-            master_key_id: row.get(0),
-            bytes: row.get(1),
-        }))
+        Ok(row.map(|row| WrappedDataKey { master_key_id: row.get(0), bytes: row.get(1) }))
     }
 
     /// Destroys a connection's data key (crypto-shredding): every sealed
     /// version becomes unrecoverable.
     pub async fn destroy_data_key(client: &impl GenericClient, connection_id: ConnectionId) -> Result<(), StoreError> {
-        let statement = client
-            .prepare_cached("DELETE FROM data_keys WHERE connection_id = $1")
-            .await?;
+        let statement = client.prepare_cached("DELETE FROM data_keys WHERE connection_id = $1").await?;
         client.execute(&statement, &[&connection_id.as_uuid()]).await?;
         Ok(())
     }
@@ -67,9 +98,7 @@ impl StoredCredential {
             .await?;
         let version =
             i32::try_from(credential_version).map_err(|_| StoreError::Corrupt("credential version".into()))?;
-        client
-            .execute(&statement, &[&connection_id.as_uuid(), &version, &sealed.0])
-            .await?;
+        client.execute(&statement, &[&connection_id.as_uuid(), &version, &sealed.0]).await?;
         Ok(())
     }
 
@@ -86,9 +115,7 @@ impl StoredCredential {
             .await?;
         let version =
             i32::try_from(credential_version).map_err(|_| StoreError::Corrupt("credential version".into()))?;
-        let row = client
-            .query_opt(&statement, &[&connection_id.as_uuid(), &version])
-            .await?;
+        let row = client.query_opt(&statement, &[&connection_id.as_uuid(), &version]).await?;
         Ok(row.map(|row| SealedCredential(row.get(0))))
     }
 }

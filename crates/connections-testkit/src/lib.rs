@@ -41,10 +41,7 @@ impl TestDatabase {
     /// A plain client on the test database, for assertions in SQL.
     pub async fn client(&self) -> tokio_postgres::Client {
         let config = tokio_postgres::Config::from_str(&self.url).expect("valid test database URL");
-        let (client, connection) = config
-            .connect(tokio_postgres::NoTls)
-            .await
-            .expect("connect to the test database");
+        let (client, connection) = config.connect(tokio_postgres::NoTls).await.expect("connect to the test database");
         tokio::spawn(connection);
         client
     }
@@ -68,10 +65,7 @@ pub fn unique_database() -> (String, String) {
 pub fn drop_database(name: &str) {
     let statement = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
     let dropped = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .ok()?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
         runtime.block_on(async move {
             let url = format!("{}/postgres", server_url().trim_end_matches('/'));
             let config = tokio_postgres::Config::from_str(&url).ok()?;

@@ -22,18 +22,13 @@ pub struct Config {
 impl Config {
     /// Reads the configuration; keys and secrets are read separately.
     pub fn from_env() -> anyhow::Result<Self> {
-        let listen = env_or("CONNECTIONS_LISTEN", "127.0.0.1:8080")
-            .parse()
-            .context("CONNECTIONS_LISTEN must be host:port")?;
-        let pool_size = env_or("CONNECTIONS_DATABASE_POOL", "32")
-            .parse()
-            .context("CONNECTIONS_DATABASE_POOL must be a number")?;
+        let listen =
+            env_or("CONNECTIONS_LISTEN", "127.0.0.1:8080").parse().context("CONNECTIONS_LISTEN must be host:port")?;
+        let pool_size =
+            env_or("CONNECTIONS_DATABASE_POOL", "32").parse().context("CONNECTIONS_DATABASE_POOL must be a number")?;
         Ok(Self {
             listen,
-            database_url: env_or(
-                "CONNECTIONS_DATABASE_URL",
-                "postgres://postgres@127.0.0.1:5432/connections",
-            ),
+            database_url: env_or("CONNECTIONS_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/connections"),
             nats_url: env_or("CONNECTIONS_NATS_URL", "nats://127.0.0.1:4222"),
             pool_size,
         })
@@ -48,10 +43,7 @@ fn env_or(name: &str, default: &str) -> String {
 /// `CONNECTIONS_MASTER_KEY_FILE`, with id `CONNECTIONS_MASTER_KEY_ID` (default `k1`).
 pub fn master_key() -> anyhow::Result<Arc<MasterKey>> {
     let key_id = env_or("CONNECTIONS_MASTER_KEY_ID", "k1");
-    let encoded = match (
-        std::env::var("CONNECTIONS_MASTER_KEY"),
-        std::env::var("CONNECTIONS_MASTER_KEY_FILE"),
-    ) {
+    let encoded = match (std::env::var("CONNECTIONS_MASTER_KEY"), std::env::var("CONNECTIONS_MASTER_KEY_FILE")) {
         (Ok(value), _) => value,
         (Err(_), Ok(path)) => std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?,
         _ => anyhow::bail!(

@@ -58,10 +58,7 @@ async fn main() -> anyhow::Result<()> {
             let user = OwnerId::parse(user).map_err(|e| anyhow::anyhow!("--user {e}"))?;
             let secret = config::jwt_secret()?;
             let expires_at = chrono::Utc::now().timestamp() + ttl;
-            println!(
-                "{}",
-                connections_api::auth::mint_user_token(&secret, &user, expires_at)?
-            );
+            println!("{}", connections_api::auth::mint_user_token(&secret, &user, expires_at)?);
             Ok(())
         }
         CliCommand::Bench(command) => bench::run(command).await,

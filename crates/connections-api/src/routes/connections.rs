@@ -46,9 +46,7 @@ pub async fn create(
         credential: Some(credential),
         idempotency,
     };
-    Ok(answer(
-        execute(&app, input, |d| (StatusCode::CREATED, with_position(d, connection_id))).await?,
-    ))
+    Ok(answer(execute(&app, input, |d| (StatusCode::CREATED, with_position(d, connection_id))).await?))
 }
 
 /// `GET /v1/connections/{id}`: status, default flag, agents and since when.
@@ -58,9 +56,7 @@ pub async fn show(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let connection_id = connection_id(id)?;
-    let (state, history) = load_connection_stream(&app, connection_id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
+    let (state, history) = load_connection_stream(&app, connection_id).await?.ok_or(ApiError::NotFound)?;
     state.connection_for(&actor, connection_id).ok_or(ApiError::NotFound)?;
     let mut view = views::connection(&state, connection_id, Some(&history));
     view["position"] = history.last().map_or(Value::from(0), |e| Value::from(e.position));
@@ -83,9 +79,7 @@ pub async fn revoke(
         credential: None,
         idempotency,
     };
-    Ok(answer(
-        execute(&app, input, |d| (StatusCode::OK, with_position(d, connection_id))).await?,
-    ))
+    Ok(answer(execute(&app, input, |d| (StatusCode::OK, with_position(d, connection_id))).await?))
 }
 
 /// `POST /v1/connections/{id}/agents` {agent_id}.
@@ -99,25 +93,15 @@ pub async fn assign(
     let connection_id = connection_id(id)?;
     body.only(&["agent_id"])?;
     let agent_id = body.required("agent_id", AgentId::parse)?;
-    let idempotency = idempotency(
-        &headers,
-        "POST",
-        &format!("/v1/connections/{connection_id}/agents"),
-        &body.raw,
-    )?;
+    let idempotency = idempotency(&headers, "POST", &format!("/v1/connections/{connection_id}/agents"), &body.raw)?;
     let input = CommandInput {
         actor,
         target: Target::Connection(connection_id),
-        command: Command::AssignToAgent {
-            connection_id,
-            agent_id,
-        },
+        command: Command::AssignToAgent { connection_id, agent_id },
         credential: None,
         idempotency,
     };
-    Ok(answer(
-        execute(&app, input, |d| (StatusCode::OK, with_position(d, connection_id))).await?,
-    ))
+    Ok(answer(execute(&app, input, |d| (StatusCode::OK, with_position(d, connection_id))).await?))
 }
 
 /// `DELETE /v1/connections/{id}/agents/{agent_id}`.
@@ -135,16 +119,11 @@ pub async fn unassign(
     let input = CommandInput {
         actor,
         target: Target::Connection(connection_id),
-        command: Command::UnassignFromAgent {
-            connection_id,
-            agent_id,
-        },
+        command: Command::UnassignFromAgent { connection_id, agent_id },
         credential: None,
         idempotency,
     };
-    Ok(answer(
-        execute(&app, input, |d| (StatusCode::OK, with_position(d, connection_id))).await?,
-    ))
+    Ok(answer(execute(&app, input, |d| (StatusCode::OK, with_position(d, connection_id))).await?))
 }
 
 /// `PUT /v1/connections/{id}/credential` {credential}: rotate.
@@ -163,16 +142,11 @@ pub async fn rotate(
     let input = CommandInput {
         actor,
         target: Target::Connection(connection_id),
-        command: Command::RotateCredential {
-            connection_id,
-            credential_kind: credential.kind(),
-        },
+        command: Command::RotateCredential { connection_id, credential_kind: credential.kind() },
         credential: Some(credential),
         idempotency,
     };
-    Ok(answer(
-        execute(&app, input, |d| (StatusCode::OK, with_position(d, connection_id))).await?,
-    ))
+    Ok(answer(execute(&app, input, |d| (StatusCode::OK, with_position(d, connection_id))).await?))
 }
 
 fn connection_id(id: Result<Path<String>, PathRejection>) -> Result<ConnectionId, ApiError> {

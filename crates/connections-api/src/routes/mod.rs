@@ -35,17 +35,11 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health::health))
         .route("/v1/connections", post(connections::create))
-        .route(
-            "/v1/connections/{id}",
-            get(connections::show).delete(connections::revoke),
-        )
+        .route("/v1/connections/{id}", get(connections::show).delete(connections::revoke))
         .route("/v1/connections/{id}/agents", post(connections::assign))
         .route("/v1/connections/{id}/agents/{agent_id}", delete(connections::unassign))
         .route("/v1/connections/{id}/credential", put(connections::rotate))
-        .route(
-            "/v1/services/{service}/default",
-            put(services::set_default).delete(services::clear_default),
-        )
+        .route("/v1/services/{service}/default", put(services::set_default).delete(services::clear_default))
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { method_not_allowed() })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -60,10 +54,9 @@ fn method_not_allowed() -> Response {
         "detail": "this route does not accept that method",
     });
     let mut response = (StatusCode::METHOD_NOT_ALLOWED, axum::Json(body)).into_response();
-    response.headers_mut().insert(
-        axum::http::header::CONTENT_TYPE,
-        axum::http::HeaderValue::from_static("application/problem+json"),
-    );
+    response
+        .headers_mut()
+        .insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/problem+json"));
     response
 }
 
@@ -90,10 +83,9 @@ fn answer(result: (StatusCode, Value)) -> Response {
     let (status, body) = result;
     if status.is_client_error() || status.is_server_error() {
         let mut response = (status, axum::Json(body)).into_response();
-        response.headers_mut().insert(
-            axum::http::header::CONTENT_TYPE,
-            axum::http::HeaderValue::from_static("application/problem+json"),
-        );
+        response
+            .headers_mut()
+            .insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/problem+json"));
         return response;
     }
     (status, axum::Json(body)).into_response()

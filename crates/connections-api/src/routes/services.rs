@@ -32,9 +32,7 @@ pub async fn set_default(
         credential: None,
         idempotency,
     };
-    Ok(answer(
-        execute(&app, input, |d| (StatusCode::OK, default_view(&service, d))).await?,
-    ))
+    Ok(answer(execute(&app, input, |d| (StatusCode::OK, default_view(&service, d))).await?))
 }
 
 /// `DELETE /v1/services/{service}/default`.
@@ -53,9 +51,7 @@ pub async fn clear_default(
         credential: None,
         idempotency,
     };
-    Ok(answer(
-        execute(&app, input, |d| (StatusCode::OK, default_view(&service, d))).await?,
-    ))
+    Ok(answer(execute(&app, input, |d| (StatusCode::OK, default_view(&service, d))).await?))
 }
 
 fn default_view(service: &ServiceName, decided: &Decided) -> serde_json::Value {

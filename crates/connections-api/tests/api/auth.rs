@@ -32,67 +32,32 @@ async fn missing_malformed_forged_expired_and_agent_tokens_are_refused() {
             Some(format!(
                 "Bearer {}",
                 sign(
-                    &Claims {
-                        sub: "alice".into(),
-                        exp: now + 60,
-                        role: None
-                    },
+                    &Claims { sub: "alice".into(), exp: now + 60, role: None },
                     b"another-secret-of-at-least-32-bytes!!"
                 )
             )),
         ),
         (
             "expired",
-            Some(format!(
-                "Bearer {}",
-                sign(
-                    &Claims {
-                        sub: "alice".into(),
-                        exp: now - 600,
-                        role: None
-                    },
-                    app.secret()
-                )
-            )),
+            Some(format!("Bearer {}", sign(&Claims { sub: "alice".into(), exp: now - 600, role: None }, app.secret()))),
         ),
         (
             "agent role",
             Some(format!(
                 "Bearer {}",
-                sign(
-                    &Claims {
-                        sub: "agent-1".into(),
-                        exp: now + 60,
-                        role: Some("agent".into())
-                    },
-                    app.secret()
-                )
+                sign(&Claims { sub: "agent-1".into(), exp: now + 60, role: Some("agent".into()) }, app.secret())
             )),
         ),
         (
             "invalid subject",
-            Some(format!(
-                "Bearer {}",
-                sign(
-                    &Claims {
-                        sub: "al ice".into(),
-                        exp: now + 60,
-                        role: None
-                    },
-                    app.secret()
-                )
-            )),
+            Some(format!("Bearer {}", sign(&Claims { sub: "al ice".into(), exp: now + 60, role: None }, app.secret()))),
         ),
     ];
     for (case, authorization) in cases {
         let answer = app.raw(request(&path, authorization)).await;
         assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{case}");
         answer.assert_problem(StatusCode::UNAUTHORIZED, "unauthorized");
-        assert_eq!(
-            answer.headers.get("www-authenticate").and_then(|v| v.to_str().ok()),
-            Some("Bearer"),
-            "{case}"
-        );
+        assert_eq!(answer.headers.get("www-authenticate").and_then(|v| v.to_str().ok()), Some("Bearer"), "{case}");
     }
 }
 
@@ -109,8 +74,6 @@ async fn a_token_without_exp_is_refused() {
         &EncodingKey::from_secret(app.secret()),
     )
     .expect("sign");
-    let answer = app
-        .raw(request("/v1/connections/x", Some(format!("Bearer {token}"))))
-        .await;
+    let answer = app.raw(request("/v1/connections/x", Some(format!("Bearer {token}")))).await;
     answer.assert_problem(StatusCode::UNAUTHORIZED, "unauthorized");
 }

@@ -12,44 +12,27 @@ async fn create_with_an_agent_assigns_it_and_never_returns_the_secret() {
         "service": "google-calendar", "name": "Work calendar", "agent_id": "agent-1", "skill": "calendar-connector",
         "credential": {"kind": "oauth2", "access_token": "ya29.canary-create", "scopes": ["calendar.read"]}
     });
-    let answer = app
-        .send(Method::POST, "/v1/connections", Some("alice"), Some(body))
-        .await;
+    let answer = app.send(Method::POST, "/v1/connections", Some("alice"), Some(body)).await;
     assert_eq!(answer.status, StatusCode::CREATED);
     assert_eq!(answer.body["service"], "google-calendar");
     assert_eq!(answer.body["status"], "active");
     assert_eq!(answer.body["credential_kind"], "oauth2");
-    assert_eq!(
-        answer.body["agents"],
-        json!([{"agent_id": "agent-1", "source": "created"}])
-    );
+    assert_eq!(answer.body["agents"], json!([{"agent_id": "agent-1", "source": "created"}]));
     assert!(answer.body["position"].as_i64().expect("position") > 0);
-    assert!(
-        !answer.body.to_string().contains("canary-create"),
-        "the answer leaked the secret"
-    );
+    assert!(!answer.body.to_string().contains("canary-create"), "the answer leaked the secret");
     let id = answer.body["connection_id"].as_str().expect("id");
-    assert_eq!(
-        uuid::Uuid::parse_str(id).expect("uuid").get_version_num(),
-        7,
-        "ids are UUIDv7"
-    );
+    assert_eq!(uuid::Uuid::parse_str(id).expect("uuid").get_version_num(), 7, "ids are UUIDv7");
 }
 
 #[tokio::test]
 async fn show_returns_status_default_flag_and_agents_with_since() {
     let app = TestApp::new().await;
     let id = app.create("alice", "github", Some("agent-1")).await;
-    let answer = app
-        .send(Method::GET, &format!("/v1/connections/{id}"), Some("alice"), None)
-        .await;
+    let answer = app.send(Method::GET, &format!("/v1/connections/{id}"), Some("alice"), None).await;
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(answer.body["is_default"], false);
     assert_eq!(answer.body["agents"][0]["agent_id"], "agent-1");
-    assert!(
-        answer.body["agents"][0]["since"].is_string(),
-        "usage overview shows since when"
-    );
+    assert!(answer.body["agents"][0]["since"].is_string(), "usage overview shows since when");
     assert!(answer.body["created_at"].is_string());
 }
 
@@ -67,22 +50,14 @@ async fn assigning_replaces_the_agents_previous_connection_for_the_service() {
         )
         .await;
     assert_eq!(answer.status, StatusCode::OK);
-    assert_eq!(
-        answer.body["agents"],
-        json!([{"agent_id": "agent-1", "source": "assigned"}])
-    );
-    let old = app
-        .send(Method::GET, &format!("/v1/connections/{first}"), Some("alice"), None)
-        .await;
+    assert_eq!(answer.body["agents"], json!([{"agent_id": "agent-1", "source": "assigned"}]));
+    let old = app.send(Method::GET, &format!("/v1/connections/{first}"), Some("alice"), None).await;
     assert_eq!(old.body["agents"], json!([]), "the replaced binding must end");
     let reasons: Vec<String> = app
         .db
         .client()
         .await
-        .query(
-            "SELECT data->>'reason' FROM events WHERE event_type = 'agent_unassigned'",
-            &[],
-        )
+        .query("SELECT data->>'reason' FROM events WHERE event_type = 'agent_unassigned'", &[])
         .await
         .expect("query")
         .iter()
@@ -95,14 +70,7 @@ async fn assigning_replaces_the_agents_previous_connection_for_the_service() {
 async fn unassign_ends_the_binding() {
     let app = TestApp::new().await;
     let id = app.create("alice", "github", Some("agent-1")).await;
-    let answer = app
-        .send(
-            Method::DELETE,
-            &format!("/v1/connections/{id}/agents/agent-1"),
-            Some("alice"),
-            None,
-        )
-        .await;
+    let answer = app.send(Method::DELETE, &format!("/v1/connections/{id}/agents/agent-1"), Some("alice"), None).await;
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(answer.body["agents"], json!([]));
 }
@@ -118,28 +86,18 @@ async fn revoking_the_default_clears_it_names_the_agents_and_answers_the_same_tw
         Some(json!({"agent_id": "agent-2"})),
     )
     .await;
-    let set = app
-        .send(
-            Method::PUT,
-            "/v1/services/github/default",
-            Some("alice"),
-            Some(json!({"connection_id": id})),
-        )
-        .await;
+    let set =
+        app.send(Method::PUT, "/v1/services/github/default", Some("alice"), Some(json!({"connection_id": id}))).await;
     assert_eq!(set.body["default_connection_id"], json!(id));
 
-    let first = app
-        .send(Method::DELETE, &format!("/v1/connections/{id}"), Some("alice"), None)
-        .await;
+    let first = app.send(Method::DELETE, &format!("/v1/connections/{id}"), Some("alice"), None).await;
     assert_eq!(first.status, StatusCode::OK);
     assert_eq!(first.body["status"], "revoked");
     assert_eq!(first.body["affected_agents"], json!(["agent-1", "agent-2"]));
     assert_eq!(first.body["is_default"], false);
     let events = app.event_count().await;
 
-    let second = app
-        .send(Method::DELETE, &format!("/v1/connections/{id}"), Some("alice"), None)
-        .await;
+    let second = app.send(Method::DELETE, &format!("/v1/connections/{id}"), Some("alice"), None).await;
     assert_eq!(second.status, StatusCode::OK);
     assert_eq!(second.body, first.body, "revoking twice answers the same");
     assert_eq!(app.event_count().await, events, "revoking twice appends nothing");
@@ -161,26 +119,14 @@ async fn revoking_the_default_clears_it_names_the_agents_and_answers_the_same_tw
 async fn a_revoked_connection_cannot_be_assigned_made_default_or_rotated() {
     let app = TestApp::new().await;
     let id = app.create("alice", "github", None).await;
-    app.send(Method::DELETE, &format!("/v1/connections/{id}"), Some("alice"), None)
-        .await;
+    app.send(Method::DELETE, &format!("/v1/connections/{id}"), Some("alice"), None).await;
     let events = app.event_count().await;
     let assign = app
-        .send(
-            Method::POST,
-            &format!("/v1/connections/{id}/agents"),
-            Some("alice"),
-            Some(json!({"agent_id": "a"})),
-        )
+        .send(Method::POST, &format!("/v1/connections/{id}/agents"), Some("alice"), Some(json!({"agent_id": "a"})))
         .await;
     assign.assert_problem(StatusCode::CONFLICT, "connection-revoked");
-    let default = app
-        .send(
-            Method::PUT,
-            "/v1/services/github/default",
-            Some("alice"),
-            Some(json!({"connection_id": id})),
-        )
-        .await;
+    let default =
+        app.send(Method::PUT, "/v1/services/github/default", Some("alice"), Some(json!({"connection_id": id}))).await;
     default.assert_problem(StatusCode::CONFLICT, "connection-revoked");
     let rotate = app
         .send(
@@ -209,26 +155,12 @@ async fn rotate_seals_a_new_version_and_clear_default_removes_it() {
     assert_eq!(rotate.status, StatusCode::OK);
     assert_eq!(rotate.body["credential_version"], 2);
     assert_eq!(rotate.body["credential_kind"], "basic");
-    let versions: i64 = app
-        .db
-        .client()
-        .await
-        .query_one("SELECT count(*) FROM sealed_credentials", &[])
-        .await
-        .expect("count")
-        .get(0);
+    let versions: i64 =
+        app.db.client().await.query_one("SELECT count(*) FROM sealed_credentials", &[]).await.expect("count").get(0);
     assert_eq!(versions, 2);
 
-    app.send(
-        Method::PUT,
-        "/v1/services/github/default",
-        Some("alice"),
-        Some(json!({"connection_id": id})),
-    )
-    .await;
-    let clear = app
-        .send(Method::DELETE, "/v1/services/github/default", Some("alice"), None)
-        .await;
+    app.send(Method::PUT, "/v1/services/github/default", Some("alice"), Some(json!({"connection_id": id}))).await;
+    let clear = app.send(Method::DELETE, "/v1/services/github/default", Some("alice"), None).await;
     assert_eq!(clear.status, StatusCode::OK);
     assert_eq!(clear.body["default_connection_id"], serde_json::Value::Null);
 }
@@ -237,16 +169,8 @@ async fn rotate_seals_a_new_version_and_clear_default_removes_it() {
 async fn every_command_answer_carries_the_position_of_its_last_event() {
     let app = TestApp::new().await;
     let id = app.create("alice", "github", Some("agent-1")).await;
-    let answer = app
-        .send(Method::DELETE, &format!("/v1/connections/{id}"), Some("alice"), None)
-        .await;
-    let head: i64 = app
-        .db
-        .client()
-        .await
-        .query_one("SELECT max(position) FROM events", &[])
-        .await
-        .expect("head")
-        .get(0);
+    let answer = app.send(Method::DELETE, &format!("/v1/connections/{id}"), Some("alice"), None).await;
+    let head: i64 =
+        app.db.client().await.query_one("SELECT max(position) FROM events", &[]).await.expect("head").get(0);
     assert_eq!(answer.body["position"], head);
 }

@@ -13,12 +13,7 @@ async fn thirty_two_concurrent_set_defaults_leave_exactly_one_default_and_a_cons
         ids.push(app.create("alice", "github", None).await);
     }
     let requests = ids.iter().map(|id| {
-        app.send(
-            Method::PUT,
-            "/v1/services/github/default",
-            Some("alice"),
-            Some(json!({"connection_id": id})),
-        )
+        app.send(Method::PUT, "/v1/services/github/default", Some("alice"), Some(json!({"connection_id": id})))
     });
     let answers = futures::future::join_all(requests).await;
     for answer in &answers {
@@ -53,8 +48,7 @@ async fn thirty_two_concurrent_set_defaults_leave_exactly_one_default_and_a_cons
         current = Some(row.get(0));
     }
     let defaults: Vec<_> = futures::future::join_all(
-        ids.iter()
-            .map(|id| app.send(Method::GET, format!("/v1/connections/{id}"), Some("alice"), None)),
+        ids.iter().map(|id| app.send(Method::GET, format!("/v1/connections/{id}"), Some("alice"), None)),
     )
     .await
     .into_iter()
@@ -89,21 +83,12 @@ async fn assign_racing_revoke_never_leaves_an_agent_bound_to_a_revoked_connectio
                 answer.body
             );
         }
-        let view = app
-            .send(Method::GET, &format!("/v1/connections/{id}"), Some("alice"), None)
-            .await;
+        let view = app.send(Method::GET, &format!("/v1/connections/{id}"), Some("alice"), None).await;
         assert_eq!(view.body["status"], "revoked");
-        assert_eq!(
-            view.body["agents"],
-            json!([]),
-            "round {round}: an agent is bound to a revoked connection"
-        );
+        assert_eq!(view.body["agents"], json!([]), "round {round}: an agent is bound to a revoked connection");
         // Every assign that succeeded before the revoke is named by it.
         let affected = view.body["affected_agents"].as_array().expect("affected").len();
         let won_before = assigned.iter().filter(|a| a.status == StatusCode::OK).count();
-        assert_eq!(
-            affected, won_before,
-            "round {round}: the revoke names every agent that was bound"
-        );
+        assert_eq!(affected, won_before, "round {round}: the revoke names every agent that was bound");
     }
 }

@@ -13,9 +13,7 @@ fn keyed(app: &TestApp, method: Method, path: &str, key: &str, body: Option<Valu
         .header("authorization", format!("Bearer {}", app.token("alice")))
         .header("idempotency-key", key);
     match body {
-        Some(body) => builder
-            .header("content-type", "application/json")
-            .body(Body::from(body.to_string())),
+        Some(body) => builder.header("content-type", "application/json").body(Body::from(body.to_string())),
         None => builder.body(Body::empty()),
     }
     .expect("request")
@@ -25,25 +23,12 @@ fn keyed(app: &TestApp, method: Method, path: &str, key: &str, body: Option<Valu
 async fn a_retried_create_returns_the_first_answer_and_appends_nothing() {
     let app = TestApp::new().await;
     let body = json!({"service": "github", "name": "Work", "credential": {"kind": "api_key", "key": "k"}});
-    let first = app
-        .raw(keyed(
-            &app,
-            Method::POST,
-            "/v1/connections",
-            "key-1",
-            Some(body.clone()),
-        ))
-        .await;
+    let first = app.raw(keyed(&app, Method::POST, "/v1/connections", "key-1", Some(body.clone()))).await;
     assert_eq!(first.status, StatusCode::CREATED);
     let after_first = app.fingerprint().await;
-    let retry = app
-        .raw(keyed(&app, Method::POST, "/v1/connections", "key-1", Some(body)))
-        .await;
+    let retry = app.raw(keyed(&app, Method::POST, "/v1/connections", "key-1", Some(body))).await;
     assert_eq!(retry.status, StatusCode::CREATED);
-    assert_eq!(
-        retry.body, first.body,
-        "the retry must return the first answer, same connection id"
-    );
+    assert_eq!(retry.body, first.body, "the retry must return the first answer, same connection id");
     assert_eq!(app.fingerprint().await, after_first, "the retry must append nothing");
 }
 
@@ -51,13 +36,10 @@ async fn a_retried_create_returns_the_first_answer_and_appends_nothing() {
 async fn the_same_key_with_a_different_request_is_refused() {
     let app = TestApp::new().await;
     let body = json!({"service": "github", "name": "Work", "credential": {"kind": "api_key", "key": "k"}});
-    app.raw(keyed(&app, Method::POST, "/v1/connections", "key-1", Some(body)))
-        .await;
+    app.raw(keyed(&app, Method::POST, "/v1/connections", "key-1", Some(body))).await;
     let before = app.fingerprint().await;
     let other = json!({"service": "github", "name": "Other", "credential": {"kind": "api_key", "key": "k"}});
-    let answer = app
-        .raw(keyed(&app, Method::POST, "/v1/connections", "key-1", Some(other)))
-        .await;
+    let answer = app.raw(keyed(&app, Method::POST, "/v1/connections", "key-1", Some(other))).await;
     answer.assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "idempotency-key-reused");
     assert_eq!(app.fingerprint().await, before);
 }
@@ -66,28 +48,11 @@ async fn the_same_key_with_a_different_request_is_refused() {
 async fn a_refusal_is_also_the_first_answer() {
     let app = TestApp::new().await;
     let id = app.create("alice", "github", None).await;
-    app.send(Method::DELETE, &format!("/v1/connections/{id}"), Some("alice"), None)
-        .await;
+    app.send(Method::DELETE, &format!("/v1/connections/{id}"), Some("alice"), None).await;
     let path = format!("/v1/connections/{id}/agents");
-    let first = app
-        .raw(keyed(
-            &app,
-            Method::POST,
-            &path,
-            "k-assign",
-            Some(json!({"agent_id": "a"})),
-        ))
-        .await;
+    let first = app.raw(keyed(&app, Method::POST, &path, "k-assign", Some(json!({"agent_id": "a"})))).await;
     first.assert_problem(StatusCode::CONFLICT, "connection-revoked");
-    let retry = app
-        .raw(keyed(
-            &app,
-            Method::POST,
-            &path,
-            "k-assign",
-            Some(json!({"agent_id": "a"})),
-        ))
-        .await;
+    let retry = app.raw(keyed(&app, Method::POST, &path, "k-assign", Some(json!({"agent_id": "a"})))).await;
     assert_eq!((retry.status, retry.body), (first.status, first.body));
 }
 
@@ -96,9 +61,8 @@ async fn concurrent_retries_with_one_key_create_one_connection() {
     let app = TestApp::new().await;
     let body = json!({"service": "github", "name": "Work", "credential": {"kind": "api_key", "key": "k"}});
     let mut answers = Vec::new();
-    let futures: Vec<_> = (0..8)
-        .map(|_| app.raw(keyed(&app, Method::POST, "/v1/connections", "same", Some(body.clone()))))
-        .collect();
+    let futures: Vec<_> =
+        (0..8).map(|_| app.raw(keyed(&app, Method::POST, "/v1/connections", "same", Some(body.clone())))).collect();
     for answer in futures::future::join_all(futures).await {
         answers.push(answer);
     }
@@ -108,10 +72,7 @@ async fn concurrent_retries_with_one_key_create_one_connection() {
         .db
         .client()
         .await
-        .query_one(
-            "SELECT count(*) FROM events WHERE event_type = 'connection_created'",
-            &[],
-        )
+        .query_one("SELECT count(*) FROM events WHERE event_type = 'connection_created'", &[])
         .await
         .expect("count")
         .get(0);

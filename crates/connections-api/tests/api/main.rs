@@ -49,12 +49,7 @@ impl Answer {
             Some("application/problem+json"),
             "errors must be problem+json"
         );
-        assert_eq!(
-            self.body["type"],
-            format!("urn:connections:problem:{slug}"),
-            "body {}",
-            self.body
-        );
+        assert_eq!(self.body["type"], format!("urn:connections:problem:{slug}"), "body {}", self.body);
     }
 }
 
@@ -70,12 +65,7 @@ impl TestApp {
             master_key: master_key.clone(),
             authenticator: Arc::new(Authenticator::hs256(&secret).expect("valid secret")),
         };
-        Self {
-            router: router(state),
-            db,
-            master_key,
-            secret,
-        }
+        Self { router: router(state), db, master_key, secret }
     }
 
     pub(crate) fn token(&self, user: &str) -> String {
@@ -100,10 +90,9 @@ impl TestApp {
             request = request.header("authorization", format!("Bearer {}", self.token(user)));
         }
         let request = match body {
-            Some(body) => request
-                .header("content-type", "application/json")
-                .body(Body::from(body.to_string()))
-                .expect("request"),
+            Some(body) => {
+                request.header("content-type", "application/json").body(Body::from(body.to_string())).expect("request")
+            }
             None => request.body(Body::empty()).expect("request"),
         };
         self.raw(request).await
@@ -132,33 +121,15 @@ impl TestApp {
 
     /// How many events the log holds.
     pub(crate) async fn event_count(&self) -> i64 {
-        self.db
-            .client()
-            .await
-            .query_one("SELECT count(*) FROM events", &[])
-            .await
-            .expect("count")
-            .get(0)
+        self.db.client().await.query_one("SELECT count(*) FROM events", &[]).await.expect("count").get(0)
     }
 
     /// A fingerprint of every table the API writes, to prove nothing changed.
     pub(crate) async fn fingerprint(&self) -> Vec<i64> {
         let client = self.db.client().await;
         let mut counts = Vec::new();
-        for table in [
-            "events",
-            "connection_locator",
-            "data_keys",
-            "sealed_credentials",
-            "idempotency_keys",
-        ] {
-            counts.push(
-                client
-                    .query_one(&format!("SELECT count(*) FROM {table}"), &[])
-                    .await
-                    .expect("count")
-                    .get(0),
-            );
+        for table in ["events", "connection_locator", "data_keys", "sealed_credentials", "idempotency_keys"] {
+            counts.push(client.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await.expect("count").get(0));
         }
         counts
     }

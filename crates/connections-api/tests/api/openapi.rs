@@ -38,24 +38,10 @@ async fn every_documented_operation_is_mounted_with_that_method() {
             .replace("{service}", "github");
         let method = Method::from_bytes(method.as_bytes()).expect("method");
         let answer = app.send(method.clone(), &concrete, None, None).await;
-        assert_ne!(
-            answer.body["type"], "urn:connections:problem:no-such-route",
-            "{method} {path} is not mounted"
-        );
-        assert_ne!(
-            answer.status,
-            StatusCode::METHOD_NOT_ALLOWED,
-            "{method} {path} is not mounted with that method"
-        );
+        assert_ne!(answer.body["type"], "urn:connections:problem:no-such-route", "{method} {path} is not mounted");
+        assert_ne!(answer.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path} is not mounted with that method");
     }
     // A method the document does not list on a mounted path is refused.
-    let answer = app
-        .send(
-            Method::PATCH,
-            &format!("/v1/connections/{}", uuid::Uuid::now_v7()),
-            None,
-            None,
-        )
-        .await;
+    let answer = app.send(Method::PATCH, &format!("/v1/connections/{}", uuid::Uuid::now_v7()), None, None).await;
     assert_eq!(answer.status, StatusCode::METHOD_NOT_ALLOWED);
 }

@@ -15,9 +15,7 @@ async fn appends_are_read_back_in_stream_order_with_versions() {
         .expect("first append");
     tx.commit().await.expect("commit");
     assert_eq!(positions.len(), 2);
-    let (events, version) = EventLog::read_stream(&client, &StreamId::from_raw("s-1"))
-        .await
-        .expect("read stream");
+    let (events, version) = EventLog::read_stream(&client, &StreamId::from_raw("s-1")).await.expect("read stream");
     assert_eq!(version, StreamVersion(2));
     assert_eq!(events.iter().map(|e| e.stream_version).collect::<Vec<_>>(), vec![1, 2]);
     assert_eq!(events[0].data["n"], 1);
@@ -29,21 +27,14 @@ async fn a_stale_expected_version_is_a_typed_conflict_and_writes_nothing() {
     let db = TestDatabase::new().await;
     let mut client = db.database.pool().get().await.expect("pool connection");
     let tx = client.transaction().await.expect("begin");
-    EventLog::append(&tx, &[append_to("s-1", 0, vec![event(1)])], &metadata())
-        .await
-        .expect("first append");
+    EventLog::append(&tx, &[append_to("s-1", 0, vec![event(1)])], &metadata()).await.expect("first append");
     tx.commit().await.expect("commit");
 
     let tx = client.transaction().await.expect("begin");
     let stale = EventLog::append(&tx, &[append_to("s-1", 0, vec![event(2)])], &metadata()).await;
-    assert!(
-        matches!(stale, Err(StoreError::Conflict { .. })),
-        "expected a conflict, got {stale:?}"
-    );
+    assert!(matches!(stale, Err(StoreError::Conflict { .. })), "expected a conflict, got {stale:?}");
     drop(tx);
-    let (events, _) = EventLog::read_stream(&client, &StreamId::from_raw("s-1"))
-        .await
-        .expect("read stream");
+    let (events, _) = EventLog::read_stream(&client, &StreamId::from_raw("s-1")).await.expect("read stream");
     assert_eq!(events.len(), 1, "a conflicting append must write nothing");
 }
 
@@ -69,11 +60,7 @@ async fn concurrent_appends_at_the_same_version_let_exactly_one_win() {
     }
     assert_eq!(winners, 1, "exactly one writer may append version 1");
     let client = db.client().await;
-    let count: i64 = client
-        .query_one("SELECT count(*) FROM events", &[])
-        .await
-        .expect("count")
-        .get(0);
+    let count: i64 = client.query_one("SELECT count(*) FROM events", &[]).await.expect("count").get(0);
     assert_eq!(count, 1);
 }
 
@@ -82,41 +69,26 @@ async fn a_multi_stream_append_is_all_or_nothing() {
     let db = TestDatabase::new().await;
     let mut client = db.database.pool().get().await.expect("pool connection");
     let tx = client.transaction().await.expect("begin");
-    EventLog::append(&tx, &[append_to("b", 0, vec![event(1)])], &metadata())
-        .await
-        .expect("seed b");
+    EventLog::append(&tx, &[append_to("b", 0, vec![event(1)])], &metadata()).await.expect("seed b");
     tx.commit().await.expect("commit");
 
     // The first stream is fine, the second is stale: neither may be written.
     let tx = client.transaction().await.expect("begin");
-    let result = EventLog::append(
-        &tx,
-        &[append_to("a", 0, vec![event(2)]), append_to("b", 0, vec![event(3)])],
-        &metadata(),
-    )
-    .await;
+    let result =
+        EventLog::append(&tx, &[append_to("a", 0, vec![event(2)]), append_to("b", 0, vec![event(3)])], &metadata())
+            .await;
     assert!(matches!(result, Err(StoreError::Conflict { .. })));
     drop(tx);
-    let (a, _) = EventLog::read_stream(&client, &StreamId::from_raw("a"))
-        .await
-        .expect("read a");
+    let (a, _) = EventLog::read_stream(&client, &StreamId::from_raw("a")).await.expect("read a");
     assert!(a.is_empty(), "stream a must not keep half of a failed command");
 
     let tx = client.transaction().await.expect("begin");
-    EventLog::append(
-        &tx,
-        &[append_to("a", 0, vec![event(4)]), append_to("b", 1, vec![event(5)])],
-        &metadata(),
-    )
-    .await
-    .expect("both streams at their versions");
+    EventLog::append(&tx, &[append_to("a", 0, vec![event(4)]), append_to("b", 1, vec![event(5)])], &metadata())
+        .await
+        .expect("both streams at their versions");
     tx.commit().await.expect("commit");
     let client = db.client().await;
-    let count: i64 = client
-        .query_one("SELECT count(*) FROM events", &[])
-        .await
-        .expect("count")
-        .get(0);
+    let count: i64 = client.query_one("SELECT count(*) FROM events", &[]).await.expect("count").get(0);
     assert_eq!(count, 3);
 }
 
@@ -125,9 +97,7 @@ async fn the_log_refuses_update_delete_and_truncate() {
     let db = TestDatabase::new().await;
     let mut client = db.database.pool().get().await.expect("pool connection");
     let tx = client.transaction().await.expect("begin");
-    EventLog::append(&tx, &[append_to("s", 0, vec![event(1)])], &metadata())
-        .await
-        .expect("append");
+    EventLog::append(&tx, &[append_to("s", 0, vec![event(1)])], &metadata()).await.expect("append");
     tx.commit().await.expect("commit");
     let sql = db.client().await;
     for statement in ["UPDATE events SET data = '{}'", "DELETE FROM events", "TRUNCATE events"] {
@@ -140,13 +110,6 @@ async fn the_log_refuses_update_delete_and_truncate() {
 async fn pool_connections_commit_synchronously() {
     let db = TestDatabase::new().await;
     let client = db.database.pool().get().await.expect("pool connection");
-    let setting: String = client
-        .query_one("SHOW synchronous_commit", &[])
-        .await
-        .expect("show")
-        .get(0);
-    assert_eq!(
-        setting, "on",
-        "an acknowledged command must be flushed before the answer"
-    );
+    let setting: String = client.query_one("SHOW synchronous_commit", &[]).await.expect("show").get(0);
+    assert_eq!(setting, "on", "an acknowledged command must be flushed before the answer");
 }

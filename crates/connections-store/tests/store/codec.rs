@@ -14,18 +14,8 @@ fn validator(event_type: &str, schema_version: i32) -> jsonschema::Validator {
     let path = schemas_dir().join(format!("{event_type}.v{schema_version}.json"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     let schema: serde_json::Value = serde_json::from_str(&text).expect("schema is JSON");
-    assert_eq!(
-        schema["x-event-type"],
-        event_type,
-        "{} names another type",
-        path.display()
-    );
-    assert_eq!(
-        schema["x-schema-version"],
-        schema_version,
-        "{} has another version",
-        path.display()
-    );
+    assert_eq!(schema["x-event-type"], event_type, "{} names another type", path.display());
+    assert_eq!(schema["x-schema-version"], schema_version, "{} has another version", path.display());
     jsonschema::validator_for(&schema).expect("schema compiles")
 }
 
@@ -45,22 +35,10 @@ fn events_of_every_type() -> Vec<Event> {
     let commands = vec![
         create(c1, Some("agent-1"), Some("calendar-connector")),
         create(c2, None, None),
-        Command::AssignToAgent {
-            connection_id: c2,
-            agent_id: AgentId::parse("agent-1").expect("valid"),
-        },
-        Command::AssignToAgent {
-            connection_id: c1,
-            agent_id: AgentId::parse("agent_2").expect("valid"),
-        },
-        Command::UnassignFromAgent {
-            connection_id: c1,
-            agent_id: AgentId::parse("agent_2").expect("valid"),
-        },
-        Command::RotateCredential {
-            connection_id: c1,
-            credential_kind: CredentialKind::ApiKey,
-        },
+        Command::AssignToAgent { connection_id: c2, agent_id: AgentId::parse("agent-1").expect("valid") },
+        Command::AssignToAgent { connection_id: c1, agent_id: AgentId::parse("agent_2").expect("valid") },
+        Command::UnassignFromAgent { connection_id: c1, agent_id: AgentId::parse("agent_2").expect("valid") },
+        Command::RotateCredential { connection_id: c1, credential_kind: CredentialKind::ApiKey },
         Command::SetDefault { connection_id: c1 },
         Command::SetDefault { connection_id: c2 },
         Command::ClearDefault,
@@ -70,14 +48,7 @@ fn events_of_every_type() -> Vec<Event> {
     let mut state = OwnerService::default();
     let mut all = Vec::new();
     for command in commands {
-        let events = decide(
-            &state,
-            &Request {
-                actor: alice.clone(),
-                command,
-            },
-        )
-        .expect("scenario is valid");
+        let events = decide(&state, &Request { actor: alice.clone(), command }).expect("scenario is valid");
         for event in &events {
             state.apply(event);
         }
@@ -95,10 +66,7 @@ fn every_emitted_event_round_trips_and_validates_against_its_schema() {
         seen_types.insert(event_type);
         let validator = validator(event_type, schema_version);
         let errors: Vec<String> = validator.iter_errors(&data).map(|e| e.to_string()).collect();
-        assert!(
-            errors.is_empty(),
-            "{event_type} does not match its schema: {errors:?}\n{data}"
-        );
+        assert!(errors.is_empty(), "{event_type} does not match its schema: {errors:?}\n{data}");
         assert_eq!(&decode(event_type, schema_version, &data).expect("decodes"), event);
     }
     let all_types: std::collections::BTreeSet<_> = EVENT_TYPES.iter().map(|(t, _)| *t).collect();

@@ -45,13 +45,9 @@ async fn a_following_reader_sees_every_committed_event_exactly_once_in_order() {
                 let events: Vec<_> = (0..count).map(event).collect();
                 let ids: Vec<_> = events.iter().map(|e| e.event_id).collect();
                 let tx = client.transaction().await.expect("begin");
-                EventLog::append(
-                    &tx,
-                    &[append_to(&format!("writer-{writer}"), version, events)],
-                    &metadata(),
-                )
-                .await
-                .expect("append to the writer's own stream");
+                EventLog::append(&tx, &[append_to(&format!("writer-{writer}"), version, events)], &metadata())
+                    .await
+                    .expect("append to the writer's own stream");
                 // Hold the transaction open after taking positions, so that
                 // later transactions commit first.
                 if delay_ms > 0 {
@@ -80,9 +76,7 @@ async fn a_following_reader_sees_every_committed_event_exactly_once_in_order() {
             let mut cursor = LogCursor::default();
             let mut seen = Vec::new();
             loop {
-                let batch = EventLog::read_after(&client, cursor, 5_000)
-                    .await
-                    .expect("read after cursor");
+                let batch = EventLog::read_after(&client, cursor, 5_000).await.expect("read after cursor");
                 for (i, recorded) in batch.iter().enumerate() {
                     assert!(
                         recorded.cursor() > cursor,
@@ -118,11 +112,7 @@ async fn a_following_reader_sees_every_committed_event_exactly_once_in_order() {
     let seen = reader.await.expect("reader task");
 
     let committed = committed_ids.lock().expect("lock").clone();
-    assert!(
-        committed.len() as u64 >= TARGET_EVENTS,
-        "only {} events committed in the time limit",
-        committed.len()
-    );
+    assert!(committed.len() as u64 >= TARGET_EVENTS, "only {} events committed in the time limit", committed.len());
     assert!(rollbacks > 0, "the test must include rolled-back transactions");
     let unique: HashSet<_> = seen.iter().copied().collect();
     assert_eq!(unique.len(), seen.len(), "the reader saw an event twice");

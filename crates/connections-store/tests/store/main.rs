@@ -10,26 +10,13 @@ use connections_store::{Metadata, NewEvent, StreamAppend, StreamId, StreamVersio
 use serde_json::json;
 
 fn metadata() -> Metadata {
-    Metadata {
-        actor: "test".into(),
-        command_id: uuid::Uuid::now_v7(),
-        correlation_id: uuid::Uuid::now_v7(),
-    }
+    Metadata { actor: "test".into(), command_id: uuid::Uuid::now_v7(), correlation_id: uuid::Uuid::now_v7() }
 }
 
 fn event(n: u64) -> NewEvent {
-    NewEvent {
-        event_id: uuid::Uuid::now_v7(),
-        event_type: "test_event",
-        schema_version: 1,
-        data: json!({ "n": n }),
-    }
+    NewEvent { event_id: uuid::Uuid::now_v7(), event_type: "test_event", schema_version: 1, data: json!({ "n": n }) }
 }
 
 fn append_to(stream: &str, expected: u64, events: Vec<NewEvent>) -> StreamAppend {
-    StreamAppend {
-        stream_id: StreamId::from_raw(stream),
-        expected_version: StreamVersion(expected),
-        events,
-    }
+    StreamAppend { stream_id: StreamId::from_raw(stream), expected_version: StreamVersion(expected), events }
 }

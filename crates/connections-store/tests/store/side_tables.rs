@@ -11,41 +11,22 @@ async fn an_idempotency_key_replays_its_first_answer_and_refuses_another_request
     let db = TestDatabase::new().await;
     let mut client = db.database.pool().get().await.expect("pool connection");
     let tx = client.transaction().await.expect("begin");
-    assert_eq!(
-        IdempotencyClaim::claim(&tx, "alice", "k1", b"hash-a")
-            .await
-            .expect("claim"),
-        IdempotencyClaim::Fresh
-    );
-    let answer = StoredResponse {
-        status: 201,
-        body: json!({"position": 7}),
-    };
-    IdempotencyClaim::record(&tx, "alice", "k1", &answer)
-        .await
-        .expect("record");
+    assert_eq!(IdempotencyClaim::claim(&tx, "alice", "k1", b"hash-a").await.expect("claim"), IdempotencyClaim::Fresh);
+    let answer = StoredResponse { status: 201, body: json!({"position": 7}) };
+    IdempotencyClaim::record(&tx, "alice", "k1", &answer).await.expect("record");
     tx.commit().await.expect("commit");
 
     let tx = client.transaction().await.expect("begin");
     assert_eq!(
-        IdempotencyClaim::claim(&tx, "alice", "k1", b"hash-a")
-            .await
-            .expect("claim"),
+        IdempotencyClaim::claim(&tx, "alice", "k1", b"hash-a").await.expect("claim"),
         IdempotencyClaim::Replay(answer)
     );
     assert_eq!(
-        IdempotencyClaim::claim(&tx, "alice", "k1", b"hash-b")
-            .await
-            .expect("claim"),
+        IdempotencyClaim::claim(&tx, "alice", "k1", b"hash-b").await.expect("claim"),
         IdempotencyClaim::Mismatch
     );
     // Keys are per owner: bob's k1 is a different key.
-    assert_eq!(
-        IdempotencyClaim::claim(&tx, "bob", "k1", b"hash-b")
-            .await
-            .expect("claim"),
-        IdempotencyClaim::Fresh
-    );
+    assert_eq!(IdempotencyClaim::claim(&tx, "bob", "k1", b"hash-b").await.expect("claim"), IdempotencyClaim::Fresh);
 }
 
 #[tokio::test]
@@ -56,10 +37,7 @@ async fn a_rolled_back_claim_frees_the_key() {
     IdempotencyClaim::claim(&tx, "alice", "k1", b"h").await.expect("claim");
     tx.rollback().await.expect("rollback");
     let tx = client.transaction().await.expect("begin");
-    assert_eq!(
-        IdempotencyClaim::claim(&tx, "alice", "k1", b"h").await.expect("claim"),
-        IdempotencyClaim::Fresh
-    );
+    assert_eq!(IdempotencyClaim::claim(&tx, "alice", "k1", b"h").await.expect("claim"), IdempotencyClaim::Fresh);
 }
 
 #[tokio::test]
@@ -72,13 +50,8 @@ async fn the_locator_finds_a_connection_once_and_refuses_a_second_location() {
         service: ServiceName::parse("github").expect("valid"),
     };
     assert_eq!(ConnectionLocation::find(&client, id).await.expect("find"), None);
-    ConnectionLocation::insert(&client, id, &location)
-        .await
-        .expect("insert");
-    assert_eq!(
-        ConnectionLocation::find(&client, id).await.expect("find"),
-        Some(location.clone())
-    );
+    ConnectionLocation::insert(&client, id, &location).await.expect("insert");
+    assert_eq!(ConnectionLocation::find(&client, id).await.expect("find"), Some(location.clone()));
     assert_eq!(location.stream_id().as_str(), "owner-service/alice/github");
     assert!(ConnectionLocation::insert(&client, id, &location).await.is_err());
 }
@@ -88,17 +61,9 @@ async fn destroying_a_data_key_removes_it() {
     let db = TestDatabase::new().await;
     let client = db.database.pool().get().await.expect("pool connection");
     let id = ConnectionId::from_uuid(uuid::Uuid::now_v7());
-    let wrapped = WrappedDataKey {
-        master_key_id: "k1".into(),
-        bytes: vec![1, 2, 3],
-    };
-    StoredCredential::insert_data_key(&client, id, &wrapped)
-        .await
-        .expect("insert");
-    assert_eq!(
-        StoredCredential::data_key(&client, id).await.expect("load"),
-        Some(wrapped)
-    );
+    let wrapped = WrappedDataKey { master_key_id: "k1".into(), bytes: vec![1, 2, 3] };
+    StoredCredential::insert_data_key(&client, id, &wrapped).await.expect("insert");
+    assert_eq!(StoredCredential::data_key(&client, id).await.expect("load"), Some(wrapped));
     StoredCredential::destroy_data_key(&client, id).await.expect("destroy");
     assert_eq!(StoredCredential::data_key(&client, id).await.expect("load"), None);
 }

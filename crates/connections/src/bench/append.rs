@@ -23,11 +23,7 @@ use super::stats::{ms, Summary};
 #[derive(clap::Args)]
 pub struct AppendOptions {
     /// The Postgres server (a fresh database is created on it and dropped after).
-    #[arg(
-        long,
-        env = "CONNECTIONS_BENCH_SERVER",
-        default_value = "postgres://postgres@127.0.0.1:5432"
-    )]
+    #[arg(long, env = "CONNECTIONS_BENCH_SERVER", default_value = "postgres://postgres@127.0.0.1:5432")]
     server: String,
     /// Seconds per phase.
     #[arg(long, default_value_t = 5)]
@@ -79,28 +75,23 @@ async fn run_on(url: &str, options: &AppendOptions) -> anyhow::Result<()> {
         .await?;
     let server = HttpServer::start(database.clone()).await?;
     let phase = Duration::from_secs(options.seconds);
-    println!(
-        "bench append: {}s per phase, Postgres {}",
-        options.seconds,
-        server_version(&database).await?
-    );
+    println!("bench append: {}s per phase, Postgres {}", options.seconds, server_version(&database).await?);
     println!(
         "{:<18} {:>5} {:>8} {:>9} {:>9} {:>9} {:>9} {:>12}",
-        "path", "conc", "ops", "ops/s", "p50 ms", "p99 ms", "max ms", "vs (a) ops/s"
+        "path", "conc", "ops", "ops/s", "p50 ms", "p99 ms", "max ms", "vs mean (a)"
     );
     for &concurrency in &options.concurrency {
-        let mut baseline = None;
-        for mode in [Mode::Raw, Mode::Store, Mode::Http] {
-            let summary = measure(mode, concurrency, phase, &database, &server).await?;
-            let ratio = match baseline {
-                None => {
-                    baseline = Some(summary.per_second);
-                    "1.00".to_owned()
-                }
-                Some(raw) => format!("{:.2}", summary.per_second / raw),
-            };
+        // The baseline runs before and after the measured paths; their mean
+        // is the reference, so that drift on a shared machine shows up as a
+        // gap between the two (a) rows instead of skewing one ratio.
+        let before = measure(Mode::Raw, concurrency, phase, &database, &server).await?;
+        let store = measure(Mode::Store, concurrency, phase, &database, &server).await?;
+        let http = measure(Mode::Http, concurrency, phase, &database, &server).await?;
+        let after = measure(Mode::Raw, concurrency, phase, &database, &server).await?;
+        let baseline = (before.per_second + after.per_second) / 2.0;
+        for (mode, summary) in [(Mode::Raw, &before), (Mode::Store, &store), (Mode::Http, &http), (Mode::Raw, &after)] {
             println!(
-                "{:<18} {:>5} {:>8} {:>9.0} {:>9} {:>9} {:>9} {:>12}",
+                "{:<18} {:>5} {:>8} {:>9.0} {:>9} {:>9} {:>9} {:>12.2}",
                 mode.label(),
                 concurrency,
                 summary.operations,
@@ -108,10 +99,13 @@ async fn run_on(url: &str, options: &AppendOptions) -> anyhow::Result<()> {
                 ms(summary.p50),
                 ms(summary.p99),
                 ms(summary.max),
-                ratio
+                summary.per_second / baseline
             );
         }
     }
+    // Close every pooled connection (the HTTP server shares the pool) before
+    // the database is dropped, so nothing logs the forced disconnects.
+    database.pool().close();
     Ok(())
 }
 
@@ -133,12 +127,14 @@ async fn measure(
         workers.push(tokio::spawn(async move {
             let mut samples = Vec::new();
             let mut version = 0u64;
+            // One user per worker, holding one token, like a real client.
+            let token = http.token(&stream)?;
             while Instant::now() < deadline {
                 let begin = Instant::now();
                 match mode {
                     Mode::Raw => raw_append(&database, &stream).await?,
                     Mode::Store => store_append(&database, &stream, version).await?,
-                    Mode::Http => http.create_connection(&format!("{stream}-{version}")).await?,
+                    Mode::Http => http.create_connection(&token, &format!("s{version}")).await?,
                 }
                 samples.push(begin.elapsed());
                 version += 1;
@@ -156,16 +152,12 @@ async fn measure(
 async fn raw_append(database: &Database, stream: &str) -> anyhow::Result<()> {
     let mut client = database.pool().get().await?;
     let transaction = client.transaction().await?;
-    let read = transaction
-        .prepare_cached("SELECT coalesce(max(version), 0) FROM bench_raw WHERE stream_id = $1")
-        .await?;
+    let read =
+        transaction.prepare_cached("SELECT coalesce(max(version), 0) FROM bench_raw WHERE stream_id = $1").await?;
     let version: i64 = transaction.query_one(&read, &[&stream]).await?.get(0);
-    let insert = transaction
-        .prepare_cached("INSERT INTO bench_raw (stream_id, version, data) VALUES ($1, $2, $3)")
-        .await?;
-    transaction
-        .execute(&insert, &[&stream, &(version + 1), &json!({"n": version})])
-        .await?;
+    let insert =
+        transaction.prepare_cached("INSERT INTO bench_raw (stream_id, version, data) VALUES ($1, $2, $3)").await?;
+    transaction.execute(&insert, &[&stream, &(version + 1), &json!({"n": version})]).await?;
     transaction.commit().await?;
     Ok(())
 }
@@ -183,11 +175,8 @@ async fn store_append(database: &Database, stream: &str, version: u64) -> anyhow
             data: json!({"n": version}),
         }],
     };
-    let metadata = Metadata {
-        actor: "bench".into(),
-        command_id: uuid::Uuid::now_v7(),
-        correlation_id: uuid::Uuid::now_v7(),
-    };
+    let metadata =
+        Metadata { actor: "bench".into(), command_id: uuid::Uuid::now_v7(), correlation_id: uuid::Uuid::now_v7() };
     EventLog::append(&transaction, &[append], &metadata).await?;
     transaction.commit().await?;
     Ok(())
@@ -212,22 +201,22 @@ impl HttpServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base = format!("http://{}", listener.local_addr()?);
         tokio::spawn(async move { axum::serve(listener, router(state)).await });
-        Ok(Self {
-            base,
-            client: reqwest::Client::new(),
-            secret: Arc::new(secret),
-        })
+        Ok(Self { base, client: reqwest::Client::new(), secret: Arc::new(secret) })
     }
 
-    /// One command: a new owner creates a connection (parse, seal, decide, append).
-    async fn create_connection(&self, owner: &str) -> anyhow::Result<()> {
+    fn token(&self, owner: &str) -> anyhow::Result<String> {
         let owner = OwnerId::parse(owner.to_owned()).map_err(|e| anyhow::anyhow!("owner {e}"))?;
-        let token = mint_user_token(&self.secret, &owner, chrono::Utc::now().timestamp() + 3600)?;
+        Ok(mint_user_token(&self.secret, &owner, chrono::Utc::now().timestamp() + 3600)?)
+    }
+
+    /// One command: create a connection for a service the user has none of
+    /// yet (parse, seal, decide on a new stream, append, answer).
+    async fn create_connection(&self, token: &str, service: &str) -> anyhow::Result<()> {
         let response = self
             .client
             .post(format!("{}/v1/connections", self.base))
             .bearer_auth(token)
-            .json(&json!({"service": "bench", "name": "bench", "credential": {"kind": "api_key", "key": "bench-key"}}))
+            .json(&json!({"service": service, "name": "bench", "credential": {"kind": "api_key", "key": "bench-key"}}))
             .send()
             .await?;
         anyhow::ensure!(response.status() == 201, "create answered {}", response.status());
@@ -236,13 +225,7 @@ impl HttpServer {
 }
 
 async fn server_version(database: &Database) -> anyhow::Result<String> {
-    Ok(database
-        .pool()
-        .get()
-        .await?
-        .query_one("SHOW server_version", &[])
-        .await?
-        .get(0))
+    Ok(database.pool().get().await?.query_one("SHOW server_version", &[]).await?.get(0))
 }
 
 async fn drop_database(server: &str, name: &str) -> anyhow::Result<()> {
