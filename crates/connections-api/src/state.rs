@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use connections_fanout::Signals;
 use connections_sealing::MasterKey;
 use connections_store::Database;
 
@@ -16,4 +17,6 @@ pub struct AppState {
     pub master_key: Arc<MasterKey>,
     /// Verifies bearer tokens.
     pub authenticator: Arc<Authenticator>,
+    /// Log activity: appends and projection progress (for `min_position` and SSE).
+    pub signals: Signals,
 }

@@ -30,7 +30,7 @@ impl TestDatabase {
     /// Creates a database, migrated or not.
     pub async fn with_migrations(migrated: bool) -> Self {
         let (name, url) = unique_database();
-        ensure_database(&url).await.expect("create the test database");
+        ensure_database(&url).await.unwrap_or_else(|e| panic!("create the test database: {e:?}"));
         if migrated {
             migrate(&url).await.expect("migrate the test database");
         }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use connections_api::auth::Authenticator;
+use connections_fanout::Names;
 use connections_sealing::MasterKey;
 
 /// Everything `serve` needs.
@@ -13,10 +14,13 @@ pub struct Config {
     pub listen: SocketAddr,
     /// `CONNECTIONS_DATABASE_URL`, default the `connections` database on the local server.
     pub database_url: String,
-    /// `CONNECTIONS_NATS_URL`, default nats://127.0.0.1:4222 (used by the fan-out, not yet by `serve`).
+    /// `CONNECTIONS_NATS_URL`, default nats://127.0.0.1:4222.
     pub nats_url: String,
     /// `CONNECTIONS_DATABASE_POOL`, default 32.
     pub pool_size: usize,
+    /// `CONNECTIONS_NATS_PREFIX`, default `connections`: the start of every
+    /// subject, stream and consumer name.
+    pub names: Names,
 }
 
 impl Config {
@@ -31,6 +35,7 @@ impl Config {
             database_url: env_or("CONNECTIONS_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/connections"),
             nats_url: env_or("CONNECTIONS_NATS_URL", "nats://127.0.0.1:4222"),
             pool_size,
+            names: Names::new(&env_or("CONNECTIONS_NATS_PREFIX", "connections"))?,
         })
     }
 }

@@ -30,9 +30,23 @@ enum CliCommand {
         #[arg(long, default_value_t = 86_400)]
         ttl: i64,
     },
+    /// Read-model maintenance.
+    #[command(subcommand)]
+    Projections(ProjectionsCommand),
     /// Benchmarks against the local services.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum ProjectionsCommand {
+    /// Rebuild a read model from the start of the log into fresh tables and
+    /// swap it in; the API keeps serving the old tables until the swap.
+    Rebuild {
+        /// The projection (default: every projection).
+        #[arg(long)]
+        name: Option<String>,
+    },
 }
 
 #[tokio::main]
@@ -59,6 +73,24 @@ async fn main() -> anyhow::Result<()> {
             let secret = config::jwt_secret()?;
             let expires_at = chrono::Utc::now().timestamp() + ttl;
             println!("{}", connections_api::auth::mint_user_token(&secret, &user, expires_at)?);
+            Ok(())
+        }
+        CliCommand::Projections(ProjectionsCommand::Rebuild { name }) => {
+            let config = config::Config::from_env()?;
+            connections_store::ensure_database(&config.database_url).await?;
+            connections_store::migrate(&config.database_url).await?;
+            let database = connections_store::connect_pool(&config.database_url, 2)?;
+            let names: Vec<&str> = match &name {
+                Some(name) => vec![name.as_str()],
+                None => connections_projections::rebuild::PROJECTIONS.to_vec(),
+            };
+            for name in names {
+                let report = connections_projections::rebuild::rebuild(&database, name).await?;
+                println!(
+                    "rebuilt {name}: {} events to {}:{} (fold {:?}, write and swap {:?})",
+                    report.events, report.cursor.transaction_id, report.cursor.position, report.fold, report.write
+                );
+            }
             Ok(())
         }
         CliCommand::Bench(command) => bench::run(command).await,

@@ -1,24 +1,52 @@
-//! `connections serve`: migrate, then serve HTTP until SIGINT/SIGTERM.
+//! `connections serve`: migrate, then serve HTTP, relay the log to JetStream
+//! and project it, until SIGINT/SIGTERM.
+
+use std::time::Duration;
 
 use connections_api::{router, AppState};
+use connections_fanout::relay::{self, RelayConfig};
+use connections_fanout::Signals;
+use connections_projections::projector::{self, ProjectorConfig};
+use tokio::sync::watch;
 
 use crate::config::{self, Config};
 
 /// Runs the server. Prints `listening on http://ADDR` on stdout once bound,
 /// so that scripts and tests using port 0 can find it.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    let signals = Signals::new();
+    let database = connections_store::connect_pool(&config.database_url, config.pool_size)?;
     let state = AppState {
-        database: connections_store::connect_pool(&config.database_url, config.pool_size)?,
+        database: database.clone(),
         master_key: config::master_key()?,
         authenticator: config::authenticator()?,
+        signals: signals.clone(),
     };
     connections_store::ensure_database(&config.database_url).await?;
     connections_store::migrate(&config.database_url).await?;
+
+    let (shutdown, stopping) = watch::channel(false);
+    let relay_config = RelayConfig::new(config.names.clone(), config.database_url.clone(), config.nats_url.clone());
+    let relay = tokio::spawn(relay::run(database.clone(), relay_config, signals.clone(), stopping.clone()));
+    let projector_config =
+        ProjectorConfig::new(config.names.clone(), config.database_url.clone(), config.nats_url.clone());
+    let projector = tokio::spawn(projector::run(database, projector_config, signals, stopping));
+
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let address = listener.local_addr()?;
-    tracing::info!(%address, nats_url = %config.nats_url, "serving");
+    tracing::info!(%address, nats_url = %config.nats_url, prefix = %config.names.prefix(), "serving");
     println!("listening on http://{address}");
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown_signal()).await?;
+    let served = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown_signal()).await;
+
+    let _ = shutdown.send(true);
+    for (name, task) in [("relay", relay), ("projector", projector)] {
+        match tokio::time::timeout(Duration::from_secs(10), task).await {
+            Ok(Ok(())) => tracing::info!(task = name, "stopped"),
+            Ok(Err(error)) => tracing::error!(task = name, %error, "task failed"),
+            Err(_) => tracing::error!(task = name, "did not stop within 10 s"),
+        }
+    }
+    served?;
     tracing::info!("server stopped");
     Ok(())
 }

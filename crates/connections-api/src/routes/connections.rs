@@ -1,7 +1,9 @@
 //! `/v1/connections…`: create, show, assign, unassign, rotate, revoke.
 
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use std::collections::BTreeMap;
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -54,8 +56,12 @@ pub async fn show(
     State(app): State<AppState>,
     AuthenticatedUser(actor): AuthenticatedUser,
     id: Result<Path<String>, PathRejection>,
+    query: Result<Query<BTreeMap<String, String>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let connection_id = connection_id(id)?;
+    // Read from the authoritative stream, which is always current; the
+    // parameter is accepted (and waited for) so clients can use it uniformly.
+    super::dashboard::min_position_only(&app, query).await?;
     let (state, history) = load_connection_stream(&app, connection_id).await?.ok_or(ApiError::NotFound)?;
     state.connection_for(&actor, connection_id).ok_or(ApiError::NotFound)?;
     let mut view = views::connection(&state, connection_id, Some(&history));

@@ -2,13 +2,14 @@
 //! even unknown paths answering in problem+json.
 
 mod connections;
+pub mod dashboard;
 mod health;
 mod services;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put};
+use axum::routing::{delete, get, put};
 use axum::Router;
 use serde_json::Value;
 
@@ -20,9 +21,14 @@ use crate::state::AppState;
 /// Every (method, path) the router mounts, as written in `schemas/openapi.json`.
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/health"),
+    ("GET", "/v1/status"),
+    ("GET", "/v1/stream"),
+    ("GET", "/v1/services"),
+    ("GET", "/v1/connections"),
     ("POST", "/v1/connections"),
     ("GET", "/v1/connections/{id}"),
     ("DELETE", "/v1/connections/{id}"),
+    ("GET", "/v1/connections/{id}/agents"),
     ("POST", "/v1/connections/{id}/agents"),
     ("DELETE", "/v1/connections/{id}/agents/{agent_id}"),
     ("PUT", "/v1/connections/{id}/credential"),
@@ -34,9 +40,12 @@ pub const ROUTES: &[(&str, &str)] = &[
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health::health))
-        .route("/v1/connections", post(connections::create))
+        .route("/v1/status", get(dashboard::status))
+        .route("/v1/stream", get(dashboard::stream))
+        .route("/v1/services", get(dashboard::services))
+        .route("/v1/connections", get(dashboard::list).post(connections::create))
         .route("/v1/connections/{id}", get(connections::show).delete(connections::revoke))
-        .route("/v1/connections/{id}/agents", post(connections::assign))
+        .route("/v1/connections/{id}/agents", get(dashboard::agents).post(connections::assign))
         .route("/v1/connections/{id}/agents/{agent_id}", delete(connections::unassign))
         .route("/v1/connections/{id}/credential", put(connections::rotate))
         .route("/v1/services/{service}/default", put(services::set_default).delete(services::clear_default))

@@ -64,6 +64,7 @@ impl TestApp {
             database: db.database.clone(),
             master_key: master_key.clone(),
             authenticator: Arc::new(Authenticator::hs256(&secret).expect("valid secret")),
+            signals: connections_fanout::Signals::new(),
         };
         Self { router: router(state), db, master_key, secret }
     }

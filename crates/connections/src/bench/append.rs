@@ -197,6 +197,7 @@ impl HttpServer {
             database,
             master_key: Arc::new(MasterKey::from_base64("bench", &MasterKey::generate_base64()?)?),
             authenticator: Arc::new(Authenticator::hs256(&secret)?),
+            signals: connections_fanout::Signals::new(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base = format!("http://{}", listener.local_addr()?);

@@ -1,0 +1,231 @@
+//! The dashboard read API: cards, the connection list, usage overviews, the
+//! live change stream, and projection status. Reads come from the read models
+//! under row-level security; `min_position` gives read-your-writes.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use connections_domain::{ConnectionId, ServiceName};
+use connections_fanout::parse_cursor;
+use connections_projections::queries::{self, StatusFilter};
+use connections_store::{EventLog, StoreError};
+use futures::Stream;
+use serde_json::json;
+
+use crate::auth::AuthenticatedUser;
+use crate::body::path_param;
+use crate::problem::ApiError;
+use crate::state::AppState;
+
+/// How long a read waits for `min_position` before answering 503.
+pub const MIN_POSITION_WAIT: Duration = Duration::from_secs(2);
+
+/// Query parameters, parsed strictly: unknown names are refused.
+pub struct Params(BTreeMap<String, String>);
+
+impl Params {
+    fn parse(
+        query: Result<Query<BTreeMap<String, String>>, QueryRejection>,
+        allowed: &[&str],
+    ) -> Result<Self, ApiError> {
+        let Query(map) = query.map_err(|_| ApiError::invalid("query", "is malformed"))?;
+        if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
+            let name: String = unknown.chars().take(64).map(|c| if c.is_control() { '?' } else { c }).collect();
+            return Err(ApiError::invalid(name, "is not a known query parameter"));
+        }
+        Ok(Self(map))
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    /// `min_position`: a non-negative integer.
+    fn min_position(&self) -> Result<Option<i64>, ApiError> {
+        self.get("min_position")
+            .map(|raw| {
+                raw.parse::<i64>()
+                    .ok()
+                    .filter(|p| *p >= 0)
+                    .ok_or_else(|| ApiError::invalid("min_position", "must be a non-negative integer"))
+            })
+            .transpose()
+    }
+}
+
+/// Waits (bounded) until the dashboard projection has applied `position`.
+pub async fn wait_for_position(app: &AppState, position: Option<i64>) -> Result<(), ApiError> {
+    let Some(position) = position.filter(|p| *p > 0) else { return Ok(()) };
+    let deadline = tokio::time::Instant::now() + MIN_POSITION_WAIT;
+    let mut projected = app.signals.projected.subscribe();
+    loop {
+        if queries::has_applied(&app.database, position).await? {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = projected.changed() => {}
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            _ = tokio::time::sleep_until(deadline) => return Err(ApiError::NotYetProjected(position)),
+        }
+    }
+}
+
+/// Parses the `min_position` parameter of an otherwise parameterless read and waits for it.
+pub async fn min_position_only(
+    app: &AppState,
+    query: Result<Query<BTreeMap<String, String>>, QueryRejection>,
+) -> Result<(), ApiError> {
+    let params = Params::parse(query, &["min_position"])?;
+    wait_for_position(app, params.min_position()?).await
+}
+
+/// `GET /v1/services`: the cards.
+pub async fn services(
+    State(app): State<AppState>,
+    AuthenticatedUser(owner): AuthenticatedUser,
+    query: Result<Query<BTreeMap<String, String>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    min_position_only(&app, query).await?;
+    let cards = queries::services(&app.database, owner.as_str()).await?;
+    Ok(Json(json!({ "services": cards })).into_response())
+}
+
+/// `GET /v1/connections?service=S&status=active|revoked|all&limit=N&cursor=C&min_position=P`.
+pub async fn list(
+    State(app): State<AppState>,
+    AuthenticatedUser(owner): AuthenticatedUser,
+    query: Result<Query<BTreeMap<String, String>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(query, &["service", "status", "limit", "cursor", "min_position"])?;
+    let service = params
+        .get("service")
+        .map(|raw| ServiceName::parse(raw).map_err(|e| ApiError::invalid("service", e)))
+        .transpose()?;
+    let status = match params.get("status") {
+        None | Some("active") => StatusFilter::Active,
+        Some("revoked") => StatusFilter::Revoked,
+        Some("all") => StatusFilter::All,
+        Some(_) => return Err(ApiError::invalid("status", "must be one of active, revoked, all")),
+    };
+    let limit = match params.get("limit") {
+        None => 50,
+        Some(raw) => raw
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=200).contains(n))
+            .ok_or_else(|| ApiError::invalid("limit", "must be an integer from 1 to 200"))?,
+    };
+    let after = params
+        .get("cursor")
+        .map(|raw| {
+            ConnectionId::parse(raw).map_err(|_| ApiError::invalid("cursor", "is not a cursor from a previous page"))
+        })
+        .transpose()?;
+    wait_for_position(&app, params.min_position()?).await?;
+    let page = queries::connections(
+        &app.database,
+        owner.as_str(),
+        service.as_ref().map(ServiceName::as_str),
+        status,
+        after.map(|id| id.as_uuid()),
+        limit + 1,
+    )
+    .await?;
+    let more = page.len() as i64 > limit;
+    let page: Vec<_> = page.into_iter().take(limit as usize).collect();
+    let next_cursor = if more { page.last().map(|c| c.connection_id.to_string()) } else { None };
+    Ok(Json(json!({ "connections": page, "next_cursor": next_cursor })).into_response())
+}
+
+/// `GET /v1/connections/{id}/agents`: the usage overview.
+pub async fn agents(
+    State(app): State<AppState>,
+    AuthenticatedUser(owner): AuthenticatedUser,
+    id: Result<Path<String>, PathRejection>,
+    query: Result<Query<BTreeMap<String, String>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Path(raw) = id.map_err(|_| ApiError::invalid("id", "is malformed"))?;
+    let connection_id = path_param("id", &raw, ConnectionId::parse)?;
+    min_position_only(&app, query).await?;
+    let (connection, agents) = queries::connection_usage(&app.database, owner.as_str(), connection_id.as_uuid())
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    Ok(Json(json!({ "connection": connection, "agents": agents })).into_response())
+}
+
+/// `GET /v1/status`: the log head and the projection's lag.
+pub async fn status(
+    State(app): State<AppState>,
+    AuthenticatedUser(_): AuthenticatedUser,
+) -> Result<Response, ApiError> {
+    let client = app.database.pool().get().await.map_err(StoreError::from)?;
+    let head = EventLog::head_position(&client).await?;
+    let lag = queries::lag(&app.database).await?;
+    Ok(Json(json!({ "log_head_position": head, "projections": { "dashboard": lag } })).into_response())
+}
+
+/// `GET /v1/stream`: Server-Sent Events of the caller's own read-model
+/// changes, resumable with `Last-Event-ID` (or `?after=`).
+pub async fn stream(
+    State(app): State<AppState>,
+    AuthenticatedUser(owner): AuthenticatedUser,
+    headers: HeaderMap,
+    query: Result<Query<BTreeMap<String, String>>, QueryRejection>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let params = Params::parse(query, &["after"])?;
+    let resume = headers
+        .get("last-event-id")
+        .map(|value| {
+            value
+                .to_str()
+                .ok()
+                .and_then(parse_cursor)
+                .ok_or_else(|| ApiError::invalid("Last-Event-ID", "is not an event id from this stream"))
+        })
+        .transpose()?;
+    let after = params
+        .get("after")
+        .map(|raw| parse_cursor(raw).ok_or_else(|| ApiError::invalid("after", "is not an event id from this stream")))
+        .transpose()?;
+    let start = resume.or(after).unwrap_or_default();
+    // Check the read side works before committing to a 200 stream.
+    queries::changes_after(&app.database, owner.as_str(), start, 1).await?;
+    let projected = app.signals.projected.subscribe();
+    let state = (app, owner, start, projected, std::collections::VecDeque::new());
+    let events = futures::stream::unfold(state, |(app, owner, mut cursor, mut projected, mut queue)| async move {
+        loop {
+            if let Some(change) = queue.pop_front() {
+                let change: queries::Change = change;
+                let event = Event::default()
+                    .id(change.id.clone())
+                    .event(change.event_type.clone())
+                    .json_data(&change)
+                    .unwrap_or_else(|_| Event::default().comment("unserializable change"));
+                return Some((Ok(event), (app, owner, cursor, projected, queue)));
+            }
+            match queries::changes_after(&app.database, owner.as_str(), cursor, 100).await {
+                Ok(changes) if !changes.is_empty() => {
+                    if let Some(last) = changes.last().and_then(|c| parse_cursor(&c.id)) {
+                        cursor = last;
+                    }
+                    queue.extend(changes);
+                    continue;
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "change stream read failed; retrying"),
+            }
+            tokio::select! {
+                _ = projected.changed() => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+}

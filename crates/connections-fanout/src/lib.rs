@@ -1,0 +1,19 @@
+//! Fan-out: the Postgres log, relayed to NATS JetStream.
+//!
+//! - [`Names`]: every subject, stream and consumer name, derived from one
+//!   configurable prefix so deployments and tests can share a NATS server.
+//! - [`Envelope`]: the JSON payload of each event message (never a secret).
+//! - [`LogListener`]: a dedicated Postgres connection that LISTENs for
+//!   appends and projection progress, and can hold leadership (an advisory lock).
+//! - [`relay::run`]: follows the log in its gap-safe order and publishes each
+//!   event exactly once, in order, fenced by `Nats-Expected-Last-Sequence`.
+
+mod envelope;
+mod listener;
+mod names;
+pub mod nats;
+pub mod relay;
+
+pub use envelope::{Envelope, EnvelopeCursor};
+pub use listener::{format_cursor, parse_cursor, LogListener, Signals, EVENTS_CHANNEL, PROJECTED_CHANNEL};
+pub use names::{Names, NamesError};

@@ -1,0 +1,107 @@
+//! A dedicated Postgres connection that LISTENs for log activity and can
+//! hold an advisory lock (leadership) for as long as it lives.
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use connections_store::LogCursor;
+use futures_util::StreamExt;
+use tokio::sync::{watch, Notify};
+use tokio_postgres::{AsyncMessage, NoTls};
+
+/// The channel the `events_notify` trigger signals on every append.
+pub const EVENTS_CHANNEL: &str = "connections_events";
+/// The channel projectors signal with their new cursor (`tx:position`).
+pub const PROJECTED_CHANNEL: &str = "connections_projected";
+
+/// What the listener tells the rest of the process.
+#[derive(Clone)]
+pub struct Signals {
+    /// Woken (one permit kept) when events were appended.
+    pub appended: Arc<Notify>,
+    /// The newest projected cursor announced by any projector.
+    pub projected: watch::Sender<Option<LogCursor>>,
+}
+
+impl Signals {
+    /// Fresh signals.
+    pub fn new() -> Self {
+        Self { appended: Arc::new(Notify::new()), projected: watch::channel(None).0 }
+    }
+}
+
+impl Default for Signals {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A LISTENing connection. Dropping it closes the connection, which also
+/// releases any advisory lock it holds.
+pub struct LogListener {
+    client: tokio_postgres::Client,
+    alive: watch::Receiver<bool>,
+}
+
+impl LogListener {
+    /// Connects to `url` and listens on both channels.
+    pub async fn connect(url: &str, signals: Signals) -> Result<Self, tokio_postgres::Error> {
+        let config = tokio_postgres::Config::from_str(url)?;
+        let (client, mut connection) = config.connect(NoTls).await?;
+        let (alive_tx, alive) = watch::channel(true);
+        tokio::spawn(async move {
+            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(message) = messages.next().await {
+                match message {
+                    Ok(AsyncMessage::Notification(n)) if n.channel() == EVENTS_CHANNEL => signals.appended.notify_one(),
+                    Ok(AsyncMessage::Notification(n)) if n.channel() == PROJECTED_CHANNEL => {
+                        if let Some(cursor) = parse_cursor(n.payload()) {
+                            signals.projected.send_if_modified(|current| {
+                                let newer = current.is_none_or(|c| cursor > c);
+                                if newer {
+                                    *current = Some(cursor);
+                                }
+                                newer
+                            });
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::warn!(%error, "log listener connection failed");
+                        break;
+                    }
+                }
+            }
+            let _ = alive_tx.send(false);
+        });
+        client.batch_execute(&format!("LISTEN {EVENTS_CHANNEL}; LISTEN {PROJECTED_CHANNEL}")).await?;
+        Ok(Self { client, alive })
+    }
+
+    /// Takes the session-level advisory lock `key` if it is free. It is held
+    /// until this listener is dropped or its connection breaks.
+    pub async fn try_lock(&self, key: i64) -> Result<bool, tokio_postgres::Error> {
+        Ok(self.client.query_one("SELECT pg_try_advisory_lock($1)", &[&key]).await?.get(0))
+    }
+
+    /// Whether the connection (and so any lock it holds) is still up.
+    pub fn is_alive(&self) -> bool {
+        *self.alive.borrow()
+    }
+
+    /// Resolves when the connection breaks.
+    pub async fn closed(&mut self) {
+        let _ = self.alive.wait_for(|alive| !alive).await;
+    }
+}
+
+/// Parses a `tx:position` cursor.
+pub fn parse_cursor(raw: &str) -> Option<LogCursor> {
+    let (transaction_id, position) = raw.split_once(':')?;
+    Some(LogCursor { transaction_id: transaction_id.parse().ok()?, position: position.parse().ok()? })
+}
+
+/// Formats a cursor as `tx:position`.
+pub fn format_cursor(cursor: LogCursor) -> String {
+    format!("{}:{}", cursor.transaction_id, cursor.position)
+}

@@ -1,0 +1,266 @@
+//! The relay: the log, in its gap-safe order, onto a JetStream stream,
+//! exactly once and in order, across crashes and several server instances.
+//!
+//! - Leadership: a session-level Postgres advisory lock per prefix; only the
+//!   holder publishes.
+//! - Fencing: every publish carries `Nats-Expected-Last-Sequence`, so even a
+//!   deposed leader that still thinks it leads cannot write out of order or
+//!   twice (a `Nats-Msg-Id` alone only dedups within the 2-minute window).
+//! - Resume point: the stream itself. Its last message's envelope names the
+//!   last relayed log cursor; there is no separate checkpoint that could
+//!   disagree with it.
+//! - Trust: on start the stream is checked against the log (first and last
+//!   events are the log's, no holes, the count matches). A stream that fails,
+//!   or is missing, is deleted and refilled from the log: JetStream is a
+//!   delivery layer, Postgres is the source of truth.
+
+use std::time::{Duration, Instant};
+
+use async_nats::header::HeaderMap;
+use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage, stream};
+use bytes::Bytes;
+use connections_store::{Database, EventLog, LogCursor, StoreError};
+use tokio::sync::{mpsc, watch};
+
+use crate::envelope::Envelope;
+use crate::listener::{LogListener, Signals};
+use crate::names::Names;
+use crate::nats;
+
+/// How the relay runs.
+#[derive(Clone)]
+pub struct RelayConfig {
+    /// Subject and stream names.
+    pub names: Names,
+    /// The database (for the LISTEN/lock connection).
+    pub database_url: String,
+    /// The NATS server.
+    pub nats_url: String,
+    /// Events read and published per round (publishes are pipelined).
+    pub batch: i64,
+    /// The fallback poll when no notification arrives.
+    pub poll_interval: Duration,
+    /// If set, receives (position, instant acknowledged) for every event (benchmarks).
+    pub acked: Option<mpsc::UnboundedSender<(i64, Instant)>>,
+}
+
+impl RelayConfig {
+    /// Defaults: batches of 512, a 1-second fallback poll.
+    pub fn new(names: Names, database_url: String, nats_url: String) -> Self {
+        Self { names, database_url, nats_url, batch: 512, poll_interval: Duration::from_secs(1), acked: None }
+    }
+}
+
+/// Why a relay session ended early (it is then restarted).
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// Postgres failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The LISTEN/lock connection failed.
+    #[error("listener: {0}")]
+    Listener(#[from] tokio_postgres::Error),
+    /// NATS or JetStream failed.
+    #[error("nats: {0}")]
+    Nats(String),
+    /// Another writer changed the stream (fencing rejected a publish).
+    #[error("the stream moved under the relay (expected last sequence {0})")]
+    Fenced(u64),
+    /// Leadership was lost (the lock connection dropped).
+    #[error("lost leadership")]
+    LostLeadership,
+    /// The log holds an event the relay cannot address.
+    #[error("event at position {0} is not in an owner-service stream")]
+    Unroutable(i64),
+}
+
+fn nats_error(error: impl std::fmt::Display) -> RelayError {
+    RelayError::Nats(error.to_string())
+}
+
+/// Runs the relay until `shutdown` turns true, restarting sessions after
+/// failures with a bounded backoff.
+pub async fn run(database: Database, config: RelayConfig, signals: Signals, mut shutdown: watch::Receiver<bool>) {
+    let mut backoff = Duration::from_millis(100);
+    while !*shutdown.borrow() {
+        match session(&database, &config, &signals, &mut shutdown).await {
+            Ok(()) => break,
+            Err(error) => {
+                tracing::warn!(%error, "relay session ended; restarting");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+    tracing::info!("relay stopped");
+}
+
+async fn session(
+    database: &Database,
+    config: &RelayConfig,
+    signals: &Signals,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), RelayError> {
+    let listener = LogListener::connect(&config.database_url, signals.clone()).await?;
+    while !listener.try_lock(config.names.lock_key("relay")).await? {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = shutdown.changed() => return Ok(()),
+        }
+    }
+    let client = nats::connect(&config.nats_url, "connections-relay").await.map_err(nats_error)?;
+    let context = jetstream::new(client);
+    let mut stream = ensure_stream(&context, &config.names).await?;
+    let (mut cursor, mut last_sequence) = resume_point(database, &context, &mut stream, &config.names).await?;
+    tracing::info!(?cursor, last_sequence, "relay leading");
+    let connection = database.pool().get().await.map_err(StoreError::from)?;
+    loop {
+        if !listener.is_alive() {
+            return Err(RelayError::LostLeadership);
+        }
+        let batch = EventLog::read_after(&connection, cursor, config.batch).await?;
+        if batch.is_empty() {
+            tokio::select! {
+                _ = signals.appended.notified() => {}
+                _ = tokio::time::sleep(config.poll_interval) => {}
+                _ = shutdown.changed() => return Ok(()),
+            }
+            continue;
+        }
+        // Pipeline the batch: publish all, then await the acks in order. The
+        // fencing header makes the server refuse anything out of sequence.
+        let mut pending = Vec::with_capacity(batch.len());
+        let mut previous = (cursor != LogCursor::default()).then_some(cursor);
+        for (offset, event) in batch.iter().enumerate() {
+            let envelope = Envelope::new(event, previous).ok_or(RelayError::Unroutable(event.position))?;
+            let expected = last_sequence + offset as u64;
+            let message = publish_message(&envelope, event.event_id, expected);
+            let subject = config.names.event_subject(&envelope.owner, &envelope.service, &envelope.event_type);
+            pending.push((event.position, expected, context.send_publish(subject, message).await.map_err(nats_error)?));
+            previous = Some(event.cursor());
+        }
+        for ((position, expected, ack), event) in pending.into_iter().zip(&batch) {
+            let ack = match ack.await {
+                Ok(ack) => ack,
+                Err(error) if error.kind() == PublishErrorKind::WrongLastSequence => {
+                    return Err(RelayError::Fenced(expected))
+                }
+                Err(error) => return Err(nats_error(error)),
+            };
+            if ack.duplicate || ack.sequence != expected + 1 {
+                return Err(RelayError::Fenced(expected));
+            }
+            if let Some(acked) = &config.acked {
+                let _ = acked.send((position, Instant::now()));
+            }
+            last_sequence = ack.sequence;
+            cursor = event.cursor();
+        }
+    }
+}
+
+fn publish_message(envelope: &Envelope, event_id: uuid::Uuid, expected_last_sequence: u64) -> PublishMessage {
+    let mut headers = HeaderMap::new();
+    headers.insert("Connections-Position", envelope.cursor.position.to_string().as_str());
+    headers.insert("Connections-Transaction-Id", envelope.cursor.transaction_id.to_string().as_str());
+    headers.insert("Connections-Stream-Id", envelope.stream_id.as_str());
+    headers.insert("Connections-Stream-Version", envelope.stream_version.to_string().as_str());
+    headers.insert("Connections-Event-Type", envelope.event_type.as_str());
+    headers.insert("Connections-Schema-Version", envelope.schema_version.to_string().as_str());
+    let payload = serde_json::to_vec(envelope).expect("an envelope always serializes");
+    PublishMessage::build()
+        .payload(Bytes::from(payload))
+        .headers(headers)
+        .message_id(event_id.to_string())
+        .expected_last_sequence(expected_last_sequence)
+}
+
+/// The events stream, created if missing (file storage, one replica, no
+/// limits; the configuration is valid for nats-server 2.9 and 2.10+).
+async fn ensure_stream(context: &jetstream::Context, names: &Names) -> Result<stream::Stream, RelayError> {
+    context
+        .get_or_create_stream(stream::Config {
+            name: names.events_stream(),
+            subjects: vec![names.events_wildcard()],
+            storage: stream::StorageType::File,
+            num_replicas: 1,
+            ..Default::default()
+        })
+        .await
+        .map_err(nats_error)
+}
+
+/// Where to continue: the cursor of the stream's last event and the
+/// stream's last sequence, after checking that the stream is this log's.
+/// A stream that fails the check is deleted and recreated empty.
+async fn resume_point(
+    database: &Database,
+    context: &jetstream::Context,
+    stream: &mut stream::Stream,
+    names: &Names,
+) -> Result<(LogCursor, u64), RelayError> {
+    match verify(database, stream).await? {
+        Ok(resume) => Ok(resume),
+        Err(reason) => {
+            tracing::warn!(stream = %names.events_stream(), %reason, "stream does not match the log; rebuilding it from the log");
+            context.delete_stream(names.events_stream()).await.map_err(nats_error)?;
+            *stream = ensure_stream(context, names).await?;
+            Ok((LogCursor::default(), 0))
+        }
+    }
+}
+
+/// `Ok(Ok(resume point))` if the stream is a faithful prefix of the log,
+/// `Ok(Err(why not))` otherwise.
+async fn verify(
+    database: &Database,
+    stream: &mut stream::Stream,
+) -> Result<Result<(LogCursor, u64), String>, RelayError> {
+    let state = stream.info().await.map_err(nats_error)?.state.clone();
+    if state.messages == 0 {
+        return Ok(Ok((LogCursor::default(), state.last_sequence)));
+    }
+    if state.messages != state.last_sequence - state.first_sequence + 1 {
+        return Ok(Err(format!(
+            "stream has holes ({} messages in {}..={})",
+            state.messages, state.first_sequence, state.last_sequence
+        )));
+    }
+    let envelope_at = |sequence: u64| {
+        let stream = &*stream;
+        async move {
+            let message = stream.get_raw_message(sequence).await.map_err(nats_error)?;
+            Ok::<_, RelayError>(serde_json::from_slice::<Envelope>(&message.payload).ok())
+        }
+    };
+    let (Some(first), Some(last)) = (envelope_at(state.first_sequence).await?, envelope_at(state.last_sequence).await?)
+    else {
+        return Ok(Err("stream holds messages that are not event envelopes".into()));
+    };
+    let client = database.pool().get().await.map_err(StoreError::from)?;
+    let log_first = EventLog::read_after(&client, LogCursor::default(), 1).await?;
+    if first.previous.is_some() || log_first.first().map(|e| e.event_id) != Some(first.event_id) {
+        return Ok(Err("the stream's first event is not the log's first event".into()));
+    }
+    let last_cursor: LogCursor = last.cursor.into();
+    let row = client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE (transaction_id, position) <= ($1::text::xid8, $2)), \
+                    bool_or(event_id = $3 AND transaction_id = $1::text::xid8 AND position = $2) \
+             FROM events",
+            &[&last_cursor.transaction_id.to_string(), &last_cursor.position, &last.event_id],
+        )
+        .await
+        .map_err(StoreError::from)?;
+    let (count, last_is_ours): (i64, Option<bool>) = (row.get(0), row.get(1));
+    if last_is_ours != Some(true) {
+        return Ok(Err("the stream's last event is not in the log (is the stream ahead of the log?)".into()));
+    }
+    if count as u64 != state.messages {
+        return Ok(Err(format!("the stream holds {} events, the log {} up to the same point", state.messages, count)));
+    }
+    Ok(Ok((last_cursor, state.last_sequence)))
+}

@@ -1,0 +1,17 @@
+//! The dashboard read models and everything that keeps them current.
+//!
+//! - [`dashboard`]: how one event changes the read-model tables (live, SQL).
+//! - [`projector::run`]: a durable JetStream consumer applying events in log
+//!   order, with its checkpoint in the same transaction as its writes.
+//! - [`rebuild`]: the same read models from the start of the log, folded in
+//!   memory into fresh tables, then swapped in while readers keep reading.
+//! - [`queries`]: owner-scoped reads under row-level security.
+
+pub mod checkpoint;
+pub mod dashboard;
+pub mod projector;
+pub mod queries;
+pub mod rebuild;
+
+/// The name of the dashboard projection (checkpoint row and consumer name).
+pub const DASHBOARD: &str = "dashboard";

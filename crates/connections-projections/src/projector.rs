@@ -1,0 +1,199 @@
+//! The dashboard projector: a durable JetStream pull consumer applying events
+//! to the read models in log order, exactly once in effect.
+//!
+//! Each fetched batch is applied in one Postgres transaction together with
+//! the projector's checkpoint; a redelivered event at or before the
+//! checkpoint changes nothing. Every envelope names the previous event's
+//! cursor, so a gap (an event that never arrived) is detected, never papered
+//! over: the consumer is recreated and replays from the stream's start,
+//! skipping what the checkpoint already covers.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer};
+use connections_fanout::{format_cursor, nats, Envelope, LogListener, Names, Signals, PROJECTED_CHANNEL};
+use connections_store::{Database, LogCursor, StoreError};
+use futures_util::StreamExt;
+use tokio::sync::watch;
+
+use crate::{checkpoint, dashboard, DASHBOARD};
+
+/// How the projector runs.
+#[derive(Clone)]
+pub struct ProjectorConfig {
+    /// Stream and consumer names.
+    pub names: Names,
+    /// The database (for the lock connection).
+    pub database_url: String,
+    /// The NATS server.
+    pub nats_url: String,
+    /// Messages per fetch (and per transaction).
+    pub batch: usize,
+}
+
+impl ProjectorConfig {
+    /// Defaults: batches of 256.
+    pub fn new(names: Names, database_url: String, nats_url: String) -> Self {
+        Self { names, database_url, nats_url, batch: 256 }
+    }
+}
+
+/// Why a projector session ended early (it is then restarted).
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectorError {
+    /// Postgres failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The lock connection failed.
+    #[error("listener: {0}")]
+    Listener(#[from] tokio_postgres::Error),
+    /// NATS or JetStream failed.
+    #[error("nats: {0}")]
+    Nats(String),
+    /// An event arrived whose predecessor has not been applied.
+    #[error("gap: event at {got:?} follows {expected:?}, but the checkpoint is {checkpoint:?}")]
+    Gap {
+        /// The cursor of the event that arrived.
+        got: LogCursor,
+        /// The predecessor it names.
+        expected: LogCursor,
+        /// Where the projector is.
+        checkpoint: LogCursor,
+    },
+    /// A message that is not an envelope.
+    #[error("message {0} is not an event envelope")]
+    Malformed(u64),
+    /// Leadership was lost.
+    #[error("lost leadership")]
+    LostLeadership,
+}
+
+fn nats_error(error: impl std::fmt::Display) -> ProjectorError {
+    ProjectorError::Nats(error.to_string())
+}
+
+/// Runs the dashboard projector until `shutdown` turns true.
+pub async fn run(database: Database, config: ProjectorConfig, signals: Signals, mut shutdown: watch::Receiver<bool>) {
+    let mut backoff = Duration::from_millis(100);
+    while !*shutdown.borrow() {
+        match session(&database, &config, &signals, &mut shutdown).await {
+            Ok(()) => break,
+            Err(error) => {
+                tracing::warn!(%error, "projector session ended; restarting");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+    tracing::info!("projector stopped");
+}
+
+async fn session(
+    database: &Database,
+    config: &ProjectorConfig,
+    signals: &Signals,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), ProjectorError> {
+    let listener = LogListener::connect(&config.database_url, signals.clone()).await?;
+    while !listener.try_lock(config.names.lock_key("projector-dashboard")).await? {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = shutdown.changed() => return Ok(()),
+        }
+    }
+    let client = nats::connect(&config.nats_url, "connections-projector").await.map_err(nats_error)?;
+    let context = jetstream::new(client);
+    let stream = context.get_stream(config.names.events_stream()).await.map_err(nats_error)?;
+    let durable = config.names.projector_consumer(DASHBOARD);
+    let consumer: consumer::PullConsumer = stream
+        .get_or_create_consumer(
+            &durable,
+            consumer::pull::Config {
+                durable_name: Some(durable.clone()),
+                ack_policy: consumer::AckPolicy::All,
+                deliver_policy: consumer::DeliverPolicy::All,
+                ack_wait: Duration::from_secs(30),
+                max_ack_pending: 20_000,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(nats_error)?;
+    loop {
+        if !listener.is_alive() {
+            return Err(ProjectorError::LostLeadership);
+        }
+        let fetch = consumer.fetch().max_messages(config.batch).expires(Duration::from_millis(250));
+        let mut messages = tokio::select! {
+            messages = fetch.messages() => messages.map_err(nats_error)?,
+            _ = shutdown.changed() => return Ok(()),
+        };
+        let mut batch = Vec::new();
+        while let Some(message) = messages.next().await {
+            batch.push(message.map_err(nats_error)?);
+        }
+        let Some(last) = batch.last() else { continue };
+        let mut envelopes = Vec::with_capacity(batch.len());
+        for message in &batch {
+            let sequence = message.info().map(|i| i.stream_sequence).unwrap_or_default();
+            envelopes.push(
+                serde_json::from_slice::<Envelope>(&message.payload)
+                    .map_err(|_| ProjectorError::Malformed(sequence))?,
+            );
+        }
+        match apply_batch(database, &envelopes).await {
+            Ok(Some(cursor)) => {
+                signals.projected.send_if_modified(|current| {
+                    let newer = current.is_none_or(|c| cursor > c);
+                    if newer {
+                        *current = Some(cursor);
+                    }
+                    newer
+                });
+            }
+            Ok(None) => {}
+            Err(gap @ ProjectorError::Gap { .. }) => {
+                // Replay from the stream's start; the checkpoint skips what is done.
+                let _ = stream.delete_consumer(&durable).await;
+                return Err(gap);
+            }
+            Err(other) => return Err(other),
+        }
+        last.ack().await.map_err(nats_error)?;
+    }
+}
+
+/// Applies a batch in one transaction with the checkpoint. Returns the new
+/// checkpoint if anything was applied.
+pub async fn apply_batch(database: &Database, envelopes: &[Envelope]) -> Result<Option<LogCursor>, ProjectorError> {
+    let mut client = database.pool().get().await.map_err(StoreError::from)?;
+    let transaction = client.transaction().await.map_err(StoreError::from)?;
+    transaction.batch_execute("SET LOCAL ROLE connections_projector").await.map_err(StoreError::from)?;
+    let mut cursor = checkpoint::load(&transaction, DASHBOARD, true).await?;
+    let start = cursor;
+    for envelope in envelopes {
+        let got: LogCursor = envelope.cursor.into();
+        if got <= cursor {
+            continue; // redelivered: already applied
+        }
+        let expected: LogCursor = envelope.previous.map(Into::into).unwrap_or_default();
+        if expected != cursor {
+            return Err(ProjectorError::Gap { got, expected, checkpoint: cursor });
+        }
+        dashboard::apply(&transaction, envelope).await?;
+        cursor = got;
+    }
+    if cursor == start {
+        return Ok(None);
+    }
+    checkpoint::store(&transaction, DASHBOARD, cursor).await?;
+    transaction
+        .execute("SELECT pg_notify($1, $2)", &[&PROJECTED_CHANNEL, &format_cursor(cursor)])
+        .await
+        .map_err(StoreError::from)?;
+    transaction.commit().await.map_err(StoreError::from)?;
+    Ok(Some(cursor))
+}

@@ -1,0 +1,336 @@
+//! `connections projections rebuild`: the dashboard read models from the
+//! start of the log, folded in memory and written in bulk into fresh
+//! `*_rebuild` tables, then swapped in. The API keeps reading the old tables
+//! until the swap, which happens in one short transaction holding the
+//! projector's checkpoint row, so the live projector pauses and resumes from
+//! exactly where the rebuilt tables are.
+//!
+//! The fold here must agree with [`crate::dashboard::apply`] event for
+//! event; the end-to-end tests compare a live projection with a rebuild.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use connections_domain::Event;
+use connections_store::codec::{binding_source_name, decode};
+use connections_store::{Database, EventLog, LogCursor, RecordedEvent, StoreError};
+use deadpool_postgres::GenericClient;
+use uuid::Uuid;
+
+use crate::{checkpoint, DASHBOARD};
+
+/// The projections that can be rebuilt.
+pub const PROJECTIONS: &[&str] = &[DASHBOARD];
+
+/// What a rebuild did.
+#[derive(Debug, Clone)]
+pub struct RebuildReport {
+    /// Events folded.
+    pub events: u64,
+    /// The cursor the rebuilt tables (and the checkpoint) stand at.
+    pub cursor: LogCursor,
+    /// Time spent reading and folding the log.
+    pub fold: Duration,
+    /// Time spent writing the tables and swapping them in.
+    pub write: Duration,
+}
+
+#[derive(Default)]
+struct ConnectionRow {
+    service: String,
+    name: String,
+    skill: Option<String>,
+    credential_kind: String,
+    credential_version: i32,
+    status: &'static str,
+    is_default: bool,
+    agent_count: i32,
+    created_at: Option<DateTime<Utc>>,
+    last_changed_at: Option<DateTime<Utc>>,
+    last_position: i64,
+}
+
+#[derive(Default)]
+struct ServiceRow {
+    active_connections: i32,
+    default_connection_id: Option<Uuid>,
+    agent_count: i32,
+}
+
+struct AgentRow {
+    service: String,
+    source: &'static str,
+    since: DateTime<Utc>,
+}
+
+struct ChangeRow {
+    owner: String,
+    cursor: LogCursor,
+    event_type: String,
+    connection_id: Uuid,
+    service: String,
+    occurred_at: DateTime<Utc>,
+}
+
+/// The dashboard read models, in memory.
+#[derive(Default)]
+struct Model {
+    connections: HashMap<(String, Uuid), ConnectionRow>,
+    services: HashMap<(String, String), ServiceRow>,
+    agents: BTreeMap<(String, Uuid, String), AgentRow>,
+    changes: Vec<ChangeRow>,
+}
+
+impl Model {
+    fn apply(&mut self, recorded: &RecordedEvent) -> Result<(), StoreError> {
+        let Some((owner, service)) = owner_service(&recorded.stream_id) else {
+            return Ok(());
+        };
+        let event = decode(&recorded.event_type, recorded.schema_version, &recorded.data)?;
+        let id = event.connection_id().as_uuid();
+        let at = recorded.recorded_at;
+        let key = (owner.to_owned(), id);
+        let service_key = (owner.to_owned(), service.to_owned());
+        match &event {
+            Event::ConnectionCreated { name, credential_kind, skill, .. } => {
+                self.connections.entry(key.clone()).or_insert_with(|| ConnectionRow {
+                    service: service.to_owned(),
+                    name: name.to_string(),
+                    skill: skill.as_ref().map(|s| s.to_string()),
+                    credential_kind: credential_kind.as_str().to_owned(),
+                    credential_version: 1,
+                    status: "active",
+                    created_at: Some(at),
+                    ..Default::default()
+                });
+                self.services.entry(service_key).or_default().active_connections += 1;
+            }
+            Event::AgentAssigned { agent_id, source, .. } => {
+                self.agents.insert(
+                    (owner.to_owned(), id, agent_id.to_string()),
+                    AgentRow { service: service.to_owned(), source: binding_source_name(*source), since: at },
+                );
+                self.bump_agents(&key, &service_key, 1);
+            }
+            Event::AgentUnassigned { agent_id, .. } => {
+                self.agents.remove(&(owner.to_owned(), id, agent_id.to_string()));
+                self.bump_agents(&key, &service_key, -1);
+            }
+            Event::CredentialRotated { credential_version, credential_kind, .. } => {
+                if let Some(row) = self.connections.get_mut(&key) {
+                    row.credential_version = *credential_version as i32;
+                    row.credential_kind = credential_kind.as_str().to_owned();
+                }
+            }
+            Event::DefaultSet { previous, .. } => {
+                if let Some(previous) = previous {
+                    if let Some(row) = self.connections.get_mut(&(owner.to_owned(), previous.as_uuid())) {
+                        row.is_default = false;
+                        row.last_changed_at = Some(at);
+                        row.last_position = recorded.position;
+                    }
+                }
+                if let Some(row) = self.connections.get_mut(&key) {
+                    row.is_default = true;
+                }
+                if let Some(row) = self.services.get_mut(&service_key) {
+                    row.default_connection_id = Some(id);
+                }
+            }
+            Event::DefaultCleared { .. } => {
+                if let Some(row) = self.connections.get_mut(&key) {
+                    row.is_default = false;
+                }
+                if let Some(row) = self.services.get_mut(&service_key) {
+                    row.default_connection_id = None;
+                }
+            }
+            Event::ConnectionRevoked { .. } => {
+                if let Some(row) = self.connections.get_mut(&key) {
+                    row.status = "revoked";
+                }
+                if let Some(row) = self.services.get_mut(&service_key) {
+                    row.active_connections -= 1;
+                }
+            }
+        }
+        if let Some(row) = self.connections.get_mut(&key) {
+            row.last_changed_at = Some(at);
+            row.last_position = recorded.position;
+        }
+        self.changes.push(ChangeRow {
+            owner: owner.to_owned(),
+            cursor: recorded.cursor(),
+            event_type: recorded.event_type.clone(),
+            connection_id: id,
+            service: service.to_owned(),
+            occurred_at: at,
+        });
+        Ok(())
+    }
+
+    fn bump_agents(&mut self, key: &(String, Uuid), service_key: &(String, String), delta: i32) {
+        if let Some(row) = self.connections.get_mut(key) {
+            row.agent_count += delta;
+        }
+        if let Some(row) = self.services.get_mut(service_key) {
+            row.agent_count += delta;
+        }
+    }
+}
+
+fn owner_service(stream_id: &str) -> Option<(&str, &str)> {
+    stream_id.strip_prefix("owner-service/")?.split_once('/')
+}
+
+/// Rebuilds the projection `name` and swaps it in.
+pub async fn rebuild(database: &Database, name: &str) -> Result<RebuildReport, StoreError> {
+    if !PROJECTIONS.contains(&name) {
+        return Err(StoreError::Configuration(format!("no projection named {name:?}; known: {PROJECTIONS:?}")));
+    }
+    let started = Instant::now();
+    let mut client = database.pool().get().await?;
+    client
+        .batch_execute(
+            "DROP TABLE IF EXISTS rm_connections_rebuild, rm_services_rebuild, rm_connection_agents_rebuild, \
+             rm_changes_rebuild; SELECT create_dashboard_tables('_rebuild')",
+        )
+        .await?;
+    let mut model = Model::default();
+    let mut events = 0u64;
+    let mut cursor = fold(&client, &mut model, LogCursor::default(), None, &mut events).await?;
+    let fold_time = started.elapsed();
+
+    let write_started = Instant::now();
+    let transaction = client.transaction().await?;
+    // Holding the checkpoint row pauses the live projector (it locks the row
+    // first in every batch) until the swap commits.
+    let live = checkpoint::load(&transaction, DASHBOARD, true).await?;
+    if live > cursor {
+        cursor = fold(&transaction, &mut model, cursor, Some(live), &mut events).await?;
+    }
+    write(&transaction, &model).await?;
+    transaction.batch_execute("SELECT swap_dashboard_tables()").await?;
+    checkpoint::store(&transaction, DASHBOARD, cursor).await?;
+    transaction.commit().await?;
+    Ok(RebuildReport { events, cursor, fold: fold_time, write: write_started.elapsed() })
+}
+
+/// Folds the log after `cursor` (up to and including `until`, if given).
+async fn fold(
+    client: &impl GenericClient,
+    model: &mut Model,
+    mut cursor: LogCursor,
+    until: Option<LogCursor>,
+    events: &mut u64,
+) -> Result<LogCursor, StoreError> {
+    loop {
+        let batch = EventLog::read_after(client, cursor, 20_000).await?;
+        if batch.is_empty() {
+            return Ok(cursor);
+        }
+        for recorded in &batch {
+            if until.is_some_and(|until| recorded.cursor() > until) {
+                return Ok(cursor);
+            }
+            model.apply(recorded)?;
+            cursor = recorded.cursor();
+            *events += 1;
+        }
+    }
+}
+
+const CHUNK: usize = 10_000;
+
+/// Writes the model into the `*_rebuild` tables with bulk inserts.
+async fn write(client: &impl GenericClient, model: &Model) -> Result<(), StoreError> {
+    let connections: Vec<_> = model.connections.iter().collect();
+    for chunk in connections.chunks(CHUNK) {
+        let owner: Vec<&str> = chunk.iter().map(|((o, _), _)| o.as_str()).collect();
+        let id: Vec<Uuid> = chunk.iter().map(|((_, id), _)| *id).collect();
+        let service: Vec<&str> = chunk.iter().map(|(_, r)| r.service.as_str()).collect();
+        let name: Vec<&str> = chunk.iter().map(|(_, r)| r.name.as_str()).collect();
+        let skill: Vec<Option<&str>> = chunk.iter().map(|(_, r)| r.skill.as_deref()).collect();
+        let kind: Vec<&str> = chunk.iter().map(|(_, r)| r.credential_kind.as_str()).collect();
+        let version: Vec<i32> = chunk.iter().map(|(_, r)| r.credential_version).collect();
+        let status: Vec<&str> = chunk.iter().map(|(_, r)| r.status).collect();
+        let is_default: Vec<bool> = chunk.iter().map(|(_, r)| r.is_default).collect();
+        let agents: Vec<i32> = chunk.iter().map(|(_, r)| r.agent_count).collect();
+        let created: Vec<DateTime<Utc>> = chunk.iter().map(|(_, r)| r.created_at.unwrap_or_default()).collect();
+        let changed: Vec<DateTime<Utc>> = chunk.iter().map(|(_, r)| r.last_changed_at.unwrap_or_default()).collect();
+        let position: Vec<i64> = chunk.iter().map(|(_, r)| r.last_position).collect();
+        client
+            .execute(
+                "INSERT INTO rm_connections_rebuild (owner_id, connection_id, service, name, skill, credential_kind, \
+                 credential_version, status, is_default, agent_count, created_at, last_changed_at, last_position) \
+                 SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], \
+                 $7::int4[], $8::text[], $9::bool[], $10::int4[], $11::timestamptz[], $12::timestamptz[], $13::int8[])",
+                &[
+                    &owner,
+                    &id,
+                    &service,
+                    &name,
+                    &skill,
+                    &kind,
+                    &version,
+                    &status,
+                    &is_default,
+                    &agents,
+                    &created,
+                    &changed,
+                    &position,
+                ],
+            )
+            .await?;
+    }
+    let services: Vec<_> = model.services.iter().collect();
+    for chunk in services.chunks(CHUNK) {
+        let owner: Vec<&str> = chunk.iter().map(|((o, _), _)| o.as_str()).collect();
+        let service: Vec<&str> = chunk.iter().map(|((_, s), _)| s.as_str()).collect();
+        let active: Vec<i32> = chunk.iter().map(|(_, r)| r.active_connections).collect();
+        let default: Vec<Option<Uuid>> = chunk.iter().map(|(_, r)| r.default_connection_id).collect();
+        let agents: Vec<i32> = chunk.iter().map(|(_, r)| r.agent_count).collect();
+        client
+            .execute(
+                "INSERT INTO rm_services_rebuild (owner_id, service, active_connections, default_connection_id, agent_count) \
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::int4[], $4::uuid[], $5::int4[])",
+                &[&owner, &service, &active, &default, &agents],
+            )
+            .await?;
+    }
+    let agents: Vec<_> = model.agents.iter().collect();
+    for chunk in agents.chunks(CHUNK) {
+        let owner: Vec<&str> = chunk.iter().map(|((o, _, _), _)| o.as_str()).collect();
+        let id: Vec<Uuid> = chunk.iter().map(|((_, id, _), _)| *id).collect();
+        let agent: Vec<&str> = chunk.iter().map(|((_, _, a), _)| a.as_str()).collect();
+        let service: Vec<&str> = chunk.iter().map(|(_, r)| r.service.as_str()).collect();
+        let source: Vec<&str> = chunk.iter().map(|(_, r)| r.source).collect();
+        let since: Vec<DateTime<Utc>> = chunk.iter().map(|(_, r)| r.since).collect();
+        client
+            .execute(
+                "INSERT INTO rm_connection_agents_rebuild (owner_id, connection_id, agent_id, service, source, since) \
+                 SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])",
+                &[&owner, &id, &agent, &service, &source, &since],
+            )
+            .await?;
+    }
+    for chunk in model.changes.chunks(CHUNK) {
+        let owner: Vec<&str> = chunk.iter().map(|c| c.owner.as_str()).collect();
+        let transaction_id: Vec<String> = chunk.iter().map(|c| c.cursor.transaction_id.to_string()).collect();
+        let position: Vec<i64> = chunk.iter().map(|c| c.cursor.position).collect();
+        let event_type: Vec<&str> = chunk.iter().map(|c| c.event_type.as_str()).collect();
+        let id: Vec<Uuid> = chunk.iter().map(|c| c.connection_id).collect();
+        let service: Vec<&str> = chunk.iter().map(|c| c.service.as_str()).collect();
+        let at: Vec<DateTime<Utc>> = chunk.iter().map(|c| c.occurred_at).collect();
+        client
+            .execute(
+                "INSERT INTO rm_changes_rebuild (owner_id, transaction_id, position, event_type, connection_id, service, \
+                 occurred_at) SELECT o, t::xid8, p, e, c, s, a FROM unnest($1::text[], $2::text[], $3::int8[], \
+                 $4::text[], $5::uuid[], $6::text[], $7::timestamptz[]) AS u(o, t, p, e, c, s, a)",
+                &[&owner, &transaction_id, &position, &event_type, &id, &service, &at],
+            )
+            .await?;
+    }
+    Ok(())
+}
