@@ -3,9 +3,13 @@
 //!
 //! - Leadership: a session-level Postgres advisory lock per prefix; only the
 //!   holder publishes.
-//! - Fencing: every publish carries `Nats-Expected-Last-Sequence`, so even a
-//!   deposed leader that still thinks it leads cannot write out of order or
-//!   twice (a `Nats-Msg-Id` alone only dedups within the 2-minute window).
+//! - Fencing: every publish carries `Nats-Expected-Last-Sequence` and
+//!   `Nats-Expected-Last-Msg-Id` (the previous event's id), so even a deposed
+//!   leader that still thinks it leads cannot write out of order or twice (a
+//!   `Nats-Msg-Id` alone only dedups within the 2-minute window). Both are
+//!   needed because publishes are pipelined: once one is refused, the
+//!   sequence check alone would let the next one through behind a foreign
+//!   message; the message-id check refuses every one after a gap.
 //! - Resume point: the stream itself. Its last message's envelope names the
 //!   last relayed log cursor; there is no separate checkpoint that could
 //!   disagree with it.
@@ -114,7 +118,8 @@ async fn session(
     let client = nats::connect(&config.nats_url, "connections-relay").await.map_err(nats_error)?;
     let context = jetstream::new(client);
     let mut stream = ensure_stream(&context, &config.names).await?;
-    let (mut cursor, mut last_sequence) = resume_point(database, &context, &mut stream, &config.names).await?;
+    let (mut cursor, mut last_sequence, mut last_event_id) =
+        resume_point(database, &context, &mut stream, &config.names).await?;
     tracing::info!(?cursor, last_sequence, "relay leading");
     let connection = database.pool().get().await.map_err(StoreError::from)?;
     loop {
@@ -123,6 +128,13 @@ async fn session(
         }
         let batch = EventLog::read_after(&connection, cursor, config.batch).await?;
         if batch.is_empty() {
+            if EventLog::held_back_after(&connection, cursor).await? {
+                // Committed events wait behind an older running transaction:
+                // look again shortly instead of waiting for a notification
+                // that has already fired.
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                continue;
+            }
             tokio::select! {
                 _ = signals.appended.notified() => {}
                 _ = tokio::time::sleep(config.poll_interval) => {}
@@ -134,13 +146,15 @@ async fn session(
         // fencing header makes the server refuse anything out of sequence.
         let mut pending = Vec::with_capacity(batch.len());
         let mut previous = (cursor != LogCursor::default()).then_some(cursor);
+        let mut previous_id = last_event_id;
         for (offset, event) in batch.iter().enumerate() {
             let envelope = Envelope::new(event, previous).ok_or(RelayError::Unroutable(event.position))?;
             let expected = last_sequence + offset as u64;
-            let message = publish_message(&envelope, event.event_id, expected);
+            let message = publish_message(&envelope, event.event_id, expected, previous_id);
             let subject = config.names.event_subject(&envelope.owner, &envelope.service, &envelope.event_type);
             pending.push((event.position, expected, context.send_publish(subject, message).await.map_err(nats_error)?));
             previous = Some(event.cursor());
+            previous_id = Some(event.event_id);
         }
         for ((position, expected, ack), event) in pending.into_iter().zip(&batch) {
             let ack = match ack.await {
@@ -157,12 +171,18 @@ async fn session(
                 let _ = acked.send((position, Instant::now()));
             }
             last_sequence = ack.sequence;
+            last_event_id = Some(event.event_id);
             cursor = event.cursor();
         }
     }
 }
 
-fn publish_message(envelope: &Envelope, event_id: uuid::Uuid, expected_last_sequence: u64) -> PublishMessage {
+fn publish_message(
+    envelope: &Envelope,
+    event_id: uuid::Uuid,
+    expected_last_sequence: u64,
+    previous_event_id: Option<uuid::Uuid>,
+) -> PublishMessage {
     let mut headers = HeaderMap::new();
     headers.insert("Connections-Position", envelope.cursor.position.to_string().as_str());
     headers.insert("Connections-Transaction-Id", envelope.cursor.transaction_id.to_string().as_str());
@@ -171,11 +191,15 @@ fn publish_message(envelope: &Envelope, event_id: uuid::Uuid, expected_last_sequ
     headers.insert("Connections-Event-Type", envelope.event_type.as_str());
     headers.insert("Connections-Schema-Version", envelope.schema_version.to_string().as_str());
     let payload = serde_json::to_vec(envelope).expect("an envelope always serializes");
-    PublishMessage::build()
+    let message = PublishMessage::build()
         .payload(Bytes::from(payload))
         .headers(headers)
         .message_id(event_id.to_string())
-        .expected_last_sequence(expected_last_sequence)
+        .expected_last_sequence(expected_last_sequence);
+    match previous_event_id {
+        Some(previous) => message.expected_last_message_id(previous.to_string()),
+        None => message,
+    }
 }
 
 /// The events stream, created if missing (file storage, one replica, no
@@ -193,35 +217,35 @@ async fn ensure_stream(context: &jetstream::Context, names: &Names) -> Result<st
         .map_err(nats_error)
 }
 
-/// Where to continue: the cursor of the stream's last event and the
-/// stream's last sequence, after checking that the stream is this log's.
-/// A stream that fails the check is deleted and recreated empty.
+/// Where to continue: the cursor of the stream's last event, the stream's
+/// last sequence and the last event's id, after checking that the stream is
+/// this log's. A stream that fails the check is deleted and recreated empty.
 async fn resume_point(
     database: &Database,
     context: &jetstream::Context,
     stream: &mut stream::Stream,
     names: &Names,
-) -> Result<(LogCursor, u64), RelayError> {
+) -> Result<ResumePoint, RelayError> {
     match verify(database, stream).await? {
         Ok(resume) => Ok(resume),
         Err(reason) => {
             tracing::warn!(stream = %names.events_stream(), %reason, "stream does not match the log; rebuilding it from the log");
             context.delete_stream(names.events_stream()).await.map_err(nats_error)?;
             *stream = ensure_stream(context, names).await?;
-            Ok((LogCursor::default(), 0))
+            Ok((LogCursor::default(), 0, None))
         }
     }
 }
 
+/// (cursor of the last relayed event, last stream sequence, last event id).
+type ResumePoint = (LogCursor, u64, Option<uuid::Uuid>);
+
 /// `Ok(Ok(resume point))` if the stream is a faithful prefix of the log,
 /// `Ok(Err(why not))` otherwise.
-async fn verify(
-    database: &Database,
-    stream: &mut stream::Stream,
-) -> Result<Result<(LogCursor, u64), String>, RelayError> {
+async fn verify(database: &Database, stream: &mut stream::Stream) -> Result<Result<ResumePoint, String>, RelayError> {
     let state = stream.info().await.map_err(nats_error)?.state.clone();
     if state.messages == 0 {
-        return Ok(Ok((LogCursor::default(), state.last_sequence)));
+        return Ok(Ok((LogCursor::default(), state.last_sequence, None)));
     }
     if state.messages != state.last_sequence - state.first_sequence + 1 {
         return Ok(Err(format!(
@@ -245,6 +269,14 @@ async fn verify(
     if first.previous.is_some() || log_first.first().map(|e| e.event_id) != Some(first.event_id) {
         return Ok(Err("the stream's first event is not the log's first event".into()));
     }
+    if state.messages > 1 {
+        let Some(before_last) = envelope_at(state.last_sequence - 1).await? else {
+            return Ok(Err("stream holds messages that are not event envelopes".into()));
+        };
+        if last.previous != Some(before_last.cursor) {
+            return Ok(Err("the stream's last two events are not consecutive in the log".into()));
+        }
+    }
     let last_cursor: LogCursor = last.cursor.into();
     let row = client
         .query_one(
@@ -262,5 +294,5 @@ async fn verify(
     if count as u64 != state.messages {
         return Ok(Err(format!("the stream holds {} events, the log {} up to the same point", state.messages, count)));
     }
-    Ok(Ok((last_cursor, state.last_sequence)))
+    Ok(Ok((last_cursor, state.last_sequence, Some(last.event_id))))
 }

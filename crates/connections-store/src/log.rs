@@ -232,6 +232,20 @@ impl EventLog {
         rows.iter().map(recorded).collect()
     }
 
+    /// Whether committed events exist after `cursor` that [`EventLog::read_after`]
+    /// cannot return yet, because an older transaction (in any database of
+    /// the cluster: transaction ids are cluster-wide) is still running. A
+    /// follower that sees this should look again soon rather than wait for
+    /// the next notification.
+    pub async fn held_back_after(client: &impl GenericClient, cursor: LogCursor) -> Result<bool, StoreError> {
+        let statement = client
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM events WHERE (transaction_id, position) > ($1::text::xid8, $2))",
+            )
+            .await?;
+        Ok(client.query_one(&statement, &[&cursor.transaction_id.to_string(), &cursor.position]).await?.get(0))
+    }
+
     /// The position of the newest event, if any (for status and tests).
     pub async fn head_position(client: &impl GenericClient) -> Result<Option<i64>, StoreError> {
         Ok(client.query_one("SELECT max(position) FROM events", &[]).await?.get(0))
