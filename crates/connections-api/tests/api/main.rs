@@ -8,6 +8,7 @@ mod concurrency;
 mod idempotency;
 mod isolation;
 mod openapi;
+mod read_api;
 mod secrets;
 
 use std::sync::Arc;
@@ -26,10 +27,39 @@ use tower::ServiceExt;
 
 /// A router on a fresh database, with tokens for any user.
 pub(crate) struct TestApp {
+    /// Relay and projector, when started with [`TestApp::with_fanout`].
+    fanout: Option<Fanout>,
     pub(crate) db: TestDatabase,
     pub(crate) router: Router,
     pub(crate) master_key: Arc<MasterKey>,
     secret: Vec<u8>,
+}
+
+/// The relay and projector of a [`TestApp::with_fanout`], stopped and
+/// their JetStream stream deleted on drop.
+struct Fanout {
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    names: connections_fanout::Names,
+    nats_url: String,
+}
+
+impl Drop for Fanout {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        for task in &self.tasks {
+            task.abort();
+        }
+        let (url, stream) = (self.nats_url.clone(), self.names.events_stream());
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            runtime.block_on(async move {
+                let client = async_nats::connect(url).await.ok()?;
+                async_nats::jetstream::new(client).delete_stream(stream).await.ok()
+            })
+        })
+        .join();
+    }
 }
 
 /// An answer: status, headers, JSON body (Null when empty or not JSON).
@@ -66,7 +96,43 @@ impl TestApp {
             authenticator: Arc::new(Authenticator::hs256(&secret).expect("valid secret")),
             signals: connections_fanout::Signals::new(),
         };
-        Self { router: router(state), db, master_key, secret }
+        Self { fanout: None, router: router(state), db, master_key, secret }
+    }
+
+    /// An app whose relay and projector run against the real NATS server
+    /// under a prefix of its own, so the read API has read models.
+    pub(crate) async fn with_fanout() -> Self {
+        let mut app = Self::new().await;
+        let prefix = format!("t{}", &uuid::Uuid::now_v7().simple().to_string()[16..]);
+        let names = connections_fanout::Names::new(&prefix).expect("valid prefix");
+        let nats_url = std::env::var("CONNECTIONS_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+        let signals = connections_fanout::Signals::new();
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let relay = tokio::spawn(connections_fanout::relay::run(
+            app.db.database.clone(),
+            connections_fanout::relay::RelayConfig::new(names.clone(), app.db.url.clone(), nats_url.clone()),
+            signals.clone(),
+            stopping.clone(),
+        ));
+        let projector = tokio::spawn(connections_projections::projector::run(
+            app.db.database.clone(),
+            connections_projections::projector::ProjectorConfig::new(
+                names.clone(),
+                app.db.url.clone(),
+                nats_url.clone(),
+            ),
+            signals.clone(),
+            stopping,
+        ));
+        let state = AppState {
+            database: app.db.database.clone(),
+            master_key: app.master_key.clone(),
+            authenticator: Arc::new(Authenticator::hs256(&app.secret).expect("valid secret")),
+            signals,
+        };
+        app.router = router(state);
+        app.fanout = Some(Fanout { stop, tasks: vec![relay, projector], names, nats_url });
+        app
     }
 
     pub(crate) fn token(&self, user: &str) -> String {
