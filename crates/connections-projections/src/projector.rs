@@ -122,9 +122,17 @@ async fn session(
         )
         .await
         .map_err(nats_error)?;
+    let mut last_check = std::time::Instant::now();
     loop {
         if !listener.is_alive() {
             return Err(ProjectorError::LostLeadership);
+        }
+        // A fetch from a consumer that no longer exists (its stream was
+        // deleted and is being refilled) returns empty batches rather than an
+        // error: while idle, confirm the consumer still exists.
+        if last_check.elapsed() > Duration::from_secs(1) {
+            consumer.get_info().await.map_err(nats_error)?;
+            last_check = std::time::Instant::now();
         }
         let fetch = consumer.fetch().max_messages(config.batch).expires(Duration::from_millis(250));
         let mut messages = tokio::select! {
@@ -136,6 +144,7 @@ async fn session(
             batch.push(message.map_err(nats_error)?);
         }
         let Some(last) = batch.last() else { continue };
+        last_check = std::time::Instant::now();
         let mut envelopes = Vec::with_capacity(batch.len());
         for message in &batch {
             let sequence = message.info().map(|i| i.stream_sequence).unwrap_or_default();
