@@ -1,6 +1,6 @@
 //! The dashboard read models and everything that keeps them current.
 //!
-//! - [`dashboard`]: how one event changes the read-model tables (live, SQL).
+//! - [`dashboard`]: the statements by which one event changes the read models.
 //! - [`projector::run`]: a durable JetStream consumer applying events in log
 //!   order, with its checkpoint in the same transaction as its writes.
 //! - [`rebuild`]: the same read models from the start of the log, folded in

@@ -122,29 +122,24 @@ async fn session(
         )
         .await
         .map_err(nats_error)?;
-    let mut last_check = std::time::Instant::now();
+    // A continuous pull (with server heartbeats: a deleted consumer ends it
+    // with an error), consumed in micro-batches of whatever is ready.
+    let mut messages = consumer.messages().await.map_err(nats_error)?.ready_chunks(config.batch);
+    let mut alive = tokio::time::interval(Duration::from_secs(1));
     loop {
-        if !listener.is_alive() {
-            return Err(ProjectorError::LostLeadership);
-        }
-        // A fetch from a consumer that no longer exists (its stream was
-        // deleted and is being refilled) returns empty batches rather than an
-        // error: while idle, confirm the consumer still exists.
-        if last_check.elapsed() > Duration::from_secs(1) {
-            consumer.get_info().await.map_err(nats_error)?;
-            last_check = std::time::Instant::now();
-        }
-        let fetch = consumer.fetch().max_messages(config.batch).expires(Duration::from_millis(250));
-        let mut messages = tokio::select! {
-            messages = fetch.messages() => messages.map_err(nats_error)?,
+        let chunk = tokio::select! {
+            chunk = messages.next() => chunk,
+            _ = alive.tick() => {
+                if !listener.is_alive() {
+                    return Err(ProjectorError::LostLeadership);
+                }
+                continue;
+            }
             _ = shutdown.changed() => return Ok(()),
         };
-        let mut batch = Vec::new();
-        while let Some(message) = messages.next().await {
-            batch.push(message.map_err(nats_error)?);
-        }
+        let Some(chunk) = chunk else { return Err(ProjectorError::Nats("the message stream ended".into())) };
+        let batch = chunk.into_iter().collect::<Result<Vec<_>, _>>().map_err(nats_error)?;
         let Some(last) = batch.last() else { continue };
-        last_check = std::time::Instant::now();
         let mut envelopes = Vec::with_capacity(batch.len());
         for message in &batch {
             let sequence = message.info().map(|i| i.stream_sequence).unwrap_or_default();
@@ -183,6 +178,7 @@ pub async fn apply_batch(database: &Database, envelopes: &[Envelope]) -> Result<
     transaction.batch_execute("SET LOCAL ROLE connections_projector").await.map_err(StoreError::from)?;
     let mut cursor = checkpoint::load(&transaction, DASHBOARD, true).await?;
     let start = cursor;
+    let mut statements = Vec::new();
     for envelope in envelopes {
         let got: LogCursor = envelope.cursor.into();
         if got <= cursor {
@@ -192,9 +188,11 @@ pub async fn apply_batch(database: &Database, envelopes: &[Envelope]) -> Result<
         if expected != cursor {
             return Err(ProjectorError::Gap { got, expected, checkpoint: cursor });
         }
-        dashboard::apply(&transaction, envelope).await?;
+        statements.extend(dashboard::statements(envelope)?);
         cursor = got;
     }
+    // Pipelined: sent back to back, executed in order by the server.
+    dashboard::execute_pipelined(&transaction, &statements).await?;
     if cursor == start {
         return Ok(None);
     }

@@ -2,6 +2,7 @@
 //! the same run and print ratios, because these machines are shared and noisy.
 
 mod append;
+mod fanout;
 mod stats;
 
 use clap::Subcommand;
@@ -12,11 +13,16 @@ pub enum BenchCommand {
     /// Append throughput and latency: raw INSERT baseline, the store's
     /// append path, and the full HTTP command path, at several concurrencies.
     Append(append::AppendOptions),
+    /// Fan-out: commit → JetStream ack against a raw publish-ack baseline,
+    /// projection lag under a fixed command rate, and full-rebuild
+    /// throughput against a raw scan of the same events.
+    Fanout(fanout::FanoutOptions),
 }
 
 /// Runs one benchmark.
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Append(options) => append::run(options).await,
+        BenchCommand::Fanout(options) => fanout::run(options).await,
     }
 }

@@ -70,14 +70,23 @@ async fn random_history(db: &TestDatabase, count: usize, seed: u64) -> Vec<Recor
         EventLog::append(&transaction, &[append], &metadata).await.expect("append");
         transaction.commit().await.expect("commit");
     }
+    // Read the whole log through the gap-safe reader. Its horizon is
+    // cluster-wide (other tests' transactions hold it back for a moment), so
+    // follow it until it has returned every committed event.
+    let committed: i64 = client.query_one("SELECT count(*) FROM events", &[]).await.expect("count").get(0);
     let mut log = Vec::new();
     let mut cursor = LogCursor::default();
-    loop {
+    let started = std::time::Instant::now();
+    while (log.len() as i64) < committed {
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "the log reader did not catch up");
         let batch = EventLog::read_after(&client, cursor, 1000).await.expect("read");
-        let Some(last) = batch.last() else { return log };
-        cursor = last.cursor();
+        match batch.last() {
+            Some(last) => cursor = last.cursor(),
+            None => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
+        }
         log.extend(batch);
     }
+    log
 }
 
 fn envelopes(log: &[RecordedEvent]) -> Vec<Envelope> {

@@ -229,7 +229,7 @@ async fn server_version(database: &Database) -> anyhow::Result<String> {
     Ok(database.pool().get().await?.query_one("SHOW server_version", &[]).await?.get(0))
 }
 
-async fn drop_database(server: &str, name: &str) -> anyhow::Result<()> {
+pub(super) async fn drop_database(server: &str, name: &str) -> anyhow::Result<()> {
     let config = tokio_postgres::Config::from_str(&format!("{}/postgres", server.trim_end_matches('/')))?;
     let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
     tokio::spawn(connection);

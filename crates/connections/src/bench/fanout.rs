@@ -1,0 +1,360 @@
+//! The fan-out benchmark.
+//!
+//! 1. Raw baseline: JetStream publish-with-ack to a scratch stream, at the
+//!    same fixed rate as the command load.
+//! 2. Relay and projection: commands (a new user's connection, one event,
+//!    appended through the store) at a fixed rate; for each, the time from
+//!    its commit to the relay's JetStream ack, and to the projector having
+//!    applied it (projection lag).
+//! 3. Rebuild: a generated log of `--rebuild-events` events (a realistic mix
+//!    over 10,000 owners), a raw `SELECT` scan of it, then a full rebuild.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, stream};
+use connections_domain::{ConnectionId, ConnectionName, CredentialKind, Event, OwnerId, ServiceName};
+use connections_fanout::relay::{self, RelayConfig};
+use connections_fanout::{Names, Signals};
+use connections_projections::projector::{self, ProjectorConfig};
+use connections_store::{
+    codec, connect_pool, ensure_database, migrate, Database, EventLog, LogCursor, Metadata, NewEvent, StreamAppend,
+    StreamId, StreamVersion,
+};
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, watch};
+
+use super::stats::{ms, Summary};
+
+/// Options of `connections bench fanout`.
+#[derive(clap::Args)]
+pub struct FanoutOptions {
+    /// The Postgres server (a fresh database is created on it and dropped after).
+    #[arg(long, env = "CONNECTIONS_BENCH_SERVER", default_value = "postgres://postgres@127.0.0.1:5432")]
+    server: String,
+    /// The NATS server.
+    #[arg(long, env = "CONNECTIONS_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    /// Commands per second of the fixed-rate load.
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// Seconds of load.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Events in the generated log for the rebuild measurement (0 skips it).
+    #[arg(long, default_value_t = 1_000_000)]
+    rebuild_events: i64,
+}
+
+/// Runs the benchmark.
+pub async fn run(options: FanoutOptions) -> anyhow::Result<()> {
+    let name = format!("connections_bench_{}", uuid::Uuid::now_v7().simple());
+    let url = format!("{}/{}", options.server.trim_end_matches('/'), name);
+    ensure_database(&url).await?;
+    migrate(&url).await?;
+    let prefix = format!("bench{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+    let names = Names::new(&prefix)?;
+    let client = async_nats::connect(&options.nats_url).await?;
+    let context = jetstream::new(client);
+    let result = run_on(&url, &names, &context, &options).await;
+    let _ = context.delete_stream(names.events_stream()).await;
+    let _ = context.delete_stream(format!("{prefix}_raw")).await;
+    super::append::drop_database(&options.server, &name).await?;
+    result
+}
+
+async fn run_on(url: &str, names: &Names, context: &jetstream::Context, options: &FanoutOptions) -> anyhow::Result<()> {
+    let database = connect_pool(url, 16)?;
+    let count = (options.rate * options.seconds) as usize;
+    println!("bench fanout: {} commands/s for {} s ({count} commands)", options.rate, options.seconds);
+
+    let raw = raw_publish(context, names.prefix(), options.rate, count).await?;
+    let (relay, lag) = relay_and_projection(url, &database, names, options, count).await?;
+    println!("{:<34} {:>8} {:>9} {:>9} {:>9}", "measurement", "samples", "p50 ms", "p99 ms", "max ms");
+    for (label, summary) in [
+        ("raw JetStream publish → ack", &raw),
+        ("relay: commit → JetStream ack", &relay),
+        ("projection lag: commit → applied", &lag),
+    ] {
+        println!(
+            "{:<34} {:>8} {:>9} {:>9} {:>9}",
+            label,
+            summary.operations,
+            ms(summary.p50),
+            ms(summary.p99),
+            ms(summary.max)
+        );
+    }
+    let goal = raw.p99 * 2 + Duration::from_millis(5);
+    println!(
+        "relay p99 {} ms vs goal (2 × raw p99 + 5 ms) {} ms: {}",
+        ms(relay.p99),
+        ms(goal),
+        if relay.p99 <= goal { "met" } else { "NOT met" }
+    );
+    println!(
+        "projection lag p99 {} ms vs goal 50 ms: {}",
+        ms(lag.p99),
+        if lag.p99 <= Duration::from_millis(50) { "met" } else { "NOT met" }
+    );
+    database.pool().close();
+
+    if options.rebuild_events > 0 {
+        let rebuild_db_name = format!("connections_bench_{}", uuid::Uuid::now_v7().simple());
+        let rebuild_url = format!("{}/{}", options.server.trim_end_matches('/'), rebuild_db_name);
+        ensure_database(&rebuild_url).await?;
+        migrate(&rebuild_url).await?;
+        let outcome = rebuild_bench(&rebuild_url, options.rebuild_events).await;
+        super::append::drop_database(&options.server, &rebuild_db_name).await?;
+        outcome?;
+    }
+    Ok(())
+}
+
+/// Publish-with-ack at a fixed rate to a scratch stream; latency per message.
+async fn raw_publish(context: &jetstream::Context, prefix: &str, rate: u64, count: usize) -> anyhow::Result<Summary> {
+    context
+        .get_or_create_stream(stream::Config {
+            name: format!("{prefix}_raw"),
+            subjects: vec![format!("{prefix}.raw.>")],
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await?;
+    let samples = Arc::new(Mutex::new(Vec::with_capacity(count)));
+    let started = Instant::now();
+    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut tasks = Vec::with_capacity(count);
+    for n in 0..count {
+        ticks.tick().await;
+        let context = context.clone();
+        let samples = samples.clone();
+        let subject = format!("{prefix}.raw.{}", n % 100);
+        tasks.push(tokio::spawn(async move {
+            let begin = Instant::now();
+            let payload = bytes::Bytes::from(vec![b'x'; 600]);
+            if let Ok(ack) = context.publish(subject, payload).await {
+                if ack.await.is_ok() {
+                    samples.lock().expect("samples").push(begin.elapsed());
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await?;
+    }
+    let samples = std::mem::take(&mut *samples.lock().expect("samples"));
+    Ok(Summary::new(samples, started.elapsed()))
+}
+
+/// Fixed-rate appends with the relay and projector running; returns
+/// (commit → ack, commit → projected) summaries.
+async fn relay_and_projection(
+    url: &str,
+    database: &Database,
+    names: &Names,
+    options: &FanoutOptions,
+    count: usize,
+) -> anyhow::Result<(Summary, Summary)> {
+    let signals = Signals::new();
+    let (stop, stopping) = watch::channel(false);
+    let (acked_tx, mut acked_rx) = mpsc::unbounded_channel();
+    let mut relay_config = RelayConfig::new(names.clone(), url.to_owned(), options.nats_url.clone());
+    relay_config.acked = Some(acked_tx);
+    let relay = tokio::spawn(relay::run(database.clone(), relay_config, signals.clone(), stopping.clone()));
+    let projector_config = ProjectorConfig::new(names.clone(), url.to_owned(), options.nats_url.clone());
+    let projector = tokio::spawn(projector::run(database.clone(), projector_config, signals.clone(), stopping));
+
+    // Record when each projected cursor was announced.
+    let projected_at = Arc::new(Mutex::new(Vec::<(LogCursor, Instant)>::new()));
+    let mut projected = signals.projected.subscribe();
+    let watcher = {
+        let projected_at = projected_at.clone();
+        tokio::spawn(async move {
+            while projected.changed().await.is_ok() {
+                let cursor = *projected.borrow_and_update();
+                if let Some(cursor) = cursor {
+                    projected_at.lock().expect("projected").push((cursor, Instant::now()));
+                }
+            }
+        })
+    };
+    // Let the relay and projector start and go idle before the load.
+    append_one(database, 0).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let commits = Arc::new(Mutex::new(Vec::with_capacity(count)));
+    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / options.rate as f64));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let limit = Arc::new(tokio::sync::Semaphore::new(64));
+    let mut tasks = Vec::with_capacity(count);
+    for n in 1..=count {
+        ticks.tick().await;
+        let permit = limit.clone().acquire_owned().await?;
+        let database = database.clone();
+        let commits = commits.clone();
+        tasks.push(tokio::spawn(async move {
+            let committed = append_one(&database, n).await;
+            drop(permit);
+            if let Ok((cursor, at)) = committed {
+                commits.lock().expect("commits").push((cursor, at));
+            }
+        }));
+    }
+    for task in tasks {
+        task.await?;
+    }
+    let commits = std::mem::take(&mut *commits.lock().expect("commits"));
+    // Wait (bounded) for every commit to be acked and projected.
+    let last = commits.iter().map(|(c, _)| *c).max().unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while projected_at.lock().expect("projected").last().is_none_or(|(c, _)| *c < last) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop.send(true);
+    let _ = relay.await;
+    let _ = projector.await;
+    watcher.abort();
+
+    let mut acked = BTreeMap::new();
+    while let Ok((position, at)) = acked_rx.try_recv() {
+        acked.insert(position, at);
+    }
+    let relay_samples: Vec<Duration> = commits
+        .iter()
+        .filter_map(|(cursor, committed)| {
+            acked.get(&cursor.position).map(|at| at.saturating_duration_since(*committed))
+        })
+        .collect();
+    let announcements = projected_at.lock().expect("projected").clone();
+    let lag_samples: Vec<Duration> = commits
+        .iter()
+        .filter_map(|(cursor, committed)| {
+            let index = announcements.partition_point(|(c, _)| c < cursor);
+            announcements.get(index).map(|(_, at)| at.saturating_duration_since(*committed))
+        })
+        .collect();
+    let window = Duration::from_secs(options.seconds);
+    Ok((Summary::new(relay_samples, window), Summary::new(lag_samples, window)))
+}
+
+/// One command's worth of log: user `bench-N` creates a connection.
+async fn append_one(database: &Database, n: usize) -> anyhow::Result<(LogCursor, Instant)> {
+    let owner = OwnerId::parse(format!("bench-{n}")).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let service = ServiceName::parse("bench").map_err(|e| anyhow::anyhow!("{e}"))?;
+    let event = Event::ConnectionCreated {
+        connection_id: ConnectionId::from_uuid(uuid::Uuid::now_v7()),
+        owner: owner.clone(),
+        service: service.clone(),
+        name: ConnectionName::parse("bench").map_err(|e| anyhow::anyhow!("{e}"))?,
+        credential_kind: CredentialKind::ApiKey,
+        agent_id: None,
+        skill: None,
+    };
+    let (event_type, schema_version, data) = codec::encode(&event);
+    let mut client = database.pool().get().await?;
+    let transaction = client.transaction().await?;
+    let append = StreamAppend {
+        stream_id: StreamId::owner_service(&owner, &service),
+        expected_version: StreamVersion(0),
+        events: vec![NewEvent { event_id: uuid::Uuid::now_v7(), event_type, schema_version, data }],
+    };
+    let metadata =
+        Metadata { actor: owner.to_string(), command_id: uuid::Uuid::now_v7(), correlation_id: uuid::Uuid::now_v7() };
+    let positions = EventLog::append(&transaction, &[append], &metadata).await?;
+    let transaction_id: String = transaction.query_one("SELECT pg_current_xact_id()::text", &[]).await?.get(0);
+    transaction.commit().await?;
+    let committed = Instant::now();
+    Ok((LogCursor { transaction_id: transaction_id.parse()?, position: positions[0] }, committed))
+}
+
+/// Generates the log, scans it raw, then rebuilds from it.
+async fn rebuild_bench(url: &str, events: i64) -> anyhow::Result<()> {
+    let database = connect_pool(url, 4)?;
+    let started = Instant::now();
+    generate_log(url, events).await?;
+    println!("generated {events} events over 10,000 owners in {:.1} s", started.elapsed().as_secs_f64());
+
+    let client = database.pool().get().await?;
+    let scan_started = Instant::now();
+    let rows = client
+        .query_raw(
+            "SELECT position, transaction_id::text, event_id, stream_id, stream_version, event_type, schema_version, \
+             data, metadata, recorded_at FROM events ORDER BY transaction_id, position",
+            std::iter::empty::<i64>(),
+        )
+        .await?;
+    futures_util::pin_mut!(rows);
+    let mut scanned = 0u64;
+    while let Some(row) = rows.next().await {
+        let row = row?;
+        let _: serde_json::Value = row.get(7);
+        scanned += 1;
+    }
+    let scan = scanned as f64 / scan_started.elapsed().as_secs_f64();
+    drop(client);
+
+    let report = connections_projections::rebuild::rebuild(&database, connections_projections::DASHBOARD).await?;
+    let total = report.fold + report.write;
+    let rate = report.events as f64 / total.as_secs_f64();
+    println!("{:<34} {:>12} {:>12}", "full pass over the log", "events", "events/s");
+    println!("{:<34} {:>12} {:>12.0}", "raw SELECT scan (rows + JSON)", scanned, scan);
+    println!("{:<34} {:>12} {:>12.0}", "rebuild (fold + write + swap)", report.events, rate);
+    println!(
+        "rebuild = {:.0} % of the raw scan rate (fold {:.1} s, write and swap {:.1} s); goal ≥ 25 %: {}",
+        100.0 * rate / scan,
+        report.fold.as_secs_f64(),
+        report.write.as_secs_f64(),
+        if rate >= 0.25 * scan { "met" } else { "NOT met" }
+    );
+    database.pool().close();
+    Ok(())
+}
+
+/// A realistic mix in ten events per (owner, service) stream: create A,
+/// assign A, default A, create B, assign B, rotate A, default B, unassign A,
+/// revoke A, create C; 10,000 owners, ten services each.
+async fn generate_log(url: &str, events: i64) -> anyhow::Result<()> {
+    let config = tokio_postgres::Config::from_str(url)?;
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    let chunk = 100_000i64;
+    let mut start = 0;
+    while start < events {
+        let end = (start + chunk).min(events) - 1;
+        client
+            .execute(
+                "INSERT INTO events (event_id, stream_id, stream_version, event_type, schema_version, data, metadata) \
+                 SELECT gen_random_uuid(), 'owner-service/o' || (s % 10000) || '/svc' || (s / 10000 % 10), k + 1, \
+                   (ARRAY['connection_created','agent_assigned','default_set','connection_created','agent_assigned', \
+                          'credential_rotated','default_set','agent_unassigned','connection_revoked','connection_created'])[k + 1], \
+                   1, \
+                   CASE k \
+                     WHEN 0 THEN jsonb_build_object('connection_id', a, 'owner', 'o' || (s % 10000), 'service', 'svc' || (s / 10000 % 10), \
+                                 'name', 'A', 'credential_kind', 'api_key', 'agent_id', null, 'skill', null) \
+                     WHEN 1 THEN jsonb_build_object('connection_id', a, 'agent_id', 'agent-1', 'source', 'assigned') \
+                     WHEN 2 THEN jsonb_build_object('connection_id', a, 'previous', null) \
+                     WHEN 3 THEN jsonb_build_object('connection_id', b, 'owner', 'o' || (s % 10000), 'service', 'svc' || (s / 10000 % 10), \
+                                 'name', 'B', 'credential_kind', 'oauth2', 'agent_id', null, 'skill', 'calendar') \
+                     WHEN 4 THEN jsonb_build_object('connection_id', b, 'agent_id', 'agent-2', 'source', 'assigned') \
+                     WHEN 5 THEN jsonb_build_object('connection_id', a, 'credential_version', 2, 'credential_kind', 'basic') \
+                     WHEN 6 THEN jsonb_build_object('connection_id', b, 'previous', a) \
+                     WHEN 7 THEN jsonb_build_object('connection_id', a, 'agent_id', 'agent-1', 'reason', 'unassigned') \
+                     WHEN 8 THEN jsonb_build_object('connection_id', a, 'affected_agents', '[]'::jsonb) \
+                     ELSE jsonb_build_object('connection_id', c, 'owner', 'o' || (s % 10000), 'service', 'svc' || (s / 10000 % 10), \
+                                 'name', 'C', 'credential_kind', 'api_key', 'agent_id', null, 'skill', null) \
+                   END, \
+                   jsonb_build_object('actor', 'o' || (s % 10000), 'command_id', gen_random_uuid(), 'correlation_id', gen_random_uuid()) \
+                 FROM (SELECT i / 10 AS s, i % 10 AS k, md5(i / 10 || 'A')::uuid AS a, md5(i / 10 || 'B')::uuid AS b, \
+                              md5(i / 10 || 'C')::uuid AS c FROM generate_series($1::int8, $2::int8) AS i) g \
+                 ORDER BY s, k",
+                &[&start, &end],
+            )
+            .await?;
+        start = end + 1;
+    }
+    Ok(())
+}
