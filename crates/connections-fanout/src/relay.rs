@@ -129,10 +129,15 @@ async fn session(
         let batch = EventLog::read_after(&connection, cursor, config.batch).await?;
         if batch.is_empty() {
             if EventLog::held_back_after(&connection, cursor).await? {
-                // Committed events wait behind an older running transaction:
-                // look again shortly instead of waiting for a notification
-                // that has already fired.
-                tokio::time::sleep(Duration::from_millis(2)).await;
+                // Committed events wait behind an older running transaction.
+                // If that one appends, its commit notifies us; if it is some
+                // other transaction, look again after a millisecond rather
+                // than waiting for a notification that has already fired.
+                tokio::select! {
+                    _ = signals.appended.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(1)) => {}
+                    _ = shutdown.changed() => return Ok(()),
+                }
                 continue;
             }
             tokio::select! {
