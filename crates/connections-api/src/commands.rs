@@ -7,10 +7,10 @@ use connections_domain::{decide, Command, ConnectionId, Event, OwnerId, OwnerSer
 use connections_sealing::{seal, Credential, DataKey, MasterKey, SealedCredential, WrappedDataKey};
 use connections_store::codec::{decode, encode};
 use connections_store::{
-    ConnectionLocation, EventLog, IdempotencyClaim, Metadata, NewEvent, RecordedEvent, StoreError, StoredCredential,
-    StoredResponse, StreamAppend, StreamId,
+    ConnectionLocation, EventLog, IdempotencyClaim, Metadata, NewEvent, PipelinedTransaction, RecordedEvent,
+    StoreError, StoredCredential, StoredResponse, StreamAppend, StreamId,
 };
-use deadpool_postgres::Transaction;
+use deadpool_postgres::GenericClient;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -85,15 +85,20 @@ pub async fn execute(
 ) -> Result<(StatusCode, Value), ApiError> {
     let command_id = uuid::Uuid::now_v7();
     for attempt in 1..=MAX_ATTEMPTS {
-        let mut client = app.database.pool().get().await.map_err(StoreError::from)?;
-        let transaction = client.transaction().await.map_err(StoreError::from)?;
-        match attempt_once(app, &transaction, &input, command_id, &respond).await {
+        let client = app.database.pool().get().await.map_err(StoreError::from)?;
+        let transaction = PipelinedTransaction::new(client);
+        // BEGIN is sent together with the command's first reads.
+        let (begun, outcome) =
+            futures::join!(transaction.begin(), attempt_once(app, transaction.client(), &input, command_id, &respond));
+        begun?;
+        match outcome {
             Ok(answer) => {
-                transaction.commit().await.map_err(StoreError::from)?;
+                transaction.commit_and_notify(connections_fanout::EVENTS_CHANNEL).await?;
                 return Ok(answer);
             }
             Err(AttemptError::Conflict) => {
                 tracing::debug!(attempt, "optimistic concurrency conflict, retrying");
+                transaction.rollback().await?;
                 continue;
             }
             Err(AttemptError::Refused(error)) => {
@@ -101,12 +106,18 @@ pub async fn execute(
                 if let Some(idempotency) = &input.idempotency {
                     let (status, body) = error.to_problem();
                     let stored = StoredResponse { status: status.as_u16(), body };
-                    IdempotencyClaim::record(&transaction, input.actor.as_str(), &idempotency.key, &stored).await?;
-                    transaction.commit().await.map_err(StoreError::from)?;
+                    IdempotencyClaim::record(transaction.client(), input.actor.as_str(), &idempotency.key, &stored)
+                        .await?;
+                    transaction.commit().await?;
+                } else {
+                    transaction.rollback().await?;
                 }
                 return Err(error);
             }
-            Err(AttemptError::Fail(error)) => return Err(error),
+            Err(AttemptError::Fail(error)) => {
+                let _ = transaction.rollback().await;
+                return Err(error);
+            }
         }
     }
     Err(ApiError::ConcurrencyExhausted)
@@ -129,7 +140,7 @@ impl From<StoreError> for AttemptError {
 
 async fn attempt_once(
     app: &AppState,
-    transaction: &Transaction<'_>,
+    transaction: &impl GenericClient,
     input: &CommandInput,
     command_id: uuid::Uuid,
     respond: &impl Fn(&Decided) -> (StatusCode, Value),
@@ -206,7 +217,7 @@ enum SideWrite {
 }
 
 impl SideWrite {
-    async fn execute(&self, transaction: &Transaction<'_>, location: &ConnectionLocation) -> Result<(), StoreError> {
+    async fn execute(&self, transaction: &impl GenericClient, location: &ConnectionLocation) -> Result<(), StoreError> {
         match self {
             SideWrite::NewConnection(id, wrapped, sealed) => {
                 StoredCredential::insert_new_connection(transaction, *id, location, wrapped, sealed).await
@@ -223,7 +234,7 @@ impl SideWrite {
 /// only a rotation reads (the connection's data key).
 async fn side_writes(
     app: &AppState,
-    transaction: &Transaction<'_>,
+    transaction: &impl GenericClient,
     location: &ConnectionLocation,
     events: &[Event],
     credential: Option<&Credential>,

@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use tokio::sync::{watch, Notify};
 use tokio_postgres::{AsyncMessage, NoTls};
 
-/// The channel the `events_notify` trigger signals on every append.
+/// The channel appenders notify right after committing events.
 pub const EVENTS_CHANNEL: &str = "connections_events";
 /// The channel projectors signal with their new cursor (`tx:position`).
 pub const PROJECTED_CHANNEL: &str = "connections_projected";

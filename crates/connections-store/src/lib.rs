@@ -16,6 +16,7 @@ mod locator;
 mod log;
 mod migrate;
 mod secrets;
+mod transaction;
 
 pub use database::{connect_pool, ensure_database, Database};
 pub use error::StoreError;
@@ -24,3 +25,4 @@ pub use locator::ConnectionLocation;
 pub use log::{EventLog, LogCursor, Metadata, NewEvent, RecordedEvent, StreamAppend, StreamId, StreamVersion};
 pub use migrate::migrate;
 pub use secrets::StoredCredential;
+pub use transaction::PipelinedTransaction;

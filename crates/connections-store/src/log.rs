@@ -2,7 +2,7 @@
 //! reads, and the gap-safe reader of the global order.
 
 use chrono::{DateTime, Utc};
-use deadpool_postgres::{GenericClient, Transaction};
+use deadpool_postgres::GenericClient;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio_postgres::Row;
@@ -141,15 +141,16 @@ const APPEND: &str = "WITH current AS ( \
 pub struct EventLog;
 
 impl EventLog {
-    /// Appends every stream's events atomically, each stream checked against
-    /// its expected version. Returns the positions of the appended events, in
+    /// Appends every stream's events, each stream checked against its
+    /// expected version; call it inside a transaction so that they commit or
+    /// roll back together. Returns the positions of the appended events, in
     /// order. A lost race is [`StoreError::Conflict`]; the transaction is then
     /// unusable and must be dropped.
     ///
     /// Each stream costs one statement (the version check is part of the
     /// INSERT), and the statements of several streams are pipelined.
     pub async fn append(
-        transaction: &Transaction<'_>,
+        transaction: &impl GenericClient,
         appends: &[StreamAppend],
         metadata: &Metadata,
     ) -> Result<Vec<i64>, StoreError> {

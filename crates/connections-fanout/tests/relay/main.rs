@@ -100,7 +100,11 @@ impl Harness {
             };
             let append = StreamAppend { stream_id, expected_version: StreamVersion(version.0), events: vec![event] };
             match EventLog::append(&transaction, &[append], &metadata).await {
-                Ok(_) => transaction.commit().await.expect("commit"),
+                Ok(_) => {
+                    transaction.commit().await.expect("commit");
+                    // Like the command handler: wake the relay after the commit.
+                    client.execute("SELECT pg_notify('connections_events', '')", &[]).await.expect("notify");
+                }
                 // A concurrent writer took the version: try again, like the command handler does.
                 Err(connections_store::StoreError::Conflict { .. }) => continue,
                 Err(other) => panic!("append failed: {other:?}"),

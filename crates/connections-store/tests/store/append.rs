@@ -113,3 +113,68 @@ async fn pool_connections_commit_synchronously() {
     let setting: String = client.query_one("SHOW synchronous_commit", &[]).await.expect("show").get(0);
     assert_eq!(setting, "on", "an acknowledged command must be flushed before the answer");
 }
+
+#[tokio::test]
+async fn a_pipelined_transaction_dropped_midway_rolls_back_and_leaves_the_pool_clean() {
+    let db = TestDatabase::new().await;
+    let transaction = connections_store::PipelinedTransaction::new(db.database.pool().get().await.expect("pool"));
+    let (begun, appended) = futures_util::future::join(
+        transaction.begin(),
+        EventLog::append(transaction.client(), &[append_to("s", 0, vec![event(1)])], &metadata()),
+    )
+    .await;
+    begun.expect("begin");
+    appended.expect("append inside the transaction");
+    let pooled_before = db.database.pool().status().size;
+    drop(transaction); // a cancelled request: neither commit nor rollback
+    assert_eq!(db.database.pool().status().size, pooled_before - 1, "the connection must leave the pool");
+    let client = db.database.pool().get().await.expect("pool");
+    let in_transaction: bool =
+        client.query_one("SELECT pg_current_xact_id_if_assigned() IS NOT NULL", &[]).await.expect("query").get(0);
+    assert!(!in_transaction, "a pooled connection must not be inside a transaction");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let count: i64 = db.client().await.query_one("SELECT count(*) FROM events", &[]).await.expect("count").get(0);
+    assert_eq!(count, 0, "the dropped transaction must roll back");
+}
+
+#[tokio::test]
+async fn commit_and_notify_commits_then_wakes_listeners() {
+    let db = TestDatabase::new().await;
+    let signals = listen_for_events(&db).await;
+    let transaction = connections_store::PipelinedTransaction::new(db.database.pool().get().await.expect("pool"));
+    transaction.begin().await.expect("begin");
+    EventLog::append(transaction.client(), &[append_to("s", 0, vec![event(1)])], &metadata()).await.expect("append");
+    transaction.commit_and_notify("connections_events").await.expect("commit");
+    let count: i64 = db.client().await.query_one("SELECT count(*) FROM events", &[]).await.expect("count").get(0);
+    assert_eq!(count, 1);
+    tokio::time::timeout(std::time::Duration::from_secs(5), signals.recv()).await.expect("notified in time");
+}
+
+/// A LISTEN connection on the test database that reports the first notification.
+async fn listen_for_events(db: &TestDatabase) -> ListenerProbe {
+    use futures_util::StreamExt;
+    let config: tokio_postgres::Config = db.url.parse().expect("url");
+    let (client, mut connection) = config.connect(tokio_postgres::NoTls).await.expect("connect");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                let _ = tx.send(n.channel().to_owned());
+            }
+        }
+    });
+    client.batch_execute("LISTEN connections_events").await.expect("listen");
+    ListenerProbe { _client: client, rx: tokio::sync::Mutex::new(rx) }
+}
+
+struct ListenerProbe {
+    _client: tokio_postgres::Client,
+    rx: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<String>>,
+}
+
+impl ListenerProbe {
+    async fn recv(&self) -> String {
+        self.rx.lock().await.recv().await.expect("a notification")
+    }
+}

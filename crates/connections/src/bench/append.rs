@@ -12,8 +12,8 @@ use connections_api::{router, AppState};
 use connections_domain::OwnerId;
 use connections_sealing::MasterKey;
 use connections_store::{
-    connect_pool, ensure_database, migrate, Database, EventLog, Metadata, NewEvent, StreamAppend, StreamId,
-    StreamVersion,
+    connect_pool, ensure_database, migrate, Database, EventLog, Metadata, NewEvent, PipelinedTransaction, StreamAppend,
+    StreamId, StreamVersion,
 };
 use serde_json::json;
 
@@ -163,8 +163,9 @@ async fn raw_append(database: &Database, stream: &str) -> anyhow::Result<()> {
 }
 
 async fn store_append(database: &Database, stream: &str, version: u64) -> anyhow::Result<()> {
-    let mut client = database.pool().get().await?;
-    let transaction = client.transaction().await?;
+    // The path the command handler takes: BEGIN pipelined with the append,
+    // then COMMIT followed by the relay's wake-up notification.
+    let transaction = PipelinedTransaction::new(database.pool().get().await?);
     let append = StreamAppend {
         stream_id: StreamId::from_raw(stream),
         expected_version: StreamVersion(version),
@@ -177,8 +178,12 @@ async fn store_append(database: &Database, stream: &str, version: u64) -> anyhow
     };
     let metadata =
         Metadata { actor: "bench".into(), command_id: uuid::Uuid::now_v7(), correlation_id: uuid::Uuid::now_v7() };
-    EventLog::append(&transaction, &[append], &metadata).await?;
-    transaction.commit().await?;
+    let (begun, appended) =
+        futures_util::future::join(transaction.begin(), EventLog::append(transaction.client(), &[append], &metadata))
+            .await;
+    begun?;
+    appended?;
+    transaction.commit_and_notify(connections_fanout::EVENTS_CHANNEL).await?;
     Ok(())
 }
 

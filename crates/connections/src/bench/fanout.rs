@@ -20,8 +20,8 @@ use connections_fanout::relay::{self, RelayConfig};
 use connections_fanout::{Names, Signals};
 use connections_projections::projector::{self, ProjectorConfig};
 use connections_store::{
-    codec, connect_pool, ensure_database, migrate, Database, EventLog, LogCursor, Metadata, NewEvent, StreamAppend,
-    StreamId, StreamVersion,
+    codec, connect_pool, ensure_database, migrate, Database, EventLog, LogCursor, Metadata, NewEvent,
+    PipelinedTransaction, StreamAppend, StreamId, StreamVersion,
 };
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
@@ -255,8 +255,8 @@ async fn append_one(database: &Database, n: usize) -> anyhow::Result<(LogCursor,
         skill: None,
     };
     let (event_type, schema_version, data) = codec::encode(&event);
-    let mut client = database.pool().get().await?;
-    let transaction = client.transaction().await?;
+    let transaction = PipelinedTransaction::new(database.pool().get().await?);
+    transaction.begin().await?;
     let append = StreamAppend {
         stream_id: StreamId::owner_service(&owner, &service),
         expected_version: StreamVersion(0),
@@ -264,9 +264,9 @@ async fn append_one(database: &Database, n: usize) -> anyhow::Result<(LogCursor,
     };
     let metadata =
         Metadata { actor: owner.to_string(), command_id: uuid::Uuid::now_v7(), correlation_id: uuid::Uuid::now_v7() };
-    let positions = EventLog::append(&transaction, &[append], &metadata).await?;
-    let transaction_id: String = transaction.query_one("SELECT pg_current_xact_id()::text", &[]).await?.get(0);
-    transaction.commit().await?;
+    let positions = EventLog::append(transaction.client(), &[append], &metadata).await?;
+    let transaction_id: String = transaction.client().query_one("SELECT pg_current_xact_id()::text", &[]).await?.get(0);
+    transaction.commit_and_notify(connections_fanout::EVENTS_CHANNEL).await?;
     let committed = Instant::now();
     Ok((LogCursor { transaction_id: transaction_id.parse()?, position: positions[0] }, committed))
 }
