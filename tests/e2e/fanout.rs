@@ -6,9 +6,10 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use connections_e2e::{binary, read_model_snapshot, NatsServer, Server};
+use connections_e2e::{binary, read_model_snapshot, NatsServer, NatsVersion, Server};
 use serde_json::{json, Value};
 
+/// Three users issuing commands concurrently (one writer each).
 struct Workload {
     client: reqwest::Client,
     tokens: Vec<(String, String)>,
@@ -22,11 +23,27 @@ impl Workload {
         Self { client: reqwest::Client::new(), tokens, created: Vec::new(), step: 0 }
     }
 
-    /// `count` commands of a fixed mix; every one must be accepted.
+    /// `count` commands per user, the users concurrently; returns the highest position.
     async fn run(&mut self, base: &str, count: usize) -> i64 {
+        let mut writers: Vec<Workload> = (0..3)
+            .map(|user| Workload {
+                client: self.client.clone(),
+                tokens: self.tokens.clone(),
+                created: self.created.iter().filter(|(u, _, _)| *u == user).cloned().collect(),
+                step: self.step + user,
+            })
+            .collect();
+        let positions = futures_util::future::join_all(writers.iter_mut().map(|w| w.run_one_user(base, count))).await;
+        self.created = writers.into_iter().flat_map(|w| w.created).collect();
+        self.step += 3 * count;
+        positions.into_iter().max().unwrap_or(0)
+    }
+
+    /// `count` commands of a fixed mix for the user `step % 3`; every one must be accepted.
+    async fn run_one_user(&mut self, base: &str, count: usize) -> i64 {
         let mut position = 0;
         for _ in 0..count {
-            self.step += 1;
+            self.step += 3;
             let user = self.step % 3;
             let service = ["github", "slack"][self.step / 3 % 2];
             let token = &self.tokens[user].1;
@@ -61,8 +78,17 @@ impl Workload {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn faults_converge_to_exactly_what_a_rebuild_gives() {
-    let mut nats = NatsServer::start();
+async fn faults_converge_to_exactly_what_a_rebuild_gives_on_nats_2_9() {
+    faults_converge_to_exactly_what_a_rebuild_gives(NatsVersion::Debian29).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_converge_to_exactly_what_a_rebuild_gives_on_current_nats() {
+    faults_converge_to_exactly_what_a_rebuild_gives(NatsVersion::Current).await;
+}
+
+async fn faults_converge_to_exactly_what_a_rebuild_gives(version: NatsVersion) {
+    let mut nats = NatsServer::start(version);
     let prefix = format!("e{}", &uuid::Uuid::now_v7().simple().to_string()[16..]);
     let mut server = Server::start(&[("CONNECTIONS_NATS_URL", &nats.url), ("CONNECTIONS_NATS_PREFIX", &prefix)]);
     let mut workload = Workload::new(&server);

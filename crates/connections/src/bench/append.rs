@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use connections_api::auth::{mint_user_token, Authenticator};
 use connections_api::{router, AppState};
 use connections_domain::OwnerId;
@@ -206,6 +207,9 @@ impl HttpServer {
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base = format!("http://{}", listener.local_addr()?);
+        let listener = listener.tap_io(|stream| {
+            let _ = stream.set_nodelay(true);
+        });
         tokio::spawn(async move { axum::serve(listener, router(state)).await });
         Ok(Self { base, client: reqwest::Client::new(), secret: Arc::new(secret) })
     }
