@@ -42,6 +42,7 @@ struct Fanout {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     names: connections_fanout::Names,
     nats_url: String,
+    signals: connections_fanout::Signals,
 }
 
 impl Drop for Fanout {
@@ -124,6 +125,7 @@ impl TestApp {
             signals.clone(),
             stopping,
         ));
+        let state_signals = signals.clone();
         let state = AppState {
             database: app.db.database.clone(),
             master_key: app.master_key.clone(),
@@ -131,8 +133,27 @@ impl TestApp {
             signals,
         };
         app.router = router(state);
-        app.fanout = Some(Fanout { stop, tasks: vec![relay, projector], names, nats_url });
+        app.fanout = Some(Fanout { stop, tasks: vec![relay, projector], names, nats_url, signals: state_signals });
         app
+    }
+
+    /// Kills the projector task wherever it is (mid-batch included) and
+    /// starts a new one, as a crash and restart would.
+    pub(crate) async fn crash_and_restart_projector(&mut self) {
+        let fanout = self.fanout.as_mut().expect("started with_fanout");
+        let crashed = fanout.tasks.pop().expect("projector task");
+        crashed.abort();
+        let _ = crashed.await;
+        fanout.tasks.push(tokio::spawn(connections_projections::projector::run(
+            self.db.database.clone(),
+            connections_projections::projector::ProjectorConfig::new(
+                fanout.names.clone(),
+                self.db.url.clone(),
+                fanout.nats_url.clone(),
+            ),
+            fanout.signals.clone(),
+            fanout.stop.subscribe(),
+        )));
     }
 
     pub(crate) fn token(&self, user: &str) -> String {

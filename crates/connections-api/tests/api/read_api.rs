@@ -210,3 +210,46 @@ async fn sse_events(
     }
     events
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projector_killed_mid_stream_resumes_to_what_a_rebuild_gives() {
+    let mut app = TestApp::with_fanout().await;
+    for n in 0..15 {
+        app.create(["alice", "bob"][n % 2], "github", Some("agent-1")).await;
+    }
+    app.crash_and_restart_projector().await;
+    for n in 0..15 {
+        app.create(["alice", "bob"][n % 2], "slack", None).await;
+    }
+    let position = position_of(&app).await;
+    let cards = app.send(Method::GET, format!("/v1/services?min_position={position}"), Some("alice"), None).await;
+    assert_eq!(cards.status, StatusCode::OK, "{}", cards.body);
+    let counts: Vec<i64> = cards.body["services"]
+        .as_array()
+        .expect("cards")
+        .iter()
+        .map(|c| c["active_connections"].as_i64().expect("count"))
+        .collect();
+    assert_eq!(counts, vec![8, 8], "alice's cards after the restart: {}", cards.body);
+    let snapshot = |db: &connections_testkit::TestDatabase| {
+        let db_url = db.url.clone();
+        async move {
+            let (client, connection) = tokio_postgres::connect(&db_url, tokio_postgres::NoTls).await.expect("connect");
+            tokio::spawn(connection);
+            let mut rows = Vec::new();
+            for table in ["rm_connections", "rm_services", "rm_connection_agents", "rm_changes"] {
+                for row in client
+                    .query(&format!("SELECT row_to_json(t)::text FROM {table} t ORDER BY 1"), &[])
+                    .await
+                    .expect("rows")
+                {
+                    rows.push(row.get::<_, String>(0));
+                }
+            }
+            rows
+        }
+    };
+    let live = snapshot(&app.db).await;
+    connections_projections::rebuild::rebuild(&app.db.database, "dashboard").await.expect("rebuild");
+    assert_eq!(snapshot(&app.db).await, live, "after a projector crash the read models must equal a rebuild");
+}
