@@ -164,7 +164,14 @@ async fn attempt_once(
             .ok_or(AttemptError::Refused(ApiError::NotFound))?,
     };
     let stream_id = location.stream_id();
-    let (history, version) = EventLog::read_stream(transaction, &stream_id).await?;
+    // A command that does not depend on the stream skips reading it and
+    // appends after whatever is there.
+    let (history, version) = if input.command.reads_state() {
+        let (history, version) = EventLog::read_stream(transaction, &stream_id).await?;
+        (history, Some(version))
+    } else {
+        (Vec::new(), None)
+    };
     let mut state = fold(&history)?;
     let request = Request { actor: input.actor.clone(), command: input.command.clone() };
     let events = decide(&state, &request).map_err(|e| AttemptError::Refused(e.into()))?;

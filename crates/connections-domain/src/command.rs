@@ -67,3 +67,16 @@ pub enum Command {
         credential_kind: CredentialKind,
     },
 }
+
+impl Command {
+    /// Whether deciding this command needs the stream's current state.
+    ///
+    /// Creating a connection that is not assigned to an agent yields the same
+    /// events whatever the stream holds: the id is fresh, the stream is the
+    /// actor's own for that service, and nothing else is consulted. Such a
+    /// command can be decided on an empty state and appended after whatever
+    /// the stream holds, without reading it. Every other command reads.
+    pub fn reads_state(&self) -> bool {
+        !matches!(self, Command::CreateConnection { agent_id: None, .. })
+    }
+}

@@ -176,3 +176,18 @@ fn unassigning_an_agent_that_is_not_bound_changes_nothing() {
     );
     assert_eq!(result, Ok(vec![]));
 }
+
+#[test]
+fn creating_without_an_agent_decides_the_same_whatever_the_stream_holds() {
+    let command = create(9, None);
+    assert!(!command.reads_state());
+    let empty = decide(&OwnerService::default(), &Request { actor: owner("alice"), command: command.clone() });
+    let (busy, _) = given_when(
+        vec![create(1, Some("a1")), Command::SetDefault { connection_id: conn(1) }, create(2, None)],
+        "alice",
+        command,
+    );
+    assert_eq!(empty, busy, "a state-independent command must decide the same on any state of its stream");
+    assert!(create(9, Some("a1")).reads_state(), "assigning needs the agent's current binding");
+    assert!(Command::ClearDefault.reads_state());
+}

@@ -56,8 +56,10 @@ pub struct NewEvent {
 pub struct StreamAppend {
     /// The stream.
     pub stream_id: StreamId,
-    /// The version the decision was made against.
-    pub expected_version: StreamVersion,
+    /// The version the decision was made against; `None` appends after
+    /// whatever the stream holds (for a command whose decision does not
+    /// depend on the stream's state).
+    pub expected_version: Option<StreamVersion>,
     /// The events, in order.
     pub events: Vec<NewEvent>,
 }
@@ -131,7 +133,7 @@ const APPEND: &str = "WITH current AS ( \
     SELECT e.event_id, $1, current.version + e.n, e.event_type, e.schema_version, e.data, $7::jsonb \
     FROM current, unnest($3::uuid[], $4::text[], $5::int4[], $6::jsonb[]) \
         WITH ORDINALITY AS e(event_id, event_type, schema_version, data, n) \
-    WHERE current.version = $2 \
+    WHERE $2::int8 IS NULL OR current.version = $2 \
     ORDER BY e.n \
     RETURNING position";
 
@@ -164,7 +166,7 @@ impl EventLog {
                 let types: Vec<&str> = append.events.iter().map(|e| e.event_type).collect();
                 let schema_versions: Vec<i32> = append.events.iter().map(|e| e.schema_version).collect();
                 let data: Vec<&Value> = append.events.iter().map(|e| &e.data).collect();
-                let expected = append.expected_version.0 as i64;
+                let expected = append.expected_version.map(|v| v.0 as i64);
                 let conflict = || StoreError::Conflict { stream_id: append.stream_id.0.clone() };
                 let rows =
                     transaction

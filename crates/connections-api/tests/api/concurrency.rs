@@ -92,3 +92,31 @@ async fn assign_racing_revoke_never_leaves_an_agent_bound_to_a_revoked_connectio
         assert_eq!(affected, won_before, "round {round}: the revoke names every agent that was bound");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_creates_on_one_stream_all_land_with_consecutive_versions() {
+    let app = TestApp::new().await;
+    let creates = (0..16).map(|n| {
+        app.send(
+            Method::POST,
+            "/v1/connections",
+            Some("alice"),
+            Some(json!({"service": "github", "name": format!("c{n}"), "credential": {"kind": "api_key", "key": "k"}})),
+        )
+    });
+    let answers = futures::future::join_all(creates).await;
+    let created = answers.iter().filter(|a| a.status == StatusCode::CREATED).count();
+    assert!(answers.iter().all(|a| a.status == StatusCode::CREATED || a.status == StatusCode::CONFLICT));
+    let versions: Vec<i64> = app
+        .db
+        .client()
+        .await
+        .query("SELECT stream_version FROM events ORDER BY stream_version", &[])
+        .await
+        .expect("versions")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, (1..=created as i64).collect::<Vec<_>>(), "one event per accepted create, no gaps");
+    assert!(created >= 8, "most concurrent creates must succeed after retries, got {created}");
+}

@@ -98,7 +98,8 @@ impl Harness {
                 command_id: uuid::Uuid::now_v7(),
                 correlation_id: uuid::Uuid::now_v7(),
             };
-            let append = StreamAppend { stream_id, expected_version: StreamVersion(version.0), events: vec![event] };
+            let append =
+                StreamAppend { stream_id, expected_version: Some(StreamVersion(version.0)), events: vec![event] };
             match EventLog::append(&transaction, &[append], &metadata).await {
                 Ok(_) => {
                     transaction.commit().await.expect("commit");

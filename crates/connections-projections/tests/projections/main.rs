@@ -64,7 +64,7 @@ async fn random_history(db: &TestDatabase, count: usize, seed: u64) -> Vec<Recor
                 NewEvent { event_id: uuid::Uuid::now_v7(), event_type, schema_version, data }
             })
             .collect();
-        let append = StreamAppend { stream_id, expected_version: StreamVersion(version.0), events: new_events };
+        let append = StreamAppend { stream_id, expected_version: Some(StreamVersion(version.0)), events: new_events };
         let metadata =
             Metadata { actor: owner.into(), command_id: uuid::Uuid::now_v7(), correlation_id: uuid::Uuid::now_v7() };
         EventLog::append(&transaction, &[append], &metadata).await.expect("append");

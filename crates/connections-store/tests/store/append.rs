@@ -178,3 +178,19 @@ impl ListenerProbe {
         self.rx.lock().await.recv().await.expect("a notification")
     }
 }
+
+#[tokio::test]
+async fn an_append_without_an_expected_version_goes_after_whatever_the_stream_holds() {
+    let db = TestDatabase::new().await;
+    let mut client = db.database.pool().get().await.expect("pool");
+    for n in 0..3 {
+        let tx = client.transaction().await.expect("begin");
+        let mut append = append_to("blind", 0, vec![event(n)]);
+        append.expected_version = None;
+        EventLog::append(&tx, &[append], &metadata()).await.expect("blind append");
+        tx.commit().await.expect("commit");
+    }
+    let (events, version) = EventLog::read_stream(&client, &StreamId::from_raw("blind")).await.expect("read");
+    assert_eq!(version, StreamVersion(3));
+    assert_eq!(events.iter().map(|e| e.stream_version).collect::<Vec<_>>(), vec![1, 2, 3]);
+}

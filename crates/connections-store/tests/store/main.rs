@@ -18,5 +18,5 @@ fn event(n: u64) -> NewEvent {
 }
 
 fn append_to(stream: &str, expected: u64, events: Vec<NewEvent>) -> StreamAppend {
-    StreamAppend { stream_id: StreamId::from_raw(stream), expected_version: StreamVersion(expected), events }
+    StreamAppend { stream_id: StreamId::from_raw(stream), expected_version: Some(StreamVersion(expected)), events }
 }

@@ -169,7 +169,7 @@ async fn store_append(database: &Database, stream: &str, version: u64) -> anyhow
     let transaction = PipelinedTransaction::new(database.pool().get().await?);
     let append = StreamAppend {
         stream_id: StreamId::from_raw(stream),
-        expected_version: StreamVersion(version),
+        expected_version: Some(StreamVersion(version)),
         events: vec![NewEvent {
             event_id: uuid::Uuid::now_v7(),
             event_type: "bench_event",

@@ -259,7 +259,7 @@ async fn append_one(database: &Database, n: usize) -> anyhow::Result<(LogCursor,
     transaction.begin().await?;
     let append = StreamAppend {
         stream_id: StreamId::owner_service(&owner, &service),
-        expected_version: StreamVersion(0),
+        expected_version: Some(StreamVersion(0)),
         events: vec![NewEvent { event_id: uuid::Uuid::now_v7(), event_type, schema_version, data }],
     };
     let metadata =
