@@ -3,7 +3,7 @@
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use connections_domain::OwnerId;
+use connections_domain::{AgentId, OwnerId};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
@@ -17,9 +17,13 @@ pub struct Claims {
     pub sub: String,
     /// Expiry, seconds since the Unix epoch.
     pub exp: i64,
-    /// `user` (or absent) for people; other roles cannot call user endpoints.
+    /// `user` (or absent) for people; `agent` for agent runtimes. Other
+    /// roles cannot call user endpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
+    /// For agent tokens: the user the agent acts for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// Why an authenticator could not be built.
@@ -78,8 +82,61 @@ impl Authenticator {
 
 /// Mints an HS256 user token (for `connections token` and tests).
 pub fn mint_user_token(secret: &[u8], user: &OwnerId, expires_at: i64) -> Result<String, AuthConfigError> {
-    let claims = Claims { sub: user.to_string(), exp: expires_at, role: None };
+    let claims = Claims { sub: user.to_string(), exp: expires_at, role: None, owner: None };
     Ok(jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret))?)
+}
+
+/// Mints an HS256 agent token: `sub` the agent, `owner` the user it acts for.
+pub fn mint_agent_token(
+    secret: &[u8],
+    agent: &AgentId,
+    owner: &OwnerId,
+    expires_at: i64,
+) -> Result<String, AuthConfigError> {
+    let claims =
+        Claims { sub: agent.to_string(), exp: expires_at, role: Some("agent".into()), owner: Some(owner.to_string()) };
+    Ok(jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret))?)
+}
+
+/// The authenticated agent runtime of a request, acting for one owner.
+#[derive(Debug, Clone)]
+pub struct AuthenticatedAgent {
+    /// The agent.
+    pub agent: AgentId,
+    /// The user it acts for.
+    pub owner: OwnerId,
+}
+
+impl FromRequestParts<AppState> for AuthenticatedAgent {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let claims = state.authenticator.verify(bearer(parts)?)?;
+        if claims.role.as_deref() != Some("agent") {
+            return Err(ApiError::Unauthorized("this endpoint needs an agent token"));
+        }
+        let agent =
+            AgentId::parse(claims.sub).map_err(|_| ApiError::Unauthorized("token subject is not a valid agent id"))?;
+        let owner = claims
+            .owner
+            .and_then(|owner| OwnerId::parse(owner).ok())
+            .ok_or(ApiError::Unauthorized("agent token has no valid owner"))?;
+        Ok(AuthenticatedAgent { agent, owner })
+    }
+}
+
+/// The bearer token of a request.
+fn bearer(parts: &Parts) -> Result<&str, ApiError> {
+    let header = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .ok_or(ApiError::Unauthorized("missing Authorization header"))?;
+    header
+        .to_str()
+        .ok()
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or(ApiError::Unauthorized("Authorization must be 'Bearer <token>'"))
 }
 
 /// The authenticated user of a request.
@@ -90,16 +147,7 @@ impl FromRequestParts<AppState> for AuthenticatedUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .ok_or(ApiError::Unauthorized("missing Authorization header"))?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .ok_or(ApiError::Unauthorized("Authorization must be 'Bearer <token>'"))?;
-        let claims = state.authenticator.verify(token.trim())?;
+        let claims = state.authenticator.verify(bearer(parts)?)?;
         if claims.role.as_deref().is_some_and(|role| role != "user") {
             return Err(ApiError::Unauthorized("this endpoint needs a user token"));
         }
@@ -118,7 +166,7 @@ mod tests {
     const ED25519_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAbHNQmS0FkLRVTZdCc9fZan+Td+Bp5dLey4x9gCROigA=\n-----END PUBLIC KEY-----";
 
     fn claims(sub: &str, exp_in: i64) -> Claims {
-        Claims { sub: sub.into(), exp: chrono::Utc::now().timestamp() + exp_in, role: None }
+        Claims { sub: sub.into(), exp: chrono::Utc::now().timestamp() + exp_in, role: None, owner: None }
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod body;
 pub mod commands;
 pub mod problem;
+pub mod resolution;
 pub mod routes;
 mod state;
 mod views;

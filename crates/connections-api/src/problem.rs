@@ -32,6 +32,10 @@ pub enum ApiError {
     /// The connection is revoked.
     #[error("connection is revoked")]
     Revoked,
+    /// The agent has nothing to use for the service: the owner must create
+    /// or pick a connection (or set a default).
+    #[error("authorization required for service {0}")]
+    AuthorizationRequired(String),
     /// The connection id is taken.
     #[error("connection already exists")]
     AlreadyExists,
@@ -70,6 +74,7 @@ impl ApiError {
             ApiError::NoRoute => (StatusCode::NOT_FOUND, "no-such-route"),
             ApiError::Revoked => (StatusCode::CONFLICT, "connection-revoked"),
             ApiError::AlreadyExists => (StatusCode::CONFLICT, "already-exists"),
+            ApiError::AuthorizationRequired(_) => (StatusCode::CONFLICT, "authorization-required"),
             ApiError::ConcurrencyExhausted => (StatusCode::CONFLICT, "concurrency-conflict"),
             ApiError::IdempotencyKeyReused => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency-key-reused"),
             ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large"),
@@ -91,6 +96,9 @@ impl ApiError {
         if let ApiError::InvalidInput { field, .. } = self {
             body["field"] = json!(field);
         }
+        if let ApiError::AuthorizationRequired(service) = self {
+            body["service"] = json!(service);
+        }
         (status, body)
     }
 }
@@ -101,6 +109,8 @@ impl From<DomainError> for ApiError {
             DomainError::NotFound => ApiError::NotFound,
             DomainError::Revoked(_) => ApiError::Revoked,
             DomainError::AlreadyExists(_) => ApiError::AlreadyExists,
+            // Only resolution refuses this way; its handler names the service.
+            DomainError::AuthorizationRequired => ApiError::AuthorizationRequired(String::new()),
         }
     }
 }

@@ -59,6 +59,12 @@ pub enum Command {
     },
     /// Remove the owner's default for the service.
     ClearDefault,
+    /// An agent asks which connection to use for the service: its binding if
+    /// it has one, else the owner's default, which then becomes its binding.
+    ResolveForAgent {
+        /// The agent asking.
+        agent_id: AgentId,
+    },
     /// Replace a connection's credential with a new version.
     RotateCredential {
         /// The connection whose credential changes.

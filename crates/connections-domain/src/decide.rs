@@ -85,6 +85,22 @@ pub fn decide(state: &OwnerService, request: &Request) -> Result<Vec<Event>, Dom
             }
             _ => Ok(vec![]),
         },
+        Command::ResolveForAgent { agent_id } => {
+            if !state.is_owned_by(actor) {
+                return Err(DomainError::AuthorizationRequired);
+            }
+            if state.bindings.contains_key(agent_id) {
+                return Ok(vec![]);
+            }
+            match state.default {
+                Some(connection_id) => Ok(vec![Event::AgentAssigned {
+                    connection_id,
+                    agent_id: agent_id.clone(),
+                    source: BindingSource::Default,
+                }]),
+                None => Err(DomainError::AuthorizationRequired),
+            }
+        }
         Command::RotateCredential { connection_id, credential_kind } => {
             let connection = active(state, request, *connection_id)?;
             Ok(vec![Event::CredentialRotated {

@@ -13,6 +13,10 @@ pub enum DomainError {
     /// A connection with this id already exists.
     #[error("connection {0} already exists")]
     AlreadyExists(ConnectionId),
+    /// The agent has no connection for the service and the owner has no
+    /// default: the owner must create or pick one.
+    #[error("authorization required")]
+    AuthorizationRequired,
     /// The connection is revoked and can no longer be assigned, made
     /// default or rotated.
     #[error("connection {0} is revoked")]

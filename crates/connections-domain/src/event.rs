@@ -11,6 +11,8 @@ pub enum BindingSource {
     Created,
     /// The owner assigned the connection to the agent.
     Assigned,
+    /// The agent asked for authorization and was given the owner's default.
+    Default,
 }
 
 /// Why an agent's binding ended.

@@ -191,3 +191,26 @@ fn creating_without_an_agent_decides_the_same_whatever_the_stream_holds() {
     assert!(create(9, Some("a1")).reads_state(), "assigning needs the agent's current binding");
     assert!(Command::ClearDefault.reads_state());
 }
+
+#[test]
+fn resolving_uses_the_binding_else_binds_the_default_else_asks_for_authorization() {
+    let resolve = |agent_id: &str| Command::ResolveForAgent { agent_id: agent(agent_id) };
+    let (bound, _) = given_when(vec![create(1, Some("a1"))], "alice", resolve("a1"));
+    assert_eq!(bound, Ok(vec![]), "an agent with a binding keeps it");
+    let (none, _) = given_when(vec![create(1, None)], "alice", resolve("a2"));
+    assert_eq!(none, Err(DomainError::AuthorizationRequired));
+    let (by_default, state) =
+        given_when(vec![create(1, None), Command::SetDefault { connection_id: conn(1) }], "alice", resolve("a2"));
+    assert_eq!(
+        by_default,
+        Ok(vec![Event::AgentAssigned {
+            connection_id: conn(1),
+            agent_id: agent("a2"),
+            source: BindingSource::Default
+        }])
+    );
+    assert_eq!(state.agents_of(conn(1)), vec![agent("a2")]);
+    let (stranger, _) =
+        given_when(vec![create(1, None), Command::SetDefault { connection_id: conn(1) }], "bob", resolve("a2"));
+    assert_eq!(stranger, Err(DomainError::AuthorizationRequired), "another owner's default is never handed out");
+}

@@ -178,6 +178,7 @@ pub fn decode(event_type: &str, schema_version: i32, data: &Value) -> Result<Eve
             let source = match d.source.as_str() {
                 "created" => BindingSource::Created,
                 "assigned" => BindingSource::Assigned,
+                "default" => BindingSource::Default,
                 _ => return Err(unknown()),
             };
             Event::AgentAssigned { connection_id: d.connection_id, agent_id: d.agent_id, source }
@@ -227,6 +228,7 @@ pub fn binding_source_name(source: BindingSource) -> &'static str {
     match source {
         BindingSource::Created => "created",
         BindingSource::Assigned => "assigned",
+        BindingSource::Default => "default",
     }
 }
 

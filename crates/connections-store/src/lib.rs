@@ -8,6 +8,7 @@
 //! - Side tables written in the same transaction as the events they go with:
 //!   the connection locator, data keys and sealed credentials, idempotency keys.
 
+mod access_log;
 pub mod codec;
 mod database;
 mod error;
@@ -18,6 +19,7 @@ mod migrate;
 mod secrets;
 mod transaction;
 
+pub use access_log::Access;
 pub use database::{connect_pool, ensure_database, Database};
 pub use error::StoreError;
 pub use idempotency::{IdempotencyClaim, StoredResponse};

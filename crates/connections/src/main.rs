@@ -5,7 +5,7 @@ mod config;
 mod serve;
 
 use clap::{Parser, Subcommand};
-use connections_domain::OwnerId;
+use connections_domain::{AgentId, OwnerId};
 
 /// Connections: keeps the credentials AI agents use on their users' behalf.
 #[derive(Parser)]
@@ -21,11 +21,18 @@ enum CliCommand {
     Serve,
     /// Apply pending database migrations and exit.
     Migrate,
-    /// Mint a development token (HS256 with CONNECTIONS_JWT_SECRET).
+    /// Mint a development token (HS256 with CONNECTIONS_JWT_SECRET): a user
+    /// token with --user, an agent token with --agent and --owner.
     Token {
         /// The user id the token authenticates.
-        #[arg(long)]
-        user: String,
+        #[arg(long, required_unless_present = "agent", conflicts_with = "agent")]
+        user: Option<String>,
+        /// The agent id of an agent token.
+        #[arg(long, requires = "owner")]
+        agent: Option<String>,
+        /// The user an agent token acts for.
+        #[arg(long, requires = "agent")]
+        owner: Option<String>,
         /// Lifetime in seconds.
         #[arg(long, default_value_t = 86_400)]
         ttl: i64,
@@ -68,11 +75,22 @@ async fn main() -> anyhow::Result<()> {
             println!("migrations applied");
             Ok(())
         }
-        CliCommand::Token { user, ttl } => {
-            let user = OwnerId::parse(user).map_err(|e| anyhow::anyhow!("--user {e}"))?;
+        CliCommand::Token { user, agent, owner, ttl } => {
             let secret = config::jwt_secret()?;
             let expires_at = chrono::Utc::now().timestamp() + ttl;
-            println!("{}", connections_api::auth::mint_user_token(&secret, &user, expires_at)?);
+            let token = match (user, agent, owner) {
+                (Some(user), _, _) => {
+                    let user = OwnerId::parse(user).map_err(|e| anyhow::anyhow!("--user {e}"))?;
+                    connections_api::auth::mint_user_token(&secret, &user, expires_at)?
+                }
+                (None, Some(agent), Some(owner)) => {
+                    let agent = AgentId::parse(agent).map_err(|e| anyhow::anyhow!("--agent {e}"))?;
+                    let owner = OwnerId::parse(owner).map_err(|e| anyhow::anyhow!("--owner {e}"))?;
+                    connections_api::auth::mint_agent_token(&secret, &agent, &owner, expires_at)?
+                }
+                _ => anyhow::bail!("give --user, or --agent with --owner"),
+            };
+            println!("{token}");
             Ok(())
         }
         CliCommand::Projections(ProjectionsCommand::Rebuild { name }) => {

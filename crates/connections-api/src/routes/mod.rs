@@ -4,12 +4,13 @@
 mod connections;
 pub mod dashboard;
 mod health;
+mod resolve;
 mod services;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, put};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 use serde_json::Value;
 
@@ -21,6 +22,7 @@ use crate::state::AppState;
 /// Every (method, path) the router mounts, as written in `schemas/openapi.json`.
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/health"),
+    ("POST", "/v1/resolve"),
     ("GET", "/v1/status"),
     ("GET", "/v1/stream"),
     ("GET", "/v1/services"),
@@ -40,6 +42,7 @@ pub const ROUTES: &[(&str, &str)] = &[
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health::health))
+        .route("/v1/resolve", post(resolve::resolve_credential))
         .route("/v1/status", get(dashboard::status))
         .route("/v1/stream", get(dashboard::stream))
         .route("/v1/services", get(dashboard::services))

@@ -32,25 +32,39 @@ async fn missing_malformed_forged_expired_and_agent_tokens_are_refused() {
             Some(format!(
                 "Bearer {}",
                 sign(
-                    &Claims { sub: "alice".into(), exp: now + 60, role: None },
+                    &Claims { sub: "alice".into(), exp: now + 60, role: None, owner: None },
                     b"another-secret-of-at-least-32-bytes!!"
                 )
             )),
         ),
         (
             "expired",
-            Some(format!("Bearer {}", sign(&Claims { sub: "alice".into(), exp: now - 600, role: None }, app.secret()))),
+            Some(format!(
+                "Bearer {}",
+                sign(&Claims { sub: "alice".into(), exp: now - 600, role: None, owner: None }, app.secret())
+            )),
         ),
         (
             "agent role",
             Some(format!(
                 "Bearer {}",
-                sign(&Claims { sub: "agent-1".into(), exp: now + 60, role: Some("agent".into()) }, app.secret())
+                sign(
+                    &Claims {
+                        sub: "agent-1".into(),
+                        exp: now + 60,
+                        role: Some("agent".into()),
+                        owner: Some("alice".into())
+                    },
+                    app.secret()
+                )
             )),
         ),
         (
             "invalid subject",
-            Some(format!("Bearer {}", sign(&Claims { sub: "al ice".into(), exp: now + 60, role: None }, app.secret()))),
+            Some(format!(
+                "Bearer {}",
+                sign(&Claims { sub: "al ice".into(), exp: now + 60, role: None, owner: None }, app.secret())
+            )),
         ),
     ];
     for (case, authorization) in cases {

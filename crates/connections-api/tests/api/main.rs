@@ -9,6 +9,7 @@ mod idempotency;
 mod isolation;
 mod openapi;
 mod read_api;
+mod resolve;
 mod secrets;
 
 use std::sync::Arc;
@@ -159,6 +160,29 @@ impl TestApp {
     pub(crate) fn token(&self, user: &str) -> String {
         let user = OwnerId::parse(user).expect("valid user id");
         mint_user_token(&self.secret, &user, chrono::Utc::now().timestamp() + 600).expect("mint token")
+    }
+
+    /// An agent token for `agent` acting for `owner`.
+    pub(crate) fn agent_token(&self, agent: &str, owner: &str) -> String {
+        connections_api::auth::mint_agent_token(
+            &self.secret,
+            &connections_domain::AgentId::parse(agent).expect("valid agent id"),
+            &OwnerId::parse(owner).expect("valid owner id"),
+            chrono::Utc::now().timestamp() + 600,
+        )
+        .expect("mint agent token")
+    }
+
+    /// `POST /v1/resolve` {service} as `agent` acting for `owner`.
+    pub(crate) async fn resolve(&self, agent: &str, owner: &str, service: &str) -> Answer {
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri("/v1/resolve")
+            .header("authorization", format!("Bearer {}", self.agent_token(agent, owner)))
+            .header("content-type", "application/json")
+            .body(Body::from(json!({ "service": service }).to_string()))
+            .expect("request");
+        self.raw(request).await
     }
 
     pub(crate) fn secret(&self) -> &[u8] {

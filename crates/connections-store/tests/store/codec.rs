@@ -43,6 +43,7 @@ fn events_of_every_type() -> Vec<Event> {
         Command::SetDefault { connection_id: c2 },
         Command::ClearDefault,
         Command::SetDefault { connection_id: c2 },
+        Command::ResolveForAgent { agent_id: AgentId::parse("agent-3").expect("valid") },
         Command::RevokeConnection { connection_id: c2 },
     ];
     let mut state = OwnerService::default();

@@ -1,0 +1,148 @@
+//! Credential resolution for agent runtimes: which connection an agent uses
+//! for a service, and its plaintext, decided on the authoritative stream in
+//! one transaction that also records the hand-out.
+//!
+//! Linearizable with revocation: the stream is read and the data key is
+//! looked up inside the resolving transaction, after any revoke that has
+//! returned (a revoke deletes the data key in its own transaction). A
+//! resolve that starts after a revoke returned therefore sees either the
+//! revoked state or no data key, and hands nothing out.
+
+use connections_domain::{decide, BindingSource, Command, ConnectionId, Event, Request, ServiceName};
+use connections_sealing::{open, Credential};
+use connections_store::codec::encode;
+use connections_store::{
+    Access, EventLog, Metadata, NewEvent, PipelinedTransaction, StoreError, StoredCredential, StreamAppend, StreamId,
+};
+
+use crate::auth::AuthenticatedAgent;
+use crate::commands::{fold, MAX_ATTEMPTS};
+use crate::problem::ApiError;
+use crate::state::AppState;
+
+/// How long a runtime may use a resolved credential without hearing from us:
+/// the last safety net behind revocation notices and fail-closed caching.
+pub const LEASE_SECONDS: u64 = 60;
+
+/// What an agent is handed.
+pub struct Resolution {
+    /// The connection.
+    pub connection_id: ConnectionId,
+    /// The credential version handed out.
+    pub credential_version: u32,
+    /// The plaintext.
+    pub credential: Credential,
+    /// `assigned` (the owner chose it for this agent) or `default`.
+    pub via: &'static str,
+    /// The log position of the agent's binding (0 if none was appended).
+    pub position: i64,
+}
+
+/// Resolves the credential `agent` should use for `service`.
+pub async fn resolve(
+    app: &AppState,
+    agent: &AuthenticatedAgent,
+    service: &ServiceName,
+) -> Result<Resolution, ApiError> {
+    let request_id = uuid::Uuid::now_v7();
+    let stream_id = StreamId::owner_service(&agent.owner, service);
+    for _ in 0..MAX_ATTEMPTS {
+        let transaction = PipelinedTransaction::new(app.database.pool().get().await.map_err(StoreError::from)?);
+        let (begun, read) =
+            futures::future::join(transaction.begin(), EventLog::read_stream(transaction.client(), &stream_id)).await;
+        begun?;
+        let (history, version) = read?;
+        let mut state = fold(&history)?;
+        let request =
+            Request { actor: agent.owner.clone(), command: Command::ResolveForAgent { agent_id: agent.agent.clone() } };
+        let events = decide(&state, &request).map_err(|error| match error {
+            connections_domain::DomainError::AuthorizationRequired => {
+                ApiError::AuthorizationRequired(service.to_string())
+            }
+            other => other.into(),
+        })?;
+        for event in &events {
+            state.apply(event);
+        }
+        let binding = *state.bindings.get(&agent.agent).ok_or_else(|| internal("resolved without a binding"))?;
+        let connection = state
+            .connections
+            .get(&binding.connection_id)
+            .ok_or_else(|| internal("binding to an unknown connection"))?;
+        let mut position = history.last().map_or(0, |e| e.position);
+        if !events.is_empty() {
+            let metadata = Metadata {
+                actor: format!("agent:{}", agent.agent),
+                command_id: request_id,
+                correlation_id: request_id,
+            };
+            let append = StreamAppend {
+                stream_id: stream_id.clone(),
+                expected_version: Some(version),
+                events: encoded(&events),
+            };
+            match EventLog::append(transaction.client(), &[append], &metadata).await {
+                Ok(positions) => position = positions.last().copied().unwrap_or(position),
+                Err(StoreError::Conflict { .. }) => {
+                    transaction.rollback().await?;
+                    continue;
+                }
+                Err(other) => return Err(other.into()),
+            }
+        }
+        // Fail closed: no data key means the connection was revoked after we
+        // read the stream; nothing is handed out.
+        let Some(wrapped) = StoredCredential::data_key(transaction.client(), binding.connection_id).await? else {
+            return Err(ApiError::Revoked);
+        };
+        let data_key =
+            app.master_key.unwrap(&wrapped, binding.connection_id).map_err(|e| ApiError::Internal(Box::new(e)))?;
+        let sealed =
+            StoredCredential::sealed(transaction.client(), binding.connection_id, connection.credential_version)
+                .await?
+                .ok_or_else(|| internal("active connection without its sealed credential"))?;
+        let credential = open(&data_key, &sealed, binding.connection_id, &agent.owner, connection.credential_version)
+            .map_err(|e| ApiError::Internal(Box::new(e)))?;
+        Access {
+            connection_id: binding.connection_id,
+            credential_version: connection.credential_version,
+            agent_id: &agent.agent,
+            owner: &agent.owner,
+            request_id,
+        }
+        .record(transaction.client())
+        .await?;
+        // The hand-out is on record only once this commit returns.
+        if events.is_empty() {
+            transaction.commit().await?;
+        } else {
+            transaction.commit_and_notify(connections_fanout::EVENTS_CHANNEL).await?;
+        }
+        let via = match binding.source {
+            BindingSource::Default => "default",
+            BindingSource::Created | BindingSource::Assigned => "assigned",
+        };
+        return Ok(Resolution {
+            connection_id: binding.connection_id,
+            credential_version: connection.credential_version,
+            credential,
+            via,
+            position,
+        });
+    }
+    Err(ApiError::ConcurrencyExhausted)
+}
+
+fn encoded(events: &[Event]) -> Vec<NewEvent> {
+    events
+        .iter()
+        .map(|event| {
+            let (event_type, schema_version, data) = encode(event);
+            NewEvent { event_id: uuid::Uuid::now_v7(), event_type, schema_version, data }
+        })
+        .collect()
+}
+
+fn internal(what: &'static str) -> ApiError {
+    ApiError::Internal(what.into())
+}
