@@ -6,14 +6,17 @@
 //! - [`LogListener`]: a dedicated Postgres connection that LISTENs for
 //!   appends and projection progress, and can hold leadership (an advisory lock).
 //! - [`relay::run`]: follows the log in its gap-safe order and publishes each
-//!   event exactly once, in order, fenced by `Nats-Expected-Last-Sequence`.
+//!   event exactly once, in order, fenced by `Nats-Expected-Last-Sequence`,
+//!   and, before each event, the [`Notice`] agent runtimes react to.
 
 mod envelope;
 mod listener;
 mod names;
 pub mod nats;
+mod notice;
 pub mod relay;
 
 pub use envelope::{Envelope, EnvelopeCursor};
 pub use listener::{format_cursor, parse_cursor, LogListener, Signals, EVENTS_CHANNEL, PROJECTED_CHANNEL};
 pub use names::{Names, NamesError};
+pub use notice::{Notice, NoticeKind};

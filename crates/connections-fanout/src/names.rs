@@ -44,6 +44,28 @@ impl Names {
         format!("{}.v1.events.{owner}.{service}.{event_type}", self.prefix)
     }
 
+    /// The JetStream stream holding notices: `<prefix>_notices`.
+    pub fn notices_stream(&self) -> String {
+        format!("{}_notices", self.prefix)
+    }
+
+    /// The subjects the notices stream captures: `<prefix>.v1.notices.>`.
+    pub fn notices_wildcard(&self) -> String {
+        format!("{}.v1.notices.>", self.prefix)
+    }
+
+    /// Revocations and rotations of one connection:
+    /// `<prefix>.v1.notices.connection.<connection_id>`.
+    pub fn connection_notices(&self, connection_id: &str) -> String {
+        format!("{}.v1.notices.connection.{connection_id}", self.prefix)
+    }
+
+    /// Binding changes of one agent acting for one owner:
+    /// `<prefix>.v1.notices.agent.<owner>.<agent>`.
+    pub fn agent_notices(&self, owner: &str, agent: &str) -> String {
+        format!("{}.v1.notices.agent.{owner}.{agent}", self.prefix)
+    }
+
     /// The durable consumer of a projector: `<prefix>_projector_<name>`.
     pub fn projector_consumer(&self, projector: &str) -> String {
         format!("{}_projector_{projector}", self.prefix)

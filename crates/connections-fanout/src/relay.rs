@@ -118,6 +118,7 @@ async fn session(
     let client = nats::connect(&config.nats_url, "connections-relay").await.map_err(nats_error)?;
     let context = jetstream::new(client);
     let mut stream = ensure_stream(&context, &config.names).await?;
+    ensure_notices_stream(&context, &config.names).await?;
     let (mut cursor, mut last_sequence, mut last_event_id) =
         resume_point(database, &context, &mut stream, &config.names).await?;
     tracing::info!(?cursor, last_sequence, "relay leading");
@@ -147,6 +148,7 @@ async fn session(
             }
             continue;
         }
+        publish_notices(&context, &config.names, &batch, cursor).await?;
         // Pipeline the batch: publish all, then await the acks in order. The
         // fencing header makes the server refuse anything out of sequence.
         let mut pending = Vec::with_capacity(batch.len());
@@ -205,6 +207,51 @@ fn publish_message(
         Some(previous) => message.expected_last_message_id(previous.to_string()),
         None => message,
     }
+}
+
+/// Publishes the notices a batch calls for, before its events: a crash in
+/// between repeats them (runtimes treat notices idempotently; `Nats-Msg-Id`
+/// drops repeats within the duplicate window), but none is ever lost for an
+/// event that reached the events stream. Only committed events get here.
+async fn publish_notices(
+    context: &jetstream::Context,
+    names: &Names,
+    batch: &[connections_store::RecordedEvent],
+    mut previous: LogCursor,
+) -> Result<(), RelayError> {
+    let mut acks = Vec::new();
+    for event in batch {
+        let envelope = Envelope::new(event, (previous != LogCursor::default()).then_some(previous))
+            .ok_or(RelayError::Unroutable(event.position))?;
+        previous = event.cursor();
+        let Some((subject, notice)) = crate::notice::Notice::for_event(&envelope, names) else { continue };
+        let payload = serde_json::to_vec(&notice).expect("a notice always serializes");
+        let message =
+            PublishMessage::build().payload(Bytes::from(payload)).message_id(format!("notice-{}", event.event_id));
+        acks.push(context.send_publish(subject, message).await.map_err(nats_error)?);
+    }
+    for ack in acks {
+        ack.await.map_err(nats_error)?;
+    }
+    Ok(())
+}
+
+/// The notices stream, created if missing: a catch-up feed for runtimes
+/// that were away (limited to a day; runtimes that were away longer
+/// revalidate what they hold).
+async fn ensure_notices_stream(context: &jetstream::Context, names: &Names) -> Result<(), RelayError> {
+    context
+        .get_or_create_stream(stream::Config {
+            name: names.notices_stream(),
+            subjects: vec![names.notices_wildcard()],
+            storage: stream::StorageType::File,
+            num_replicas: 1,
+            max_age: Duration::from_secs(24 * 3600),
+            ..Default::default()
+        })
+        .await
+        .map_err(nats_error)?;
+    Ok(())
 }
 
 /// The events stream, created if missing (file storage, one replica, no

@@ -52,12 +52,16 @@ impl Drop for Fanout {
         for task in &self.tasks {
             task.abort();
         }
-        let (url, stream) = (self.nats_url.clone(), self.names.events_stream());
+        let url = self.nats_url.clone();
+        let streams = [self.names.events_stream(), self.names.notices_stream()];
         let _ = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
             runtime.block_on(async move {
-                let client = async_nats::connect(url).await.ok()?;
-                async_nats::jetstream::new(client).delete_stream(stream).await.ok()
+                let context = async_nats::jetstream::new(async_nats::connect(url).await.ok()?);
+                for stream in streams {
+                    let _ = context.delete_stream(stream).await;
+                }
+                Some(())
             })
         })
         .join();

@@ -16,7 +16,7 @@ use serde_json::json;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-fn nats_url() -> String {
+pub(crate) fn nats_url() -> String {
     std::env::var("CONNECTIONS_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
 }
 
@@ -178,10 +178,15 @@ impl Drop for Harness {
             return;
         }
         let context = self.context.clone();
-        let stream = self.names.events_stream();
+        let streams = [self.names.events_stream(), self.names.notices_stream()];
         let _ = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
-            runtime.block_on(async move { context.delete_stream(stream).await.ok() })
+            runtime.block_on(async move {
+                for stream in streams {
+                    let _ = context.delete_stream(stream).await;
+                }
+                Some(())
+            })
         })
         .join();
     }

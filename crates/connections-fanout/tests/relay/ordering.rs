@@ -63,3 +63,28 @@ async fn the_relay_wakes_on_notify_not_on_its_poll() {
     relay.stop().await;
     let _: Vec<Envelope> = harness.converged().await.into_iter().map(|(_, _, e)| e).collect();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocations_are_noticed_on_their_connections_subject_and_kept_for_catch_up() {
+    use futures_util::StreamExt;
+    let harness = Harness::new().await;
+    let client = async_nats::connect(crate::nats_url()).await.expect("connect");
+    let mut live = client.subscribe(harness.names.notices_wildcard()).await.expect("subscribe");
+    let relay = harness.relay();
+    harness.append(3, 1).await;
+    let stream = harness.converged().await;
+    let mut received = Vec::new();
+    while received.len() < 3 {
+        let message =
+            tokio::time::timeout(Duration::from_secs(10), live.next()).await.expect("notice in time").expect("message");
+        let notice: connections_fanout::Notice = serde_json::from_slice(&message.payload).expect("a notice");
+        assert_eq!(message.subject.as_str(), harness.names.connection_notices(&notice.connection_id));
+        assert_eq!(notice.kind, connections_fanout::NoticeKind::Revoked);
+        received.push(notice.event_id);
+    }
+    relay.stop().await;
+    let events: Vec<_> = stream.iter().map(|(_, _, e)| e.event_id).collect();
+    assert_eq!(received, events, "one notice per revocation, in log order");
+    let mut notices = harness.context.get_stream(harness.names.notices_stream()).await.expect("notices stream");
+    assert_eq!(notices.info().await.expect("info").state.messages, 3, "notices are kept for runtimes that were away");
+}

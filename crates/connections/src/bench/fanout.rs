@@ -60,6 +60,7 @@ pub async fn run(options: FanoutOptions) -> anyhow::Result<()> {
     let context = jetstream::new(client);
     let result = run_on(&url, &names, &context, &options).await;
     let _ = context.delete_stream(names.events_stream()).await;
+    let _ = context.delete_stream(names.notices_stream()).await;
     let _ = context.delete_stream(format!("{prefix}_raw")).await;
     super::append::drop_database(&options.server, &name).await?;
     result
