@@ -1,5 +1,6 @@
 //! End-to-end: the real `connections` binary against the real Postgres.
 
+mod agents;
 mod cli;
 mod fanout;
 mod readme;

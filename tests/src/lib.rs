@@ -92,6 +92,17 @@ impl Server {
         String::from_utf8(output.stdout).expect("utf-8 token").trim().to_owned()
     }
 
+    /// A development agent token for `agent` acting for `owner`.
+    pub fn agent_token(&self, agent: &str, owner: &str) -> String {
+        let output = Command::new(binary())
+            .args(["token", "--agent", agent, "--owner", owner])
+            .env("CONNECTIONS_JWT_SECRET", JWT_SECRET)
+            .output()
+            .expect("run connections token");
+        assert!(output.status.success(), "token failed: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).expect("utf-8 token").trim().to_owned()
+    }
+
     /// Stops the server with SIGTERM and waits (bounded) for it to exit.
     pub fn stop(&mut self) {
         let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
@@ -219,6 +230,17 @@ impl NatsServer {
         let binary = version.binary();
         let child = spawn_nats(&binary, port, &directory);
         Self { child, port, directory, binary, url: format!("nats://127.0.0.1:{port}") }
+    }
+
+    /// Kills it (SIGKILL); [`NatsServer::start_again`] brings it back.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port and storage after [`NatsServer::stop`].
+    pub fn start_again(&mut self) {
+        self.child = spawn_nats(&self.binary, self.port, &self.directory);
     }
 
     /// Kills it (SIGKILL) and starts it again on the same port and storage.

@@ -42,6 +42,10 @@ pub struct Notice {
     /// For binding changes: the agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_id: Option<String>,
+    /// For binding changes: true when the agent was bound to the connection,
+    /// false when its binding to it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bound: Option<bool>,
 }
 
 impl Notice {
@@ -67,6 +71,7 @@ impl Notice {
             service: envelope.service.clone(),
             connection_id,
             credential_version: envelope.data.get("credential_version").and_then(|v| v.as_u64()),
+            bound: (kind == NoticeKind::BindingChanged).then(|| envelope.event_type == "agent_assigned"),
             agent_id: if kind == NoticeKind::BindingChanged { agent_id } else { None },
         };
         Some((subject, notice))

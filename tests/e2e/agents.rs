@@ -1,0 +1,137 @@
+//! Agent runtimes through the client crate, against the real binary, NATS
+//! and Postgres: cached credentials are dropped on notices, and a client that
+//! cannot hear notices hands nothing out from its cache.
+
+use std::time::{Duration, Instant};
+
+use connections_agent::{AgentClient, AgentConfig, ResolveError};
+use connections_e2e::{NatsServer, NatsVersion, Server};
+use serde_json::{json, Value};
+
+struct Owner {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Owner {
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut request = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request");
+        assert!(response.status().is_success(), "{path}: {}", response.status());
+        response.json().await.expect("JSON")
+    }
+
+    async fn create(&self, service: &str, agent: Option<&str>, key: &str) -> String {
+        let mut body = json!({"service": service, "name": "n", "credential": {"kind": "api_key", "key": key}});
+        if let Some(agent) = agent {
+            body["agent_id"] = json!(agent);
+        }
+        self.call(reqwest::Method::POST, "/v1/connections", Some(body)).await["connection_id"]
+            .as_str()
+            .expect("id")
+            .to_owned()
+    }
+}
+
+fn config(server: &Server, nats_url: &str, prefix: &str, agent: &str) -> AgentConfig {
+    AgentConfig::new(server.base.clone(), server.agent_token(agent, "alice"), nats_url, prefix, "alice", agent)
+}
+
+async fn eventually(what: &str, limit: Duration, mut check: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !check() {
+        assert!(started.elapsed() < limit, "{what} did not happen within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_cached_clients_all_drop_a_revoked_credential() {
+    let prefix = format!("a{}", &uuid::Uuid::now_v7().simple().to_string()[16..]);
+    let nats_url = "nats://127.0.0.1:4222";
+    let server = Server::start(&[("CONNECTIONS_NATS_PREFIX", &prefix)]);
+    let owner = Owner { http: reqwest::Client::new(), base: server.base.clone(), token: server.token("alice") };
+    let id = owner.create("github", None, "shared-key").await;
+    owner.call(reqwest::Method::PUT, "/v1/services/github/default", Some(json!({"connection_id": id}))).await;
+    let token = server.agent_token("agent-0", "alice");
+    let mut clients = Vec::new();
+    for n in 0..100 {
+        let mut config = config(&server, nats_url, &prefix, &format!("agent-{n}"));
+        if n == 0 {
+            config.token = token.clone();
+        }
+        let client = AgentClient::connect(config).await.expect("connect");
+        let credential = client.resolve("github").await.expect("resolve");
+        assert_eq!(credential.connection_id, id);
+        assert_eq!(credential.expose()["key"], "shared-key");
+        assert!(format!("{credential:?}").contains("REDACTED"), "Debug must not show the secret");
+        clients.push(client);
+    }
+    assert!(clients.iter().all(|c| c.cached("github").is_some()), "every client holds the credential");
+    owner.call(reqwest::Method::DELETE, &format!("/v1/connections/{id}"), None).await;
+    let took = eventually("every client dropping the credential", Duration::from_secs(5), || {
+        clients.iter().all(|c| c.cached("github").is_none())
+    })
+    .await;
+    println!("100 clients dropped the revoked credential {took:?} after the revoke returned");
+    for client in clients.iter().take(3) {
+        assert!(matches!(client.resolve("github").await, Err(ResolveError::AuthorizationRequired(_))));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_and_rebinding_notices_make_the_next_resolve_fetch_anew() {
+    let prefix = format!("a{}", &uuid::Uuid::now_v7().simple().to_string()[16..]);
+    let server = Server::start(&[("CONNECTIONS_NATS_PREFIX", &prefix)]);
+    let owner = Owner { http: reqwest::Client::new(), base: server.base.clone(), token: server.token("alice") };
+    let first = owner.create("github", Some("agent-1"), "v1-key").await;
+    let client =
+        AgentClient::connect(config(&server, "nats://127.0.0.1:4222", &prefix, "agent-1")).await.expect("connect");
+    assert_eq!(client.resolve("github").await.expect("resolve").credential_version, 1);
+
+    owner
+        .call(
+            reqwest::Method::PUT,
+            &format!("/v1/connections/{first}/credential"),
+            Some(json!({"credential": {"kind": "api_key", "key": "v2-key"}})),
+        )
+        .await;
+    eventually("the rotation notice", Duration::from_secs(5), || client.cached("github").is_none()).await;
+    let rotated = client.resolve("github").await.expect("resolve");
+    assert_eq!((rotated.credential_version, rotated.expose()["key"].clone()), (2, json!("v2-key")));
+
+    let second = owner.create("github", None, "other-key").await;
+    owner
+        .call(reqwest::Method::POST, &format!("/v1/connections/{second}/agents"), Some(json!({"agent_id": "agent-1"})))
+        .await;
+    eventually("the rebinding notice", Duration::from_secs(5), || client.cached("github").is_none()).await;
+    assert_eq!(client.resolve("github").await.expect("resolve").connection_id, second);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cut_off_from_nats_never_hands_out_a_revoked_credential() {
+    let mut nats = NatsServer::start(NatsVersion::Debian29);
+    let prefix = format!("a{}", &uuid::Uuid::now_v7().simple().to_string()[16..]);
+    let server = Server::start(&[("CONNECTIONS_NATS_URL", &nats.url), ("CONNECTIONS_NATS_PREFIX", &prefix)]);
+    let owner = Owner { http: reqwest::Client::new(), base: server.base.clone(), token: server.token("alice") };
+    let id = owner.create("github", Some("agent-1"), "secret-key").await;
+    let client = AgentClient::connect(config(&server, &nats.url, &prefix, "agent-1")).await.expect("connect");
+    client.resolve("github").await.expect("resolve");
+    assert!(client.cached("github").is_some());
+
+    nats.stop();
+    // Within the heartbeat the client stops trusting its cache.
+    eventually("the client failing closed", Duration::from_secs(5), || client.cached("github").is_none()).await;
+    owner.call(reqwest::Method::DELETE, &format!("/v1/connections/{id}"), None).await;
+    // While cut off it asks the server, which refuses.
+    assert!(client.resolve("github").await.is_err(), "a revoked credential was handed out while cut off");
+    nats.start_again();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(client.cached("github").is_none());
+    assert!(client.resolve("github").await.is_err(), "a revoked credential was handed out after reconnecting");
+}
