@@ -52,6 +52,19 @@ impl AgentConfig {
     }
 }
 
+/// A cached credential dropped because of a notice.
+#[derive(Debug, Clone)]
+pub struct Invalidation {
+    /// The connection.
+    pub connection_id: String,
+    /// The service it was cached for.
+    pub service: String,
+    /// Why.
+    pub kind: NoticeKind,
+    /// When the client dropped it.
+    pub at: Instant,
+}
+
 /// Why the client could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -91,6 +104,8 @@ struct Inner {
     /// False from a disconnect until the connection is back: nothing is
     /// served from or put into the cache meanwhile.
     fresh: AtomicBool,
+    /// Tells subscribers which cached credentials were dropped and why.
+    invalidations: tokio::sync::broadcast::Sender<Invalidation>,
     /// Bumped by every notice and every connection change. An answer is
     /// cached only if no bump happened while it was being fetched, so a
     /// notice that overtakes an answer cannot be undone by caching it.
@@ -128,6 +143,7 @@ impl AgentClient {
             subscribed: Mutex::default(),
             fresh: AtomicBool::new(true),
             generation: AtomicU64::new(0),
+            invalidations: tokio::sync::broadcast::channel(1024).0,
             config,
         });
         // Connection state: fail closed on any disconnect.
@@ -186,6 +202,12 @@ impl AgentClient {
         }
         let cache = self.inner.cache.lock().expect("cache");
         cache.get(service).filter(|c| c.expires > Instant::now()).cloned()
+    }
+
+    /// Every cached credential this client drops because of a notice, as it
+    /// happens (for runtimes that hold credentials outside this cache).
+    pub fn invalidations(&self) -> tokio::sync::broadcast::Receiver<Invalidation> {
+        self.inner.invalidations.subscribe()
     }
 
     /// Whether the notice channel is known to be up.
@@ -255,6 +277,7 @@ impl AgentClient {
                     continue;
                 };
                 let mut cache = inner.cache.lock().expect("cache");
+                let before = cache.len();
                 match (notice.kind, notice.bound) {
                     // Being bound to a connection never makes an earlier
                     // answer wrong by itself: moving away from another
@@ -272,6 +295,14 @@ impl AgentClient {
                         inner.generation.fetch_add(1, Ordering::SeqCst);
                         cache.retain(|_, credential| credential.connection_id != notice.connection_id);
                     }
+                }
+                if cache.len() < before {
+                    let _ = inner.invalidations.send(Invalidation {
+                        connection_id: notice.connection_id.clone(),
+                        service: notice.service.clone(),
+                        kind: notice.kind,
+                        at: Instant::now(),
+                    });
                 }
             }
         });

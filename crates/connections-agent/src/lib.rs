@@ -26,5 +26,6 @@
 mod client;
 mod credential;
 
-pub use client::{AgentClient, AgentConfig, ConnectError, ResolveError};
+pub use client::{AgentClient, AgentConfig, ConnectError, Invalidation, ResolveError};
+pub use connections_fanout::NoticeKind;
 pub use credential::ResolvedCredential;

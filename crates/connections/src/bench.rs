@@ -3,6 +3,7 @@
 
 mod append;
 mod fanout;
+mod revocation;
 mod stats;
 
 use clap::Subcommand;
@@ -17,6 +18,10 @@ pub enum BenchCommand {
     /// projection lag under a fixed command rate, and full-rebuild
     /// throughput against a raw scan of the same events.
     Fanout(fanout::FanoutOptions),
+    /// Revocation: revoke → every cached agent client dropping the
+    /// credential, against a raw core-NATS fan-out to as many subscribers;
+    /// resolve latency uncached and from the cache.
+    Revocation(revocation::RevocationOptions),
 }
 
 /// Runs one benchmark.
@@ -24,5 +29,6 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Append(options) => append::run(options).await,
         BenchCommand::Fanout(options) => fanout::run(options).await,
+        BenchCommand::Revocation(options) => revocation::run(options).await,
     }
 }

@@ -1,0 +1,313 @@
+//! The revocation benchmark.
+//!
+//! For N agent clients (each with its own NATS connection and the credential
+//! cached), revocations at a fixed pace; for each, the time from the revoke
+//! call's return — and, separately, from its commit (observed as the
+//! commit's NOTIFY) — until the last of the N clients dropped the credential.
+//! In the same run, the floor: a raw core-NATS publish to N subscribers on
+//! the same server, until the last one received it. Then resolve latency,
+//! uncached (HTTP, recorded in the access log) and from the cache.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::serve::ListenerExt;
+use connections_agent::{AgentClient, AgentConfig};
+use connections_api::auth::{mint_agent_token, mint_user_token, Authenticator};
+use connections_api::{router, AppState};
+use connections_domain::{AgentId, OwnerId};
+use connections_fanout::relay::{self, RelayConfig};
+use connections_fanout::{Names, Signals};
+use connections_sealing::MasterKey;
+use connections_store::{connect_pool, ensure_database, migrate};
+use futures_util::StreamExt;
+use serde_json::json;
+use tokio::sync::watch;
+
+use super::stats::{ms, Summary};
+
+/// Options of `connections bench revocation`.
+#[derive(clap::Args)]
+pub struct RevocationOptions {
+    /// The Postgres server (a fresh database is created on it and dropped after).
+    #[arg(long, env = "CONNECTIONS_BENCH_SERVER", default_value = "postgres://postgres@127.0.0.1:5432")]
+    server: String,
+    /// The NATS server.
+    #[arg(long, env = "CONNECTIONS_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    /// Client counts.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1, 100, 1000])]
+    clients: Vec<usize>,
+    /// Revocations per client count (one every 200 ms).
+    #[arg(long, default_value_t = 20)]
+    rounds: usize,
+}
+
+/// Runs the benchmark.
+pub async fn run(options: RevocationOptions) -> anyhow::Result<()> {
+    let name = format!("connections_bench_{}", uuid::Uuid::now_v7().simple());
+    let url = format!("{}/{}", options.server.trim_end_matches('/'), name);
+    ensure_database(&url).await?;
+    migrate(&url).await?;
+    let names = Names::new(&format!("rbench{}", &uuid::Uuid::now_v7().simple().to_string()[20..]))?;
+    let result = run_on(&url, &names, &options).await;
+    let context = async_nats::jetstream::new(async_nats::connect(&options.nats_url).await?);
+    let _ = context.delete_stream(names.events_stream()).await;
+    let _ = context.delete_stream(names.notices_stream()).await;
+    super::append::drop_database(&options.server, &name).await?;
+    result
+}
+
+async fn run_on(url: &str, names: &Names, options: &RevocationOptions) -> anyhow::Result<()> {
+    let database = connect_pool(url, 16)?;
+    let secret = MasterKey::generate_base64()?.into_bytes();
+    let signals = Signals::new();
+    let (stop, stopping) = watch::channel(false);
+    let relay = tokio::spawn(relay::run(
+        database.clone(),
+        RelayConfig::new(names.clone(), url.to_owned(), options.nats_url.clone()),
+        signals.clone(),
+        stopping,
+    ));
+    let state = AppState {
+        database: database.clone(),
+        master_key: Arc::new(MasterKey::from_base64("bench", &MasterKey::generate_base64()?)?),
+        authenticator: Arc::new(Authenticator::hs256(&secret)?),
+        signals: signals.clone(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let listener = listener.tap_io(|stream| {
+        let _ = stream.set_nodelay(true);
+    });
+    tokio::spawn(async move { axum::serve(listener, router(state)).await });
+    let commits = CommitWatch::start(url).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    println!("bench revocation: {} revocations per client count, one every 200 ms", options.rounds);
+    println!("{:>6} {:<38} {:>9} {:>9} {:>9}", "N", "measurement", "p50 ms", "p99 ms", "max ms");
+    let mut resolve_samples = Vec::new();
+    for &n in &options.clients {
+        let (from_return, from_commit, uncached) = revocations(&base, &secret, names, options, n, &commits).await?;
+        resolve_samples.extend(uncached);
+        let floor = raw_fanout(&options.nats_url, n, options.rounds).await?;
+        for (label, summary) in [
+            ("revoke returned → last client dropped", &from_return),
+            ("commit → last client dropped", &from_commit),
+            ("raw core NATS publish → last of N", &floor),
+        ] {
+            println!("{:>6} {:<38} {:>9} {:>9} {:>9}", n, label, ms(summary.p50), ms(summary.p99), ms(summary.max));
+        }
+        let margin = from_return.p99.saturating_sub(floor.p99);
+        println!("{:>6} {:<38} {:>9} {:>9}", n, "difference (revocation − raw)", "", ms(margin));
+    }
+    let uncached = Summary::new(resolve_samples, Duration::from_secs(1));
+    let cached = cached_resolve(&base, &secret, names, options).await?;
+    println!(
+        "resolve, uncached (HTTP + access log): p50 {} ms, p99 {} ms over {} calls",
+        ms(uncached.p50),
+        ms(uncached.p99),
+        uncached.operations
+    );
+    println!(
+        "resolve, from the cache: p50 {} ns, p99 {} ns, max {} ns over {} calls",
+        cached.p50.as_nanos(),
+        cached.p99.as_nanos(),
+        cached.max.as_nanos(),
+        cached.operations
+    );
+    let _ = stop.send(true);
+    let _ = relay.await;
+    database.pool().close();
+    Ok(())
+}
+
+/// N clients cache one owner's default; `rounds` times: revoke, measure,
+/// set up a fresh default, let the clients cache it again.
+async fn revocations(
+    base: &str,
+    secret: &[u8],
+    names: &Names,
+    options: &RevocationOptions,
+    n: usize,
+    commits: &CommitWatch,
+) -> anyhow::Result<(Summary, Summary, Vec<Duration>)> {
+    let owner = OwnerId::parse(format!("owner-{n}")).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let user_token = mint_user_token(secret, &owner, chrono::Utc::now().timestamp() + 3600)?;
+    let http = reqwest::Client::new();
+    let mut clients = Vec::with_capacity(n);
+    let mut receivers = Vec::with_capacity(n);
+    for i in 0..n {
+        let agent = AgentId::parse(format!("agent-{i}")).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let token = mint_agent_token(secret, &agent, &owner, chrono::Utc::now().timestamp() + 3600)?;
+        let config = AgentConfig::new(base, token, &options.nats_url, names.prefix(), owner.as_str(), agent.as_str());
+        let client = AgentClient::connect(config).await?;
+        receivers.push(client.invalidations());
+        clients.push(client);
+    }
+    let mut from_return = Vec::new();
+    let mut from_commit = Vec::new();
+    let mut uncached = Vec::new();
+    for _ in 0..options.rounds {
+        // A fresh default, cached by every client (bounded concurrency).
+        let created: serde_json::Value = http
+            .post(format!("{base}/v1/connections"))
+            .bearer_auth(&user_token)
+            .json(&json!({"service": "svc", "name": "bench", "credential": {"kind": "api_key", "key": "k"}}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let id = created["connection_id"].as_str().unwrap_or_default().to_owned();
+        http.put(format!("{base}/v1/services/svc/default"))
+            .bearer_auth(&user_token)
+            .json(&json!({"connection_id": id}))
+            .send()
+            .await?;
+        let resolved = futures_util::stream::iter(clients.iter())
+            .map(|client| async move {
+                let started = Instant::now();
+                let ok = client.resolve("svc").await.is_ok();
+                (ok, started.elapsed())
+            })
+            .buffer_unordered(32)
+            .collect::<Vec<_>>()
+            .await;
+        uncached.extend(resolved.iter().map(|(_, d)| *d));
+        anyhow::ensure!(resolved.iter().all(|(ok, _)| *ok), "a client could not resolve");
+        anyhow::ensure!(clients.iter().all(|c| c.cached("svc").is_some()), "a client did not cache");
+        for receiver in &mut receivers {
+            while receiver.try_recv().is_ok() {}
+        }
+        commits.clear();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+
+        let response = http.delete(format!("{base}/v1/connections/{id}")).bearer_auth(&user_token).send().await?;
+        let returned = Instant::now();
+        anyhow::ensure!(response.status() == 200, "revoke answered {}", response.status());
+        let mut last = returned;
+        for receiver in &mut receivers {
+            let invalidation = loop {
+                let invalidation = tokio::time::timeout(Duration::from_secs(10), receiver.recv()).await??;
+                if invalidation.connection_id == id {
+                    break invalidation;
+                }
+            };
+            last = last.max(invalidation.at);
+        }
+        from_return.push(last.saturating_duration_since(returned));
+        if let Some(committed) = commits.first_after(returned - Duration::from_secs(5)) {
+            from_commit.push(last.saturating_duration_since(committed));
+        }
+    }
+    let window = Duration::from_secs(1);
+    Ok((Summary::new(from_return, window), Summary::new(from_commit, window), uncached))
+}
+
+/// Records when commits are announced (the NOTIFY right after COMMIT).
+struct CommitWatch {
+    seen: Arc<std::sync::Mutex<Vec<Instant>>>,
+    _client: tokio_postgres::Client,
+}
+
+impl CommitWatch {
+    async fn start(url: &str) -> anyhow::Result<Self> {
+        let config = tokio_postgres::Config::from_str(url)?;
+        let (client, mut connection) = config.connect(tokio_postgres::NoTls).await?;
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let recorder = seen.clone();
+        tokio::spawn(async move {
+            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(Ok(message)) = messages.next().await {
+                if let tokio_postgres::AsyncMessage::Notification(_) = message {
+                    recorder.lock().expect("commits").push(Instant::now());
+                }
+            }
+        });
+        client.batch_execute(&format!("LISTEN {}", connections_fanout::EVENTS_CHANNEL)).await?;
+        Ok(Self { seen, _client: client })
+    }
+
+    fn clear(&self) {
+        self.seen.lock().expect("commits").clear();
+    }
+
+    fn first_after(&self, after: Instant) -> Option<Instant> {
+        self.seen.lock().expect("commits").iter().copied().find(|at| *at >= after)
+    }
+}
+
+/// The floor: a core-NATS publish to N subscribers (one connection each),
+/// until the last one has it.
+async fn raw_fanout(nats_url: &str, n: usize, rounds: usize) -> anyhow::Result<Summary> {
+    let subject = format!("rawbench.{}", uuid::Uuid::now_v7().simple());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut subscribers = Vec::with_capacity(n);
+    for _ in 0..n {
+        let client = async_nats::connect(nats_url).await?;
+        let mut subscription = client.subscribe(subject.clone()).await?;
+        client.flush().await?;
+        let tx = tx.clone();
+        subscribers.push(tokio::spawn(async move {
+            let _client = client;
+            while subscription.next().await.is_some() {
+                let _ = tx.send(Instant::now());
+            }
+        }));
+    }
+    let publisher = async_nats::connect(nats_url).await?;
+    let mut samples = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let sent = Instant::now();
+        publisher.publish(subject.clone(), "revoked".into()).await?;
+        publisher.flush().await?;
+        let mut last = sent;
+        for _ in 0..n {
+            last = last.max(tokio::time::timeout(Duration::from_secs(10), rx.recv()).await?.unwrap_or(sent));
+        }
+        samples.push(last - sent);
+    }
+    for subscriber in subscribers {
+        subscriber.abort();
+    }
+    Ok(Summary::new(samples, Duration::from_secs(1)))
+}
+
+/// Cache hits: one client, many calls.
+async fn cached_resolve(
+    base: &str,
+    secret: &[u8],
+    names: &Names,
+    options: &RevocationOptions,
+) -> anyhow::Result<Summary> {
+    let owner = OwnerId::parse("owner-cache").map_err(|e| anyhow::anyhow!("{e}"))?;
+    let agent = AgentId::parse("agent-cache").map_err(|e| anyhow::anyhow!("{e}"))?;
+    let user_token = mint_user_token(secret, &owner, chrono::Utc::now().timestamp() + 3600)?;
+    reqwest::Client::new()
+        .post(format!("{base}/v1/connections"))
+        .bearer_auth(&user_token)
+        .json(&json!({"service": "svc", "name": "c", "agent_id": "agent-cache", "credential": {"kind": "api_key", "key": "k"}}))
+        .send()
+        .await?;
+    let token = mint_agent_token(secret, &agent, &owner, chrono::Utc::now().timestamp() + 3600)?;
+    let client = AgentClient::connect(AgentConfig::new(
+        base,
+        token,
+        &options.nats_url,
+        names.prefix(),
+        "owner-cache",
+        "agent-cache",
+    ))
+    .await?;
+    client.resolve("svc").await?;
+    let mut samples = Vec::with_capacity(100_000);
+    for _ in 0..100_000 {
+        let started = Instant::now();
+        let hit = client.resolve("svc").await?;
+        samples.push(started.elapsed());
+        std::hint::black_box(hit);
+    }
+    Ok(Summary::new(samples, Duration::from_secs(1)))
+}
