@@ -99,6 +99,7 @@ pub async fn execute(
             Err(AttemptError::Conflict) => {
                 tracing::debug!(attempt, "optimistic concurrency conflict, retrying");
                 transaction.rollback().await?;
+                backoff(attempt).await;
                 continue;
             }
             Err(AttemptError::Refused(error)) => {
@@ -121,6 +122,15 @@ pub async fn execute(
         }
     }
     Err(ApiError::ConcurrencyExhausted)
+}
+
+/// A short random pause before retrying a lost race, growing with the
+/// attempt, so that many writers on one stream do not collide in lockstep.
+pub async fn backoff(attempt: usize) {
+    use std::hash::{BuildHasher, Hasher};
+    let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    let micros = random % (500 * attempt as u64 + 1);
+    tokio::time::sleep(std::time::Duration::from_micros(micros)).await;
 }
 
 enum AttemptError {

@@ -16,7 +16,7 @@ use connections_store::{
 };
 
 use crate::auth::AuthenticatedAgent;
-use crate::commands::{fold, MAX_ATTEMPTS};
+use crate::commands::{backoff, fold, MAX_ATTEMPTS};
 use crate::problem::ApiError;
 use crate::state::AppState;
 
@@ -46,7 +46,7 @@ pub async fn resolve(
 ) -> Result<Resolution, ApiError> {
     let request_id = uuid::Uuid::now_v7();
     let stream_id = StreamId::owner_service(&agent.owner, service);
-    for _ in 0..MAX_ATTEMPTS {
+    for attempt in 1..=MAX_ATTEMPTS {
         let transaction = PipelinedTransaction::new(app.database.pool().get().await.map_err(StoreError::from)?);
         let (begun, read) =
             futures::future::join(transaction.begin(), EventLog::read_stream(transaction.client(), &stream_id)).await;
@@ -85,6 +85,7 @@ pub async fn resolve(
                 Ok(positions) => position = positions.last().copied().unwrap_or(position),
                 Err(StoreError::Conflict { .. }) => {
                     transaction.rollback().await?;
+                    backoff(attempt).await;
                     continue;
                 }
                 Err(other) => return Err(other.into()),
