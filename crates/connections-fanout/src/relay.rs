@@ -219,15 +219,28 @@ async fn publish_notices(
     batch: &[connections_store::RecordedEvent],
     mut previous: LogCursor,
 ) -> Result<(), RelayError> {
-    let mut acks = Vec::new();
+    let mut notices = Vec::new();
     for event in batch {
         let envelope = Envelope::new(event, (previous != LogCursor::default()).then_some(previous))
             .ok_or(RelayError::Unroutable(event.position))?;
         previous = event.cursor();
-        let Some((subject, notice)) = crate::notice::Notice::for_event(&envelope, names) else { continue };
+        if let Some((subject, notice)) = crate::notice::Notice::for_event(&envelope, names) {
+            notices.push((subject, notice));
+        }
+    }
+    // Revocations first: revoking a connection used by many agents also ends
+    // every binding, and those notices must not delay the one that matters
+    // most. Notices only invalidate, so their relative order is free.
+    notices.sort_by_key(|(_, notice)| match notice.kind {
+        crate::notice::NoticeKind::Revoked => 0,
+        crate::notice::NoticeKind::Rotated => 1,
+        crate::notice::NoticeKind::BindingChanged => 2,
+    });
+    let mut acks = Vec::with_capacity(notices.len());
+    for (subject, notice) in notices {
         let payload = serde_json::to_vec(&notice).expect("a notice always serializes");
         let message =
-            PublishMessage::build().payload(Bytes::from(payload)).message_id(format!("notice-{}", event.event_id));
+            PublishMessage::build().payload(Bytes::from(payload)).message_id(format!("notice-{}", notice.event_id));
         acks.push(context.send_publish(subject, message).await.map_err(nats_error)?);
     }
     for ack in acks {

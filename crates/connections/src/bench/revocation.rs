@@ -145,35 +145,41 @@ async fn revocations(
     }
     let mut from_return = Vec::new();
     let mut from_commit = Vec::new();
-    for _ in 0..options.rounds {
+    for round in 0..options.rounds {
+        // Each round on a service of its own, so that each round's stream
+        // starts empty (a stream is folded whole per command).
+        let service = format!("svc{round}");
         // A fresh default, cached by every client (bounded concurrency).
         let created: serde_json::Value = http
             .post(format!("{base}/v1/connections"))
             .bearer_auth(&user_token)
-            .json(&json!({"service": "svc", "name": "bench", "credential": {"kind": "api_key", "key": "k"}}))
+            .json(&json!({"service": service, "name": "bench", "credential": {"kind": "api_key", "key": "k"}}))
             .send()
             .await?
             .json()
             .await?;
         let id = created["connection_id"].as_str().unwrap_or_default().to_owned();
-        http.put(format!("{base}/v1/services/svc/default"))
+        http.put(format!("{base}/v1/services/{service}/default"))
             .bearer_auth(&user_token)
             .json(&json!({"connection_id": id}))
             .send()
             .await?;
         let resolved = futures_util::stream::iter(clients.iter())
-            .map(|client| async move {
-                // Every agent binds the new default on its first resolve, all
-                // on the owner's one stream for the service: concurrent first
-                // resolves contend (see the note), so few at a time, retried.
-                let mut outcome = Err("not tried".to_owned());
-                for _ in 0..5 {
-                    outcome = client.resolve("svc").await.map(|_| ()).map_err(|e| e.to_string());
-                    if outcome.is_ok() {
-                        break;
+            .map(|client| {
+                let service = service.clone();
+                async move {
+                    // Every agent binds the new default on its first resolve, all
+                    // on the owner's one stream for the service: concurrent first
+                    // resolves contend (see the note), so few at a time, retried.
+                    let mut outcome = Err("not tried".to_owned());
+                    for _ in 0..5 {
+                        outcome = client.resolve(&service).await.map(|_| ()).map_err(|e| e.to_string());
+                        if outcome.is_ok() {
+                            break;
+                        }
                     }
+                    outcome
                 }
-                outcome
             })
             .buffer_unordered(2)
             .collect::<Vec<_>>()
@@ -181,7 +187,7 @@ async fn revocations(
         if let Some(Err(error)) = resolved.iter().find(|r| r.is_err()) {
             anyhow::bail!("a client could not resolve: {error}");
         }
-        anyhow::ensure!(clients.iter().all(|c| c.cached("svc").is_some()), "a client did not cache");
+        anyhow::ensure!(clients.iter().all(|c| c.cached(&service).is_some()), "a client did not cache");
         for receiver in &mut receivers {
             while receiver.try_recv().is_ok() {}
         }
