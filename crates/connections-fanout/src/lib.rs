@@ -15,8 +15,10 @@ mod names;
 pub mod nats;
 mod notice;
 pub mod relay;
+mod restarts;
 
 pub use envelope::{Envelope, EnvelopeCursor};
 pub use listener::{format_cursor, parse_cursor, LogListener, Signals, EVENTS_CHANNEL, PROJECTED_CHANNEL};
 pub use names::{Names, NamesError};
 pub use notice::{Notice, NoticeKind};
+pub use restarts::Restarts;

@@ -30,6 +30,7 @@ use crate::envelope::Envelope;
 use crate::listener::{LogListener, Signals};
 use crate::names::Names;
 use crate::nats;
+use crate::restarts::Restarts;
 
 /// How the relay runs.
 #[derive(Clone)]
@@ -85,18 +86,11 @@ fn nats_error(error: impl std::fmt::Display) -> RelayError {
 /// Runs the relay until `shutdown` turns true, restarting sessions after
 /// failures with a bounded backoff.
 pub async fn run(database: Database, config: RelayConfig, signals: Signals, mut shutdown: watch::Receiver<bool>) {
-    let mut backoff = Duration::from_millis(100);
+    let mut restarts = Restarts::new();
     while !*shutdown.borrow() {
         match session(&database, &config, &signals, &mut shutdown).await {
             Ok(()) => break,
-            Err(error) => {
-                tracing::warn!(%error, "relay session ended; restarting");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.changed() => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-            }
+            Err(error) => restarts.after_failure("relay", &error, &mut shutdown).await,
         }
     }
     tracing::info!("relay stopped");

@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
-use connections_fanout::{format_cursor, nats, Envelope, LogListener, Names, Signals, PROJECTED_CHANNEL};
+use connections_fanout::{format_cursor, nats, Envelope, LogListener, Names, Restarts, Signals, PROJECTED_CHANNEL};
 use connections_store::{Database, LogCursor, StoreError};
 use futures_util::StreamExt;
 use tokio::sync::watch;
@@ -74,18 +74,11 @@ fn nats_error(error: impl std::fmt::Display) -> ProjectorError {
 
 /// Runs the dashboard projector until `shutdown` turns true.
 pub async fn run(database: Database, config: ProjectorConfig, signals: Signals, mut shutdown: watch::Receiver<bool>) {
-    let mut backoff = Duration::from_millis(100);
+    let mut restarts = Restarts::new();
     while !*shutdown.borrow() {
         match session(&database, &config, &signals, &mut shutdown).await {
             Ok(()) => break,
-            Err(error) => {
-                tracing::warn!(%error, "projector session ended; restarting");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.changed() => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-            }
+            Err(error) => restarts.after_failure("projector", &error, &mut shutdown).await,
         }
     }
     tracing::info!("projector stopped");
