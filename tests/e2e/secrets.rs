@@ -52,6 +52,18 @@ async fn a_canary_secret_never_reaches_the_database_dump_or_the_logs() {
         .expect("malformed");
     assert_eq!(malformed.status(), 400);
     assert!(!malformed.text().await.expect("body").contains(&canary));
+    // The plaintext leaves exactly once: in an agent's resolve answer.
+    let resolved: serde_json::Value = client
+        .post(format!("{}/v1/resolve", server.base))
+        .bearer_auth(server.agent_token("agent-1", "alice"))
+        .json(&json!({"service": "github"}))
+        .send()
+        .await
+        .expect("resolve")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(resolved["credential"]["password"], json!(canary), "the agent gets the rotated credential");
     let revoked =
         client.delete(format!("{}/v1/connections/{id}", server.base)).bearer_auth(&token).send().await.expect("revoke");
     assert_eq!(revoked.status(), 200);
