@@ -73,6 +73,17 @@ proptest! {
                     prop_assert_eq!(affected_agents, &before.agents_of(*connection_id));
                 }
             }
+            // Resolution never changes anything but the asking agent's binding,
+            // and only ever to the owner's default.
+            if let (Command::ResolveForAgent { agent_id }, Ok(events)) = (&request.command, &result) {
+                for event in events {
+                    prop_assert!(
+                        matches!(event, Event::AgentAssigned { agent_id: a, connection_id, source: BindingSource::Default }
+                            if a == agent_id && Some(*connection_id) == before.default),
+                        "resolution produced {:?}", event
+                    );
+                }
+            }
             // Revoking twice appends nothing.
             if let Command::RevokeConnection { connection_id } = &request.command {
                 let again = decide(&state, &request);
