@@ -32,4 +32,16 @@ impl StoreError {
     pub(crate) fn is_unique_violation(error: &tokio_postgres::Error) -> bool {
         error.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
     }
+
+    /// A database error, where a unique violation means another writer
+    /// won the race on `stream_id`.
+    pub(crate) fn raced_on(stream_id: &str) -> impl FnOnce(tokio_postgres::Error) -> StoreError + '_ {
+        move |error| {
+            if Self::is_unique_violation(&error) {
+                StoreError::Conflict { stream_id: stream_id.to_owned() }
+            } else {
+                StoreError::Database(error)
+            }
+        }
+    }
 }

@@ -33,13 +33,7 @@ impl ConnectionLocation {
         client
             .execute(&statement, &[&connection_id.as_uuid(), &location.owner.as_str(), &location.service.as_str()])
             .await
-            .map_err(|e| {
-                if StoreError::is_unique_violation(&e) {
-                    StoreError::Conflict { stream_id: location.stream_id().as_str().to_owned() }
-                } else {
-                    e.into()
-                }
-            })?;
+            .map_err(StoreError::raced_on(location.stream_id().as_str()))?;
         Ok(())
     }
 

@@ -168,20 +168,13 @@ impl EventLog {
                 let data: Vec<&Value> = append.events.iter().map(|e| &e.data).collect();
                 let expected = append.expected_version.map(|v| v.0 as i64);
                 let conflict = || StoreError::Conflict { stream_id: append.stream_id.0.clone() };
-                let rows =
-                    transaction
-                        .query(
-                            statement,
-                            &[&append.stream_id.as_str(), &expected, &ids, &types, &schema_versions, &data, metadata],
-                        )
-                        .await
-                        .map_err(|e| {
-                            if StoreError::is_unique_violation(&e) {
-                                conflict()
-                            } else {
-                                StoreError::Database(e)
-                            }
-                        })?;
+                let rows = transaction
+                    .query(
+                        statement,
+                        &[&append.stream_id.as_str(), &expected, &ids, &types, &schema_versions, &data, metadata],
+                    )
+                    .await
+                    .map_err(StoreError::raced_on(append.stream_id.as_str()))?;
                 // No row means the stream was not at the expected version.
                 if rows.len() != append.events.len() {
                     return Err(conflict());

@@ -42,13 +42,7 @@ impl StoredCredential {
                 ],
             )
             .await
-            .map_err(|e| {
-                if StoreError::is_unique_violation(&e) {
-                    StoreError::Conflict { stream_id: location.stream_id().as_str().to_owned() }
-                } else {
-                    e.into()
-                }
-            })?;
+            .map_err(StoreError::raced_on(location.stream_id().as_str()))?;
         Ok(())
     }
 
