@@ -50,3 +50,41 @@ fn serve_refuses_to_start_without_a_master_key() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("CONNECTIONS_MASTER_KEY"));
 }
+
+#[test]
+fn audit_history_lists_a_connections_events_and_refuses_bad_ids() {
+    let server = connections_e2e::Server::start(&[]);
+    let created = Command::new("curl")
+        .args(["-sf", "-X", "POST", &format!("{}/v1/connections", server.base)])
+        .args(["-H", &format!("Authorization: Bearer {}", server.token("alice")), "-H", "Content-Type: application/json"])
+        .args(["-d", r#"{"service":"github","name":"Work","agent_id":"agent-1","credential":{"kind":"api_key","key":"audit-canary"}}"#])
+        .output()
+        .expect("curl");
+    let body: serde_json::Value = serde_json::from_slice(&created.stdout).expect("JSON");
+    let id = body["connection_id"].as_str().expect("id");
+    let audit = |args: &[&str]| {
+        Command::new(binary())
+            .arg("audit")
+            .args(args)
+            .env("CONNECTIONS_DATABASE_URL", &server.database_url)
+            .output()
+            .expect("run connections audit")
+    };
+    let history = audit(&["history", "--connection", id, "--json"]);
+    assert!(history.status.success(), "{}", String::from_utf8_lossy(&history.stderr));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&history.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .collect();
+    let types: Vec<&str> = lines.iter().map(|l| l["event_type"].as_str().expect("type")).collect();
+    assert_eq!(types, vec!["connection_created", "agent_assigned"]);
+    assert!(!String::from_utf8_lossy(&history.stdout).contains("audit-canary"));
+    let by_owner = audit(&["history", "--owner", "alice"]);
+    assert!(String::from_utf8_lossy(&by_owner.stdout).contains("connection_created"));
+    let unknown = audit(&["history", "--owner", "nobody"]);
+    assert!(unknown.status.success(), "an unknown id is an empty answer, not an error");
+    assert!(String::from_utf8_lossy(&unknown.stdout).contains("(no events)"));
+    let bad = audit(&["history", "--connection", "not-a-uuid"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--connection must be a UUID"));
+}

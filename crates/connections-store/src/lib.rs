@@ -12,6 +12,7 @@ mod access_log;
 pub mod codec;
 mod database;
 mod error;
+pub mod history;
 mod idempotency;
 mod locator;
 mod log;

@@ -119,7 +119,7 @@ pub struct LogCursor {
 
 // The text form of transaction_id gets its own name: ORDER BY prefers output
 // column names, and sorting transaction ids as text is wrong past each power of ten.
-const COLUMNS: &str =
+pub(crate) const COLUMNS: &str =
     "position, transaction_id::text AS transaction_id_text, event_id, stream_id, stream_version, event_type, \
                        schema_version, data, metadata, recorded_at";
 
@@ -248,7 +248,7 @@ impl EventLog {
     }
 }
 
-fn recorded(row: &Row) -> Result<RecordedEvent, StoreError> {
+pub(crate) fn recorded(row: &Row) -> Result<RecordedEvent, StoreError> {
     let transaction_id: String = row.get(1);
     let stream_version: i64 = row.get(4);
     Ok(RecordedEvent {

@@ -1,5 +1,6 @@
 //! `connections`: the server binary and its tools.
 
+mod audit;
 mod bench;
 mod config;
 mod serve;
@@ -37,6 +38,9 @@ enum CliCommand {
         #[arg(long, default_value_t = 86_400)]
         ttl: i64,
     },
+    /// Audit the history in the event log.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Read-model maintenance.
     #[command(subcommand)]
     Projections(ProjectionsCommand),
@@ -111,6 +115,7 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        CliCommand::Audit(command) => audit::run(command, &config::Config::from_env()?.database_url).await,
         CliCommand::Bench(command) => bench::run(command).await,
     }
 }

@@ -4,6 +4,7 @@
 mod connections;
 pub mod dashboard;
 mod health;
+mod history;
 mod resolve;
 mod services;
 
@@ -31,6 +32,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/connections/{id}"),
     ("DELETE", "/v1/connections/{id}"),
     ("GET", "/v1/connections/{id}/agents"),
+    ("GET", "/v1/connections/{id}/history"),
     ("POST", "/v1/connections/{id}/agents"),
     ("DELETE", "/v1/connections/{id}/agents/{agent_id}"),
     ("PUT", "/v1/connections/{id}/credential"),
@@ -51,6 +53,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/connections/{id}/agents", get(dashboard::agents).post(connections::assign))
         .route("/v1/connections/{id}/agents/{agent_id}", delete(connections::unassign))
         .route("/v1/connections/{id}/credential", put(connections::rotate))
+        .route("/v1/connections/{id}/history", get(history::connection_history))
         .route("/v1/services/{service}/default", put(services::set_default).delete(services::clear_default))
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { method_not_allowed() })

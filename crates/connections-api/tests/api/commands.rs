@@ -174,3 +174,43 @@ async fn every_command_answer_carries_the_position_of_its_last_event() {
         app.db.client().await.query_one("SELECT max(position) FROM events", &[]).await.expect("head").get(0);
     assert_eq!(answer.body["position"], head);
 }
+
+#[tokio::test]
+async fn history_lists_every_event_about_the_connection_in_order_with_actors() {
+    let app = TestApp::new().await;
+    let id = app.create("alice", "github", Some("agent-1")).await;
+    let other = app.create("alice", "github", None).await;
+    app.send(
+        Method::PUT,
+        format!("/v1/connections/{id}/credential"),
+        Some("alice"),
+        Some(json!({"credential": {"kind": "api_key", "key": "rotated-secret"}})),
+    )
+    .await;
+    app.send(Method::DELETE, format!("/v1/connections/{id}"), Some("alice"), None).await;
+    let history = app.send(Method::GET, format!("/v1/connections/{id}/history"), Some("alice"), None).await;
+    assert_eq!(history.status, StatusCode::OK);
+    let types: Vec<&str> = history.body["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["event_type"].as_str().expect("type"))
+        .collect();
+    assert_eq!(
+        types,
+        vec!["connection_created", "agent_assigned", "credential_rotated", "agent_unassigned", "connection_revoked"]
+    );
+    assert!(history.body["events"].as_array().expect("events").iter().all(|e| e["actor"] == "alice"));
+    assert!(!history.body.to_string().contains(&other), "another connection's events do not belong here");
+    assert!(!history.body.to_string().contains("rotated-secret"), "history never carries secrets");
+
+    // Isolation and bad input.
+    let bob = app.send(Method::GET, format!("/v1/connections/{id}/history"), Some("bob"), None).await;
+    bob.assert_problem(StatusCode::NOT_FOUND, "not-found");
+    let absent =
+        app.send(Method::GET, format!("/v1/connections/{}/history", uuid::Uuid::now_v7()), Some("bob"), None).await;
+    assert_eq!(absent.body, bob.body);
+    app.send(Method::GET, "/v1/connections/nope/history", Some("alice"), None)
+        .await
+        .assert_problem(StatusCode::BAD_REQUEST, "invalid-input");
+}

@@ -1,0 +1,39 @@
+//! History reads for audit: an owner's or a connection's events in log order.
+
+use connections_domain::{ConnectionId, OwnerId};
+use deadpool_postgres::GenericClient;
+
+use crate::error::StoreError;
+use crate::log::{recorded, RecordedEvent, COLUMNS};
+
+/// Every event of `owner`'s streams, in the log's global order.
+pub async fn owner_history(client: &impl GenericClient, owner: &OwnerId) -> Result<Vec<RecordedEvent>, StoreError> {
+    let pattern = format!("owner-service/{owner}/%");
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {COLUMNS} FROM events WHERE stream_id LIKE $1 ORDER BY events.transaction_id, events.position"
+            ),
+            &[&pattern],
+        )
+        .await?;
+    rows.iter().map(recorded).collect()
+}
+
+/// Every event about one connection, in the log's global order.
+pub async fn connection_history(
+    client: &impl GenericClient,
+    connection_id: ConnectionId,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {COLUMNS} FROM events WHERE stream_id = (SELECT 'owner-service/' || owner_id || '/' || service \
+                 FROM connection_locator WHERE connection_id = $1) AND data->>'connection_id' = $1::text \
+                 ORDER BY events.transaction_id, events.position"
+            ),
+            &[&connection_id.as_uuid()],
+        )
+        .await?;
+    rows.iter().map(recorded).collect()
+}
