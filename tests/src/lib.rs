@@ -121,8 +121,12 @@ impl Server {
 /// Starts the binary and waits (bounded) for its `listening on` line.
 fn spawn(database_url: &str, env: &[(String, String)], output: &Arc<Mutex<String>>) -> (Child, String) {
     let mut command = Command::new(binary());
+    // A prefix of its own unless the test names one: servers must not share
+    // JetStream streams (the default prefix is shared by every deployment).
+    let prefix = format!("e2e{}", &uuid::Uuid::now_v7().simple().to_string()[16..]);
     command
         .arg("serve")
+        .env("CONNECTIONS_NATS_PREFIX", &prefix)
         .env("CONNECTIONS_LISTEN", "127.0.0.1:0")
         .env("CONNECTIONS_DATABASE_URL", database_url)
         .env("CONNECTIONS_JWT_SECRET", JWT_SECRET)

@@ -63,6 +63,10 @@ pub enum ProjectorError {
     /// A message that is not an envelope.
     #[error("message {0} is not an event envelope")]
     Malformed(u64),
+    /// Envelopes of events this log does not hold: the stream belongs to
+    /// another log (the relay rebuilds it); nothing is applied.
+    #[error("the stream carries events that are not in this log")]
+    ForeignStream,
     /// Leadership was lost.
     #[error("lost leadership")]
     LostLeadership,
@@ -168,6 +172,23 @@ async fn session(
 pub async fn apply_batch(database: &Database, envelopes: &[Envelope]) -> Result<Option<LogCursor>, ProjectorError> {
     let mut client = database.pool().get().await.map_err(StoreError::from)?;
     let transaction = client.transaction().await.map_err(StoreError::from)?;
+    // Trust nothing the stream says about this log: every envelope must be
+    // an event of this log at the same place (a stream left by another
+    // deployment under the same prefix is refused before the relay rebuilds it).
+    let ids: Vec<uuid::Uuid> = envelopes.iter().map(|e| e.event_id).collect();
+    let positions: Vec<i64> = envelopes.iter().map(|e| e.cursor.position).collect();
+    let known: i64 = transaction
+        .query_one(
+            "SELECT count(*) FROM events e JOIN unnest($1::uuid[], $2::int8[]) AS b(event_id, position) \
+             ON e.event_id = b.event_id AND e.position = b.position",
+            &[&ids, &positions],
+        )
+        .await
+        .map_err(StoreError::from)?
+        .get(0);
+    if known != envelopes.len() as i64 {
+        return Err(ProjectorError::ForeignStream);
+    }
     transaction.batch_execute("SET LOCAL ROLE connections_projector").await.map_err(StoreError::from)?;
     let mut cursor = checkpoint::load(&transaction, DASHBOARD, true).await?;
     let start = cursor;

@@ -203,3 +203,16 @@ async fn row_level_security_scopes_every_read_to_the_named_owner() {
         .get(0);
     assert!(forced, "row-level security must be enabled and forced");
 }
+
+#[tokio::test]
+async fn envelopes_of_another_log_are_refused_and_change_nothing() {
+    let db = TestDatabase::new().await;
+    let other = TestDatabase::new().await;
+    let ours = random_history(&db, 10, 4).await;
+    let theirs = random_history(&other, 10, 5).await;
+    apply_batch(&db.database, &envelopes(&ours)).await.expect("apply our log");
+    let before = snapshot(&db).await;
+    let result = apply_batch(&db.database, &envelopes(&theirs)).await;
+    assert!(matches!(result, Err(ProjectorError::ForeignStream)), "got {result:?}");
+    assert_eq!(snapshot(&db).await, before, "a foreign stream must not touch the read models");
+}
