@@ -84,6 +84,18 @@ impl LogListener {
         Ok(self.client.query_one("SELECT pg_try_advisory_lock($1)", &[&key]).await?.get(0))
     }
 
+    /// Waits until this listener holds the lock `key` (true), checking every
+    /// 500 ms, or until shutdown (false).
+    pub async fn lead(&self, key: i64, shutdown: &mut watch::Receiver<bool>) -> Result<bool, tokio_postgres::Error> {
+        while !self.try_lock(key).await? {
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+                _ = shutdown.changed() => return Ok(false),
+            }
+        }
+        Ok(true)
+    }
+
     /// Whether the connection (and so any lock it holds) is still up.
     pub fn is_alive(&self) -> bool {
         *self.alive.borrow()

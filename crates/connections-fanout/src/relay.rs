@@ -103,11 +103,8 @@ async fn session(
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), RelayError> {
     let listener = LogListener::connect(&config.database_url, signals.clone()).await?;
-    while !listener.try_lock(config.names.lock_key("relay")).await? {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            _ = shutdown.changed() => return Ok(()),
-        }
+    if !listener.lead(config.names.lock_key("relay"), shutdown).await? {
+        return Ok(());
     }
     let client = nats::connect(&config.nats_url, "connections-relay").await.map_err(nats_error)?;
     let context = jetstream::new(client);

@@ -95,11 +95,8 @@ async fn session(
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), ProjectorError> {
     let listener = LogListener::connect(&config.database_url, signals.clone()).await?;
-    while !listener.try_lock(config.names.lock_key("projector-dashboard")).await? {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            _ = shutdown.changed() => return Ok(()),
-        }
+    if !listener.lead(config.names.lock_key("projector-dashboard"), shutdown).await? {
+        return Ok(());
     }
     let client = nats::connect(&config.nats_url, "connections-projector").await.map_err(nats_error)?;
     let context = jetstream::new(client);
