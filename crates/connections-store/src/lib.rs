@@ -9,6 +9,7 @@
 //!   the connection locator, data keys and sealed credentials, idempotency keys.
 
 mod access_log;
+pub mod chain;
 pub mod codec;
 mod database;
 mod error;
@@ -17,6 +18,7 @@ mod idempotency;
 mod locator;
 mod log;
 mod migrate;
+mod seal;
 mod secrets;
 mod transaction;
 
@@ -25,7 +27,10 @@ pub use database::{connect_pool, ensure_database, Database};
 pub use error::StoreError;
 pub use idempotency::{IdempotencyClaim, StoredResponse};
 pub use locator::ConnectionLocation;
-pub use log::{EventLog, LogCursor, Metadata, NewEvent, RecordedEvent, StreamAppend, StreamId, StreamVersion};
+pub use log::{
+    recorded as event_from_row, EventLog, LogCursor, Metadata, NewEvent, RecordedEvent, StreamAppend, StreamId,
+    StreamVersion, COLUMNS as EVENT_COLUMNS,
+};
 pub use migrate::migrate;
 pub use secrets::StoredCredential;
 pub use transaction::PipelinedTransaction;

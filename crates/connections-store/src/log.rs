@@ -8,6 +8,7 @@ use serde_json::Value;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
+use crate::chain::{self, ChainHash};
 use crate::error::StoreError;
 
 /// A stream's id. Streams are the unit of optimistic concurrency.
@@ -75,8 +76,8 @@ pub struct Metadata {
     pub correlation_id: Uuid,
 }
 
-/// An event as stored.
-#[derive(Debug, Clone, PartialEq)]
+/// An event as stored (and, serialized, as an audit export carries it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RecordedEvent {
     /// Its position: unique, increasing within a transaction.
     pub position: i64,
@@ -98,6 +99,11 @@ pub struct RecordedEvent {
     pub metadata: Value,
     /// When the appending transaction started.
     pub recorded_at: DateTime<Utc>,
+    /// The hash of the stream's previous event (zeros for the first); `None`
+    /// only for a row written before chaining and not yet sealed.
+    pub previous_hash: Option<ChainHash>,
+    /// This event's link in its stream's chain (see [`crate::chain`]).
+    pub hash: Option<ChainHash>,
 }
 
 impl RecordedEvent {
@@ -117,24 +123,56 @@ pub struct LogCursor {
     pub position: i64,
 }
 
+/// The columns [`recorded`] reads, in order, for `SELECT {COLUMNS} FROM events`.
 // The text form of transaction_id gets its own name: ORDER BY prefers output
 // column names, and sorting transaction ids as text is wrong past each power of ten.
-pub(crate) const COLUMNS: &str =
+pub const COLUMNS: &str =
     "position, transaction_id::text AS transaction_id_text, event_id, stream_id, stream_version, event_type, \
-                       schema_version, data, metadata, recorded_at";
+                       schema_version, data, metadata, recorded_at, previous_hash, hash";
 
-/// One stream's append: the version check and the insert in one statement.
-/// Rows are numbered from the stream's current version, and only if that is
-/// the expected version; a concurrent append at the same versions hits the
-/// unique (stream_id, stream_version) constraint.
-const APPEND: &str = "WITH current AS ( \
-        SELECT coalesce(max(stream_version), 0) AS version FROM events WHERE stream_id = $1) \
-    INSERT INTO events (event_id, stream_id, stream_version, event_type, schema_version, data, metadata) \
-    SELECT e.event_id, $1, current.version + e.n, e.event_type, e.schema_version, e.data, $7::jsonb \
-    FROM current, unnest($3::uuid[], $4::text[], $5::int4[], $6::jsonb[]) \
-        WITH ORDINALITY AS e(event_id, event_type, schema_version, data, n) \
-    WHERE $2::int8 IS NULL OR current.version = $2 \
-    ORDER BY e.n \
+/// One stream's append: the version check, the hash chain and the insert in
+/// one statement. Rows are numbered from the stream's current version, and
+/// only if that is the expected version; a concurrent append at the same
+/// versions hits the unique (stream_id, stream_version) constraint. An append
+/// by a transaction older than the one that wrote the stream's head is a
+/// conflict too (the command retries in a new transaction), and so is one by a
+/// transaction that started before the head's: within a stream, version
+/// order is also the log's global order and recording-time order. Each row's
+/// hash chains to the previous row's (see [`crate::chain`]): positions are
+/// drawn from the identity sequence first (so that they are hashed), then the
+/// recursive CTE walks the new events in order. A failed version check wastes
+/// the drawn positions; positions are unique and increasing, never dense.
+const APPEND: &str = "WITH RECURSIVE head AS ( \
+        SELECT stream_version, hash, transaction_id, recorded_at FROM events WHERE stream_id = $1 \
+        ORDER BY stream_version DESC LIMIT 1), \
+    previous AS ( \
+        SELECT coalesce(head.stream_version, 0) AS version, \
+            CASE WHEN head.stream_version IS NULL THEN decode(repeat('00', 32), 'hex') ELSE head.hash END AS hash \
+        FROM (SELECT) AS one LEFT JOIN head ON true \
+        WHERE ($2::int8 IS NULL OR coalesce(head.stream_version, 0) = $2) \
+          AND (head.transaction_id IS NULL OR head.transaction_id <= pg_current_xact_id()) \
+          AND (head.recorded_at IS NULL OR head.recorded_at <= now())), \
+    input AS MATERIALIZED ( \
+        SELECT e.*, nextval('events_position_seq'::regclass) AS position \
+        FROM (SELECT * FROM unnest($3::uuid[], $4::text[], $5::int4[], $6::jsonb[], $8::bytea[]) \
+            WITH ORDINALITY AS u(event_id, event_type, schema_version, data, content, n) ORDER BY n) AS e), \
+    place AS ( \
+        SELECT pg_current_xact_id()::text::int8 AS transaction_id, now() AS recorded_at, \
+            (extract(epoch FROM now()) * 1000000)::int8 AS micros), \
+    chain AS ( \
+        SELECT 0::int8 AS n, previous.version, NULL::bytea AS previous_hash, previous.hash \
+        FROM previous \
+        UNION ALL \
+        SELECT input.n, chain.version + 1, chain.hash, \
+            sha256(chain.hash || input.content || int8send(chain.version + 1) || int8send(input.position) \
+                || int8send(place.transaction_id) || int8send(place.micros)) \
+        FROM chain JOIN input ON input.n = chain.n + 1 CROSS JOIN place) \
+    INSERT INTO events (position, event_id, stream_id, stream_version, event_type, schema_version, data, metadata, \
+        recorded_at, previous_hash, hash) OVERRIDING SYSTEM VALUE \
+    SELECT input.position, input.event_id, $1, chain.version, input.event_type, input.schema_version, input.data, \
+        $7::jsonb, place.recorded_at, chain.previous_hash, chain.hash \
+    FROM chain JOIN input USING (n) CROSS JOIN place \
+    ORDER BY n \
     RETURNING position";
 
 /// The event log's operations. Appends take a transaction so that all the
@@ -167,11 +205,34 @@ impl EventLog {
                 let schema_versions: Vec<i32> = append.events.iter().map(|e| e.schema_version).collect();
                 let data: Vec<&Value> = append.events.iter().map(|e| &e.data).collect();
                 let expected = append.expected_version.map(|v| v.0 as i64);
+                let contents: Vec<Vec<u8>> = append
+                    .events
+                    .iter()
+                    .map(|e| {
+                        chain::event_content(
+                            e.event_id,
+                            append.stream_id.as_str(),
+                            e.event_type,
+                            e.schema_version,
+                            &e.data,
+                            metadata,
+                        )
+                    })
+                    .collect();
                 let conflict = || StoreError::Conflict { stream_id: append.stream_id.0.clone() };
                 let rows = transaction
                     .query(
                         statement,
-                        &[&append.stream_id.as_str(), &expected, &ids, &types, &schema_versions, &data, metadata],
+                        &[
+                            &append.stream_id.as_str(),
+                            &expected,
+                            &ids,
+                            &types,
+                            &schema_versions,
+                            &data,
+                            metadata,
+                            &contents,
+                        ],
                     )
                     .await
                     .map_err(StoreError::raced_on(append.stream_id.as_str()))?;
@@ -248,7 +309,8 @@ impl EventLog {
     }
 }
 
-pub(crate) fn recorded(row: &Row) -> Result<RecordedEvent, StoreError> {
+/// An event from a row selected with [`COLUMNS`].
+pub fn recorded(row: &Row) -> Result<RecordedEvent, StoreError> {
     let transaction_id: String = row.get(1);
     let stream_version: i64 = row.get(4);
     Ok(RecordedEvent {
@@ -264,5 +326,16 @@ pub(crate) fn recorded(row: &Row) -> Result<RecordedEvent, StoreError> {
         data: row.get(7),
         metadata: row.get(8),
         recorded_at: row.get(9),
+        previous_hash: stored_hash(row, 10)?,
+        hash: stored_hash(row, 11)?,
     })
+}
+
+fn stored_hash(row: &Row, index: usize) -> Result<Option<ChainHash>, StoreError> {
+    match row.get::<_, Option<&[u8]>>(index) {
+        None => Ok(None),
+        Some(bytes) => ChainHash::from_slice(bytes)
+            .map(Some)
+            .ok_or_else(|| StoreError::Corrupt(format!("a stored hash of {} bytes", bytes.len()))),
+    }
 }

@@ -10,6 +10,20 @@ mod embedded {
     refinery::embed_migrations!("migrations");
 }
 
+/// The roles V2 creates are cluster-wide, and the advisory lock above is
+/// per database: two databases migrating at once (parallel tests) race on
+/// `CREATE ROLE`, and the loser gets `unique_violation`, which V2's
+/// `duplicate_object` handler does not catch. Creating them first, tolerating
+/// both, makes V2 find them.
+const ENSURE_ROLES: &str = "DO $$ BEGIN \
+        IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'connections_reader') THEN \
+            CREATE ROLE connections_reader NOLOGIN NOSUPERUSER NOBYPASSRLS; END IF; \
+    EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$; \
+    DO $$ BEGIN \
+        IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'connections_projector') THEN \
+            CREATE ROLE connections_projector NOLOGIN NOSUPERUSER NOBYPASSRLS; END IF; \
+    EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;";
+
 /// Applies every pending migration to the database at `url`. Safe to run
 /// concurrently from several processes: refinery takes its own lock table,
 /// and a losing racer finds the work done.
@@ -19,9 +33,17 @@ pub async fn migrate(url: &str) -> Result<(), StoreError> {
     let driver = tokio::spawn(connection);
     // Serialize concurrent migrators (several servers starting at once).
     client.batch_execute("SELECT pg_advisory_lock(7243001)").await?;
+    client.batch_execute(ENSURE_ROLES).await?;
     let report = embedded::migrations::runner().run_async(&mut client).await;
+    let sealed = match report {
+        Ok(_) => crate::seal::seal_unchained(&mut client).await,
+        Err(_) => Ok(0),
+    };
     client.batch_execute("SELECT pg_advisory_unlock(7243001)").await?;
     let report = report?;
+    if sealed? > 0 {
+        tracing::info!("sealed the hash chains of rows written before chaining");
+    }
     for migration in report.applied_migrations() {
         tracing::info!(migration = %migration, "applied migration");
     }

@@ -2,6 +2,7 @@
 //! Postgres server, each on a fresh database.
 
 mod append;
+mod chain;
 mod codec;
 mod global_order;
 mod side_tables;

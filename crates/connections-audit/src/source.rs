@@ -1,0 +1,152 @@
+//! Where audit records come from: the live Postgres log, or an export file.
+//! Both hand records to a [`Sink`] one at a time.
+
+use std::io::BufRead;
+
+use chrono::{DateTime, Utc};
+use connections_store::{event_from_row, LogCursor, EVENT_COLUMNS};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, IsolationLevel};
+use uuid::Uuid;
+
+use crate::record::{parse_line, AccessRecord, At, Line};
+use crate::{AuditError, Sink};
+
+/// Which part of the live log a pass reads.
+#[derive(Debug, Clone, Default)]
+pub struct LogFilter {
+    /// Only this owner's streams and access records.
+    pub owner: Option<String>,
+    /// Only this stream (a connection's).
+    pub stream_id: Option<String>,
+    /// Only events after this cursor.
+    pub from: Option<LogCursor>,
+    /// Only events recorded at or before this instant.
+    pub until: Option<DateTime<Utc>>,
+    /// Whether to read access records, and whose: `Some(None)` every
+    /// record the owner filter allows, `Some(Some(id))` one connection's.
+    pub accesses: Option<Option<Uuid>>,
+}
+
+/// Rows fetched per round trip: bounds memory whatever the log's size.
+const BATCH: i32 = 5_000;
+
+/// Reads the live log into `sink`, in one repeatable-read snapshot: events
+/// in the global order up to the horizon below which no transaction is still
+/// running (the same rule as every follower of the log), then access records
+/// per connection in chain order.
+pub async fn read_log(client: &mut Client, filter: &LogFilter, sink: &mut impl Sink) -> Result<(), AuditError> {
+    let transaction =
+        client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start().await?;
+    let statement = transaction
+        .prepare(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events \
+             WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
+               AND ($1::text IS NULL OR split_part(stream_id, '/', 2) = $1) \
+               AND ($2::text IS NULL OR stream_id = $2) \
+               AND ($3::text IS NULL OR (transaction_id, position) > ($3::text::xid8, $4::int8)) \
+               AND ($5::timestamptz IS NULL OR recorded_at <= $5) \
+             ORDER BY events.transaction_id, events.position"
+        ))
+        .await?;
+    let from_tx = filter.from.map(|c| c.transaction_id.to_string());
+    let from_position = filter.from.map(|c| c.position);
+    let params: [&(dyn ToSql + Sync); 5] = [&filter.owner, &filter.stream_id, &from_tx, &from_position, &filter.until];
+    let portal = transaction.bind(&statement, &params).await?;
+    loop {
+        let rows = transaction.query_portal(&portal, BATCH).await?;
+        if rows.is_empty() {
+            break;
+        }
+        for row in &rows {
+            let event = event_from_row(row)?;
+            sink.event(At::Position(event.position), &event)?;
+        }
+    }
+    if let Some(connection) = filter.accesses {
+        let statement = transaction
+            .prepare(
+                "SELECT access_id, connection_id, credential_version, agent_id, owner_id, request_id, accessed_at, \
+                        previous_hash, hash FROM access_log \
+                 WHERE ($1::text IS NULL OR owner_id = $1) AND ($2::uuid IS NULL OR connection_id = $2) \
+                 ORDER BY connection_id, access_id",
+            )
+            .await?;
+        let params: [&(dyn ToSql + Sync); 2] = [&filter.owner, &connection];
+        let portal = transaction.bind(&statement, &params).await?;
+        loop {
+            let rows = transaction.query_portal(&portal, BATCH).await?;
+            if rows.is_empty() {
+                break;
+            }
+            for row in &rows {
+                let hash = |index: usize| {
+                    row.get::<_, Option<&[u8]>>(index).map(|bytes| {
+                        connections_store::chain::ChainHash::from_slice(bytes).ok_or_else(|| {
+                            connections_store::StoreError::Corrupt(format!("an access hash of {} bytes", bytes.len()))
+                        })
+                    })
+                };
+                let access = AccessRecord {
+                    access_id: row.get(0),
+                    connection_id: row.get(1),
+                    credential_version: row.get(2),
+                    agent_id: row.get(3),
+                    owner_id: row.get(4),
+                    request_id: row.get(5),
+                    accessed_at: row.get(6),
+                    previous_hash: hash(7).transpose()?,
+                    hash: hash(8).transpose()?,
+                };
+                sink.access(At::AccessId(access.access_id), &access)?;
+            }
+        }
+    }
+    transaction.commit().await?;
+    Ok(())
+}
+
+/// Reads an export file into `sink`, line by line. Every line must be a
+/// complete record ending in a newline; the last must be the checkpoint.
+pub fn read_file(mut reader: impl BufRead, sink: &mut impl Sink) -> Result<(), AuditError> {
+    let mut buffer = Vec::with_capacity(1024);
+    let mut number = 0u64;
+    let mut closed = false;
+    let mut seen_access = false;
+    loop {
+        buffer.clear();
+        if reader.read_until(b'\n', &mut buffer)? == 0 {
+            break;
+        }
+        number += 1;
+        let at = At::Line(number);
+        let malformed = |message: &str| AuditError::Malformed { at, message: message.into() };
+        if buffer.pop() != Some(b'\n') {
+            return Err(AuditError::Truncated(format!("{at} ends without a newline (cut off mid-line)")));
+        }
+        if closed {
+            return Err(malformed("a record after the closing checkpoint"));
+        }
+        let text = std::str::from_utf8(&buffer).map_err(|_| malformed("not UTF-8"))?;
+        match parse_line(at, text)? {
+            Line::Event(event) => {
+                if seen_access {
+                    return Err(malformed("an event after the access records"));
+                }
+                sink.event(at, &event)?;
+            }
+            Line::Access(access) => {
+                seen_access = true;
+                sink.access(at, &access)?;
+            }
+            Line::Checkpoint(checkpoint) => {
+                closed = true;
+                sink.checkpoint(at, &checkpoint)?;
+            }
+        }
+    }
+    if !closed {
+        return Err(AuditError::Truncated(format!("it ends after line {number} without its closing checkpoint line")));
+    }
+    Ok(())
+}

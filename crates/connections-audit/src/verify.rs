@@ -1,0 +1,409 @@
+//! Walking the hash chains: the first broken link, pinpointed.
+//!
+//! Events arrive in the log's global order. Within a stream, versions must
+//! follow each other (the append statement keeps version order equal to the
+//! global order), each event must name its predecessor's hash, and its own
+//! hash must match its content and place. Access records are checked per
+//! connection the same way.
+
+use std::collections::HashMap;
+
+use chrono::Utc;
+use connections_store::chain::{self, ChainHash};
+use connections_store::{LogCursor, RecordedEvent};
+use uuid::Uuid;
+
+use crate::checkpoint::{AccessHead, Checkpoint, StreamHead, FORMAT};
+use crate::record::{AccessRecord, At};
+use crate::{AuditError, Sink};
+
+/// What is wrong at a place in the history.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Finding {
+    /// The row's content or place does not match its own hash.
+    #[error("{what} does not match its hash: its content, time or place was edited")]
+    Edited {
+        /// e.g. `stream owner-service/alice/github version 3`.
+        what: String,
+    },
+    /// The row does not name its predecessor's hash.
+    #[error("{what} does not link to the record before it: a record was inserted, deleted or moved before it")]
+    BrokenLink {
+        /// The row.
+        what: String,
+    },
+    /// Versions skip: events were deleted.
+    #[error("stream {stream_id} jumps from version {last} to {found}: events were deleted")]
+    Gap {
+        /// The stream.
+        stream_id: String,
+        /// The last version seen.
+        last: u64,
+        /// The version found.
+        found: u64,
+    },
+    /// A version or cursor goes backwards.
+    #[error("{what} is out of order (after {after}): records were reordered or duplicated")]
+    OutOfOrder {
+        /// The row.
+        what: String,
+        /// What came before it.
+        after: String,
+    },
+    /// A complete history starts a stream after its first event.
+    #[error("stream {stream_id} starts at version {version}: its first events were deleted")]
+    MissingStart {
+        /// The stream.
+        stream_id: String,
+        /// Its first version present.
+        version: u64,
+    },
+    /// A row without a hash in a chained log.
+    #[error("{what} carries no hash")]
+    Unchained {
+        /// The row.
+        what: String,
+    },
+    /// The history disagrees with a checkpoint taken earlier.
+    #[error("{0}")]
+    Checkpoint(String),
+}
+
+#[derive(Debug, Clone)]
+struct StreamState {
+    version: u64,
+    hash: ChainHash,
+    /// Where it was anchored, if its first event here is not version 1.
+    anchored_at: Option<(At, u64)>,
+}
+
+/// An expectation from an older checkpoint.
+#[derive(Debug, Clone)]
+struct Expected {
+    version: u64,
+    hash: ChainHash,
+    confirmed: bool,
+}
+
+/// Walks the chains of one audit pass.
+#[derive(Debug, Default)]
+pub struct Verifier {
+    streams: HashMap<String, StreamState>,
+    accesses: HashMap<Uuid, (i64, ChainHash)>,
+    last_cursor: Option<LogCursor>,
+    events: u64,
+    access_count: u64,
+    /// Whether every stream must start at version 1 (the live log, a full export).
+    complete: bool,
+    earlier: Option<(HashMap<String, Expected>, HashMap<Uuid, Expected>)>,
+    file_checkpoint: Option<(At, Checkpoint)>,
+}
+
+impl Verifier {
+    /// A verifier for a complete history (the live log, or an export from
+    /// the start): streams must start at version 1.
+    pub fn complete() -> Self {
+        Self { complete: true, ..Self::default() }
+    }
+
+    /// A verifier for an export file: whether it is complete is read from
+    /// its closing checkpoint (an export `--from` a cursor starts streams
+    /// mid-chain, anchored on the first event's previous hash).
+    pub fn for_file() -> Self {
+        Self::default()
+    }
+
+    /// Also check that the history passes through every head of `earlier`.
+    pub fn against(mut self, earlier: &Checkpoint) -> Self {
+        let streams = earlier
+            .heads
+            .iter()
+            .map(|h| (h.stream_id.clone(), Expected { version: h.version, hash: h.hash, confirmed: false }))
+            .collect();
+        let accesses = earlier
+            .access_heads
+            .iter()
+            .map(|h| (h.connection_id, Expected { version: h.access_id as u64, hash: h.hash, confirmed: false }))
+            .collect();
+        self.earlier = Some((streams, accesses));
+        self
+    }
+
+    /// Events checked so far.
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    /// Ends the pass: the file's closing checkpoint must match what was
+    /// read, and every head of an earlier checkpoint must have been passed.
+    /// Returns the checkpoint of what was read.
+    pub fn finish(
+        self,
+        owner: Option<String>,
+        from: Option<LogCursor>,
+        is_file: bool,
+    ) -> Result<(Checkpoint, Report), AuditError> {
+        let (owner, from, complete) = match &self.file_checkpoint {
+            Some((_, closing)) => (closing.owner.clone(), closing.from.clone(), closing.from.is_none()),
+            None if is_file => {
+                return Err(AuditError::Truncated("it has no closing checkpoint line".into()));
+            }
+            None => (owner, from.map(cursor_text), self.complete),
+        };
+        if complete {
+            if let Some((at, stream_id, version)) = self
+                .streams
+                .iter()
+                .filter_map(|(id, s)| s.anchored_at.map(|(at, v)| (at, id, v)))
+                .min_by_key(|(at, _, _)| at_order(*at))
+            {
+                return Err(AuditError::Tampered {
+                    at,
+                    finding: Finding::MissingStart { stream_id: stream_id.clone(), version },
+                });
+            }
+        }
+        let mut heads: Vec<StreamHead> = self
+            .streams
+            .iter()
+            .map(|(id, s)| StreamHead { stream_id: id.clone(), version: s.version, hash: s.hash })
+            .collect();
+        heads.sort_unstable_by(|a, b| a.stream_id.cmp(&b.stream_id));
+        let mut access_heads: Vec<AccessHead> = self
+            .accesses
+            .iter()
+            .map(|(id, (access_id, hash))| AccessHead { connection_id: *id, access_id: *access_id, hash: *hash })
+            .collect();
+        access_heads.sort_unstable_by_key(|h| h.connection_id);
+        let mut checkpoint = Checkpoint {
+            format: FORMAT.into(),
+            taken_at: Utc::now(),
+            owner,
+            from,
+            cursor: self.last_cursor.map(cursor_text),
+            events: self.events,
+            accesses: self.access_count,
+            heads,
+            access_heads,
+            digest: ChainHash::GENESIS,
+        };
+        checkpoint.digest = checkpoint.compute_digest();
+        if let Some((at, closing)) = &self.file_checkpoint {
+            if closing.events != checkpoint.events || closing.accesses != checkpoint.accesses {
+                return Err(AuditError::Truncated(format!(
+                    "the checkpoint at {at} counts {} events and {} access records, the file holds {} and {}: \
+                     lines were removed or added",
+                    closing.events, closing.accesses, checkpoint.events, checkpoint.accesses
+                )));
+            }
+            if closing.digest != closing.compute_digest() || !closing.same_content(&checkpoint) {
+                return Err(AuditError::Tampered {
+                    at: *at,
+                    finding: Finding::Checkpoint("the closing checkpoint does not match the records above it".into()),
+                });
+            }
+        }
+        let mut report = Report { events: self.events, accesses: self.access_count, ..Report::default() };
+        if let Some((streams, accesses)) = &self.earlier {
+            for (stream_id, expected) in streams {
+                if expected.confirmed {
+                    report.confirmed += 1;
+                    continue;
+                }
+                match self.streams.get(stream_id) {
+                    Some(state) if state.version < expected.version => {
+                        return Err(earlier_broken(format!(
+                            "stream {stream_id} ends at version {}, but the earlier checkpoint has version {}: \
+                             events were deleted",
+                            state.version, expected.version
+                        )))
+                    }
+                    Some(_) => report.not_covered += 1,
+                    None if checkpoint.owner.is_none() && checkpoint.from.is_none() => {
+                        return Err(earlier_broken(format!(
+                            "stream {stream_id} (at version {} in the earlier checkpoint) is missing",
+                            expected.version
+                        )))
+                    }
+                    None => report.not_covered += 1,
+                }
+            }
+            for (connection_id, expected) in accesses {
+                if expected.confirmed {
+                    report.confirmed += 1;
+                    continue;
+                }
+                match self.accesses.get(connection_id) {
+                    Some((last, _)) if (*last as u64) < expected.version => {
+                        return Err(earlier_broken(format!(
+                            "the access records of connection {connection_id} end at {last}, but the earlier \
+                             checkpoint has {}: records were deleted",
+                            expected.version
+                        )))
+                    }
+                    None if checkpoint.owner.is_none() => {
+                        return Err(earlier_broken(format!(
+                            "the access records of connection {connection_id} are missing"
+                        )))
+                    }
+                    _ => report.not_covered += 1,
+                }
+            }
+        }
+        Ok((checkpoint, report))
+    }
+}
+
+/// What a clean pass covered.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Events verified.
+    pub events: u64,
+    /// Access records verified.
+    pub accesses: u64,
+    /// Heads of an earlier checkpoint found unchanged.
+    pub confirmed: u64,
+    /// Heads of an earlier checkpoint outside what was read (another
+    /// owner's, or before an export's start).
+    pub not_covered: u64,
+}
+
+fn earlier_broken(message: String) -> AuditError {
+    AuditError::Tampered { at: At::Line(0), finding: Finding::Checkpoint(message) }
+}
+
+fn at_order(at: At) -> i64 {
+    match at {
+        At::Line(n) => n as i64,
+        At::Position(p) => p,
+        At::AccessId(id) => id,
+    }
+}
+
+/// `TX:POSITION`.
+pub fn cursor_text(cursor: LogCursor) -> String {
+    format!("{}:{}", cursor.transaction_id, cursor.position)
+}
+
+fn describe(event: &RecordedEvent) -> String {
+    format!(
+        "event {} (stream {} version {}, position {})",
+        event.event_id, event.stream_id, event.stream_version, event.position
+    )
+}
+
+impl Sink for Verifier {
+    fn event(&mut self, at: At, event: &RecordedEvent) -> Result<(), AuditError> {
+        let tampered = |finding| AuditError::Tampered { at, finding };
+        let (Some(previous), Some(hash)) = (event.previous_hash, event.hash) else {
+            return Err(tampered(Finding::Unchained { what: describe(event) }));
+        };
+        let cursor = event.cursor();
+        if let Some(last) = self.last_cursor {
+            if cursor <= last {
+                return Err(tampered(Finding::OutOfOrder { what: describe(event), after: cursor_text(last) }));
+            }
+        }
+        match self.streams.get(&event.stream_id) {
+            Some(state) => {
+                if event.stream_version <= state.version {
+                    return Err(tampered(Finding::OutOfOrder {
+                        what: describe(event),
+                        after: format!("version {}", state.version),
+                    }));
+                }
+                if event.stream_version > state.version + 1 {
+                    return Err(tampered(Finding::Gap {
+                        stream_id: event.stream_id.clone(),
+                        last: state.version,
+                        found: event.stream_version,
+                    }));
+                }
+                if previous != state.hash {
+                    return Err(tampered(Finding::BrokenLink { what: describe(event) }));
+                }
+            }
+            None if event.stream_version == 1 && previous != ChainHash::GENESIS => {
+                return Err(tampered(Finding::BrokenLink { what: describe(event) }));
+            }
+            None if event.stream_version > 1 && self.complete => {
+                return Err(tampered(Finding::MissingStart {
+                    stream_id: event.stream_id.clone(),
+                    version: event.stream_version,
+                }));
+            }
+            None => {}
+        }
+        if chain::recorded_event_hash(&previous, event) != hash {
+            return Err(tampered(Finding::Edited { what: describe(event) }));
+        }
+        if let Some((streams, _)) = &mut self.earlier {
+            if let Some(expected) = streams.get_mut(&event.stream_id) {
+                let passes = (event.stream_version == expected.version && hash == expected.hash)
+                    || (event.stream_version == expected.version + 1 && previous == expected.hash);
+                let differs = event.stream_version == expected.version && hash != expected.hash
+                    || event.stream_version == expected.version + 1 && previous != expected.hash && !expected.confirmed;
+                if differs {
+                    return Err(tampered(Finding::Checkpoint(format!(
+                        "stream {} differs from the earlier checkpoint at version {}: history before it was rewritten",
+                        event.stream_id, expected.version
+                    ))));
+                }
+                expected.confirmed |= passes;
+            }
+        }
+        let state = self.streams.entry(event.stream_id.clone()).or_insert(StreamState {
+            version: 0,
+            hash: previous,
+            anchored_at: (event.stream_version > 1).then_some((at, event.stream_version)),
+        });
+        state.version = event.stream_version;
+        state.hash = hash;
+        self.last_cursor = Some(cursor);
+        self.events += 1;
+        Ok(())
+    }
+
+    fn access(&mut self, at: At, access: &AccessRecord) -> Result<(), AuditError> {
+        let what = || format!("access record {} (connection {})", access.access_id, access.connection_id);
+        let tampered = |finding| AuditError::Tampered { at, finding };
+        let (Some(previous), Some(hash)) = (access.previous_hash, access.hash) else {
+            return Err(tampered(Finding::Unchained { what: what() }));
+        };
+        let last = self.accesses.get(&access.connection_id).copied();
+        match last {
+            Some((last_id, _)) if access.access_id <= last_id => {
+                return Err(tampered(Finding::OutOfOrder { what: what(), after: format!("access record {last_id}") }))
+            }
+            Some((_, last_hash)) if previous != last_hash => {
+                return Err(tampered(Finding::BrokenLink { what: what() }))
+            }
+            None if previous != ChainHash::GENESIS => return Err(tampered(Finding::BrokenLink { what: what() })),
+            _ => {}
+        }
+        if access.expected_hash(&previous) != hash {
+            return Err(tampered(Finding::Edited { what: what() }));
+        }
+        if let Some((_, accesses)) = &mut self.earlier {
+            if let Some(expected) = accesses.get_mut(&access.connection_id) {
+                if access.access_id as u64 == expected.version {
+                    if hash != expected.hash {
+                        return Err(tampered(Finding::Checkpoint(format!(
+                            "the access records of connection {} differ from the earlier checkpoint",
+                            access.connection_id
+                        ))));
+                    }
+                    expected.confirmed = true;
+                }
+            }
+        }
+        self.accesses.insert(access.connection_id, (access.access_id, hash));
+        self.access_count += 1;
+        Ok(())
+    }
+
+    fn checkpoint(&mut self, at: At, checkpoint: &Checkpoint) -> Result<(), AuditError> {
+        self.file_checkpoint = Some((at, checkpoint.clone()));
+        Ok(())
+    }
+}

@@ -1,0 +1,131 @@
+//! Hash chains: what the append statement and the access log's insert compute
+//! is what `chain` recomputes from the stored rows.
+
+use connections_domain::{AgentId, ConnectionId, OwnerId};
+use connections_store::chain::{self, ChainHash};
+use connections_store::{Access, EventLog, StoreError, StreamAppend, StreamId};
+use connections_testkit::TestDatabase;
+
+use crate::{append_to, event, metadata};
+
+#[tokio::test]
+async fn every_appended_event_links_to_the_previous_one_in_its_stream() {
+    let db = TestDatabase::new().await;
+    let mut client = db.database.pool().get().await.expect("pool connection");
+    for (expected, count) in [(0, 3), (3, 1), (4, 2)] {
+        let tx = client.transaction().await.expect("begin");
+        let appends = [append_to("s-1", expected, (0..count).map(event).collect()), append_to("s-2", expected, vec![])];
+        EventLog::append(&tx, &appends, &metadata()).await.expect("append");
+        tx.commit().await.expect("commit");
+    }
+    let (events, _) = EventLog::read_stream(&client, &StreamId::from_raw("s-1")).await.expect("read");
+    assert_eq!(events.len(), 6);
+    let mut previous = ChainHash::GENESIS;
+    for e in &events {
+        assert_eq!(e.previous_hash, Some(previous), "version {}", e.stream_version);
+        let hash = chain::recorded_event_hash(&previous, e);
+        assert_eq!(e.hash, Some(hash), "version {}", e.stream_version);
+        previous = hash;
+    }
+}
+
+#[tokio::test]
+async fn an_append_by_a_transaction_older_than_the_streams_head_is_a_conflict() {
+    // Keeps version order equal to the log's global order within a stream,
+    // which the chain verifier relies on.
+    let db = TestDatabase::new().await;
+    let mut older = db.database.pool().get().await.expect("pool connection");
+    let mut newer = db.database.pool().get().await.expect("pool connection");
+    let old_tx = older.transaction().await.expect("begin");
+    old_tx.query_one("SELECT pg_current_xact_id()", &[]).await.expect("take a transaction id first");
+    let new_tx = newer.transaction().await.expect("begin");
+    let unchecked = |events| StreamAppend { stream_id: StreamId::from_raw("s"), expected_version: None, events };
+    EventLog::append(&new_tx, &[unchecked(vec![event(1)])], &metadata()).await.expect("newer append");
+    new_tx.commit().await.expect("commit");
+    let late = EventLog::append(&old_tx, &[unchecked(vec![event(2)])], &metadata()).await;
+    assert!(matches!(late, Err(StoreError::Conflict { .. })), "{late:?}");
+}
+
+#[tokio::test]
+async fn access_records_are_chained_per_connection() {
+    let db = TestDatabase::new().await;
+    let mut client = db.database.pool().get().await.expect("pool connection");
+    let owner = OwnerId::parse("alice").expect("owner");
+    let agent = AgentId::parse("agent-1").expect("agent");
+    let connections = [ConnectionId::from_uuid(uuid::Uuid::now_v7()), ConnectionId::from_uuid(uuid::Uuid::now_v7())];
+    for round in 0..3 {
+        for (i, connection_id) in connections.iter().enumerate() {
+            let tx = client.transaction().await.expect("begin");
+            let access = Access {
+                connection_id: *connection_id,
+                credential_version: 1 + round + i as u32,
+                agent_id: &agent,
+                owner: &owner,
+                request_id: uuid::Uuid::now_v7(),
+            };
+            access.record(&tx).await.expect("record");
+            tx.commit().await.expect("commit");
+        }
+    }
+    for connection_id in connections {
+        let rows = client
+            .query(
+                "SELECT access_id, credential_version, agent_id, owner_id, request_id, accessed_at, previous_hash, hash \
+                 FROM access_log WHERE connection_id = $1 ORDER BY access_id",
+                &[&connection_id.as_uuid()],
+            )
+            .await
+            .expect("read");
+        assert_eq!(rows.len(), 3);
+        let mut previous = ChainHash::GENESIS;
+        for row in rows {
+            let content =
+                chain::access_content(connection_id.as_uuid(), row.get(1), row.get(2), row.get(3), row.get(4));
+            let hash = chain::access_hash(&previous, &content, row.get(0), row.get(5));
+            assert_eq!(ChainHash::from_slice(row.get(6)), Some(previous));
+            assert_eq!(ChainHash::from_slice(row.get(7)), Some(hash));
+            previous = hash;
+        }
+    }
+}
+
+#[tokio::test]
+async fn migrate_seals_rows_written_before_chaining_and_later_appends_chain_onto_them() {
+    let db = TestDatabase::new().await;
+    let sql = db.client().await;
+    // Rows as a server before V6 wrote them: no hashes.
+    sql.batch_execute(
+        "ALTER TABLE events DROP CONSTRAINT events_chained; \
+         ALTER TABLE access_log DROP CONSTRAINT access_log_chained; \
+         INSERT INTO events (event_id, stream_id, stream_version, event_type, schema_version, data, metadata) VALUES \
+           (gen_random_uuid(), 'old', 1, 'test_event', 1, '{\"n\": 1}', '{\"actor\": \"a\"}'), \
+           (gen_random_uuid(), 'old', 2, 'test_event', 1, '{\"n\": 2}', '{\"actor\": \"a\"}'); \
+         INSERT INTO access_log (connection_id, credential_version, agent_id, owner_id, request_id) VALUES \
+           (gen_random_uuid(), 1, 'agent', 'owner', gen_random_uuid());",
+    )
+    .await
+    .expect("legacy rows");
+    connections_store::migrate(&db.url).await.expect("migrate again");
+    let unsealed: i64 = sql
+        .query_one(
+            "SELECT (SELECT count(*) FROM events WHERE hash IS NULL) + (SELECT count(*) FROM access_log WHERE hash IS NULL)",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(unsealed, 0);
+    let mut client = db.database.pool().get().await.expect("pool connection");
+    let tx = client.transaction().await.expect("begin");
+    EventLog::append(&tx, &[append_to("old", 2, vec![event(3)])], &metadata()).await.expect("append after sealing");
+    tx.commit().await.expect("commit");
+    let (events, _) = EventLog::read_stream(&client, &StreamId::from_raw("old")).await.expect("read");
+    let mut previous = ChainHash::GENESIS;
+    for e in &events {
+        previous = chain::recorded_event_hash(&previous, e);
+        assert_eq!(e.hash, Some(previous), "version {}", e.stream_version);
+    }
+    // The seal-only exception is for unchained rows: a sealed row stays immutable.
+    let error = sql.batch_execute("UPDATE events SET hash = NULL, previous_hash = NULL WHERE stream_version = 1").await;
+    assert!(format!("{error:?}").contains("append-only"), "{error:?}");
+}
