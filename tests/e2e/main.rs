@@ -1,6 +1,7 @@
 //! End-to-end: the real `connections` binary against the real Postgres.
 
 mod agents;
+mod audit;
 mod cli;
 mod fanout;
 mod readme;

@@ -3,7 +3,6 @@
 
 use std::io::BufRead;
 
-use chrono::{DateTime, Utc};
 use connections_store::{event_from_row, LogCursor, EVENT_COLUMNS};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, IsolationLevel};
@@ -21,8 +20,11 @@ pub struct LogFilter {
     pub stream_id: Option<String>,
     /// Only events after this cursor.
     pub from: Option<LogCursor>,
-    /// Only events recorded at or before this instant.
-    pub until: Option<DateTime<Utc>>,
+    /// Stop at the horizon below which no transaction is still running, so
+    /// that the last event read is a cursor nothing can commit behind (for
+    /// exports and checkpoints whose cursor a later `--from` resumes at).
+    /// Without it, every committed event is read.
+    pub horizon: bool,
     /// Whether to read access records, and whose: `Some(None)` every
     /// record the owner filter allows, `Some(Some(id))` one connection's.
     pub accesses: Option<Option<Uuid>>,
@@ -32,26 +34,29 @@ pub struct LogFilter {
 const BATCH: i32 = 5_000;
 
 /// Reads the live log into `sink`, in one repeatable-read snapshot: events
-/// in the global order up to the horizon below which no transaction is still
-/// running (the same rule as every follower of the log), then access records
-/// per connection in chain order.
+/// in the global order (up to the horizon if the filter asks, the rule every
+/// follower of the log uses), then access records per connection in chain
+/// order.
 pub async fn read_log(client: &mut Client, filter: &LogFilter, sink: &mut impl Sink) -> Result<(), AuditError> {
+    if filter.horizon {
+        wait_for_horizon(client).await?;
+    }
     let transaction =
         client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start().await?;
     let statement = transaction
         .prepare(&format!(
             "SELECT {EVENT_COLUMNS} FROM events \
-             WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
+             WHERE (NOT $5 OR transaction_id < pg_snapshot_xmin(pg_current_snapshot())) \
                AND ($1::text IS NULL OR split_part(stream_id, '/', 2) = $1) \
                AND ($2::text IS NULL OR stream_id = $2) \
                AND ($3::text IS NULL OR (transaction_id, position) > ($3::text::xid8, $4::int8)) \
-               AND ($5::timestamptz IS NULL OR recorded_at <= $5) \
              ORDER BY events.transaction_id, events.position"
         ))
         .await?;
     let from_tx = filter.from.map(|c| c.transaction_id.to_string());
     let from_position = filter.from.map(|c| c.position);
-    let params: [&(dyn ToSql + Sync); 5] = [&filter.owner, &filter.stream_id, &from_tx, &from_position, &filter.until];
+    let params: [&(dyn ToSql + Sync); 5] =
+        [&filter.owner, &filter.stream_id, &from_tx, &from_position, &filter.horizon];
     let portal = transaction.bind(&statement, &params).await?;
     loop {
         let rows = transaction.query_portal(&portal, BATCH).await?;
@@ -103,6 +108,27 @@ pub async fn read_log(client: &mut Client, filter: &LogFilter, sink: &mut impl S
         }
     }
     transaction.commit().await?;
+    Ok(())
+}
+
+/// Waits (up to 30 s) until every event committed now is below the
+/// horizon, so that a pass with `horizon` still covers everything committed
+/// before it started. A transaction running longer than that anywhere in the
+/// cluster makes the pass end earlier, at a cursor that is still safe.
+async fn wait_for_horizon(client: &Client) -> Result<(), AuditError> {
+    let newest: Option<String> = client.query_one("SELECT max(transaction_id)::text FROM events", &[]).await?.get(0);
+    let Some(newest) = newest else { return Ok(()) };
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_secs(30) {
+        let passed: bool = client
+            .query_one("SELECT pg_snapshot_xmin(pg_current_snapshot()) > $1::text::xid8", &[&newest])
+            .await?
+            .get(0);
+        if passed {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
     Ok(())
 }
 

@@ -32,7 +32,7 @@ impl Config {
             env_or("CONNECTIONS_DATABASE_POOL", "32").parse().context("CONNECTIONS_DATABASE_POOL must be a number")?;
         Ok(Self {
             listen,
-            database_url: env_or("CONNECTIONS_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/connections"),
+            database_url: database_url(),
             nats_url: env_or("CONNECTIONS_NATS_URL", "nats://127.0.0.1:4222"),
             pool_size,
             names: Names::new(&env_or("CONNECTIONS_NATS_PREFIX", "connections"))?,
@@ -42,6 +42,11 @@ impl Config {
 
 fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+/// `CONNECTIONS_DATABASE_URL`, default the `connections` database on the local server.
+pub fn database_url() -> String {
+    env_or("CONNECTIONS_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/connections")
 }
 
 /// The master key: `CONNECTIONS_MASTER_KEY` (base64) or the file named by

@@ -115,7 +115,7 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        CliCommand::Audit(command) => audit::run(command, &config::Config::from_env()?.database_url).await,
+        CliCommand::Audit(command) => audit::run(command, config::database_url).await,
         CliCommand::Bench(command) => bench::run(command).await,
     }
 }
