@@ -89,10 +89,4 @@ impl Checkpoint {
         }
         ChainHash(hasher.finalize().into())
     }
-
-    /// Whether two checkpoints cover the same records with the same heads
-    /// (everything but the time they were taken).
-    pub fn same_content(&self, other: &Checkpoint) -> bool {
-        Checkpoint { taken_at: other.taken_at, ..self.clone() } == *other
-    }
 }

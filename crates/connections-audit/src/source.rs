@@ -168,6 +168,8 @@ pub fn read_file(mut reader: impl BufRead, sink: &mut impl Sink) -> Result<(), A
             Line::Checkpoint(checkpoint) => {
                 closed = true;
                 sink.checkpoint(at, &checkpoint)?;
+                // The line holds every head: give its memory back.
+                buffer = Vec::new();
             }
         }
     }

@@ -240,7 +240,11 @@ pub async fn run(command: AuditCommand, database_url: impl Fn() -> String) -> an
             }
             let started = std::time::Instant::now();
             let outcome = match &file {
-                Some(file) => from_file(file, &mut verifier),
+                Some(path) => {
+                    let opened = File::open(path).with_context(|| format!("open {}", path.display()))?;
+                    read_file(BufReader::with_capacity(1 << 20, opened), &mut verifier)
+                        .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), describe_failure(e)))
+                }
                 None => {
                     let filter = LogFilter { accesses: Some(None), ..LogFilter::default() };
                     from_log(&database_url(), &filter, &mut verifier).await

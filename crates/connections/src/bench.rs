@@ -2,7 +2,9 @@
 //! the same run and print ratios, because these machines are shared and noisy.
 
 mod append;
+mod audit;
 mod fanout;
+mod generate;
 mod revocation;
 mod stats;
 
@@ -22,6 +24,10 @@ pub enum BenchCommand {
     /// credential, against a raw core-NATS fan-out to as many subscribers;
     /// resolve latency uncached and from the cache.
     Revocation(revocation::RevocationOptions),
+    /// Audit over a generated million-event log: export, verify and as-of
+    /// from Postgres and offline from the file, against raw reads of the
+    /// same rows and the same file.
+    Audit(audit::AuditOptions),
 }
 
 /// Runs one benchmark.
@@ -30,5 +36,6 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Append(options) => append::run(options).await,
         BenchCommand::Fanout(options) => fanout::run(options).await,
         BenchCommand::Revocation(options) => revocation::run(options).await,
+        BenchCommand::Audit(options) => audit::run(options).await,
     }
 }

@@ -10,7 +10,6 @@
 //!    over 10,000 owners), a raw `SELECT` scan of it, then a full rebuild.
 
 use std::collections::BTreeMap;
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -276,7 +275,7 @@ async fn append_one(database: &Database, n: usize) -> anyhow::Result<(LogCursor,
 async fn rebuild_bench(url: &str, events: i64) -> anyhow::Result<()> {
     let database = connect_pool(url, 4)?;
     let started = Instant::now();
-    generate_log(url, events).await?;
+    super::generate::generate_log(url, events as u64).await?;
     println!("generated {events} events over 10,000 owners in {:.1} s", started.elapsed().as_secs_f64());
 
     let client = database.pool().get().await?;
@@ -312,50 +311,5 @@ async fn rebuild_bench(url: &str, events: i64) -> anyhow::Result<()> {
         if rate >= 0.25 * scan { "met" } else { "NOT met" }
     );
     database.pool().close();
-    Ok(())
-}
-
-/// A realistic mix in ten events per (owner, service) stream: create A,
-/// assign A, default A, create B, assign B, rotate A, default B, unassign A,
-/// revoke A, create C; 10,000 owners, ten services each.
-async fn generate_log(url: &str, events: i64) -> anyhow::Result<()> {
-    let config = tokio_postgres::Config::from_str(url)?;
-    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
-    tokio::spawn(connection);
-    let chunk = 100_000i64;
-    let mut start = 0;
-    while start < events {
-        let end = (start + chunk).min(events) - 1;
-        client
-            .execute(
-                "INSERT INTO events (event_id, stream_id, stream_version, event_type, schema_version, data, metadata) \
-                 SELECT gen_random_uuid(), 'owner-service/o' || (s % 10000) || '/svc' || (s / 10000 % 10), k + 1, \
-                   (ARRAY['connection_created','agent_assigned','default_set','connection_created','agent_assigned', \
-                          'credential_rotated','default_set','agent_unassigned','connection_revoked','connection_created'])[k + 1], \
-                   1, \
-                   CASE k \
-                     WHEN 0 THEN jsonb_build_object('connection_id', a, 'owner', 'o' || (s % 10000), 'service', 'svc' || (s / 10000 % 10), \
-                                 'name', 'A', 'credential_kind', 'api_key', 'agent_id', null, 'skill', null) \
-                     WHEN 1 THEN jsonb_build_object('connection_id', a, 'agent_id', 'agent-1', 'source', 'assigned') \
-                     WHEN 2 THEN jsonb_build_object('connection_id', a, 'previous', null) \
-                     WHEN 3 THEN jsonb_build_object('connection_id', b, 'owner', 'o' || (s % 10000), 'service', 'svc' || (s / 10000 % 10), \
-                                 'name', 'B', 'credential_kind', 'oauth2', 'agent_id', null, 'skill', 'calendar') \
-                     WHEN 4 THEN jsonb_build_object('connection_id', b, 'agent_id', 'agent-2', 'source', 'assigned') \
-                     WHEN 5 THEN jsonb_build_object('connection_id', a, 'credential_version', 2, 'credential_kind', 'basic') \
-                     WHEN 6 THEN jsonb_build_object('connection_id', b, 'previous', a) \
-                     WHEN 7 THEN jsonb_build_object('connection_id', a, 'agent_id', 'agent-1', 'reason', 'unassigned') \
-                     WHEN 8 THEN jsonb_build_object('connection_id', a, 'affected_agents', '[]'::jsonb) \
-                     ELSE jsonb_build_object('connection_id', c, 'owner', 'o' || (s % 10000), 'service', 'svc' || (s / 10000 % 10), \
-                                 'name', 'C', 'credential_kind', 'api_key', 'agent_id', null, 'skill', null) \
-                   END, \
-                   jsonb_build_object('actor', 'o' || (s % 10000), 'command_id', gen_random_uuid(), 'correlation_id', gen_random_uuid()) \
-                 FROM (SELECT i / 10 AS s, i % 10 AS k, md5(i / 10 || 'A')::uuid AS a, md5(i / 10 || 'B')::uuid AS b, \
-                              md5(i / 10 || 'C')::uuid AS c FROM generate_series($1::int8, $2::int8) AS i) g \
-                 ORDER BY s, k",
-                &[&start, &end],
-            )
-            .await?;
-        start = end + 1;
-    }
     Ok(())
 }
