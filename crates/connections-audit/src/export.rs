@@ -2,9 +2,8 @@
 
 use std::io::Write;
 
-use connections_store::RecordedEvent;
-
 use crate::checkpoint::Checkpoint;
+use crate::event::AuditEvent;
 use crate::record::{write_line, AccessRecord, At, Kind};
 use crate::{AuditError, Sink};
 
@@ -41,7 +40,7 @@ impl<W: Write> Exporter<W> {
 }
 
 impl<W: Write> Sink for Exporter<W> {
-    fn event(&mut self, _at: At, event: &RecordedEvent) -> Result<(), AuditError> {
+    fn event(&mut self, _at: At, event: &AuditEvent<'_>) -> Result<(), AuditError> {
         write_line(&mut self.buffer, Kind::Event, event);
         self.flush_if_full()
     }

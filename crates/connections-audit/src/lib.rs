@@ -13,6 +13,7 @@
 //! time.
 
 pub mod checkpoint;
+pub mod event;
 pub mod export;
 pub mod record;
 pub mod replay;
@@ -20,14 +21,13 @@ pub mod source;
 pub mod time;
 pub mod verify;
 
-use connections_store::RecordedEvent;
-
+pub use event::AuditEvent;
 pub use record::{AccessRecord, At};
 
 /// Something that consumes the records of an audit pass in order.
 pub trait Sink {
     /// One event, in the log's global order.
-    fn event(&mut self, at: At, event: &RecordedEvent) -> Result<(), AuditError>;
+    fn event(&mut self, at: At, event: &AuditEvent<'_>) -> Result<(), AuditError>;
     /// One access record, after every event, per connection in chain order.
     fn access(&mut self, at: At, access: &AccessRecord) -> Result<(), AuditError>;
     /// A file's closing checkpoint line (never from Postgres).
@@ -40,7 +40,7 @@ pub trait Sink {
 pub struct Both<'a, A: Sink, B: Sink>(pub &'a mut A, pub &'a mut B);
 
 impl<A: Sink, B: Sink> Sink for Both<'_, A, B> {
-    fn event(&mut self, at: At, event: &RecordedEvent) -> Result<(), AuditError> {
+    fn event(&mut self, at: At, event: &AuditEvent<'_>) -> Result<(), AuditError> {
         self.0.event(at, event)?;
         self.1.event(at, event)
     }

@@ -7,11 +7,11 @@
 
 use chrono::{DateTime, Utc};
 use connections_store::chain::{self, ChainHash};
-use connections_store::RecordedEvent;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::checkpoint::Checkpoint;
+use crate::event::EventLine;
 use crate::AuditError;
 
 /// Where a record is: a line of a file, or a row of the live log.
@@ -74,9 +74,9 @@ impl AccessRecord {
 
 /// One line of an export file.
 #[derive(Debug)]
-pub enum Line {
-    /// An event.
-    Event(RecordedEvent),
+pub enum Line<'a> {
+    /// An event (borrowed from the line's text).
+    Event(EventLine<'a>),
     /// An access record.
     Access(AccessRecord),
     /// The closing checkpoint.
@@ -117,7 +117,7 @@ pub fn write_line(out: &mut Vec<u8>, kind: Kind, value: &impl Serialize) {
 }
 
 /// Parses one line of an export file.
-pub fn parse_line(at: At, text: &str) -> Result<Line, AuditError> {
+pub fn parse_line(at: At, text: &str) -> Result<Line<'_>, AuditError> {
     let malformed = |message: String| AuditError::Malformed { at, message };
     // Fast path: the kind comes first, as the exporter writes it; the
     // record types ignore the "kind" field itself.
@@ -134,7 +134,9 @@ pub fn parse_line(at: At, text: &str) -> Result<Line, AuditError> {
     let mut value: serde_json::Value = serde_json::from_str(text).map_err(|e| malformed(e.to_string()))?;
     let kind = value.as_object_mut().and_then(|object| object.remove("kind"));
     match kind.as_ref().and_then(|kind| kind.as_str()) {
-        Some("event") => serde_json::from_value(value).map(Line::Event),
+        Some("event") => {
+            return Err(malformed("an event line must start with {\"kind\":\"event\", as exported".into()))
+        }
         Some("access") => serde_json::from_value(value).map(Line::Access),
         Some("checkpoint") => serde_json::from_value(value).map(|c| Line::Checkpoint(Box::new(c))),
         _ => return Err(malformed("no known \"kind\"".into())),

@@ -5,10 +5,11 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use connections_domain::{AgentId, ConnectionStatus, Event, OwnerService};
-use connections_store::{codec, RecordedEvent};
+use connections_store::codec;
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::event::AuditEvent;
 use crate::record::{AccessRecord, At};
 use crate::time::Window;
 use crate::{AuditError, Sink};
@@ -20,12 +21,13 @@ pub fn stream_owner(stream_id: &str) -> Option<&str> {
 }
 
 /// The connection an event is about, read from its stored data.
-pub fn event_connection(event: &RecordedEvent) -> Option<Uuid> {
-    event.data.get("connection_id")?.as_str()?.parse().ok()
+pub fn event_connection(event: &AuditEvent<'_>) -> Option<Uuid> {
+    event.data.string_field("connection_id")?.parse().ok()
 }
 
-fn decode(event: &RecordedEvent) -> Result<Event, AuditError> {
-    Ok(codec::decode(&event.event_type, event.schema_version, &event.data)?)
+fn decode(at: At, event: &AuditEvent<'_>) -> Result<Event, AuditError> {
+    let data = event.data.value().map_err(|e| AuditError::Malformed { at, message: e.to_string() })?;
+    Ok(codec::decode(event.event_type, event.schema_version, &data)?)
 }
 
 /// Folds one owner's streams up to an instant. Each stream is replayed as its
@@ -73,14 +75,17 @@ impl AsOf {
 }
 
 impl Sink for AsOf {
-    fn event(&mut self, _at: At, event: &RecordedEvent) -> Result<(), AuditError> {
-        if stream_owner(&event.stream_id) != Some(self.owner.as_str()) {
+    fn event(&mut self, at: At, event: &AuditEvent<'_>) -> Result<(), AuditError> {
+        if stream_owner(event.stream_id) != Some(self.owner.as_str()) {
             return Ok(());
         }
-        let (state, stopped) = self.streams.entry(event.stream_id.clone()).or_default();
+        if !self.streams.contains_key(event.stream_id) {
+            self.streams.insert(event.stream_id.to_owned(), Default::default());
+        }
+        let (state, stopped) = self.streams.get_mut(event.stream_id).expect("inserted above");
         *stopped |= event.recorded_at > self.at;
         if !*stopped {
-            state.apply(&decode(event)?);
+            state.apply(&decode(at, event)?);
         }
         Ok(())
     }
@@ -187,11 +192,11 @@ impl WhoCouldUse {
 }
 
 impl Sink for WhoCouldUse {
-    fn event(&mut self, _at: At, event: &RecordedEvent) -> Result<(), AuditError> {
+    fn event(&mut self, at: At, event: &AuditEvent<'_>) -> Result<(), AuditError> {
         if event_connection(event) != Some(self.connection) {
             return Ok(());
         }
-        match decode(event)? {
+        match decode(at, event)? {
             Event::ConnectionCreated { .. } => self.created_at = Some(event.recorded_at),
             Event::ConnectionRevoked { .. } => self.revoked_at = Some(event.recorded_at),
             Event::AgentAssigned { agent_id, source, .. } => {
@@ -283,7 +288,7 @@ pub struct Handout {
 
 /// Hands every event of an owner, or about a connection, to a callback in
 /// order (the `history` command).
-pub struct History<F: FnMut(&RecordedEvent)> {
+pub struct History<F: FnMut(&AuditEvent<'_>)> {
     owner: Option<String>,
     connection: Option<Uuid>,
     each: F,
@@ -291,16 +296,16 @@ pub struct History<F: FnMut(&RecordedEvent)> {
     pub count: u64,
 }
 
-impl<F: FnMut(&RecordedEvent)> History<F> {
+impl<F: FnMut(&AuditEvent<'_>)> History<F> {
     /// Events of `owner`'s streams, or about `connection`.
     pub fn new(owner: Option<String>, connection: Option<Uuid>, each: F) -> Self {
         Self { owner, connection, each, count: 0 }
     }
 }
 
-impl<F: FnMut(&RecordedEvent)> Sink for History<F> {
-    fn event(&mut self, _at: At, event: &RecordedEvent) -> Result<(), AuditError> {
-        let matches = self.owner.as_deref().is_none_or(|owner| stream_owner(&event.stream_id) == Some(owner))
+impl<F: FnMut(&AuditEvent<'_>)> Sink for History<F> {
+    fn event(&mut self, _at: At, event: &AuditEvent<'_>) -> Result<(), AuditError> {
+        let matches = self.owner.as_deref().is_none_or(|owner| stream_owner(event.stream_id) == Some(owner))
             && self.connection.is_none_or(|c| event_connection(event) == Some(c));
         if matches {
             self.count += 1;

@@ -8,6 +8,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, IsolationLevel};
 use uuid::Uuid;
 
+use crate::event::AuditEvent;
 use crate::record::{parse_line, AccessRecord, At, Line};
 use crate::{AuditError, Sink};
 
@@ -65,7 +66,7 @@ pub async fn read_log(client: &mut Client, filter: &LogFilter, sink: &mut impl S
         }
         for row in &rows {
             let event = event_from_row(row)?;
-            sink.event(At::Position(event.position), &event)?;
+            sink.event(At::Position(event.position), &AuditEvent::from_recorded(&event))?;
         }
     }
     if let Some(connection) = filter.accesses {
@@ -159,7 +160,7 @@ pub fn read_file(mut reader: impl BufRead, sink: &mut impl Sink) -> Result<(), A
                 if seen_access {
                     return Err(malformed("an event after the access records"));
                 }
-                sink.event(at, &event)?;
+                sink.event(at, &event.event())?;
             }
             Line::Access(access) => {
                 seen_access = true;

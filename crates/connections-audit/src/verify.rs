@@ -9,11 +9,12 @@
 use std::collections::HashMap;
 
 use chrono::Utc;
-use connections_store::chain::{self, ChainHash};
-use connections_store::{LogCursor, RecordedEvent};
+use connections_store::chain::ChainHash;
+use connections_store::LogCursor;
 use uuid::Uuid;
 
 use crate::checkpoint::{AccessHead, Checkpoint, StreamHead, FORMAT};
+use crate::event::AuditEvent;
 use crate::record::{AccessRecord, At};
 use crate::{AuditError, Sink};
 
@@ -297,7 +298,7 @@ pub fn cursor_text(cursor: LogCursor) -> String {
     format!("{}:{}", cursor.transaction_id, cursor.position)
 }
 
-fn describe(event: &RecordedEvent) -> String {
+fn describe(event: &AuditEvent<'_>) -> String {
     format!(
         "event {} (stream {} version {}, position {})",
         event.event_id, event.stream_id, event.stream_version, event.position
@@ -305,7 +306,7 @@ fn describe(event: &RecordedEvent) -> String {
 }
 
 impl Sink for Verifier {
-    fn event(&mut self, at: At, event: &RecordedEvent) -> Result<(), AuditError> {
+    fn event(&mut self, at: At, event: &AuditEvent<'_>) -> Result<(), AuditError> {
         let tampered = |finding| AuditError::Tampered { at, finding };
         let (Some(previous), Some(hash)) = (event.previous_hash, event.hash) else {
             return Err(tampered(Finding::Unchained { what: describe(event) }));
@@ -316,7 +317,7 @@ impl Sink for Verifier {
                 return Err(tampered(Finding::OutOfOrder { what: describe(event), after: cursor_text(last) }));
             }
         }
-        match self.streams.get(&event.stream_id) {
+        match self.streams.get(event.stream_id) {
             Some(state) => {
                 if event.stream_version <= state.version {
                     return Err(tampered(Finding::OutOfOrder {
@@ -326,7 +327,7 @@ impl Sink for Verifier {
                 }
                 if event.stream_version > state.version + 1 {
                     return Err(tampered(Finding::Gap {
-                        stream_id: event.stream_id.clone(),
+                        stream_id: event.stream_id.to_owned(),
                         last: state.version,
                         found: event.stream_version,
                     }));
@@ -340,17 +341,17 @@ impl Sink for Verifier {
             }
             None if event.stream_version > 1 && self.complete => {
                 return Err(tampered(Finding::MissingStart {
-                    stream_id: event.stream_id.clone(),
+                    stream_id: event.stream_id.to_owned(),
                     version: event.stream_version,
                 }));
             }
             None => {}
         }
-        if chain::recorded_event_hash(&previous, event) != hash {
+        if event.expected_hash(&previous) != hash {
             return Err(tampered(Finding::Edited { what: describe(event) }));
         }
         if let Some((streams, _)) = &mut self.earlier {
-            if let Some(expected) = streams.get_mut(&event.stream_id) {
+            if let Some(expected) = streams.get_mut(event.stream_id) {
                 let passes = (event.stream_version == expected.version && hash == expected.hash)
                     || (event.stream_version == expected.version + 1 && previous == expected.hash);
                 let differs = event.stream_version == expected.version && hash != expected.hash
@@ -364,11 +365,17 @@ impl Sink for Verifier {
                 expected.confirmed |= passes;
             }
         }
-        let state = self.streams.entry(event.stream_id.clone()).or_insert(StreamState {
-            version: 0,
-            hash: previous,
-            anchored_at: (event.stream_version > 1).then_some((at, event.stream_version)),
-        });
+        if !self.streams.contains_key(event.stream_id) {
+            self.streams.insert(
+                event.stream_id.to_owned(),
+                StreamState {
+                    version: 0,
+                    hash: previous,
+                    anchored_at: (event.stream_version > 1).then_some((at, event.stream_version)),
+                },
+            );
+        }
+        let state = self.streams.get_mut(event.stream_id).expect("inserted above");
         state.version = event.stream_version;
         state.hash = hash;
         self.last_cursor = Some(cursor);

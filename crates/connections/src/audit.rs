@@ -11,9 +11,8 @@ use connections_audit::checkpoint::Checkpoint;
 use connections_audit::replay::{AsOf, History, WhoCouldUse};
 use connections_audit::source::{read_file, read_log, LogFilter};
 use connections_audit::verify::{cursor_text, Verifier};
-use connections_audit::{time, AuditError, Both, Sink};
+use connections_audit::{time, AuditError, AuditEvent, Both, Sink};
 use connections_domain::{ConnectionId, OwnerId};
-use connections_store::RecordedEvent;
 
 /// Audit subcommands. Each reads the live log, or an export with `--file`
 /// (no database, no NATS). Times are RFC 3339.
@@ -119,7 +118,7 @@ pub async fn run(command: AuditCommand, database_url: impl Fn() -> String) -> an
             let mut history = History::new(
                 owner.as_ref().map(ToString::to_string),
                 connection.map(|c| c.as_uuid()),
-                |event: &RecordedEvent| print_event(&mut out, event, json),
+                |event: &AuditEvent<'_>| print_event(&mut out, event, json),
             );
             let filter = match (&owner, connection) {
                 (Some(owner), _) => Some(LogFilter { owner: Some(owner.to_string()), ..LogFilter::default() }),
@@ -388,7 +387,9 @@ fn read_checkpoint(path: &PathBuf) -> anyhow::Result<Checkpoint> {
     }
 }
 
-fn print_event(out: &mut impl Write, event: &RecordedEvent, json: bool) {
+fn print_event(out: &mut impl Write, event: &AuditEvent<'_>, json: bool) {
+    let data = event.data.value().map(|d| d.into_owned()).unwrap_or(serde_json::Value::Null);
+    let actor = event.actor();
     let written = if json {
         serde_json::to_string(&serde_json::json!({
             "recorded_at": event.recorded_at.to_rfc3339(),
@@ -399,8 +400,8 @@ fn print_event(out: &mut impl Write, event: &RecordedEvent, json: bool) {
             "stream_version": event.stream_version,
             "event_type": event.event_type,
             "schema_version": event.schema_version,
-            "actor": event.metadata["actor"],
-            "data": event.data,
+            "actor": actor,
+            "data": data,
             "hash": event.hash,
         }))
         .map_err(std::io::Error::from)
@@ -412,8 +413,8 @@ fn print_event(out: &mut impl Write, event: &RecordedEvent, json: bool) {
             event.recorded_at.to_rfc3339(),
             event.position,
             event.event_type,
-            event.metadata["actor"].as_str().unwrap_or("?"),
-            event.data
+            actor.as_deref().unwrap_or("?"),
+            data
         )
     };
     // A closed pipe (e.g. `| head`) ends the output, nothing else to do.

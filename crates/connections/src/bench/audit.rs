@@ -34,6 +34,9 @@ pub struct AuditOptions {
     /// `as-of` queries from Postgres (one random owner each).
     #[arg(long, default_value_t = 200)]
     queries: usize,
+    /// Keep the export file in this directory (default: a scratch directory, removed after).
+    #[arg(long)]
+    keep_in: Option<std::path::PathBuf>,
 }
 
 /// Runs the benchmark.
@@ -42,10 +45,12 @@ pub async fn run(options: AuditOptions) -> anyhow::Result<()> {
     let url = format!("{}/{}", options.server.trim_end_matches('/'), name);
     ensure_database(&url).await?;
     migrate(&url).await?;
-    let dir = std::env::temp_dir().join(&name);
+    let dir = options.keep_in.clone().unwrap_or_else(|| std::env::temp_dir().join(&name));
     std::fs::create_dir_all(&dir)?;
     let result = run_on(&url, &dir, &options).await;
-    let _ = std::fs::remove_dir_all(&dir);
+    if options.keep_in.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     super::append::drop_database(&options.server, &name).await?;
     result
 }
