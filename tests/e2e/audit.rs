@@ -435,3 +435,35 @@ async fn a_damaged_export_file_is_reported_with_its_line_never_a_panic() {
     check("binary.jsonl", "\u{0}\u{1}\n".into(), &["line 1"]);
     let _ = std::fs::remove_dir_all(&audit.dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_takes_periodic_checkpoints_that_an_auditor_can_export_and_check_against() {
+    let mut server = Server::start(&[("CONNECTIONS_AUDIT_CHECKPOINT_SECS", "1")]);
+    make_history(&server).await;
+    let audit = Audit { database_url: server.database_url.clone(), dir: scratch_dir() };
+    // Wait (bounded) for a periodic checkpoint that covers the history.
+    let started = std::time::Instant::now();
+    let covering = loop {
+        let listed = audit.ok(&["checkpoints"]);
+        if let Some(line) = listed.lines().rev().find(|l| json_of(l)["events"].as_u64() >= Some(10)) {
+            break line.to_owned();
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "no periodic checkpoint covers the history:\n{listed}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let checkpoint = json_of(&covering);
+    assert_eq!(checkpoint["kind"], "checkpoint");
+    assert!(
+        checkpoint["heads"].as_array().is_some_and(|h| h.len() == 2),
+        "alice's github and bob's slack: {checkpoint}"
+    );
+    assert!(covering.starts_with(r#"{"kind":"checkpoint","#), "{covering}");
+    let kept = audit.path("kept.json");
+    std::fs::write(&kept, format!("{covering}\n")).expect("keep");
+    assert!(audit.ok(&["verify", "--checkpoint", &kept]).contains("heads passed unchanged"));
+    let future = audit.ok(&["checkpoints", "--since", "2999-01-01T00:00:00Z"]);
+    assert_eq!(future, "", "nothing was taken in the future");
+    assert!(audit.refused(&["checkpoints", "--since", "soon"]).contains("--since"));
+    server.stop();
+    let _ = std::fs::remove_dir_all(&audit.dir);
+}

@@ -15,6 +15,7 @@
 pub mod checkpoint;
 pub mod event;
 pub mod export;
+pub mod periodic;
 pub mod record;
 pub mod replay;
 pub mod source;

@@ -11,7 +11,7 @@ use connections_audit::checkpoint::Checkpoint;
 use connections_audit::replay::{AsOf, History, WhoCouldUse};
 use connections_audit::source::{read_file, read_log, LogFilter};
 use connections_audit::verify::{cursor_text, Verifier};
-use connections_audit::{time, AuditError, AuditEvent, Both, Sink};
+use connections_audit::{periodic, time, AuditError, AuditEvent, Both, Sink};
 use connections_domain::{ConnectionId, OwnerId};
 
 /// Audit subcommands. Each reads the live log, or an export with `--file`
@@ -96,11 +96,19 @@ pub enum AuditCommand {
         output: Option<PathBuf>,
     },
     /// Verify the live log and print its checkpoint (the head of every
-    /// chain) as one JSON line, for the auditor to keep.
+    /// chain) as one JSON line, for the auditor to keep; a full one is also
+    /// stored with the server's periodic checkpoints.
     Checkpoint {
-        /// Only this user's chains.
+        /// Only this user's chains (not stored).
         #[arg(long)]
         owner: Option<String>,
+    },
+    /// Print the stored checkpoints (taken periodically by the server, and by
+    /// `audit checkpoint`), one JSON line each, oldest first.
+    Checkpoints {
+        /// Only those taken at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
     },
 }
 
@@ -299,20 +307,25 @@ pub async fn run(command: AuditCommand, database_url: impl Fn() -> String) -> an
         }
         AuditCommand::Checkpoint { owner } => {
             let owner = owner.map(|o| OwnerId::parse(o).map_err(|e| anyhow::anyhow!("--owner {e}"))).transpose()?;
-            let mut verifier = Verifier::complete();
-            let filter = LogFilter {
-                owner: owner.as_ref().map(ToString::to_string),
-                accesses: Some(None),
-                horizon: true,
-                ..LogFilter::default()
-            };
-            from_log(&database_url(), &filter, &mut verifier).await?;
-            let (checkpoint, _) = verifier
-                .finish(owner.map(|o| o.to_string()), None, false)
+            let mut client = connect(&database_url()).await?;
+            let checkpoint = periodic::take(&mut client, owner.as_ref().map(ToString::to_string))
+                .await
                 .map_err(|e| anyhow::anyhow!(describe_failure(e)))?;
-            let mut line = Vec::new();
-            connections_audit::record::write_line(&mut line, connections_audit::record::Kind::Checkpoint, &checkpoint);
-            std::io::stdout().write_all(&line)?;
+            if owner.is_none() {
+                periodic::store(&client, &checkpoint).await?;
+            }
+            std::io::stdout().write_all(periodic::line(&checkpoint).as_bytes())?;
+            Ok(())
+        }
+        AuditCommand::Checkpoints { since } => {
+            let since = since.map(|t| time::parse_time("--since", &t)).transpose().map_err(anyhow::Error::msg)?;
+            let mut client = connect(&database_url()).await?;
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            periodic::list(&mut client, since, |line| {
+                let _ = out.write_all(line.as_bytes());
+            })
+            .await?;
             Ok(())
         }
     }

@@ -21,6 +21,9 @@ pub struct Config {
     /// `CONNECTIONS_NATS_PREFIX`, default `connections`: the start of every
     /// subject, stream and consumer name.
     pub names: Names,
+    /// `CONNECTIONS_AUDIT_CHECKPOINT_SECS`, default 86400: how often the
+    /// server stores an audit checkpoint; 0 turns it off.
+    pub audit_checkpoint_every: Option<std::time::Duration>,
 }
 
 impl Config {
@@ -36,6 +39,13 @@ impl Config {
             nats_url: env_or("CONNECTIONS_NATS_URL", "nats://127.0.0.1:4222"),
             pool_size,
             names: Names::new(&env_or("CONNECTIONS_NATS_PREFIX", "connections"))?,
+            audit_checkpoint_every: match env_or("CONNECTIONS_AUDIT_CHECKPOINT_SECS", "86400")
+                .parse::<u64>()
+                .context("CONNECTIONS_AUDIT_CHECKPOINT_SECS must be a number of seconds")?
+            {
+                0 => None,
+                seconds => Some(std::time::Duration::from_secs(seconds)),
+            },
         })
     }
 }

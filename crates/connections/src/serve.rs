@@ -31,7 +31,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let relay = tokio::spawn(relay::run(database.clone(), relay_config, signals.clone(), stopping.clone()));
     let projector_config =
         ProjectorConfig::new(config.names.clone(), config.database_url.clone(), config.nats_url.clone());
-    let projector = tokio::spawn(projector::run(database, projector_config, signals, stopping));
+    let projector = tokio::spawn(projector::run(database, projector_config, signals, stopping.clone()));
+    let checkpoints = config
+        .audit_checkpoint_every
+        .map(|every| tokio::spawn(connections_audit::periodic::run(config.database_url.clone(), every, stopping)));
 
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let address = listener.local_addr()?;
@@ -50,6 +53,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Ok(Err(error)) => tracing::error!(task = name, %error, "task failed"),
             Err(_) => tracing::error!(task = name, "did not stop within 10 s"),
         }
+    }
+    if let Some(checkpoints) = checkpoints {
+        // A checkpoint being taken is abandoned: nothing is stored half-way.
+        checkpoints.abort();
     }
     served?;
     tracing::info!("server stopped");
