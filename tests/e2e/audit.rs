@@ -189,6 +189,7 @@ async fn the_audit_answers_from_the_log_and_from_an_export_alone() {
     audit.ok(&["export", "--output", &full]);
     let exported = std::fs::read_to_string(&full).expect("export");
     assert!(!exported.contains("audit-canary"), "no secret in an export");
+    export_matches_its_schema(&exported);
     assert!(exported.lines().last().expect("lines").starts_with(r#"{"kind":"checkpoint""#));
     let offline = Audit { database_url: "postgres://nobody@127.0.0.1:1/none".into(), dir: audit.dir.clone() };
     assert!(offline.ok(&["verify", "--file", &full]).contains("every chain intact"));
@@ -266,6 +267,38 @@ async fn the_audit_answers_from_the_log_and_from_an_export_alone() {
 
     server.stop();
     let _ = std::fs::remove_dir_all(&audit.dir);
+}
+
+/// Every line of an export validates against `schemas/audit/export.v1.json`,
+/// every event's data against its event schema, and the kinds come in order.
+fn export_matches_its_schema(exported: &str) {
+    let root = connections_e2e::workspace_root();
+    let load = |path: PathBuf| {
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        let schema: Value = serde_json::from_str(&text).expect("schema is JSON");
+        jsonschema::validator_for(&schema).expect("schema compiles")
+    };
+    let lines = load(root.join("schemas/audit/export.v1.json"));
+    let mut kinds = Vec::new();
+    for (n, line) in exported.lines().enumerate() {
+        let value = json_of(line);
+        let errors: Vec<String> = lines.iter_errors(&value).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "line {}: {errors:?}\n{line}", n + 1);
+        let kind = value["kind"].as_str().expect("kind").to_owned();
+        assert!(line.starts_with(&format!("{{\"kind\":\"{kind}\",")), "line {} starts with its kind", n + 1);
+        if kind == "event" {
+            let schema = load(root.join(format!(
+                "schemas/events/{}.v{}.json",
+                value["event_type"].as_str().expect("type"),
+                value["schema_version"]
+            )));
+            assert!(schema.is_valid(&value["data"]), "line {}: data breaks its event schema", n + 1);
+        }
+        if kinds.last() != Some(&kind) {
+            kinds.push(kind);
+        }
+    }
+    assert_eq!(kinds, ["event", "access", "checkpoint"], "events, then access records, then the checkpoint");
 }
 
 /// One copy of the database per tampering, made from a template.
