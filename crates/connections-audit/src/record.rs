@@ -85,7 +85,9 @@ pub enum Line<'a> {
 
 const EVENT: &str = r#"{"kind":"event","#;
 const ACCESS: &str = r#"{"kind":"access","#;
-const CHECKPOINT: &str = r#"{"kind":"checkpoint","#;
+/// How a checkpoint line starts (readers stream it rather than buffer it: it
+/// holds every head).
+pub const CHECKPOINT: &str = r#"{"kind":"checkpoint","#;
 
 /// The kind of an export line.
 #[derive(Debug, Clone, Copy)]

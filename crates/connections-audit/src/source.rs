@@ -8,8 +8,9 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, IsolationLevel};
 use uuid::Uuid;
 
+use crate::checkpoint::Checkpoint;
 use crate::event::AuditEvent;
-use crate::record::{parse_line, AccessRecord, At, Line};
+use crate::record::{parse_line, AccessRecord, At, Line, CHECKPOINT};
 use crate::{AuditError, Sink};
 
 /// Which part of the live log a pass reads.
@@ -142,6 +143,27 @@ pub fn read_file(mut reader: impl BufRead, sink: &mut impl Sink) -> Result<(), A
     let mut seen_access = false;
     loop {
         buffer.clear();
+        if !closed && reader.fill_buf()?.starts_with(CHECKPOINT.as_bytes()) {
+            // The checkpoint line holds every head: parse it from the reader
+            // instead of buffering the line.
+            number += 1;
+            let at = At::Line(number);
+            let mut parser = serde_json::Deserializer::from_reader(&mut reader);
+            let checkpoint: Checkpoint = match serde::Deserialize::deserialize(&mut parser) {
+                Ok(checkpoint) => checkpoint,
+                Err(e) if e.is_eof() => {
+                    return Err(AuditError::Truncated(format!("{at} is cut off mid-line")));
+                }
+                Err(e) => return Err(AuditError::Malformed { at, message: e.to_string() }),
+            };
+            let mut newline = [0u8; 1];
+            if std::io::Read::read(&mut reader, &mut newline)? != 1 || newline[0] != b'\n' {
+                return Err(AuditError::Truncated(format!("{at} ends without a newline (cut off mid-line)")));
+            }
+            closed = true;
+            sink.checkpoint(at, &checkpoint)?;
+            continue;
+        }
         if reader.read_until(b'\n', &mut buffer)? == 0 {
             break;
         }
@@ -169,8 +191,6 @@ pub fn read_file(mut reader: impl BufRead, sink: &mut impl Sink) -> Result<(), A
             Line::Checkpoint(checkpoint) => {
                 closed = true;
                 sink.checkpoint(at, &checkpoint)?;
-                // The line holds every head: give its memory back.
-                buffer = Vec::new();
             }
         }
     }
@@ -178,4 +198,21 @@ pub fn read_file(mut reader: impl BufRead, sink: &mut impl Sink) -> Result<(), A
         return Err(AuditError::Truncated(format!("it ends after line {number} without its closing checkpoint line")));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verify::Verifier;
+
+    #[test]
+    fn a_file_without_its_checkpoint_or_cut_mid_line_is_truncated_and_garbage_is_malformed() {
+        let outcome = |text: &str| read_file(text.as_bytes(), &mut Verifier::for_file());
+        assert!(matches!(outcome(""), Err(AuditError::Truncated(_))));
+        assert!(matches!(outcome("{\"kind\":\"access\""), Err(AuditError::Truncated(m)) if m.contains("line 1")));
+        assert!(matches!(outcome("[]\n"), Err(AuditError::Malformed { at: At::Line(1), .. })));
+        assert!(matches!(outcome("\n"), Err(AuditError::Malformed { at: At::Line(1), .. })));
+        let event_out_of_shape = "{\"kind\":\"event\",\"position\":\"one\"}\n";
+        assert!(matches!(outcome(event_out_of_shape), Err(AuditError::Malformed { at: At::Line(1), .. })));
+    }
 }

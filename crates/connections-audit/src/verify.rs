@@ -436,3 +436,120 @@ impl Sink for Verifier {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::{TimeZone, Utc};
+    use connections_store::RecordedEvent;
+    use serde_json::json;
+
+    use super::*;
+
+    /// A chained stream of `n` events, positions interleaved with another stream's.
+    fn stream(stream_id: &str, n: u64, first_position: i64) -> Vec<RecordedEvent> {
+        let mut previous = ChainHash::GENESIS;
+        (1..=n)
+            .map(|version| {
+                let mut event = RecordedEvent {
+                    position: first_position + 2 * version as i64,
+                    transaction_id: 100 + version + first_position as u64,
+                    event_id: Uuid::from_u128(u128::from(version) + first_position as u128 * 1000),
+                    stream_id: stream_id.into(),
+                    stream_version: version,
+                    event_type: "test_event".into(),
+                    schema_version: 1,
+                    data: json!({"n": version, "b": [1, {"z": null, "a": "x"}]}),
+                    metadata: json!({"actor": "alice"}),
+                    recorded_at: Utc.timestamp_opt(1_700_000_000 + version as i64, 0).single().expect("time"),
+                    previous_hash: Some(previous),
+                    hash: None,
+                };
+                let hash = connections_store::chain::recorded_event_hash(&previous, &event);
+                event.hash = Some(hash);
+                previous = hash;
+                event
+            })
+            .collect()
+    }
+
+    fn run(verifier: &mut Verifier, events: &[RecordedEvent]) -> Result<(), AuditError> {
+        for event in events {
+            verifier.event(At::Position(event.position), &AuditEvent::from_recorded(event))?;
+        }
+        Ok(())
+    }
+
+    fn finding(result: Result<(), AuditError>) -> (At, Finding) {
+        match result {
+            Err(AuditError::Tampered { at, finding }) => (at, finding),
+            other => panic!("expected tampering, got {other:?}"),
+        }
+    }
+
+    fn interleaved() -> Vec<RecordedEvent> {
+        let mut events = [stream("s/a", 4, 0), stream("s/b", 3, 1)].concat();
+        events.sort_by_key(|e| e.cursor());
+        events
+    }
+
+    #[test]
+    fn an_untouched_history_verifies_and_its_checkpoint_names_every_head() {
+        let mut verifier = Verifier::complete();
+        run(&mut verifier, &interleaved()).expect("clean");
+        let (checkpoint, report) = verifier.finish(None, None, false).expect("finish");
+        assert_eq!(report.events, 7);
+        let heads: Vec<(&str, u64)> = checkpoint.heads.iter().map(|h| (h.stream_id.as_str(), h.version)).collect();
+        assert_eq!(heads, [("s/a", 4), ("s/b", 3)]);
+        assert_eq!(checkpoint.digest, checkpoint.compute_digest());
+    }
+
+    #[test]
+    fn each_kind_of_tampering_is_named_where_it_happened() {
+        let mut edited = interleaved();
+        edited[2].data = json!({"n": 99});
+        let at = edited[2].position;
+        assert!(
+            matches!(finding(run(&mut Verifier::complete(), &edited)), (At::Position(p), Finding::Edited { .. }) if p == at)
+        );
+
+        let mut deleted = interleaved();
+        let gone = deleted.iter().position(|e| e.stream_id == "s/a" && e.stream_version == 2).expect("present");
+        deleted.remove(gone);
+        let (_, found) = finding(run(&mut Verifier::complete(), &deleted));
+        assert!(matches!(found, Finding::Gap { last: 1, found: 3, .. }), "{found:?}");
+
+        let mut reordered = interleaved();
+        reordered.swap(0, 1);
+        assert!(matches!(finding(run(&mut Verifier::complete(), &reordered)).1, Finding::OutOfOrder { .. }));
+
+        let mut relinked = interleaved();
+        relinked[3].previous_hash = Some(ChainHash([1; 32]));
+        assert!(matches!(finding(run(&mut Verifier::complete(), &relinked)).1, Finding::BrokenLink { .. }));
+
+        let headless: Vec<RecordedEvent> = interleaved().into_iter().filter(|e| e.stream_version > 1).collect();
+        assert!(matches!(finding(run(&mut Verifier::complete(), &headless)).1, Finding::MissingStart { .. }));
+    }
+
+    #[test]
+    fn an_earlier_checkpoint_catches_a_stream_cut_back_at_its_end() {
+        let mut first = Verifier::complete();
+        run(&mut first, &interleaved()).expect("clean");
+        let (earlier, _) = first.finish(None, None, false).expect("finish");
+
+        let cut: Vec<RecordedEvent> =
+            interleaved().into_iter().filter(|e| !(e.stream_id == "s/a" && e.stream_version == 4)).collect();
+        let mut alone = Verifier::complete();
+        run(&mut alone, &cut).expect("the chains alone cannot see a cut end");
+        alone.finish(None, None, false).expect("clean without a checkpoint");
+
+        let mut against = Verifier::complete().against(&earlier);
+        run(&mut against, &cut).expect("chains intact");
+        let error = against.finish(None, None, false).expect_err("the checkpoint sees the cut");
+        assert!(error.to_string().contains("s/a ends at version 3"), "{error}");
+
+        let mut later = Verifier::complete().against(&earlier);
+        run(&mut later, &[interleaved(), stream("s/c", 2, 50)].concat()).expect("clean");
+        let (_, report) = later.finish(None, None, false).expect("a longer history still holds the checkpoint");
+        assert_eq!(report.confirmed, 2);
+    }
+}
