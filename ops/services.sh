@@ -69,8 +69,13 @@ ensure_nats() {
   fi
   say "starting a private nats-server (JetStream) under $DATA/nats on $host:$port"
   mkdir -p "$DATA/nats"
-  nohup "$server" -a "$host" -p "$port" -js -sd "$DATA/nats" -l "$DATA/nats.log" >/dev/null 2>&1 &
+  # stderr kept: a crash (Go panic) prints there, not to the log file.
+  nohup "$server" -a "$host" -p "$port" -js -sd "$DATA/nats" -l "$DATA/nats.log" >/dev/null 2>>"$DATA/nats.stderr" &
   wait_tcp "$host" "$port" 20
+}
+
+nats_up() {
+  tcp_open "$(url_host "$CONNECTIONS_NATS_URL")" "$(url_port "$CONNECTIONS_NATS_URL" 4222)"
 }
 
 ensure_services() {
