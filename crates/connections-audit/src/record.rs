@@ -23,6 +23,8 @@ pub enum At {
     Position(i64),
     /// An access record's id in the live access log.
     AccessId(i64),
+    /// The comparison with an earlier checkpoint, after every record.
+    EarlierCheckpoint,
 }
 
 impl std::fmt::Display for At {
@@ -31,6 +33,7 @@ impl std::fmt::Display for At {
             At::Line(line) => write!(f, "line {line}"),
             At::Position(position) => write!(f, "event position {position}"),
             At::AccessId(id) => write!(f, "access record {id}"),
+            At::EarlierCheckpoint => write!(f, "the comparison with the earlier checkpoint"),
         }
     }
 }

@@ -282,7 +282,7 @@ pub struct Report {
 }
 
 fn earlier_broken(message: String) -> AuditError {
-    AuditError::Tampered { at: At::Line(0), finding: Finding::Checkpoint(message) }
+    AuditError::Tampered { at: At::EarlierCheckpoint, finding: Finding::Checkpoint(message) }
 }
 
 fn at_order(at: At) -> i64 {
@@ -290,6 +290,7 @@ fn at_order(at: At) -> i64 {
         At::Line(n) => n as i64,
         At::Position(p) => p,
         At::AccessId(id) => id,
+        At::EarlierCheckpoint => i64::MAX,
     }
 }
 
