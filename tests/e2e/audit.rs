@@ -500,3 +500,48 @@ async fn the_server_takes_periodic_checkpoints_that_an_auditor_can_export_and_ch
     server.stop();
     let _ = std::fs::remove_dir_all(&audit.dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_to_one_stream_keep_its_chain_and_the_replay_right() {
+    let mut server = Server::start(&[]);
+    let api = Api { http: reqwest::Client::new(), server_base: server.base.clone() };
+    let alice = server.token("alice");
+    let create = |n: usize| {
+        let (api, alice) = (&api, alice.clone());
+        async move {
+            let body =
+                json!({"service": "github", "name": format!("c{n}"), "credential": {"kind": "api_key", "key": "k"}});
+            api.call(&alice, reqwest::Method::POST, "/v1/connections", Some(body)).await["connection_id"]
+                .as_str()
+                .expect("id")
+                .to_owned()
+        }
+    };
+    let default = create(0).await;
+    api.call(&alice, reqwest::Method::PUT, "/v1/services/github/default", Some(json!({"connection_id": default})))
+        .await;
+    // Six agents bind the default on their first resolution while the owner
+    // creates four more connections: all append to alice's github stream.
+    let agents: Vec<String> = (1..=6).map(|n| format!("agent-{n}")).collect();
+    let resolves = agents.iter().map(|agent| {
+        let (api, token) = (&api, server.agent_token(agent, "alice"));
+        async move { api.call(&token, reqwest::Method::POST, "/v1/resolve", Some(json!({"service": "github"}))).await }
+    });
+    let creates = (1..=4).map(create);
+    futures_util::future::join(futures_util::future::join_all(resolves), futures_util::future::join_all(creates)).await;
+
+    let audit = Audit { database_url: server.database_url.clone(), dir: scratch_dir() };
+    assert!(audit.ok(&["verify"]).contains("every chain intact"));
+    let now = json_of(&audit.ok(&["as-of", &chrono_now(), "--owner", "alice", "--json"]));
+    let connections = now["services"][0]["connections"].as_array().expect("connections").clone();
+    assert_eq!(connections.len(), 5);
+    let bound = connections.iter().find(|c| c["connection_id"] == json!(default)).expect("default");
+    assert_eq!(bound["agents"], json!(agents));
+    let usage = json_of(&audit.ok(&["who-could-use", "--connection", &default, "--json"]));
+    assert_eq!(usage["bindings"].as_array().map(Vec::len), Some(6));
+    let handouts = usage["handouts"].as_array().expect("hand-outs");
+    assert_eq!(handouts.len(), 6);
+    assert!(handouts.iter().all(|h| h["while_bound"] == true), "{usage}");
+    server.stop();
+    let _ = std::fs::remove_dir_all(&audit.dir);
+}

@@ -131,6 +131,13 @@ async fn faults_converge_to_exactly_what_a_rebuild_gives(version: NatsVersion) {
         .expect("run projections rebuild");
     assert!(rebuilt.status.success(), "rebuild failed: {}", String::from_utf8_lossy(&rebuilt.stderr));
     assert_eq!(read_model_snapshot(&server.database_url).await, live, "live read models differ from a rebuild");
+    // Every chain survived the kills and restarts.
+    let verified = Command::new(binary())
+        .args(["audit", "verify"])
+        .env("CONNECTIONS_DATABASE_URL", &server.database_url)
+        .output()
+        .expect("run audit verify");
+    assert!(verified.status.success(), "audit verify failed: {}", String::from_utf8_lossy(&verified.stderr));
 
     // The refilled stream holds the whole log, once, in order.
     let (db, connection) = tokio_postgres::connect(&server.database_url, tokio_postgres::NoTls).await.expect("connect");
