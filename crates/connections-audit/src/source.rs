@@ -5,7 +5,7 @@ use std::io::BufRead;
 
 use connections_store::{event_from_row, LogCursor, EVENT_COLUMNS};
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, IsolationLevel};
+use tokio_postgres::{Client, IsolationLevel, Portal, Row, Transaction};
 use uuid::Uuid;
 
 use crate::checkpoint::Checkpoint;
@@ -60,16 +60,11 @@ pub async fn read_log(client: &mut Client, filter: &LogFilter, sink: &mut impl S
     let params: [&(dyn ToSql + Sync); 5] =
         [&filter.owner, &filter.stream_id, &from_tx, &from_position, &filter.horizon];
     let portal = transaction.bind(&statement, &params).await?;
-    loop {
-        let rows = transaction.query_portal(&portal, BATCH).await?;
-        if rows.is_empty() {
-            break;
-        }
-        for row in &rows {
-            let event = event_from_row(row)?;
-            sink.event(At::Position(event.position), &AuditEvent::from_recorded(&event))?;
-        }
-    }
+    each_row(&transaction, &portal, |row| {
+        let event = event_from_row(row)?;
+        sink.event(At::Position(event.position), &AuditEvent::from_recorded(&event))
+    })
+    .await?;
     if let Some(connection) = filter.accesses {
         let statement = transaction
             .prepare(
@@ -81,36 +76,46 @@ pub async fn read_log(client: &mut Client, filter: &LogFilter, sink: &mut impl S
             .await?;
         let params: [&(dyn ToSql + Sync); 2] = [&filter.owner, &connection];
         let portal = transaction.bind(&statement, &params).await?;
-        loop {
-            let rows = transaction.query_portal(&portal, BATCH).await?;
-            if rows.is_empty() {
-                break;
-            }
-            for row in &rows {
-                let hash = |index: usize| {
-                    row.get::<_, Option<&[u8]>>(index).map(|bytes| {
-                        connections_store::chain::ChainHash::from_slice(bytes).ok_or_else(|| {
-                            connections_store::StoreError::Corrupt(format!("an access hash of {} bytes", bytes.len()))
-                        })
+        each_row(&transaction, &portal, |row| {
+            let hash = |index: usize| {
+                row.get::<_, Option<&[u8]>>(index).map(|bytes| {
+                    connections_store::chain::ChainHash::from_slice(bytes).ok_or_else(|| {
+                        connections_store::StoreError::Corrupt(format!("an access hash of {} bytes", bytes.len()))
                     })
-                };
-                let access = AccessRecord {
-                    access_id: row.get(0),
-                    connection_id: row.get(1),
-                    credential_version: row.get(2),
-                    agent_id: row.get(3),
-                    owner_id: row.get(4),
-                    request_id: row.get(5),
-                    accessed_at: row.get(6),
-                    previous_hash: hash(7).transpose()?,
-                    hash: hash(8).transpose()?,
-                };
-                sink.access(At::AccessId(access.access_id), &access)?;
-            }
-        }
+                })
+            };
+            let access = AccessRecord {
+                access_id: row.get(0),
+                connection_id: row.get(1),
+                credential_version: row.get(2),
+                agent_id: row.get(3),
+                owner_id: row.get(4),
+                request_id: row.get(5),
+                accessed_at: row.get(6),
+                previous_hash: hash(7).transpose()?,
+                hash: hash(8).transpose()?,
+            };
+            sink.access(At::AccessId(access.access_id), &access)
+        })
+        .await?;
     }
     transaction.commit().await?;
     Ok(())
+}
+
+/// Hands every row of `portal` to `each`, [`BATCH`] rows per round trip.
+async fn each_row(
+    transaction: &Transaction<'_>,
+    portal: &Portal,
+    mut each: impl FnMut(&Row) -> Result<(), AuditError>,
+) -> Result<(), AuditError> {
+    loop {
+        let rows = transaction.query_portal(portal, BATCH).await?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        rows.iter().try_for_each(&mut each)?;
+    }
 }
 
 /// Waits (up to 30 s) until every event committed now is below the
