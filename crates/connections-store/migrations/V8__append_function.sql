@@ -1,8 +1,7 @@
--- One stream's append as a function: the version check, the hash chain and
--- the insert (see src/log.rs and src/chain.rs). The same work as the
--- recursive-CTE statement of V6, but its plans are cached per session and
--- cost microseconds to make: as a parameterized statement, Postgres kept
--- re-planning the recursive CTE (custom plans) on every append.
+-- One stream's append of several events as a function: the version check,
+-- the hash chain and the insert (see src/log.rs and src/chain.rs). A single
+-- event is appended by one statement instead (cheaper: see ARCHITECTURE.md,
+-- "Hash chains"); several need a loop, since each link hashes the previous.
 --
 -- Returns the positions of the new events, or no row when the stream is
 -- not at the expected version, or when its head was written by a newer
