@@ -3,7 +3,7 @@
 
 use std::io::BufRead;
 
-use connections_store::{event_from_row, LogCursor, EVENT_COLUMNS};
+use connections_store::{event_from_row, stored_hash, LogCursor, EVENT_COLUMNS};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, IsolationLevel, Portal, Row, Transaction};
 use uuid::Uuid;
@@ -77,13 +77,6 @@ pub async fn read_log(client: &mut Client, filter: &LogFilter, sink: &mut impl S
         let params: [&(dyn ToSql + Sync); 2] = [&filter.owner, &connection];
         let portal = transaction.bind(&statement, &params).await?;
         each_row(&transaction, &portal, |row| {
-            let hash = |index: usize| {
-                row.get::<_, Option<&[u8]>>(index).map(|bytes| {
-                    connections_store::chain::ChainHash::from_slice(bytes).ok_or_else(|| {
-                        connections_store::StoreError::Corrupt(format!("an access hash of {} bytes", bytes.len()))
-                    })
-                })
-            };
             let access = AccessRecord {
                 access_id: row.get(0),
                 connection_id: row.get(1),
@@ -92,8 +85,8 @@ pub async fn read_log(client: &mut Client, filter: &LogFilter, sink: &mut impl S
                 owner_id: row.get(4),
                 request_id: row.get(5),
                 accessed_at: row.get(6),
-                previous_hash: hash(7).transpose()?,
-                hash: hash(8).transpose()?,
+                previous_hash: stored_hash(row, 7)?,
+                hash: stored_hash(row, 8)?,
             };
             sink.access(At::AccessId(access.access_id), &access)
         })

@@ -139,14 +139,37 @@ pub fn event_content_canonical(
     metadata_json: &[u8],
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + stream_id.len() + event_type.len() + data_json.len() + metadata_json.len());
-    field(&mut out, b"connections.event.v1");
-    field(&mut out, event_id.as_bytes());
-    field(&mut out, stream_id.as_bytes());
-    field(&mut out, event_type.as_bytes());
-    field(&mut out, &schema_version.to_be_bytes());
-    field(&mut out, data_json);
-    field(&mut out, metadata_json);
+    event_fields(event_id, stream_id, event_type, schema_version, data_json, metadata_json, |bytes| {
+        out.extend_from_slice(bytes)
+    });
     out
+}
+
+/// The one definition of an event's content bytes: each field as a 4-byte
+/// big-endian length and the bytes, handed to `emit` piece by piece (into a
+/// buffer, or straight into a hasher).
+fn event_fields(
+    event_id: Uuid,
+    stream_id: &str,
+    event_type: &str,
+    schema_version: i32,
+    data_json: &[u8],
+    metadata_json: &[u8],
+    mut emit: impl FnMut(&[u8]),
+) {
+    let fields: [&[u8]; 7] = [
+        b"connections.event.v1",
+        event_id.as_bytes(),
+        stream_id.as_bytes(),
+        event_type.as_bytes(),
+        &schema_version.to_be_bytes(),
+        data_json,
+        metadata_json,
+    ];
+    for bytes in fields {
+        emit(&(bytes.len() as u32).to_be_bytes());
+        emit(bytes);
+    }
 }
 
 /// Where Postgres put an event: the part of its hashed bytes the append
@@ -178,17 +201,9 @@ pub fn event_hash_canonical(
 ) -> ChainHash {
     let mut hasher = Sha256::new();
     hasher.update(previous.0);
-    let mut field = |bytes: &[u8]| {
-        hasher.update((bytes.len() as u32).to_be_bytes());
-        hasher.update(bytes);
-    };
-    field(b"connections.event.v1");
-    field(event_id.as_bytes());
-    field(stream_id.as_bytes());
-    field(event_type.as_bytes());
-    field(&schema_version.to_be_bytes());
-    field(data_json);
-    field(metadata_json);
+    event_fields(event_id, stream_id, event_type, schema_version, data_json, metadata_json, |bytes| {
+        hasher.update(bytes)
+    });
     finish_event_hash(hasher, place)
 }
 

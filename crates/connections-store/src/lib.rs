@@ -28,8 +28,8 @@ pub use error::StoreError;
 pub use idempotency::{IdempotencyClaim, StoredResponse};
 pub use locator::ConnectionLocation;
 pub use log::{
-    recorded as event_from_row, EventLog, LogCursor, Metadata, NewEvent, RecordedEvent, StreamAppend, StreamId,
-    StreamVersion, COLUMNS as EVENT_COLUMNS,
+    recorded as event_from_row, stored_hash, EventLog, LogCursor, Metadata, NewEvent, RecordedEvent, StreamAppend,
+    StreamId, StreamVersion, COLUMNS as EVENT_COLUMNS,
 };
 pub use migrate::migrate;
 pub use secrets::StoredCredential;

@@ -189,10 +189,13 @@ impl EventLog {
         metadata: &Metadata,
     ) -> Result<Vec<i64>, StoreError> {
         let metadata = serde_json::to_value(metadata).expect("metadata always serializes");
-        let statement = transaction.prepare_cached(APPEND).await?;
-        let single = transaction.prepare_cached(APPEND_ONE).await?;
+        // Prepare (look up in the cache) only the statements this call uses.
+        let uses = |single: bool| appends.iter().any(|a| !a.events.is_empty() && (a.events.len() == 1) == single);
+        let single = if uses(true) { Some(transaction.prepare_cached(APPEND_ONE).await?) } else { None };
+        let several = if uses(false) { Some(transaction.prepare_cached(APPEND).await?) } else { None };
         let inserts = appends.iter().filter(|append| !append.events.is_empty()).map(|append| {
-            let statement = if append.events.len() == 1 { &single } else { &statement };
+            let statement =
+                if append.events.len() == 1 { single.as_ref() } else { several.as_ref() }.expect("prepared above");
             let metadata = &metadata;
             async move {
                 let ids: Vec<Uuid> = append.events.iter().map(|e| e.event_id).collect();
@@ -326,7 +329,8 @@ pub fn recorded(row: &Row) -> Result<RecordedEvent, StoreError> {
     })
 }
 
-fn stored_hash(row: &Row, index: usize) -> Result<Option<ChainHash>, StoreError> {
+/// A nullable hash column of `row` (32 bytes, or NULL for a row not yet chained).
+pub fn stored_hash(row: &Row, index: usize) -> Result<Option<ChainHash>, StoreError> {
     match row.get::<_, Option<&[u8]>>(index) {
         None => Ok(None),
         Some(bytes) => ChainHash::from_slice(bytes)
