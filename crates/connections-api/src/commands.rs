@@ -84,13 +84,26 @@ pub async fn execute(
     respond: impl Fn(&Decided) -> (StatusCode, Value),
 ) -> Result<(StatusCode, Value), ApiError> {
     let command_id = uuid::Uuid::now_v7();
+    let mut transient = None;
     for attempt in 1..=MAX_ATTEMPTS {
-        let client = app.database.pool().get().await.map_err(StoreError::from)?;
+        let client = match app.database.pool().get().await.map_err(StoreError::from) {
+            Ok(client) => client,
+            Err(error) if error.is_transient() => {
+                tracing::warn!(attempt, %error, cause = ?std::error::Error::source(&error), "no database connection, retrying");
+                transient = Some(error);
+                backoff(attempt).await;
+                continue;
+            }
+            Err(error) => return Err(error.into()),
+        };
         let transaction = PipelinedTransaction::new(client);
         // BEGIN is sent together with the command's first reads.
         let (begun, outcome) =
             futures::join!(transaction.begin(), attempt_once(app, transaction.client(), &input, command_id, &respond));
-        begun?;
+        let outcome = match begun {
+            Err(error) => Err(AttemptError::from(error)),
+            Ok(()) => outcome,
+        };
         match outcome {
             Ok(answer) => {
                 transaction.commit_and_notify(connections_fanout::EVENTS_CHANNEL).await?;
@@ -99,6 +112,16 @@ pub async fn execute(
             Err(AttemptError::Conflict) => {
                 tracing::debug!(attempt, "optimistic concurrency conflict, retrying");
                 transaction.rollback().await?;
+                backoff(attempt).await;
+                continue;
+            }
+            Err(AttemptError::Transient(error)) => {
+                // Nothing was committed: the same command may run again on
+                // another connection. The connection may be broken, so it is
+                // not returned to the pool (dropping the transaction closes it).
+                tracing::warn!(attempt, %error, cause = ?std::error::Error::source(&error), "transient database failure, retrying");
+                drop(transaction);
+                transient = Some(error);
                 backoff(attempt).await;
                 continue;
             }
@@ -121,7 +144,10 @@ pub async fn execute(
             }
         }
     }
-    Err(ApiError::ConcurrencyExhausted)
+    match transient {
+        Some(error) => Err(ApiError::Unavailable(Box::new(error))),
+        None => Err(ApiError::ConcurrencyExhausted),
+    }
 }
 
 /// A short random pause before retrying a lost race, growing with the
@@ -134,8 +160,14 @@ pub async fn backoff(attempt: usize) {
 }
 
 enum AttemptError {
+    /// Another command won the race on the stream: decide again.
     Conflict,
+    /// The database failed in a way a new transaction may not (see
+    /// [`StoreError::is_transient`]).
+    Transient(StoreError),
+    /// The command is refused: an answer, stored for an idempotency key.
     Refused(ApiError),
+    /// Anything else.
     Fail(ApiError),
 }
 
@@ -143,6 +175,7 @@ impl From<StoreError> for AttemptError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::Conflict { .. } => AttemptError::Conflict,
+            error if error.is_transient() => AttemptError::Transient(error),
             other => AttemptError::Fail(other.into()),
         }
     }

@@ -54,6 +54,10 @@ pub enum ApiError {
     /// The read model has not caught up with the requested position in time.
     #[error("the read model has not reached position {0} yet; retry")]
     NotYetProjected(i64),
+    /// The database could not be reached, or kept failing transiently, for
+    /// every attempt; nothing was stored and the client may retry.
+    #[error("the database is unavailable; nothing was stored; retry")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// Something broke on our side; details go to the log only.
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -80,6 +84,7 @@ impl ApiError {
             ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large"),
             ApiError::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type"),
             ApiError::NotYetProjected(_) => (StatusCode::SERVICE_UNAVAILABLE, "not-yet-projected"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -123,7 +128,7 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let ApiError::Internal(cause) = &self {
+        if let ApiError::Internal(cause) | ApiError::Unavailable(cause) = &self {
             tracing::error!(error = %cause, cause = ?std::error::Error::source(&**cause), "request failed");
         }
         let (status, body) = self.to_problem();

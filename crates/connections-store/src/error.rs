@@ -33,6 +33,30 @@ impl StoreError {
         error.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
     }
 
+    /// Whether the same work may succeed in a new transaction on another
+    /// connection: no connection could be had, the connection was lost
+    /// before commit, or Postgres rolled the transaction back to break a
+    /// deadlock or a serialization failure (SQLSTATE class 40). Only a caller
+    /// that has not sent COMMIT may retry: it knows nothing was stored.
+    pub fn is_transient(&self) -> bool {
+        use tokio_postgres::error::SqlState;
+        let database = |error: &tokio_postgres::Error| {
+            error.is_closed()
+                || error.code().is_some_and(|code| {
+                    code.code().starts_with("40")
+                        || code.code().starts_with("08")
+                        || [SqlState::TOO_MANY_CONNECTIONS, SqlState::ADMIN_SHUTDOWN, SqlState::CANNOT_CONNECT_NOW]
+                            .contains(code)
+                })
+        };
+        match self {
+            StoreError::Database(error) => database(error),
+            StoreError::Pool(deadpool_postgres::PoolError::Backend(error)) => database(error) || error.code().is_none(),
+            StoreError::Pool(deadpool_postgres::PoolError::Timeout(_)) => true,
+            _ => false,
+        }
+    }
+
     /// A database error, where a unique violation means another writer
     /// won the race on `stream_id`.
     pub(crate) fn raced_on(stream_id: &str) -> impl FnOnce(tokio_postgres::Error) -> StoreError + '_ {

@@ -11,6 +11,7 @@ mod openapi;
 mod read_api;
 mod resolve;
 mod secrets;
+mod unavailable;
 
 use std::sync::Arc;
 
@@ -89,8 +90,18 @@ impl Answer {
     }
 }
 
+/// Server-side warnings and errors (the cause behind a 500 or 503) go to
+/// the test's captured output, so a failing test shows them.
+fn log_to_test_output() {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("warn").try_init();
+    });
+}
+
 impl TestApp {
     pub(crate) async fn new() -> Self {
+        log_to_test_output();
         let db = TestDatabase::new().await;
         let secret = b"test-secret-that-is-at-least-32-bytes-long".to_vec();
         let master_key = Arc::new(
