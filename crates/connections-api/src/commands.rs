@@ -91,7 +91,7 @@ pub async fn execute(
             Err(error) if error.is_transient() => {
                 tracing::warn!(attempt, %error, cause = ?std::error::Error::source(&error), "no database connection, retrying");
                 transient = Some(error);
-                backoff(attempt).await;
+                transient_backoff(attempt).await;
                 continue;
             }
             Err(error) => return Err(error.into()),
@@ -122,7 +122,7 @@ pub async fn execute(
                 tracing::warn!(attempt, %error, cause = ?std::error::Error::source(&error), "transient database failure, retrying");
                 drop(transaction);
                 transient = Some(error);
-                backoff(attempt).await;
+                transient_backoff(attempt).await;
                 continue;
             }
             Err(AttemptError::Refused(error)) => {
@@ -157,6 +157,18 @@ pub async fn backoff(attempt: usize) {
     let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
     let micros = random % (500 * attempt as u64 + 1);
     tokio::time::sleep(std::time::Duration::from_micros(micros)).await;
+}
+
+/// A longer pause before retrying after a transient database failure:
+/// 5 ms doubling per attempt, so that the attempts span about half a second
+/// (a restarting server or a full connection table may recover in that time).
+async fn transient_backoff(attempt: usize) {
+    if attempt >= MAX_ATTEMPTS {
+        return;
+    }
+    let millis = 5u64 << (attempt.min(8) - 1);
+    tokio::time::sleep(std::time::Duration::from_millis(millis)).await;
+    backoff(attempt).await;
 }
 
 enum AttemptError {
