@@ -68,25 +68,6 @@ impl Api {
         assert!(response.status().is_success(), "{path}: {}", response.status());
         response.json().await.unwrap_or(Value::Null)
     }
-
-    /// Like a client under contention: a 409 `concurrency-conflict` (the
-    /// server's retries on one hot stream ran out; nothing was stored) is
-    /// sent again, a bounded number of times.
-    async fn call_retrying(&self, token: &str, method: reqwest::Method, path: &str, body: Value) -> Value {
-        for _ in 0..20 {
-            let request = self.http.request(method.clone(), format!("{}{path}", self.server_base)).bearer_auth(token);
-            let response = request.json(&body).send().await.expect("request");
-            if response.status().is_success() {
-                return response.json().await.unwrap_or(Value::Null);
-            }
-            let status = response.status();
-            let problem: Value = response.json().await.unwrap_or(Value::Null);
-            let conflict = problem["type"].as_str().is_some_and(|t| t.ends_with("concurrency-conflict"));
-            assert!(conflict, "{path}: {status} {problem}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("{path}: still conflicting after 20 attempts");
-    }
 }
 
 /// A history with every kind of event: alice's two github connections, a
@@ -530,7 +511,7 @@ async fn concurrent_appends_to_one_stream_keep_its_chain_and_the_replay_right() 
         async move {
             let body =
                 json!({"service": "github", "name": format!("c{n}"), "credential": {"kind": "api_key", "key": "k"}});
-            api.call_retrying(&alice, reqwest::Method::POST, "/v1/connections", body).await["connection_id"]
+            api.call(&alice, reqwest::Method::POST, "/v1/connections", Some(body)).await["connection_id"]
                 .as_str()
                 .expect("id")
                 .to_owned()
@@ -542,13 +523,10 @@ async fn concurrent_appends_to_one_stream_keep_its_chain_and_the_replay_right() 
     // Six agents bind the default on their first resolution while the owner
     // creates four more connections: all append to alice's github stream.
     let agents: Vec<String> = (1..=6).map(|n| format!("agent-{n}")).collect();
-    let resolves =
-        agents.iter().map(|agent| {
-            let (api, token) = (&api, server.agent_token(agent, "alice"));
-            async move {
-                api.call_retrying(&token, reqwest::Method::POST, "/v1/resolve", json!({"service": "github"})).await
-            }
-        });
+    let resolves = agents.iter().map(|agent| {
+        let (api, token) = (&api, server.agent_token(agent, "alice"));
+        async move { api.call(&token, reqwest::Method::POST, "/v1/resolve", Some(json!({"service": "github"}))).await }
+    });
     let creates = (1..=4).map(create);
     futures_util::future::join(futures_util::future::join_all(resolves), futures_util::future::join_all(creates)).await;
 

@@ -200,24 +200,61 @@ async fn attempt_once(
     command_id: uuid::Uuid,
     respond: &impl Fn(&Decided) -> (StatusCode, Value),
 ) -> Result<(StatusCode, Value), AttemptError> {
-    if let Some(idempotency) = &input.idempotency {
-        match IdempotencyClaim::claim(transaction, input.actor.as_str(), &idempotency.key, &idempotency.request_hash)
-            .await?
-        {
-            IdempotencyClaim::Fresh => {}
-            IdempotencyClaim::Replay(stored) => {
-                let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
-                return Ok((status, stored.body));
-            }
-            IdempotencyClaim::Mismatch => return Err(AttemptError::Fail(ApiError::IdempotencyKeyReused)),
-        }
-    }
     let location = match &input.target {
-        Target::Service(service) => ConnectionLocation { owner: input.actor.clone(), service: service.clone() },
-        Target::Connection(connection_id) => ConnectionLocation::find(transaction, *connection_id)
-            .await?
-            .ok_or(AttemptError::Refused(ApiError::NotFound))?,
+        Target::Service(service) => Some(ConnectionLocation { owner: input.actor.clone(), service: service.clone() }),
+        Target::Connection(connection_id) => ConnectionLocation::find(transaction, *connection_id).await?,
     };
+    let Some(location) = location else {
+        // No stream to lock; the refusal is still the key's answer.
+        if let Some(replayed) = claim(transaction, input).await? {
+            return Ok(replayed);
+        }
+        return Err(AttemptError::Refused(ApiError::NotFound));
+    };
+    // Queue behind the stream's other writers before writing anything, the
+    // key's claim included (see `EventLog::lock_stream`). Polled first, the
+    // lock is sent first, and the statements that follow run once it is held.
+    let stream_id = location.stream_id();
+    let (locked, outcome) = futures::join!(
+        EventLog::lock_stream(transaction, &stream_id),
+        decide_and_append(app, transaction, input, &location, command_id, respond)
+    );
+    locked?;
+    outcome
+}
+
+/// With an idempotency key: claims it, or answers the stored answer of the
+/// request that claimed it (an error if that was a different request).
+async fn claim(
+    transaction: &impl GenericClient,
+    input: &CommandInput,
+) -> Result<Option<(StatusCode, Value)>, AttemptError> {
+    let Some(idempotency) = &input.idempotency else {
+        return Ok(None);
+    };
+    match IdempotencyClaim::claim(transaction, input.actor.as_str(), &idempotency.key, &idempotency.request_hash)
+        .await?
+    {
+        IdempotencyClaim::Fresh => Ok(None),
+        IdempotencyClaim::Replay(stored) => {
+            Ok(Some((StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK), stored.body)))
+        }
+        IdempotencyClaim::Mismatch => Err(AttemptError::Fail(ApiError::IdempotencyKeyReused)),
+    }
+}
+
+/// The command's work on its locked stream: read, decide, write, answer.
+async fn decide_and_append(
+    app: &AppState,
+    transaction: &impl GenericClient,
+    input: &CommandInput,
+    location: &ConnectionLocation,
+    command_id: uuid::Uuid,
+    respond: &impl Fn(&Decided) -> (StatusCode, Value),
+) -> Result<(StatusCode, Value), AttemptError> {
+    if let Some(replayed) = claim(transaction, input).await? {
+        return Ok(replayed);
+    }
     let stream_id = location.stream_id();
     // A command that does not depend on the stream skips reading it and
     // appends after whatever is there.
@@ -233,7 +270,7 @@ async fn attempt_once(
     for event in &events {
         state.apply(event);
     }
-    let side_writes = side_writes(app, transaction, &location, &events, input.credential.as_ref()).await?;
+    let side_writes = side_writes(app, transaction, location, &events, input.credential.as_ref()).await?;
     let new_events = events
         .iter()
         .map(|event| {
@@ -247,7 +284,7 @@ async fn attempt_once(
     // transaction: pipeline them instead of paying a round trip each.
     let (positions, _) = futures::future::try_join(
         EventLog::append(transaction, &append, &metadata),
-        futures::future::try_join_all(side_writes.iter().map(|write| write.execute(transaction, &location))),
+        futures::future::try_join_all(side_writes.iter().map(|write| write.execute(transaction, location))),
     )
     .await?;
     let position = positions.last().or(history.last().map(|e| &e.position)).copied().unwrap_or(0);

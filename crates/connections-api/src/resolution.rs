@@ -48,9 +48,18 @@ pub async fn resolve(
     let stream_id = StreamId::owner_service(&agent.owner, service);
     for attempt in 1..=MAX_ATTEMPTS {
         let transaction = PipelinedTransaction::new(app.database.pool().get().await.map_err(StoreError::from)?);
-        let (begun, read) =
-            futures::future::join(transaction.begin(), EventLog::read_stream(transaction.client(), &stream_id)).await;
+        // Most resolves only read. One that lost a race to append (binding
+        // the default) queues behind the stream's writers when it tries again.
+        let lock = async {
+            match attempt {
+                1 => Ok(()),
+                _ => EventLog::lock_stream(transaction.client(), &stream_id).await,
+            }
+        };
+        let (begun, locked, read) =
+            futures::join!(transaction.begin(), lock, EventLog::read_stream(transaction.client(), &stream_id));
         begun?;
+        locked?;
         let (history, version) = read?;
         let mut state = fold(&history)?;
         let request =

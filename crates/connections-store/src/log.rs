@@ -97,7 +97,7 @@ pub struct RecordedEvent {
     pub data: Value,
     /// Its metadata (actor, command id, correlation id).
     pub metadata: Value,
-    /// When the appending transaction started.
+    /// When the statement that appended it started (`statement_timestamp()`).
     pub recorded_at: DateTime<Utc>,
     /// The hash of the stream's previous event (zeros for the first); `None`
     /// only for a row written before chaining and not yet sealed.
@@ -136,9 +136,10 @@ pub const COLUMNS: &str =
 /// concurrent append at the same versions hits the unique (stream_id,
 /// stream_version) constraint. An append by a transaction older than the one
 /// that wrote the stream's head is a conflict too (the command retries in a
-/// new transaction), and so is one by a transaction that started before it:
-/// within a stream, version order is also the log's global order and
-/// recording-time order. Each row's hash chains to the previous row's (see
+/// new transaction), and so is one whose statement started before the head's
+/// was recorded: within a stream, version order is also the log's global
+/// order and recording-time order. Commands hold the stream's lock
+/// ([`EventLog::lock_stream`]), so for them neither happens. Each row's hash chains to the previous row's (see
 /// [`crate::chain`]); positions are drawn from the identity sequence first so
 /// that they are hashed.
 const APPEND: &str = "SELECT connections_append($1, $2, $3, $4, $5, $6, $7, $8)";
@@ -155,19 +156,23 @@ const APPEND_ONE: &str = "WITH head AS ( \
         FROM (SELECT) AS one LEFT JOIN head ON true \
         WHERE ($2::int8 IS NULL OR coalesce(head.stream_version, 0) = $2) \
           AND (head.transaction_id IS NULL OR head.transaction_id <= pg_current_xact_id()) \
-          AND (head.recorded_at IS NULL OR head.recorded_at <= now())), \
+          AND (head.recorded_at IS NULL OR head.recorded_at <= statement_timestamp())), \
     place AS ( \
         SELECT nextval('events_position_seq'::regclass) AS position, \
             pg_current_xact_id()::text::int8 AS transaction_id, \
-            (extract(epoch FROM now()) * 1000000)::int8 AS micros) \
+            (extract(epoch FROM statement_timestamp()) * 1000000)::int8 AS micros) \
     INSERT INTO events (position, event_id, stream_id, stream_version, event_type, schema_version, data, metadata, \
         recorded_at, previous_hash, hash) OVERRIDING SYSTEM VALUE \
     SELECT place.position, ($3::uuid[])[1], $1, previous.version + 1, ($4::text[])[1], ($5::int4[])[1], \
-        ($6::jsonb[])[1], $7::jsonb, now(), previous.hash, \
+        ($6::jsonb[])[1], $7::jsonb, statement_timestamp(), previous.hash, \
         sha256(previous.hash || ($8::bytea[])[1] || int8send(previous.version + 1) || int8send(place.position) \
             || int8send(place.transaction_id) || int8send(place.micros)) \
     FROM previous, place \
     RETURNING position";
+
+/// The advisory-lock class of streams (`pg_advisory_xact_lock(class, key)`;
+/// this two-key space does not overlap the one-key locks of the access log).
+const STREAM_LOCK_CLASS: i32 = 0x636f_6e6e; // "conn"
 
 /// The event log's operations. Appends take a transaction so that all the
 /// events of a command, and the side-table writes that go with them, commit
@@ -245,6 +250,22 @@ impl EventLog {
         let mut positions: Vec<i64> = per_stream.into_iter().flatten().collect();
         positions.sort_unstable();
         Ok(positions)
+    }
+
+    /// Makes this transaction wait for, and then hold until it ends, the
+    /// lock of `stream_id`'s writers. A command takes it before reading the
+    /// stream, so that commands on one stream queue instead of racing: the
+    /// read sees the previous holder's commit, and the append follows it in
+    /// version, transaction-id and time order, so it does not conflict. An
+    /// append without the lock is still correct (optimistically checked).
+    ///
+    /// It is a simple-query message sent at the first poll: join it with the
+    /// transaction's next statements and the server runs them after it.
+    pub async fn lock_stream(client: &impl GenericClient, stream_id: &StreamId) -> Result<(), StoreError> {
+        let digest = <sha2::Sha256 as sha2::Digest>::digest(stream_id.as_str().as_bytes());
+        let key = i32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]);
+        client.batch_execute(&format!("SELECT pg_advisory_xact_lock({STREAM_LOCK_CLASS}, {key})")).await?;
+        Ok(())
     }
 
     /// Every event of one stream, in version order, and the stream's version.
