@@ -106,7 +106,10 @@ pub async fn execute(
         };
         match outcome {
             Ok(answer) => {
-                transaction.commit_and_notify(connections_fanout::EVENTS_CHANNEL).await?;
+                transaction
+                    .commit_and_notify(connections_fanout::EVENTS_CHANNEL)
+                    .await
+                    .map_err(ApiError::outcome_unknown)?;
                 return Ok(answer);
             }
             Err(AttemptError::Conflict) => {
@@ -132,7 +135,7 @@ pub async fn execute(
                     let stored = StoredResponse { status: status.as_u16(), body };
                     IdempotencyClaim::record(transaction.client(), input.actor.as_str(), &idempotency.key, &stored)
                         .await?;
-                    transaction.commit().await?;
+                    transaction.commit().await.map_err(ApiError::outcome_unknown)?;
                 } else {
                     transaction.rollback().await?;
                 }

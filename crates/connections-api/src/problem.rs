@@ -54,9 +54,10 @@ pub enum ApiError {
     /// The read model has not caught up with the requested position in time.
     #[error("the read model has not reached position {0} yet; retry")]
     NotYetProjected(i64),
-    /// The database could not be reached, or kept failing transiently, for
-    /// every attempt; nothing was stored and the client may retry.
-    #[error("the database is unavailable; nothing was stored; retry")]
+    /// The database could not be reached, or kept failing transiently (for
+    /// a command: on every attempt, and nothing was stored); the client may
+    /// retry.
+    #[error("the database is unavailable; retry")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// Something broke on our side; details go to the log only.
     #[error("internal error")]
@@ -121,7 +122,22 @@ impl From<DomainError> for ApiError {
 }
 
 impl From<StoreError> for ApiError {
+    /// A transient failure (see [`StoreError::is_transient`]) is 503: the
+    /// client may retry. Where a failure leaves the outcome unknown (a failed
+    /// COMMIT), callers use [`ApiError::outcome_unknown`] instead.
     fn from(error: StoreError) -> Self {
+        if error.is_transient() {
+            ApiError::Unavailable(Box::new(error))
+        } else {
+            ApiError::Internal(Box::new(error))
+        }
+    }
+}
+
+impl ApiError {
+    /// A failed COMMIT: whether it took effect is unknown, so it is never
+    /// reported as "retry, nothing was stored".
+    pub fn outcome_unknown(error: StoreError) -> Self {
         ApiError::Internal(Box::new(error))
     }
 }

@@ -124,9 +124,12 @@ pub async fn resolve(
         .await?;
         // The hand-out is on record only once this commit returns.
         if events.is_empty() {
-            transaction.commit().await?;
+            transaction.commit().await.map_err(ApiError::outcome_unknown)?;
         } else {
-            transaction.commit_and_notify(connections_fanout::EVENTS_CHANNEL).await?;
+            transaction
+                .commit_and_notify(connections_fanout::EVENTS_CHANNEL)
+                .await
+                .map_err(ApiError::outcome_unknown)?;
         }
         let via = match binding.source {
             BindingSource::Default => "default",

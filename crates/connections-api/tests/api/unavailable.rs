@@ -10,7 +10,7 @@ use connections_api::{router, AppState};
 use crate::TestApp;
 
 #[tokio::test]
-async fn a_command_while_the_database_is_unreachable_answers_503_unavailable_and_stores_nothing() {
+async fn commands_reads_and_resolves_while_the_database_is_unreachable_answer_503_unavailable() {
     let mut app = TestApp::new().await;
     let before = app.fingerprint().await;
     // Nothing listens on port 1: every connection attempt is refused.
@@ -28,6 +28,12 @@ async fn a_command_while_the_database_is_unreachable_answers_503_unavailable_and
     assert_eq!(answer.headers.get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
     assert!(!answer.body["detail"].as_str().expect("detail").contains("127.0.0.1"), "no internals in the answer");
     assert_eq!(app.fingerprint().await, before);
+    // Reads and resolution say the same, and hand out nothing.
+    let read = app.send(Method::GET, "/v1/connections", Some("alice"), None).await;
+    read.assert_problem(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    let resolved = app.resolve("agent-1", "alice", "github").await;
+    resolved.assert_problem(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    assert!(resolved.body.get("credential").is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
