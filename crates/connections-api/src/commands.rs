@@ -177,8 +177,8 @@ async fn transient_backoff(attempt: usize) {
 enum AttemptError {
     /// Another command won the race on the stream: decide again.
     Conflict,
-    /// The database failed in a way a new transaction may not (see
-    /// [`StoreError::is_transient`]).
+    /// The database failed in a way that a new transaction on another
+    /// connection may get past (see [`StoreError::is_transient`]).
     Transient(StoreError),
     /// The command is refused: an answer, stored for an idempotency key.
     Refused(ApiError),

@@ -139,9 +139,9 @@ pub const COLUMNS: &str =
 /// new transaction), and so is one whose statement started before the head's
 /// was recorded: within a stream, version order is also the log's global
 /// order and recording-time order. Commands hold the stream's lock
-/// ([`EventLog::lock_stream`]), so for them neither happens. Each row's hash chains to the previous row's (see
-/// [`crate::chain`]); positions are drawn from the identity sequence first so
-/// that they are hashed.
+/// ([`EventLog::lock_stream`]), so for them neither happens. Each row's hash
+/// chains to the previous row's (see [`crate::chain`]); positions are drawn
+/// from the identity sequence first so that they are hashed.
 const APPEND: &str = "SELECT connections_append($1, $2, $3, $4, $5, $6, $7, $8)";
 
 /// The same for the most common case, one event, as a single statement
