@@ -3,7 +3,7 @@
 
 use connections_domain::{AgentId, ConnectionId, OwnerId};
 use connections_store::chain::{self, ChainHash};
-use connections_store::{Access, EventLog, StoreError, StreamAppend, StreamId};
+use connections_store::{Access, EventLog, StoreError, StreamAppend, StreamId, StreamVersion};
 use connections_testkit::TestDatabase;
 
 use crate::{append_to, event, metadata};
@@ -128,4 +128,52 @@ async fn migrate_seals_rows_written_before_chaining_and_later_appends_chain_onto
     // The seal-only exception is for unchained rows: a sealed row stays immutable.
     let error = sql.batch_execute("UPDATE events SET hash = NULL, previous_hash = NULL WHERE stream_version = 1").await;
     assert!(format!("{error:?}").contains("append-only"), "{error:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_that_began_first_but_queued_on_the_stream_lock_appends_after_the_holder() {
+    // The case the stream lock exists for: `waiter` begins (and would be
+    // "older" by its start time) before `holder` takes the lock and appends.
+    // Queued on the lock, the waiter reads the holder's commit and appends
+    // after it without a conflict, in version, transaction-id and time order.
+    let db = TestDatabase::new().await;
+    let stream = StreamId::from_raw("owner-service/alice/github");
+    let mut waiter_client = db.database.pool().get().await.expect("pool connection");
+    let mut holder_client = db.database.pool().get().await.expect("pool connection");
+    let waiter = waiter_client.transaction().await.expect("begin");
+    waiter.query_one("SELECT now()", &[]).await.expect("the waiter's transaction has started");
+    let holder = holder_client.transaction().await.expect("begin");
+    EventLog::lock_stream(&holder, &stream).await.expect("lock");
+    let queued = async {
+        let (locked, read) =
+            futures_util::join!(EventLog::lock_stream(&waiter, &stream), EventLog::read_stream(&waiter, &stream));
+        locked.expect("lock after the holder");
+        let (_, version) = read.expect("read after the holder's commit");
+        let append =
+            StreamAppend { stream_id: stream.clone(), expected_version: Some(version), events: vec![event(2)] };
+        EventLog::append(&waiter, &[append], &metadata()).await
+    };
+    let holding = async {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let append = StreamAppend {
+            stream_id: stream.clone(),
+            expected_version: Some(StreamVersion(0)),
+            events: vec![event(1)],
+        };
+        EventLog::append(&holder, &[append], &metadata()).await.expect("holder appends");
+        holder.commit().await.expect("holder commits");
+    };
+    // Without the lock the waiter would append first and the holder would
+    // wait on it forever: bound the wait so that this fails instead.
+    let (appended, ()) =
+        tokio::time::timeout(std::time::Duration::from_secs(10), async { tokio::join!(queued, holding) })
+            .await
+            .expect("the waiter queued behind the holder instead of appending first");
+    appended.expect("the queued append does not conflict");
+    waiter.commit().await.expect("commit");
+    let (events, _) =
+        EventLog::read_stream(&db.database.pool().get().await.expect("pool"), &stream).await.expect("read");
+    assert_eq!(events.iter().map(|e| e.stream_version).collect::<Vec<_>>(), [1, 2]);
+    assert!(events[0].transaction_id < events[1].transaction_id);
+    assert!(events[0].recorded_at <= events[1].recorded_at);
 }
