@@ -18,6 +18,7 @@
 //!   or is missing, is deleted and refilled from the log: JetStream is a
 //!   delivery layer, Postgres is the source of truth.
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use async_nats::header::HeaderMap;
@@ -114,6 +115,7 @@ async fn session(
         resume_point(database, &context, &mut stream, &config.names).await?;
     tracing::info!(?cursor, last_sequence, "relay leading");
     let connection = database.pool().get().await.map_err(StoreError::from)?;
+    let mut noticed_early = HashSet::new();
     loop {
         if !listener.is_alive() {
             return Err(RelayError::LostLeadership);
@@ -139,7 +141,14 @@ async fn session(
             }
             continue;
         }
-        publish_notices(&context, &config.names, &batch, cursor).await?;
+        // A full batch may end inside a large transaction: a revoke ending a
+        // thousand bindings puts its revocation last. Its notice goes out
+        // now, not a batch later (and is not repeated when its batch comes).
+        let ahead = match (batch.len() as i64 == config.batch, batch.last()) {
+            (true, Some(last)) => EventLog::read_rest_of_transaction(&connection, last.cursor(), URGENT).await?,
+            _ => Vec::new(),
+        };
+        publish_notices(&context, &config.names, &ahead, &batch, cursor, &mut noticed_early).await?;
         // Pipeline the batch: publish all, then await the acks in order. The
         // fencing header makes the server refuse anything out of sequence.
         let mut pending = Vec::with_capacity(batch.len());
@@ -200,22 +209,46 @@ fn publish_message(
     }
 }
 
+/// The event types whose notices make runtimes drop a credential: sent
+/// ahead of their batch when a batch ends inside their transaction.
+const URGENT: &[&str] = &["connection_revoked", "credential_rotated"];
+
 /// Publishes the notices a batch calls for, before its events: a crash in
 /// between repeats them (runtimes treat notices idempotently; `Nats-Msg-Id`
 /// drops repeats within the duplicate window), but none is ever lost for an
 /// event that reached the events stream. Only committed events get here.
+/// `ahead` are urgent events of a later batch (same transaction), noticed
+/// now; their ids are kept in `noticed_early` so that their own batch skips
+/// them.
 async fn publish_notices(
     context: &jetstream::Context,
     names: &Names,
+    ahead: &[connections_store::RecordedEvent],
     batch: &[connections_store::RecordedEvent],
     mut previous: LogCursor,
+    noticed_early: &mut HashSet<uuid::Uuid>,
 ) -> Result<(), RelayError> {
     let mut notices = Vec::new();
     for event in batch {
         let envelope = Envelope::new(event, (previous != LogCursor::default()).then_some(previous))
             .ok_or(RelayError::Unroutable(event.position))?;
         previous = event.cursor();
+        if noticed_early.remove(&event.event_id) {
+            continue;
+        }
         if let Some((subject, notice)) = crate::notice::Notice::for_event(&envelope, names) {
+            notices.push((subject, notice));
+        }
+    }
+    // Each full batch of the transaction looks ahead: notice once.
+    for event in ahead {
+        if noticed_early.contains(&event.event_id) {
+            continue;
+        }
+        // A notice does not carry the envelope's predecessor.
+        let envelope = Envelope::new(event, None).ok_or(RelayError::Unroutable(event.position))?;
+        if let Some((subject, notice)) = crate::notice::Notice::for_event(&envelope, names) {
+            noticed_early.insert(event.event_id);
             notices.push((subject, notice));
         }
     }

@@ -308,6 +308,28 @@ impl EventLog {
         rows.iter().map(recorded).collect()
     }
 
+    /// The events of `cursor`'s transaction after it whose type is one of
+    /// `event_types`, in log order. For a reader that got a full batch from
+    /// [`EventLog::read_after`] ending inside a large transaction (a revoke
+    /// ending a thousand bindings) and wants to act on some of its later
+    /// events at once. The transaction is committed: the batch came from it.
+    pub async fn read_rest_of_transaction(
+        client: &impl GenericClient,
+        cursor: LogCursor,
+        event_types: &[&str],
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let statement = client
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM events \
+                 WHERE transaction_id = $1::text::xid8 AND position > $2 AND event_type = ANY($3) \
+                 ORDER BY position"
+            ))
+            .await?;
+        let transaction_id = cursor.transaction_id.to_string();
+        let rows = client.query(&statement, &[&transaction_id, &cursor.position, &event_types]).await?;
+        rows.iter().map(recorded).collect()
+    }
+
     /// Whether committed events exist after `cursor` that [`EventLog::read_after`]
     /// cannot return yet, because an older transaction (in any database of
     /// the cluster: transaction ids are cluster-wide) is still running. A

@@ -88,3 +88,57 @@ async fn revocations_are_noticed_on_their_connections_subject_and_kept_for_catch
     let mut notices = harness.context.get_stream(harness.names.notices_stream()).await.expect("notices stream");
     assert_eq!(notices.info().await.expect("info").state.messages, 3, "notices are kept for runtimes that were away");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_last_in_a_transaction_larger_than_a_batch_is_noticed_first_and_once() {
+    // A revoke that ends 150 bindings appends 150 `agent_unassigned` events
+    // and then `connection_revoked`, in one transaction; the relay reads 64
+    // events at a time. The revocation's notice must not wait for the
+    // batches before it.
+    use connections_store::{EventLog, Metadata, NewEvent, StreamAppend, StreamId};
+    use futures_util::StreamExt;
+    let harness = Harness::new().await;
+    let client = async_nats::connect(crate::nats_url()).await.expect("connect");
+    let mut live = client.subscribe(harness.names.notices_wildcard()).await.expect("subscribe");
+    let connection_id = uuid::Uuid::now_v7();
+    let event = |event_type, data| NewEvent { event_id: uuid::Uuid::now_v7(), event_type, schema_version: 1, data };
+    let agents: Vec<String> = (0..150).map(|n| format!("agent-{n}")).collect();
+    let mut events: Vec<NewEvent> = agents
+        .iter()
+        .map(|agent| {
+            let data = serde_json::json!({"connection_id": connection_id, "agent_id": agent, "reason": "revoked"});
+            event("agent_unassigned", data)
+        })
+        .collect();
+    let revoked = serde_json::json!({"connection_id": connection_id, "affected_agents": agents});
+    events.push(event("connection_revoked", revoked));
+    let revocation_id = events.last().expect("revocation").event_id;
+    {
+        let mut pooled = harness.db.database.pool().get().await.expect("pool");
+        let transaction = pooled.transaction().await.expect("begin");
+        let append = StreamAppend {
+            stream_id: StreamId::from_raw("owner-service/alice/github"),
+            expected_version: None,
+            events,
+        };
+        let metadata =
+            Metadata { actor: "alice".into(), command_id: uuid::Uuid::now_v7(), correlation_id: uuid::Uuid::now_v7() };
+        EventLog::append(&transaction, &[append], &metadata).await.expect("append");
+        transaction.commit().await.expect("commit");
+    }
+    let relay = harness.relay();
+    let mut received = Vec::new();
+    while received.len() < 151 {
+        let message =
+            tokio::time::timeout(Duration::from_secs(10), live.next()).await.expect("notice in time").expect("message");
+        let notice: connections_fanout::Notice = serde_json::from_slice(&message.payload).expect("a notice");
+        received.push((notice.kind, notice.event_id));
+    }
+    // Nothing more: no notice is sent twice.
+    let extra = tokio::time::timeout(Duration::from_millis(500), live.next()).await;
+    assert!(extra.is_err(), "an extra notice: {extra:?}");
+    relay.stop().await;
+    assert_eq!(received[0], (connections_fanout::NoticeKind::Revoked, revocation_id), "the revocation comes first");
+    let bindings = received.iter().filter(|(kind, _)| *kind == connections_fanout::NoticeKind::BindingChanged).count();
+    assert_eq!(bindings, 150);
+}
