@@ -169,12 +169,16 @@ async fn revocations(
                 let service = service.clone();
                 async move {
                     // Every agent binds the new default on its first resolve, all
-                    // on the owner's one stream for the service: concurrent first
-                    // resolves contend (see the note), so few at a time, retried.
+                    // on the owner's one stream for the service (they queue on its
+                    // lock), a few at a time. An answer is not cached when a notice
+                    // arrived while it was fetched (the client cannot tell which
+                    // service a revocation touches before the answer is in), and
+                    // the previous round's unbind notices may still be arriving:
+                    // resolve again until cached, a bounded number of times.
                     let mut outcome = Err("not tried".to_owned());
                     for _ in 0..5 {
                         outcome = client.resolve(&service).await.map(|_| ()).map_err(|e| e.to_string());
-                        if outcome.is_ok() {
+                        if outcome.is_ok() && client.cached(&service).is_some() {
                             break;
                         }
                     }
