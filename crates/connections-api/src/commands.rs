@@ -89,9 +89,8 @@ pub async fn execute(
         let client = match app.database.pool().get().await.map_err(StoreError::from) {
             Ok(client) => client,
             Err(error) if error.is_transient() => {
-                tracing::warn!(attempt, %error, cause = ?std::error::Error::source(&error), "no database connection, retrying");
+                after_transient(attempt, &error).await;
                 transient = Some(error);
-                transient_backoff(attempt).await;
                 continue;
             }
             Err(error) => return Err(error.into()),
@@ -122,10 +121,9 @@ pub async fn execute(
                 // Nothing was committed: the same command may run again on
                 // another connection. The connection may be broken, so it is
                 // not returned to the pool (dropping the transaction closes it).
-                tracing::warn!(attempt, %error, cause = ?std::error::Error::source(&error), "transient database failure, retrying");
                 drop(transaction);
+                after_transient(attempt, &error).await;
                 transient = Some(error);
-                transient_backoff(attempt).await;
                 continue;
             }
             Err(AttemptError::Refused(error)) => {
@@ -162,10 +160,12 @@ pub async fn backoff(attempt: usize) {
     tokio::time::sleep(std::time::Duration::from_micros(micros)).await;
 }
 
-/// A longer pause before retrying after a transient database failure:
-/// 5 ms doubling per attempt, so that the attempts span about half a second
-/// (a restarting server or a full connection table may recover in that time).
-async fn transient_backoff(attempt: usize) {
+/// Logs a transient database failure of `attempt`, then pauses longer than
+/// after a lost race: 5 ms doubling per attempt, so that the attempts span
+/// about half a second (a restarting server or a full connection table may
+/// recover in that time).
+async fn after_transient(attempt: usize, error: &StoreError) {
+    tracing::warn!(attempt, %error, cause = ?std::error::Error::source(error), "transient database failure, retrying");
     if attempt >= MAX_ATTEMPTS {
         return;
     }

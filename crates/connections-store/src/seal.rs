@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use crate::chain::{self, ChainHash};
 use crate::error::StoreError;
-use crate::log::{recorded, COLUMNS};
+use crate::log::{recorded, stored_hash, COLUMNS};
 
 /// Fills in the chain of every unchained event and access record; returns
 /// how many rows it sealed. Each stream (and each connection's access
@@ -57,8 +57,7 @@ pub(crate) async fn seal_unchained(client: &mut Client) -> Result<u64, StoreErro
             .await?;
         let mut previous = ChainHash::GENESIS;
         for row in &rows {
-            let stored: Option<&[u8]> = row.get(6);
-            previous = match stored.and_then(ChainHash::from_slice) {
+            previous = match stored_hash(row, 6)? {
                 Some(hash) => hash,
                 None => {
                     let access_id: i64 = row.get(0);
