@@ -92,7 +92,7 @@ pub struct AuditEvent<'a> {
     pub data: Json<'a>,
     /// Its metadata (actor, command and correlation ids).
     pub metadata: Json<'a>,
-    /// When its transaction started.
+    /// When the statement that appended it started (its transaction's start before V9).
     pub recorded_at: DateTime<Utc>,
     /// Its stream's previous hash.
     pub previous_hash: Option<ChainHash>,
