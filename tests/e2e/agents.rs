@@ -37,8 +37,15 @@ impl Owner {
     }
 }
 
-fn config(server: &Server, nats_url: &str, prefix: &str, agent: &str) -> AgentConfig {
-    AgentConfig::new(server.base.clone(), server.agent_token(agent, "alice"), nats_url, prefix, "alice", agent)
+fn config(server: &Server, agent: &str) -> AgentConfig {
+    AgentConfig::new(server.base.clone(), server.agent_token(agent, "alice"))
+}
+
+/// A secured private nats-server and a server using it under its own prefix.
+fn secured(version: NatsVersion) -> (NatsServer, Server) {
+    let nats = NatsServer::start_secured(version);
+    let (server, _) = nats.serve(&[]);
+    (nats, server)
 }
 
 async fn eventually(what: &str, limit: Duration, mut check: impl FnMut() -> bool) -> Duration {
@@ -52,16 +59,14 @@ async fn eventually(what: &str, limit: Duration, mut check: impl FnMut() -> bool
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_cached_clients_all_drop_a_revoked_credential() {
-    let prefix = format!("a{}", &uuid::Uuid::now_v7().simple().to_string()[16..]);
-    let nats_url = "nats://127.0.0.1:4222";
-    let server = Server::start(&[("CONNECTIONS_NATS_PREFIX", &prefix)]);
+    let (_nats, server) = secured(NatsVersion::Debian29);
     let owner = Owner { http: reqwest::Client::new(), base: server.base.clone(), token: server.token("alice") };
     let id = owner.create("github", None, "shared-key").await;
     owner.call(reqwest::Method::PUT, "/v1/services/github/default", Some(json!({"connection_id": id}))).await;
     let token = server.agent_token("agent-0", "alice");
     let mut clients = Vec::new();
     for n in 0..100 {
-        let mut config = config(&server, nats_url, &prefix, &format!("agent-{n}"));
+        let mut config = config(&server, &format!("agent-{n}"));
         if n == 0 {
             config.token = token.clone();
         }
@@ -86,12 +91,10 @@ async fn a_hundred_cached_clients_all_drop_a_revoked_credential() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_and_rebinding_notices_make_the_next_resolve_fetch_anew() {
-    let prefix = format!("a{}", &uuid::Uuid::now_v7().simple().to_string()[16..]);
-    let server = Server::start(&[("CONNECTIONS_NATS_PREFIX", &prefix)]);
+    let (_nats, server) = secured(NatsVersion::Current);
     let owner = Owner { http: reqwest::Client::new(), base: server.base.clone(), token: server.token("alice") };
     let first = owner.create("github", Some("agent-1"), "v1-key").await;
-    let client =
-        AgentClient::connect(config(&server, "nats://127.0.0.1:4222", &prefix, "agent-1")).await.expect("connect");
+    let client = AgentClient::connect(config(&server, "agent-1")).await.expect("connect");
     assert_eq!(client.resolve("github").await.expect("resolve").credential_version, 1);
 
     owner
@@ -115,12 +118,10 @@ async fn rotation_and_rebinding_notices_make_the_next_resolve_fetch_anew() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_cut_off_from_nats_never_hands_out_a_revoked_credential() {
-    let mut nats = NatsServer::start(NatsVersion::Debian29);
-    let prefix = format!("a{}", &uuid::Uuid::now_v7().simple().to_string()[16..]);
-    let server = Server::start(&[("CONNECTIONS_NATS_URL", &nats.url), ("CONNECTIONS_NATS_PREFIX", &prefix)]);
+    let (mut nats, server) = secured(NatsVersion::Debian29);
     let owner = Owner { http: reqwest::Client::new(), base: server.base.clone(), token: server.token("alice") };
     let id = owner.create("github", Some("agent-1"), "secret-key").await;
-    let client = AgentClient::connect(config(&server, &nats.url, &prefix, "agent-1")).await.expect("connect");
+    let client = AgentClient::connect(config(&server, "agent-1")).await.expect("connect");
     client.resolve("github").await.expect("resolve");
     assert!(client.cached("github").is_some());
 
@@ -134,4 +135,66 @@ async fn a_client_cut_off_from_nats_never_hands_out_a_revoked_credential() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(client.cached("github").is_none());
     assert!(client.resolve("github").await.is_err(), "a revoked credential was handed out after reconnecting");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_are_renewed_before_they_expire_without_emptying_the_cache() {
+    let nats = NatsServer::start_secured(NatsVersion::Current);
+    let (server, _) = nats.serve(&[("CONNECTIONS_NATS_RUNTIME_TTL_SECS", "10")]);
+    let owner = Owner { http: reqwest::Client::new(), base: server.base.clone(), token: server.token("alice") };
+    let id = owner.create("github", Some("agent-1"), "key").await;
+    let client = AgentClient::connect(config(&server, "agent-1")).await.expect("connect");
+    client.resolve("github").await.expect("resolve");
+    let first = client.credentials_expire_at().expect("credentials expire");
+    // Past the first credentials' expiry: nats-server would have closed that
+    // connection; the client moved to renewed credentials first.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(12) {
+        assert!(client.is_fresh(), "the client stopped trusting its cache at {:?}", started.elapsed());
+        assert!(client.cached("github").is_some(), "the cache was emptied at {:?}", started.elapsed());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let renewed = client.credentials_expire_at().expect("credentials expire");
+    assert!(renewed > first, "not renewed: {first} → {renewed}");
+    owner.call(reqwest::Method::DELETE, &format!("/v1/connections/{id}"), None).await;
+    eventually("the revocation on the renewed connection", Duration::from_secs(5), || {
+        client.cached("github").is_none()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_notices_empty_the_cache_until_the_client_is_back_in_sync() {
+    let nats = NatsServer::start_secured(NatsVersion::Debian29);
+    let (server, prefix) = nats.serve(&[]);
+    let owner = Owner { http: reqwest::Client::new(), base: server.base.clone(), token: server.token("alice") };
+    owner.create("github", Some("agent-1"), "key").await;
+    let mut slow = config(&server, "agent-1");
+    slow.subscription_capacity = 1;
+    let client = AgentClient::connect(slow).await.expect("connect");
+    client.resolve("github").await.expect("resolve");
+    assert!(client.cached("github").is_some());
+    // A burst of notices that would not drop anything by themselves (another
+    // service, bound: true): more than a one-message buffer can take.
+    let service = nats.service_client(&prefix).await;
+    let notice = json!({"notice_version": 1, "kind": "binding_changed", "event_id": uuid::Uuid::now_v7(),
+        "cursor": {"transaction_id": 1, "position": 1}, "owner": "alice", "service": "other",
+        "connection_id": uuid::Uuid::now_v7(), "agent_id": "agent-1", "bound": true});
+    let subject = format!("{prefix}.v2.notices.alice.agent.agent-1");
+    for _ in 0..20_000 {
+        service.publish(subject.clone(), notice.to_string().into()).await.expect("publish");
+    }
+    service.flush().await.expect("flush");
+    eventually("the cache emptied after dropped notices", Duration::from_secs(5), || client.cached("github").is_none())
+        .await;
+    // Back in sync: it resolves and caches again.
+    let started = Instant::now();
+    loop {
+        client.resolve("github").await.expect("resolve");
+        if client.cached("github").is_some() {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "the client never trusted its cache again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -52,6 +52,30 @@ fn serve_refuses_to_start_without_a_master_key() {
 }
 
 #[test]
+fn serve_refuses_to_start_without_nats_authentication_unless_told_it_is_insecure() {
+    let output = Command::new(binary())
+        .arg("serve")
+        .env("CONNECTIONS_LISTEN", "127.0.0.1:0")
+        .env("CONNECTIONS_JWT_SECRET", JWT_SECRET)
+        .env("CONNECTIONS_MASTER_KEY", connections_e2e::master_key())
+        .env_remove("CONNECTIONS_NATS_ISSUER_FILE")
+        .env_remove("CONNECTIONS_NATS_INSECURE")
+        .output()
+        .expect("run connections serve");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("CONNECTIONS_NATS_ISSUER_FILE") && stderr.contains("CONNECTIONS_NATS_INSECURE"),
+        "{stderr}"
+    );
+
+    // Told explicitly, it starts, and says loudly that NATS is open.
+    let server = connections_e2e::Server::start(&[("CONNECTIONS_NATS_INSECURE", "1")]);
+    assert!(server.output().contains("WARN"), "{}", server.output());
+    assert!(server.output().contains("NATS without authentication"), "{}", server.output());
+}
+
+#[test]
 fn audit_history_lists_a_connections_events_and_refuses_bad_ids() {
     let server = connections_e2e::Server::start(&[]);
     let created = Command::new("curl")

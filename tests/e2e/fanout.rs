@@ -88,9 +88,10 @@ async fn faults_converge_to_exactly_what_a_rebuild_gives_on_current_nats() {
 }
 
 async fn faults_converge_to_exactly_what_a_rebuild_gives(version: NatsVersion) {
-    let mut nats = NatsServer::start(version);
-    let prefix = format!("e{}", &uuid::Uuid::now_v7().simple().to_string()[16..]);
-    let mut server = Server::start(&[("CONNECTIONS_NATS_URL", &nats.url), ("CONNECTIONS_NATS_PREFIX", &prefix)]);
+    // Secured as ops/run sets it up: the faults below happen with the
+    // service's own NATS identity and permissions in force.
+    let mut nats = NatsServer::start_secured(version);
+    let (mut server, prefix) = nats.serve(&[]);
     let mut workload = Workload::new(&server);
 
     workload.run(&server.base, 30).await;
@@ -98,7 +99,7 @@ async fn faults_converge_to_exactly_what_a_rebuild_gives(version: NatsVersion) {
     workload.run(&server.base, 30).await;
     nats.restart();
     workload.run(&server.base, 30).await;
-    let nats_client = async_nats::connect(&nats.url).await.expect("connect to the private NATS");
+    let nats_client = nats.service_client(&prefix).await;
     let jetstream = async_nats::jetstream::new(nats_client);
     jetstream.delete_stream(format!("{prefix}_events")).await.expect("delete the stream");
     let last = workload.run(&server.base, 30).await;

@@ -4,5 +4,6 @@ mod agents;
 mod audit;
 mod cli;
 mod fanout;
+mod nats_security;
 mod readme;
 mod secrets;

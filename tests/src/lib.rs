@@ -133,8 +133,15 @@ fn spawn(database_url: &str, env: &[(String, String)], output: &Arc<Mutex<String
         .env("CONNECTIONS_MASTER_KEY", master_key())
         .env("CONNECTIONS_DATABASE_POOL", "8")
         .env_remove("CONNECTIONS_MASTER_KEY_FILE")
+        .env_remove("CONNECTIONS_NATS_ISSUER_FILE")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    // Tests that are not about NATS security share the machine's
+    // unauthenticated nats-server, which the server must be told about
+    // explicitly; tests given a secured server pass its issuer file.
+    if !env.iter().any(|(key, _)| key == "CONNECTIONS_NATS_ISSUER_FILE") {
+        command.env("CONNECTIONS_NATS_INSECURE", "1");
+    }
     for (key, value) in env {
         command.env(key, value);
     }
@@ -189,6 +196,8 @@ pub struct NatsServer {
     directory: PathBuf,
     /// `nats://127.0.0.1:PORT`.
     pub url: String,
+    /// For a secured server: the issuer file `connections nats init` wrote.
+    pub issuer_file: Option<String>,
 }
 
 /// Which nats-server to run.
@@ -229,11 +238,71 @@ impl NatsVersion {
 impl NatsServer {
     /// Starts one; panics if that version is not installed.
     pub fn start(version: NatsVersion) -> Self {
+        Self::start_with(version, false)
+    }
+
+    /// Starts one in decentralized JWT mode, set up by `connections nats
+    /// init` as `ops/run` does: only identities the service issues get in.
+    pub fn start_secured(version: NatsVersion) -> Self {
+        Self::start_with(version, true)
+    }
+
+    fn start_with(version: NatsVersion, secured: bool) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
         let directory = std::env::temp_dir().join(format!("connections-nats-{}", uuid::Uuid::now_v7().simple()));
+        let issuer_file = secured.then(|| {
+            let auth = directory.join("auth");
+            let output = Command::new(binary())
+                .args(["nats", "init", "--dir"])
+                .arg(&auth)
+                .output()
+                .expect("run connections nats init");
+            assert!(output.status.success(), "nats init failed: {}", String::from_utf8_lossy(&output.stderr));
+            auth.join("issuer.json").to_string_lossy().into_owned()
+        });
         let binary = version.binary();
         let child = spawn_nats(&binary, port, &directory);
-        Self { child, port, directory, binary, url: format!("nats://127.0.0.1:{port}") }
+        Self { child, port, directory, binary, url: format!("nats://127.0.0.1:{port}"), issuer_file }
+    }
+
+    /// A client with the service's identity for `prefix` (what the relay
+    /// and the projector use): on a secured server, a user JWT issued with
+    /// the server's issuer file.
+    pub async fn service_client(&self, prefix: &str) -> async_nats::Client {
+        let names = connections_wire::Names::new(prefix).expect("valid prefix");
+        connections_fanout::nats::connect(&self.access(), &names, "test service").await.expect("connect as the service")
+    }
+
+    /// How the service reaches this server.
+    pub fn access(&self) -> connections_fanout::nats::NatsAccess {
+        match &self.issuer_file {
+            Some(path) => {
+                let json = std::fs::read_to_string(path).expect("issuer file");
+                let issuer = connections_natsauth::Issuer::from_json(&json).expect("issuer");
+                connections_fanout::nats::NatsAccess::secured(self.url.clone(), std::sync::Arc::new(issuer))
+            }
+            None => connections_fanout::nats::NatsAccess::insecure(self.url.clone()),
+        }
+    }
+
+    /// Starts `connections serve` on this server under a prefix of its own;
+    /// returns the server and the prefix.
+    pub fn serve(&self, extra_env: &[(&str, &str)]) -> (Server, String) {
+        let prefix = format!("s{}", &uuid::Uuid::now_v7().simple().to_string()[16..]);
+        let mut env: Vec<(&str, String)> = self.server_env();
+        env.push(("CONNECTIONS_NATS_PREFIX", prefix.clone()));
+        env.extend(extra_env.iter().map(|(k, v)| (*k, v.to_string())));
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        (Server::start(&env), prefix)
+    }
+
+    /// The environment that points `connections serve` at this server.
+    pub fn server_env(&self) -> Vec<(&'static str, String)> {
+        let mut env = vec![("CONNECTIONS_NATS_URL", self.url.clone())];
+        if let Some(issuer) = &self.issuer_file {
+            env.push(("CONNECTIONS_NATS_ISSUER_FILE", issuer.clone()));
+        }
+        env
     }
 
     /// Kills it (SIGKILL); [`NatsServer::start_again`] brings it back.
@@ -256,7 +325,12 @@ impl NatsServer {
 }
 
 fn spawn_nats(binary: &str, port: u16, directory: &std::path::Path) -> Child {
-    let child = Command::new(binary)
+    let mut command = Command::new(binary);
+    let auth = directory.join("auth").join("auth.conf");
+    if auth.exists() {
+        command.arg("-c").arg(&auth);
+    }
+    let child = command
         .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
         .arg(directory)
         .stdout(Stdio::null())

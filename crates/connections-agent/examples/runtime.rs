@@ -3,9 +3,13 @@
 //!
 //! ```text
 //! CONNECTIONS_URL=http://127.0.0.1:8080 \
-//! CONNECTIONS_AGENT_TOKEN=$(connections token --agent agent-1 --owner alice) \
-//! cargo run -p connections-agent --example runtime -- alice agent-1 google-calendar
+//! CONNECTIONS_AGENT_TOKEN=$(CONNECTIONS_JWT_SECRET=$(cat .data/jwt.secret) \
+//!     target/release/connections token --agent agent-1 --owner alice) \
+//! cargo run -p connections-agent --example runtime -- google-calendar
 //! ```
+//!
+//! The agent and the user it acts for come from the token; the NATS servers
+//! and subject prefix from the server, with the NATS credentials.
 
 use std::time::Duration;
 
@@ -13,21 +17,19 @@ use connections_agent::{AgentClient, AgentConfig, ResolveError};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut args = std::env::args().skip(1);
-    let (Some(owner), Some(agent), Some(service)) = (args.next(), args.next(), args.next()) else {
-        eprintln!("usage: runtime <owner> <agent> <service>  (env: CONNECTIONS_URL, CONNECTIONS_AGENT_TOKEN, CONNECTIONS_NATS_URL, CONNECTIONS_NATS_PREFIX)");
+    const USAGE: &str = "usage: runtime <service>  (env: CONNECTIONS_AGENT_TOKEN, required: an agent token from \
+        `connections token --agent A --owner U`; CONNECTIONS_URL, default http://127.0.0.1:8080)";
+    let (Some(service), None) = (std::env::args().nth(1), std::env::args().nth(2)) else {
+        eprintln!("{USAGE}");
         std::process::exit(2);
     };
-    let env = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_owned());
-    let config = AgentConfig::new(
-        env("CONNECTIONS_URL", "http://127.0.0.1:8080"),
-        std::env::var("CONNECTIONS_AGENT_TOKEN")?,
-        env("CONNECTIONS_NATS_URL", "nats://127.0.0.1:4222"),
-        env("CONNECTIONS_NATS_PREFIX", "connections"),
-        owner,
-        agent,
-    );
-    let client = AgentClient::connect(config).await?;
+    let Ok(token) = std::env::var("CONNECTIONS_AGENT_TOKEN") else {
+        eprintln!("CONNECTIONS_AGENT_TOKEN is not set\n{USAGE}");
+        std::process::exit(2);
+    };
+    let base = std::env::var("CONNECTIONS_URL").unwrap_or_else(|_| "http://127.0.0.1:8080".to_owned());
+    let client = AgentClient::connect(AgentConfig::new(base, token)).await?;
+    println!("runtime for {}/{}: resolving {service}", client.owner(), client.agent());
     let mut last = None;
     for _ in 0..600 {
         let state = match client.resolve(&service).await {

@@ -1,56 +1,18 @@
 //! The agent client: resolution over HTTP, a fail-closed cache kept honest
-//! by notices over NATS.
+//! by notices over NATS, with NATS credentials obtained from (and renewed
+//! with) the agent token.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use connections_fanout::{Names, Notice, NoticeKind};
+use connections_wire::{problem, Names, Notice, NoticeKind, RuntimeCredentials};
 use futures_util::StreamExt;
+use tokio::sync::mpsc;
 
+use crate::config::AgentConfig;
 use crate::credential::ResolvedCredential;
-
-/// How to reach Connections.
-#[derive(Debug, Clone)]
-pub struct AgentConfig {
-    /// The HTTP API, e.g. `http://127.0.0.1:8080`.
-    pub base_url: String,
-    /// An agent token (`connections token --agent A --owner U`).
-    pub token: String,
-    /// The NATS server carrying notices.
-    pub nats_url: String,
-    /// The deployment's `CONNECTIONS_NATS_PREFIX`.
-    pub prefix: String,
-    /// The user this runtime acts for.
-    pub owner: String,
-    /// This agent.
-    pub agent: String,
-    /// How often the NATS connection is confirmed alive (at most 1 s).
-    pub heartbeat: Duration,
-}
-
-impl AgentConfig {
-    /// A configuration with a 1-second heartbeat.
-    pub fn new(
-        base_url: impl Into<String>,
-        token: impl Into<String>,
-        nats_url: impl Into<String>,
-        prefix: impl Into<String>,
-        owner: impl Into<String>,
-        agent: impl Into<String>,
-    ) -> Self {
-        Self {
-            base_url: base_url.into(),
-            token: token.into(),
-            nats_url: nats_url.into(),
-            prefix: prefix.into(),
-            owner: owner.into(),
-            agent: agent.into(),
-            heartbeat: Duration::from_secs(1),
-        }
-    }
-}
 
 /// A cached credential dropped because of a notice.
 #[derive(Debug, Clone)]
@@ -68,10 +30,17 @@ pub struct Invalidation {
 /// Why the client could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    /// The prefix is not a valid NATS prefix.
+    /// The agent token was refused (expired, malformed, wrongly signed, or
+    /// not an agent token).
+    #[error("the agent token was refused: {0}")]
+    Unauthorized(String),
+    /// The server did not hand out NATS credentials.
+    #[error("obtaining NATS credentials: {0}")]
+    Credentials(String),
+    /// The prefix the server named is not a valid NATS prefix.
     #[error("invalid prefix")]
-    Prefix(#[from] connections_fanout::NamesError),
-    /// NATS could not be reached.
+    Prefix(#[from] connections_wire::NamesError),
+    /// NATS could not be reached, or refused the credentials.
     #[error("NATS: {0}")]
     Nats(String),
 }
@@ -93,16 +62,48 @@ pub enum ResolveError {
     Failed(String),
 }
 
+/// One NATS connection with one set of credentials, and the tasks reading
+/// its subscriptions. Renewing the credentials opens a new session with the
+/// same subscriptions before the old one is closed.
+struct Session {
+    id: u64,
+    client: async_nats::Client,
+    /// When its credentials expire (`None`: NATS without authentication).
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// When they were obtained.
+    obtained: Instant,
+    readers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        for reader in self.readers.lock().expect("readers").drain(..) {
+            reader.abort();
+        }
+    }
+}
+
 struct Inner {
     config: AgentConfig,
     names: Names,
+    owner: String,
+    agent: String,
     http: reqwest::Client,
-    nats: async_nats::Client,
+    /// This runtime's NATS user key; its seed never leaves the process.
+    key: Arc<nkeys::KeyPair>,
+    session: Mutex<Arc<Session>>,
+    /// Held while subscribing or replacing the session, so a subscription
+    /// cannot fall between the old session and the new.
+    changing: tokio::sync::Mutex<()>,
+    /// Every notice subject followed (carried over to each new session).
+    subjects: Mutex<BTreeSet<String>>,
+    next_session: AtomicU64,
+    events: mpsc::UnboundedSender<(u64, async_nats::Event)>,
     /// service → credential
     cache: Mutex<HashMap<String, Arc<ResolvedCredential>>>,
     subscribed: Mutex<HashSet<String>>,
-    /// False from a disconnect until the connection is back: nothing is
-    /// served from or put into the cache meanwhile.
+    /// False from a disconnect (or dropped notices) until the client is back
+    /// in sync: nothing is served from or put into the cache meanwhile.
     fresh: AtomicBool,
     /// Tells subscribers which cached credentials were dropped and why.
     invalidations: tokio::sync::broadcast::Sender<Invalidation>,
@@ -119,26 +120,28 @@ pub struct AgentClient {
 }
 
 impl AgentClient {
-    /// Connects to NATS and subscribes to this agent's binding notices.
+    /// Obtains NATS credentials with the agent token, connects to NATS and
+    /// subscribes to this agent's binding notices. The credentials are
+    /// renewed before they expire, on a new connection that takes over the
+    /// subscriptions before the old one closes.
     pub async fn connect(config: AgentConfig) -> Result<Self, ConnectError> {
-        let names = Names::new(&config.prefix)?;
-        let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
-        let nats = async_nats::ConnectOptions::new()
-            .ping_interval(config.heartbeat.min(Duration::from_secs(1)))
-            .connection_timeout(Duration::from_secs(2))
-            .event_callback(move |event| {
-                let events_tx = events_tx.clone();
-                async move {
-                    let _ = events_tx.send(event);
-                }
-            })
-            .connect(&config.nats_url)
-            .await
-            .map_err(|e| ConnectError::Nats(e.to_string()))?;
+        let http = reqwest::Client::new();
+        let key = Arc::new(nkeys::KeyPair::new_user());
+        let credentials = obtain(&http, &config, &key).await?;
+        let names = Names::new(&credentials.prefix)?;
+        let (events_tx, mut events) = mpsc::unbounded_channel();
+        let session = open_session(&config, &key, &credentials, 0, &events_tx).await?;
         let inner = Arc::new(Inner {
             names,
-            http: reqwest::Client::new(),
-            nats,
+            owner: credentials.owner.clone(),
+            agent: credentials.agent.clone(),
+            http,
+            key,
+            session: Mutex::new(Arc::new(session)),
+            changing: tokio::sync::Mutex::new(()),
+            subjects: Mutex::default(),
+            next_session: AtomicU64::new(1),
+            events: events_tx,
             cache: Mutex::default(),
             subscribed: Mutex::default(),
             fresh: AtomicBool::new(true),
@@ -146,30 +149,32 @@ impl AgentClient {
             invalidations: tokio::sync::broadcast::channel(1024).0,
             config,
         });
-        // Connection state: fail closed on any disconnect.
+        // Connection state: fail closed on any disconnect or dropped notice.
         let weak = Arc::downgrade(&inner);
         tokio::spawn(async move {
-            while let Some(event) = events.recv().await {
+            while let Some((session, event)) = events.recv().await {
                 let Some(inner) = weak.upgrade() else { return };
-                inner.generation.fetch_add(1, Ordering::SeqCst);
-                match event {
-                    async_nats::Event::Disconnected => {
-                        inner.fresh.store(false, Ordering::SeqCst);
-                        inner.cache.lock().expect("cache").clear();
-                    }
-                    async_nats::Event::Connected => {
-                        // Notices sent while away were missed: start empty.
-                        inner.cache.lock().expect("cache").clear();
-                        inner.fresh.store(true, Ordering::SeqCst);
-                    }
-                    _ => {}
+                if session != inner.current().id {
+                    continue; // a replaced session's goodbye
                 }
+                on_event(&inner, event).await;
             }
         });
+        tokio::spawn(renew_forever(Arc::downgrade(&inner)));
         let client = Self { inner };
-        let subject = client.inner.names.agent_notices(&client.inner.config.owner, &client.inner.config.agent);
+        let subject = client.inner.names.agent_notices(&client.inner.owner, &client.inner.agent);
         client.follow(subject).await.map_err(|e| ConnectError::Nats(e.to_string()))?;
         Ok(client)
+    }
+
+    /// The user this runtime acts for (from its token).
+    pub fn owner(&self) -> &str {
+        &self.inner.owner
+    }
+
+    /// This agent (from its token).
+    pub fn agent(&self) -> &str {
+        &self.inner.agent
     }
 
     /// The credential to use for `service`: from the cache while it is
@@ -178,21 +183,25 @@ impl AgentClient {
         if let Some(cached) = self.cached(service) {
             return Ok(cached);
         }
-        let generation = self.inner.generation.load(Ordering::SeqCst);
-        let first = self.fetch(service).await?;
-        if !self.inner.subscribed.lock().expect("subscribed").contains(&first.connection_id) {
-            // Subscribe before caching, then ask again: a revocation between
-            // the first answer and the subscription cannot slip through.
-            let subject = self.inner.names.connection_notices(&first.connection_id);
+        let mut generation = self.inner.generation.load(Ordering::SeqCst);
+        let mut answer = self.fetch(service).await?;
+        // Subscribe before caching, then ask again: a revocation between an
+        // answer and the subscription cannot slip through. If the next
+        // answer names yet another connection, that one is subscribed to
+        // first as well.
+        for _ in 0..4 {
+            if self.inner.subscribed.lock().expect("subscribed").contains(&answer.connection_id) {
+                let answer = Arc::new(answer);
+                self.store(service, answer.clone(), generation);
+                return Ok(answer);
+            }
+            let subject = self.inner.names.connection_notices(&self.inner.owner, &answer.connection_id);
             self.follow(subject).await.map_err(|e| ResolveError::Failed(e.to_string()))?;
-            let generation = self.inner.generation.load(Ordering::SeqCst);
-            let second = Arc::new(self.fetch(service).await?);
-            self.store(service, second.clone(), generation);
-            return Ok(second);
+            generation = self.inner.generation.load(Ordering::SeqCst);
+            answer = self.fetch(service).await?;
         }
-        let first = Arc::new(first);
-        self.store(service, first.clone(), generation);
-        Ok(first)
+        // The binding keeps moving: hand the latest answer out, uncached.
+        Ok(Arc::new(answer))
     }
 
     /// The cached credential for `service`, if it may be used now.
@@ -210,10 +219,15 @@ impl AgentClient {
         self.inner.invalidations.subscribe()
     }
 
-    /// Whether the notice channel is known to be up.
+    /// Whether the notice channel is known to be up and in sync.
     pub fn is_fresh(&self) -> bool {
-        self.inner.fresh.load(Ordering::SeqCst)
-            && self.inner.nats.connection_state() == async_nats::connection::State::Connected
+        self.inner.is_fresh()
+    }
+
+    /// When the current NATS credentials expire (`None` without NATS
+    /// authentication); they are renewed at two thirds of their life.
+    pub fn credentials_expire_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.inner.current().expires_at
     }
 
     /// Caches an answer fetched when the generation was `generation`, unless
@@ -240,13 +254,14 @@ impl AgentClient {
         let status = response.status();
         let body: serde_json::Value =
             response.json().await.map_err(|_| ResolveError::Failed(format!("HTTP {status}")))?;
-        match status.as_u16() {
-            200 => {}
-            401 => return Err(ResolveError::Unauthorized),
-            409 if body["type"] == "urn:connections:problem:authorization-required" => {
+        let slug = body["type"].as_str().and_then(problem::slug_of);
+        match (status.as_u16(), slug) {
+            (200, _) => {}
+            (401, _) => return Err(ResolveError::Unauthorized),
+            (409, Some(problem::AUTHORIZATION_REQUIRED)) => {
                 return Err(ResolveError::AuthorizationRequired(service.to_owned()))
             }
-            409 if body["type"] == "urn:connections:problem:connection-revoked" => return Err(ResolveError::Revoked),
+            (409, Some(problem::CONNECTION_REVOKED)) => return Err(ResolveError::Revoked),
             _ => return Err(ResolveError::Failed(format!("HTTP {status}: {}", body["type"]))),
         }
         let lease = Duration::from_secs(body["lease_seconds"].as_u64().unwrap_or(0));
@@ -260,52 +275,226 @@ impl AgentClient {
         })
     }
 
-    /// Subscribes to a notice subject and applies its notices to the cache.
+    /// Follows a notice subject: subscribes on the current session (and on
+    /// every later one) and applies its notices to the cache.
     async fn follow(&self, subject: String) -> Result<(), async_nats::Error> {
-        let mut subscription = self.inner.nats.subscribe(subject.clone()).await?;
+        let _changing = self.inner.changing.lock().await;
+        let session = self.inner.current();
+        subscribe(&self.inner, &session, subject.clone()).await?;
         // Make sure the server has the subscription before we rely on it.
-        self.inner.nats.flush().await?;
-        if let Some(connection_id) = subject.rsplit('.').next().filter(|_| subject.contains(".notices.connection.")) {
+        session.client.flush().await?;
+        self.inner.subjects.lock().expect("subjects").insert(subject.clone());
+        if let Some(connection_id) = subject.rsplit('.').next().filter(|_| subject.contains(".connection.")) {
             self.inner.subscribed.lock().expect("subscribed").insert(connection_id.to_owned());
         }
-        let weak = Arc::downgrade(&self.inner);
-        tokio::spawn(async move {
-            while let Some(message) = subscription.next().await {
-                let Some(inner) = weak.upgrade() else { return };
-                let Ok(notice) = serde_json::from_slice::<Notice>(&message.payload) else {
-                    tracing::warn!("ignoring a malformed notice");
-                    continue;
-                };
-                let mut cache = inner.cache.lock().expect("cache");
-                let before = cache.len();
-                match (notice.kind, notice.bound) {
-                    // Being bound to a connection never makes an earlier
-                    // answer wrong by itself: moving away from another
-                    // connection always comes with its own `bound: false`.
-                    (NoticeKind::BindingChanged, Some(true)) => {
-                        if cache.get(&notice.service).is_some_and(|c| c.connection_id != notice.connection_id) {
-                            cache.remove(&notice.service);
-                        }
-                    }
-                    (NoticeKind::BindingChanged, _) => {
-                        inner.generation.fetch_add(1, Ordering::SeqCst);
-                        cache.remove(&notice.service);
-                    }
-                    (NoticeKind::Revoked | NoticeKind::Rotated, _) => {
-                        inner.generation.fetch_add(1, Ordering::SeqCst);
-                        cache.retain(|_, credential| credential.connection_id != notice.connection_id);
-                    }
-                }
-                if cache.len() < before {
-                    let _ = inner.invalidations.send(Invalidation {
-                        connection_id: notice.connection_id.clone(),
-                        service: notice.service.clone(),
-                        kind: notice.kind,
-                        at: Instant::now(),
-                    });
-                }
-            }
-        });
         Ok(())
     }
+}
+
+impl Inner {
+    fn current(&self) -> Arc<Session> {
+        self.session.lock().expect("session").clone()
+    }
+
+    fn is_fresh(&self) -> bool {
+        self.fresh.load(Ordering::SeqCst)
+            && self.current().client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Stops trusting the cache: empties it and refuses to fill it until
+    /// [`Inner::back_in_sync`].
+    fn fail_closed(&self) {
+        let mut cache = self.cache.lock().expect("cache");
+        self.fresh.store(false, Ordering::SeqCst);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        cache.clear();
+    }
+
+    /// Notices sent while out of sync were missed: start empty, trust again.
+    fn back_in_sync(&self) {
+        let mut cache = self.cache.lock().expect("cache");
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        cache.clear();
+        self.fresh.store(true, Ordering::SeqCst);
+    }
+}
+
+async fn on_event(inner: &Arc<Inner>, event: async_nats::Event) {
+    match event {
+        async_nats::Event::Disconnected => inner.fail_closed(),
+        async_nats::Event::Connected if !inner.fresh.load(Ordering::SeqCst) => inner.back_in_sync(),
+        async_nats::Event::SlowConsumer(_) => {
+            // NATS dropped notices for us: whatever they said is unknown.
+            tracing::warn!("notices were dropped (slow consumer); failing closed until resynchronised");
+            inner.fail_closed();
+            let session = inner.current();
+            // Back in sync once the server has answered a round trip after
+            // the drop: everything dropped was before it.
+            if session.client.flush().await.is_ok() {
+                inner.back_in_sync();
+            }
+        }
+        async_nats::Event::ServerError(error) => tracing::warn!(%error, "NATS server error"),
+        _ => {}
+    }
+}
+
+/// Subscribes to `subject` on `session` and applies its notices to the cache.
+async fn subscribe(inner: &Arc<Inner>, session: &Session, subject: String) -> Result<(), async_nats::Error> {
+    let mut subscription = session.client.subscribe(subject).await?;
+    let weak = Arc::downgrade(inner);
+    let reader = tokio::spawn(async move {
+        while let Some(message) = subscription.next().await {
+            let Some(inner) = weak.upgrade() else { return };
+            let Ok(notice) = serde_json::from_slice::<Notice>(&message.payload) else {
+                tracing::warn!("ignoring a malformed notice");
+                continue;
+            };
+            apply(&inner, &notice);
+        }
+    });
+    session.readers.lock().expect("readers").push(reader);
+    Ok(())
+}
+
+fn apply(inner: &Inner, notice: &Notice) {
+    let mut cache = inner.cache.lock().expect("cache");
+    let before = cache.len();
+    match (notice.kind, notice.bound) {
+        // Being bound to a connection never makes an earlier answer wrong by
+        // itself: moving away from another connection always comes with its
+        // own `bound: false`.
+        (NoticeKind::BindingChanged, Some(true)) => {
+            if cache.get(&notice.service).is_some_and(|c| c.connection_id != notice.connection_id) {
+                cache.remove(&notice.service);
+            }
+        }
+        (NoticeKind::BindingChanged, _) => {
+            inner.generation.fetch_add(1, Ordering::SeqCst);
+            cache.remove(&notice.service);
+        }
+        (NoticeKind::Revoked | NoticeKind::Rotated, _) => {
+            inner.generation.fetch_add(1, Ordering::SeqCst);
+            cache.retain(|_, credential| credential.connection_id != notice.connection_id);
+        }
+    }
+    if cache.len() < before {
+        let _ = inner.invalidations.send(Invalidation {
+            connection_id: notice.connection_id.clone(),
+            service: notice.service.clone(),
+            kind: notice.kind,
+            at: Instant::now(),
+        });
+    }
+}
+
+/// `POST /v1/runtime/nats-credentials` with this runtime's public key.
+async fn obtain(
+    http: &reqwest::Client,
+    config: &AgentConfig,
+    key: &nkeys::KeyPair,
+) -> Result<RuntimeCredentials, ConnectError> {
+    let response = http
+        .post(format!("{}/v1/runtime/nats-credentials", config.base_url.trim_end_matches('/')))
+        .bearer_auth(&config.token)
+        .json(&serde_json::json!({ "public_key": key.public_key() }))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .map_err(|e| ConnectError::Credentials(e.without_url().to_string()))?;
+    let status = response.status();
+    if status == reqwest::StatusCode::UNAUTHORIZED {
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        return Err(ConnectError::Unauthorized(body["detail"].as_str().unwrap_or("401").to_owned()));
+    }
+    if !status.is_success() {
+        return Err(ConnectError::Credentials(format!("HTTP {status}")));
+    }
+    response.json().await.map_err(|e| ConnectError::Credentials(format!("unreadable answer: {e}")))
+}
+
+async fn open_session(
+    config: &AgentConfig,
+    key: &Arc<nkeys::KeyPair>,
+    credentials: &RuntimeCredentials,
+    id: u64,
+    events: &mpsc::UnboundedSender<(u64, async_nats::Event)>,
+) -> Result<Session, ConnectError> {
+    let events = events.clone();
+    let mut options = async_nats::ConnectOptions::new()
+        .name(format!("runtime {}/{}", credentials.owner, credentials.agent))
+        .ping_interval(config.heartbeat.min(Duration::from_secs(1)))
+        .connection_timeout(Duration::from_secs(2))
+        .subscription_capacity(config.subscription_capacity)
+        .event_callback(move |event| {
+            let events = events.clone();
+            async move {
+                let _ = events.send((id, event));
+            }
+        });
+    if let Some(jwt) = &credentials.jwt {
+        let key = key.clone();
+        options = options.jwt(jwt.clone(), move |nonce| {
+            let key = key.clone();
+            async move { key.sign(&nonce).map_err(async_nats::AuthError::new) }
+        });
+    }
+    let urls = match &config.nats_url {
+        Some(url) => url.clone(),
+        None => credentials.nats_urls.join(","),
+    };
+    let client = options.connect(urls.as_str()).await.map_err(|e| ConnectError::Nats(e.to_string()))?;
+    Ok(Session { id, client, expires_at: credentials.expires_at, obtained: Instant::now(), readers: Mutex::default() })
+}
+
+/// Renews the NATS credentials at two thirds of their life, for as long as
+/// the client lives; a failed renewal is retried every second (when the old
+/// credentials expire first, the server disconnects and the client fails
+/// closed until a renewal succeeds).
+async fn renew_forever(weak: Weak<Inner>) {
+    loop {
+        let wait = {
+            let Some(inner) = weak.upgrade() else { return };
+            let session = inner.current();
+            let Some(expires_at) = session.expires_at else { return };
+            let left = (expires_at - chrono::Utc::now()).to_std().unwrap_or_default();
+            let lived = session.obtained.elapsed();
+            // Two thirds into the life it had when obtained.
+            ((lived + left) * 2 / 3).saturating_sub(lived)
+        };
+        tokio::time::sleep(wait).await;
+        let Some(inner) = weak.upgrade() else { return };
+        if let Err(error) = renew(&inner).await {
+            tracing::warn!(%error, "renewing NATS credentials failed; retrying in 1 s");
+            drop(inner);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+async fn renew(inner: &Arc<Inner>) -> Result<(), ConnectError> {
+    let credentials = obtain(&inner.http, &inner.config, &inner.key).await?;
+    if (credentials.owner.as_str(), credentials.agent.as_str(), credentials.prefix.as_str())
+        != (inner.owner.as_str(), inner.agent.as_str(), inner.names.prefix())
+    {
+        return Err(ConnectError::Credentials("the renewed credentials are for another identity".into()));
+    }
+    let _changing = inner.changing.lock().await;
+    let id = inner.next_session.fetch_add(1, Ordering::SeqCst);
+    let session = Arc::new(open_session(&inner.config, &inner.key, &credentials, id, &inner.events).await?);
+    let subjects: Vec<String> = inner.subjects.lock().expect("subjects").iter().cloned().collect();
+    for subject in subjects {
+        subscribe(inner, &session, subject).await.map_err(|e| ConnectError::Nats(e.to_string()))?;
+    }
+    session.client.flush().await.map_err(|e| ConnectError::Nats(e.to_string()))?;
+    // The new session hears everything from here on; the old one (if it was
+    // still up) heard everything until now.
+    let old = std::mem::replace(&mut *inner.session.lock().expect("session"), session);
+    if !inner.fresh.load(Ordering::SeqCst) {
+        inner.back_in_sync();
+    }
+    tokio::spawn(async move {
+        let _ = old.client.drain().await;
+    });
+    Ok(())
 }

@@ -105,6 +105,9 @@ pub struct AuthenticatedAgent {
     pub agent: AgentId,
     /// The user it acts for.
     pub owner: OwnerId,
+    /// When its token expires (seconds since the epoch): nothing issued to
+    /// it outlives the token.
+    pub expires_at: i64,
 }
 
 impl FromRequestParts<AppState> for AuthenticatedAgent {
@@ -121,7 +124,7 @@ impl FromRequestParts<AppState> for AuthenticatedAgent {
             .owner
             .and_then(|owner| OwnerId::parse(owner).ok())
             .ok_or(ApiError::Unauthorized("agent token has no valid owner"))?;
-        Ok(AuthenticatedAgent { agent, owner })
+        Ok(AuthenticatedAgent { agent, owner, expires_at: claims.exp })
     }
 }
 

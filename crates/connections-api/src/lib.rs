@@ -12,6 +12,7 @@ pub mod commands;
 pub mod problem;
 pub mod resolution;
 pub mod routes;
+pub mod runtime_nats;
 mod state;
 mod views;
 

@@ -7,6 +7,7 @@ use connections_sealing::MasterKey;
 use connections_store::Database;
 
 use crate::auth::Authenticator;
+use crate::runtime_nats::RuntimeNats;
 
 /// The application state: the database, the master key, the token verifier.
 #[derive(Clone)]
@@ -19,4 +20,6 @@ pub struct AppState {
     pub authenticator: Arc<Authenticator>,
     /// Log activity: appends and projection progress (for `min_position` and SSE).
     pub signals: Signals,
+    /// How agent runtimes reach NATS, and the issuer of their credentials.
+    pub runtime_nats: Arc<RuntimeNats>,
 }

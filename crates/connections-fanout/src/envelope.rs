@@ -1,87 +1,38 @@
-//! The JSON payload of an event message on JetStream
-//! (`schemas/nats/envelope.v1.json`). It carries the event's data and
-//! metadata as stored in the log — never secret material, which the log
-//! does not hold — and the cursor of the previous event, so that a consumer
-//! can prove it has missed nothing.
+//! The envelope of a recorded event (`connections_wire::Envelope`,
+//! `schemas/nats/envelope.v1.json`), built from a row of the log.
 
-use chrono::{DateTime, Utc};
 use connections_store::{LogCursor, RecordedEvent};
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use connections_wire::{Envelope, EnvelopeCursor};
 
-/// A place in the log's global order, as carried in envelopes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct EnvelopeCursor {
-    /// The appending transaction's id.
-    pub transaction_id: u64,
-    /// The event's position.
-    pub position: i64,
+/// The envelope of a recorded event of an `owner-service/<owner>/<service>`
+/// stream; `None` for any other stream.
+pub fn envelope_of(event: &RecordedEvent, previous: Option<LogCursor>) -> Option<Envelope> {
+    let mut parts = event.stream_id.strip_prefix("owner-service/")?.splitn(2, '/');
+    let owner = parts.next()?.to_owned();
+    let service = parts.next()?.to_owned();
+    Some(Envelope {
+        envelope_version: 1,
+        event_id: event.event_id,
+        cursor: envelope_cursor(event.cursor()),
+        previous: previous.map(envelope_cursor),
+        stream_id: event.stream_id.clone(),
+        stream_version: event.stream_version,
+        owner,
+        service,
+        event_type: event.event_type.clone(),
+        schema_version: event.schema_version,
+        recorded_at: event.recorded_at,
+        data: event.data.clone(),
+        metadata: event.metadata.clone(),
+    })
 }
 
-impl From<LogCursor> for EnvelopeCursor {
-    fn from(cursor: LogCursor) -> Self {
-        Self { transaction_id: cursor.transaction_id, position: cursor.position }
-    }
+/// A log cursor as carried in envelopes and notices.
+pub fn envelope_cursor(cursor: LogCursor) -> EnvelopeCursor {
+    EnvelopeCursor { transaction_id: cursor.transaction_id, position: cursor.position }
 }
 
-impl From<EnvelopeCursor> for LogCursor {
-    fn from(cursor: EnvelopeCursor) -> Self {
-        LogCursor { transaction_id: cursor.transaction_id, position: cursor.position }
-    }
-}
-
-/// One event as published.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Envelope {
-    /// Always 1 for this layout.
-    pub envelope_version: u32,
-    /// The event's id (also `Nats-Msg-Id`).
-    pub event_id: uuid::Uuid,
-    /// Where the event is in the log.
-    pub cursor: EnvelopeCursor,
-    /// The event before it in the log, `None` for the first.
-    pub previous: Option<EnvelopeCursor>,
-    /// Its stream and version in that stream.
-    pub stream_id: String,
-    /// Its version within the stream.
-    pub stream_version: u64,
-    /// The owner and service its stream belongs to.
-    pub owner: String,
-    /// The service.
-    pub service: String,
-    /// Its stable type name and schema version (`schemas/events/`).
-    pub event_type: String,
-    /// The schema version of `data`.
-    pub schema_version: i32,
-    /// When it was recorded.
-    pub recorded_at: DateTime<Utc>,
-    /// The event data.
-    pub data: Value,
-    /// Actor, command id, correlation id.
-    pub metadata: Value,
-}
-
-impl Envelope {
-    /// The envelope of a recorded event of an `owner-service/<owner>/<service>`
-    /// stream; `None` for any other stream.
-    pub fn new(event: &RecordedEvent, previous: Option<LogCursor>) -> Option<Self> {
-        let mut parts = event.stream_id.strip_prefix("owner-service/")?.splitn(2, '/');
-        let owner = parts.next()?.to_owned();
-        let service = parts.next()?.to_owned();
-        Some(Self {
-            envelope_version: 1,
-            event_id: event.event_id,
-            cursor: event.cursor().into(),
-            previous: previous.map(Into::into),
-            stream_id: event.stream_id.clone(),
-            stream_version: event.stream_version,
-            owner,
-            service,
-            event_type: event.event_type.clone(),
-            schema_version: event.schema_version,
-            recorded_at: event.recorded_at,
-            data: event.data.clone(),
-            metadata: event.metadata.clone(),
-        })
-    }
+/// The log cursor an envelope names.
+pub fn log_cursor(cursor: EnvelopeCursor) -> LogCursor {
+    LogCursor { transaction_id: cursor.transaction_id, position: cursor.position }
 }

@@ -11,14 +11,11 @@
 
 mod envelope;
 mod listener;
-mod names;
 pub mod nats;
-mod notice;
 pub mod relay;
 mod restarts;
 
-pub use envelope::{Envelope, EnvelopeCursor};
+pub use connections_wire::{Envelope, EnvelopeCursor, Names, NamesError, Notice, NoticeKind};
+pub use envelope::{envelope_cursor, envelope_of, log_cursor};
 pub use listener::{format_cursor, parse_cursor, LogListener, Signals, EVENTS_CHANNEL, PROJECTED_CHANNEL};
-pub use names::{Names, NamesError};
-pub use notice::{Notice, NoticeKind};
 pub use restarts::Restarts;

@@ -27,11 +27,11 @@ use bytes::Bytes;
 use connections_store::{Database, EventLog, LogCursor, StoreError};
 use tokio::sync::{mpsc, watch};
 
-use crate::envelope::Envelope;
+use crate::envelope::{envelope_of, log_cursor};
 use crate::listener::{LogListener, Signals};
-use crate::names::Names;
 use crate::nats;
 use crate::restarts::Restarts;
+use connections_wire::{Envelope, Names, Notice, NoticeKind};
 
 /// How the relay runs.
 #[derive(Clone)]
@@ -40,8 +40,8 @@ pub struct RelayConfig {
     pub names: Names,
     /// The database (for the LISTEN/lock connection).
     pub database_url: String,
-    /// The NATS server.
-    pub nats_url: String,
+    /// The NATS server and the service's credentials.
+    pub nats: nats::NatsAccess,
     /// Events read and published per round (publishes are pipelined).
     pub batch: i64,
     /// The fallback poll when no notification arrives.
@@ -52,8 +52,8 @@ pub struct RelayConfig {
 
 impl RelayConfig {
     /// Defaults: batches of 512, a 1-second fallback poll.
-    pub fn new(names: Names, database_url: String, nats_url: String) -> Self {
-        Self { names, database_url, nats_url, batch: 512, poll_interval: Duration::from_secs(1), acked: None }
+    pub fn new(names: Names, database_url: String, nats: nats::NatsAccess) -> Self {
+        Self { names, database_url, nats, batch: 512, poll_interval: Duration::from_secs(1), acked: None }
     }
 }
 
@@ -107,7 +107,7 @@ async fn session(
     if !listener.lead(config.names.lock_key("relay"), shutdown).await? {
         return Ok(());
     }
-    let client = nats::connect(&config.nats_url, "connections-relay").await.map_err(nats_error)?;
+    let client = nats::connect(&config.nats, &config.names, "connections-relay").await.map_err(nats_error)?;
     let context = jetstream::new(client);
     let mut stream = ensure_stream(&context, &config.names).await?;
     ensure_notices_stream(&context, &config.names).await?;
@@ -155,7 +155,7 @@ async fn session(
         let mut previous = (cursor != LogCursor::default()).then_some(cursor);
         let mut previous_id = last_event_id;
         for (offset, event) in batch.iter().enumerate() {
-            let envelope = Envelope::new(event, previous).ok_or(RelayError::Unroutable(event.position))?;
+            let envelope = envelope_of(event, previous).ok_or(RelayError::Unroutable(event.position))?;
             let expected = last_sequence + offset as u64;
             let message = publish_message(&envelope, event.event_id, expected, previous_id);
             let subject = config.names.event_subject(&envelope.owner, &envelope.service, &envelope.event_type);
@@ -230,13 +230,13 @@ async fn publish_notices(
 ) -> Result<(), RelayError> {
     let mut notices = Vec::new();
     for event in batch {
-        let envelope = Envelope::new(event, (previous != LogCursor::default()).then_some(previous))
+        let envelope = envelope_of(event, (previous != LogCursor::default()).then_some(previous))
             .ok_or(RelayError::Unroutable(event.position))?;
         previous = event.cursor();
         if noticed_early.remove(&event.event_id) {
             continue;
         }
-        if let Some((subject, notice)) = crate::notice::Notice::for_event(&envelope, names) {
+        if let Some((subject, notice)) = Notice::for_event(&envelope, names) {
             notices.push((subject, notice));
         }
     }
@@ -246,8 +246,8 @@ async fn publish_notices(
             continue;
         }
         // A notice does not carry the envelope's predecessor.
-        let envelope = Envelope::new(event, None).ok_or(RelayError::Unroutable(event.position))?;
-        if let Some((subject, notice)) = crate::notice::Notice::for_event(&envelope, names) {
+        let envelope = envelope_of(event, None).ok_or(RelayError::Unroutable(event.position))?;
+        if let Some((subject, notice)) = Notice::for_event(&envelope, names) {
             noticed_early.insert(event.event_id);
             notices.push((subject, notice));
         }
@@ -256,9 +256,9 @@ async fn publish_notices(
     // every binding, and those notices must not delay the one that matters
     // most. Notices only invalidate, so their relative order is free.
     notices.sort_by_key(|(_, notice)| match notice.kind {
-        crate::notice::NoticeKind::Revoked => 0,
-        crate::notice::NoticeKind::Rotated => 1,
-        crate::notice::NoticeKind::BindingChanged => 2,
+        NoticeKind::Revoked => 0,
+        NoticeKind::Rotated => 1,
+        NoticeKind::BindingChanged => 2,
     });
     let mut acks = Vec::with_capacity(notices.len());
     for (subject, notice) in notices {
@@ -277,17 +277,20 @@ async fn publish_notices(
 /// that were away (limited to a day; runtimes that were away longer
 /// revalidate what they hold).
 async fn ensure_notices_stream(context: &jetstream::Context, names: &Names) -> Result<(), RelayError> {
-    context
-        .get_or_create_stream(stream::Config {
-            name: names.notices_stream(),
-            subjects: vec![names.notices_wildcard()],
-            storage: stream::StorageType::File,
-            num_replicas: 1,
-            max_age: Duration::from_secs(24 * 3600),
-            ..Default::default()
-        })
-        .await
-        .map_err(nats_error)?;
+    let config = stream::Config {
+        name: names.notices_stream(),
+        subjects: vec![names.notices_wildcard()],
+        storage: stream::StorageType::File,
+        num_replicas: 1,
+        max_age: Duration::from_secs(24 * 3600),
+        ..Default::default()
+    };
+    let stream = context.get_or_create_stream(config.clone()).await.map_err(nats_error)?;
+    // A stream made for an earlier subject layout (v1) follows the current one.
+    if stream.cached_info().config.subjects != config.subjects {
+        tracing::info!(subjects = ?config.subjects, "moving the notices stream to the current subjects");
+        context.update_stream(config).await.map_err(nats_error)?;
+    }
     Ok(())
 }
 
@@ -366,7 +369,7 @@ async fn verify(database: &Database, stream: &mut stream::Stream) -> Result<Resu
             return Ok(Err("the stream's last two events are not consecutive in the log".into()));
         }
     }
-    let last_cursor: LogCursor = last.cursor.into();
+    let last_cursor = log_cursor(last.cursor);
     let row = client
         .query_one(
             "SELECT count(*) FILTER (WHERE (transaction_id, position) <= ($1::text::xid8, $2)), \

@@ -25,16 +25,16 @@ pub struct ProjectorConfig {
     pub names: Names,
     /// The database (for the lock connection).
     pub database_url: String,
-    /// The NATS server.
-    pub nats_url: String,
+    /// The NATS server and the service's credentials.
+    pub nats: nats::NatsAccess,
     /// Messages per fetch (and per transaction).
     pub batch: usize,
 }
 
 impl ProjectorConfig {
     /// Defaults: batches of 256.
-    pub fn new(names: Names, database_url: String, nats_url: String) -> Self {
-        Self { names, database_url, nats_url, batch: 256 }
+    pub fn new(names: Names, database_url: String, nats: nats::NatsAccess) -> Self {
+        Self { names, database_url, nats, batch: 256 }
     }
 }
 
@@ -98,7 +98,7 @@ async fn session(
     if !listener.lead(config.names.lock_key("projector-dashboard"), shutdown).await? {
         return Ok(());
     }
-    let client = nats::connect(&config.nats_url, "connections-projector").await.map_err(nats_error)?;
+    let client = nats::connect(&config.nats, &config.names, "connections-projector").await.map_err(nats_error)?;
     let context = jetstream::new(client);
     let stream = context.get_stream(config.names.events_stream()).await.map_err(nats_error)?;
     let durable = config.names.projector_consumer(DASHBOARD);
@@ -191,11 +191,11 @@ pub async fn apply_batch(database: &Database, envelopes: &[Envelope]) -> Result<
     let start = cursor;
     let mut statements = Vec::new();
     for envelope in envelopes {
-        let got: LogCursor = envelope.cursor.into();
+        let got = connections_fanout::log_cursor(envelope.cursor);
         if got <= cursor {
             continue; // redelivered: already applied
         }
-        let expected: LogCursor = envelope.previous.map(Into::into).unwrap_or_default();
+        let expected = envelope.previous.map(connections_fanout::log_cursor).unwrap_or_default();
         if expected != cursor {
             return Err(ProjectorError::Gap { got, expected, checkpoint: cursor });
         }

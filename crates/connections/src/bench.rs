@@ -9,6 +9,7 @@ mod revocation;
 mod stats;
 
 use clap::Subcommand;
+use connections_fanout::nats::NatsAccess;
 
 /// The benchmarks.
 #[derive(Subcommand)]
@@ -38,4 +39,22 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Revocation(options) => revocation::run(options).await,
         BenchCommand::Audit(options) => audit::run(options).await,
     }
+}
+
+/// How a benchmark reaches NATS: as the service, with the credentials the
+/// deployment would use when `CONNECTIONS_NATS_ISSUER_FILE` is set
+/// (permissions in force), else without authentication.
+fn nats_access(url: &str) -> anyhow::Result<NatsAccess> {
+    Ok(match std::env::var("CONNECTIONS_NATS_ISSUER_FILE") {
+        Ok(path) => NatsAccess::secured(url, std::sync::Arc::new(crate::config::issuer(&path)?)),
+        Err(_) => NatsAccess::insecure(url),
+    })
+}
+
+/// A benchmark's own NATS client: the service's rights plus the JetStream
+/// API on every stream under its prefix (for raw baselines' streams).
+async fn bench_nats(access: &NatsAccess, names: &connections_fanout::Names) -> anyhow::Result<async_nats::Client> {
+    let mut grant = connections_natsauth::Grant::service(names);
+    grant.publish.allow.push("$JS.API.>".into());
+    Ok(connections_fanout::nats::connect_as(access, &grant, &names.service_inbox(), "bench").await?)
 }

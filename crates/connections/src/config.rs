@@ -6,6 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use connections_api::auth::Authenticator;
 use connections_fanout::Names;
+use connections_natsauth::Issuer;
 use connections_sealing::MasterKey;
 
 /// Everything `serve` needs.
@@ -24,6 +25,21 @@ pub struct Config {
     /// `CONNECTIONS_AUDIT_CHECKPOINT_SECS`, default 86400: how often the
     /// server stores an audit checkpoint; 0 turns it off.
     pub audit_checkpoint_every: Option<std::time::Duration>,
+    /// `CONNECTIONS_NATS_PUBLIC_URL`, default the `CONNECTIONS_NATS_URL`:
+    /// the NATS URL(s) handed to agent runtimes (comma-separated).
+    pub nats_public_urls: Vec<String>,
+    /// `CONNECTIONS_NATS_RUNTIME_TTL_SECS`, default 300: how long runtime
+    /// NATS credentials live.
+    pub runtime_ttl: std::time::Duration,
+}
+
+/// NATS authentication.
+pub enum NatsAuth {
+    /// `CONNECTIONS_NATS_ISSUER_FILE` (written by `connections nats init`):
+    /// the service issues user JWTs to itself and to runtimes.
+    Issued(Arc<Issuer>),
+    /// `CONNECTIONS_NATS_INSECURE=1`: no NATS authentication (development).
+    Insecure,
 }
 
 impl Config {
@@ -33,10 +49,22 @@ impl Config {
             env_or("CONNECTIONS_LISTEN", "127.0.0.1:8080").parse().context("CONNECTIONS_LISTEN must be host:port")?;
         let pool_size =
             env_or("CONNECTIONS_DATABASE_POOL", "32").parse().context("CONNECTIONS_DATABASE_POOL must be a number")?;
+        let nats_url = env_or("CONNECTIONS_NATS_URL", "nats://127.0.0.1:4222");
+        let runtime_ttl = env_or("CONNECTIONS_NATS_RUNTIME_TTL_SECS", "300")
+            .parse::<u64>()
+            .ok()
+            .filter(|seconds| (10..=86_400).contains(seconds))
+            .context("CONNECTIONS_NATS_RUNTIME_TTL_SECS must be a number of seconds from 10 to 86400")?;
         Ok(Self {
+            nats_public_urls: env_or("CONNECTIONS_NATS_PUBLIC_URL", &nats_url)
+                .split(',')
+                .map(|url| url.trim().to_owned())
+                .filter(|url| !url.is_empty())
+                .collect(),
+            runtime_ttl: std::time::Duration::from_secs(runtime_ttl),
             listen,
             database_url: database_url(),
-            nats_url: env_or("CONNECTIONS_NATS_URL", "nats://127.0.0.1:4222"),
+            nats_url,
             pool_size,
             names: Names::new(&env_or("CONNECTIONS_NATS_PREFIX", "connections"))?,
             audit_checkpoint_every: match env_or("CONNECTIONS_AUDIT_CHECKPOINT_SECS", "86400")
@@ -48,6 +76,26 @@ impl Config {
             },
         })
     }
+}
+
+/// NATS authentication from `CONNECTIONS_NATS_ISSUER_FILE`, or none with
+/// `CONNECTIONS_NATS_INSECURE=1`; one of them is required.
+pub fn nats_auth() -> anyhow::Result<NatsAuth> {
+    let insecure = std::env::var("CONNECTIONS_NATS_INSECURE").is_ok_and(|v| v == "1" || v == "true");
+    match (std::env::var("CONNECTIONS_NATS_ISSUER_FILE"), insecure) {
+        (Ok(path), _) => Ok(NatsAuth::Issued(Arc::new(issuer(&path)?))),
+        (Err(_), true) => Ok(NatsAuth::Insecure),
+        (Err(_), false) => anyhow::bail!(
+            "set CONNECTIONS_NATS_ISSUER_FILE (written by `connections nats init`; ops/run makes one), \
+             or CONNECTIONS_NATS_INSECURE=1 to run without NATS authentication (development only)"
+        ),
+    }
+}
+
+/// The issuer in an issuer file.
+pub fn issuer(path: &str) -> anyhow::Result<Issuer> {
+    let json = std::fs::read_to_string(path).with_context(|| format!("reading CONNECTIONS_NATS_ISSUER_FILE {path}"))?;
+    Issuer::from_json(&json).with_context(|| format!("CONNECTIONS_NATS_ISSUER_FILE {path}"))
 }
 
 fn env_or(name: &str, default: &str) -> String {

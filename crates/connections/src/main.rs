@@ -3,6 +3,7 @@
 mod audit;
 mod bench;
 mod config;
+mod natscmd;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -38,6 +39,9 @@ enum CliCommand {
         #[arg(long, default_value_t = 86_400)]
         ttl: i64,
     },
+    /// NATS authentication: set-up, and credentials for read-only consumers.
+    #[command(subcommand)]
+    Nats(natscmd::NatsCommand),
     /// Audit the history in the event log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -115,6 +119,7 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        CliCommand::Nats(command) => natscmd::run(command),
         CliCommand::Audit(command) => audit::run(command, config::database_url).await,
         CliCommand::Bench(command) => bench::run(command).await,
     }

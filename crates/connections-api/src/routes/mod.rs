@@ -6,6 +6,7 @@ pub mod dashboard;
 mod health;
 mod history;
 mod resolve;
+mod runtime;
 mod services;
 
 use axum::extract::DefaultBodyLimit;
@@ -24,6 +25,7 @@ use crate::state::AppState;
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/health"),
     ("POST", "/v1/resolve"),
+    ("POST", "/v1/runtime/nats-credentials"),
     ("GET", "/v1/status"),
     ("GET", "/v1/stream"),
     ("GET", "/v1/services"),
@@ -45,6 +47,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health::health))
         .route("/v1/resolve", post(resolve::resolve_credential))
+        .route("/v1/runtime/nats-credentials", post(runtime::nats_credentials))
         .route("/v1/status", get(dashboard::status))
         .route("/v1/stream", get(dashboard::stream))
         .route("/v1/services", get(dashboard::services))

@@ -10,6 +10,7 @@ mod isolation;
 mod openapi;
 mod read_api;
 mod resolve;
+mod runtime_nats;
 mod secrets;
 mod unavailable;
 
@@ -99,6 +100,33 @@ fn log_to_test_output() {
     });
 }
 
+/// The shared test NATS server carries no authentication: these tests are
+/// about the HTTP API (`tests/e2e/nats_security.rs` tests NATS permissions).
+fn open_nats(url: &str) -> connections_fanout::nats::NatsAccess {
+    connections_fanout::nats::NatsAccess::insecure(url)
+}
+
+/// Runtime NATS credentials issued with a freshly generated account (no
+/// nats-server needed to issue them) and a 5-minute lifetime.
+pub(crate) fn runtime_nats() -> Arc<connections_api::runtime_nats::RuntimeNats> {
+    static ISSUER: std::sync::OnceLock<Arc<connections_natsauth::Issuer>> = std::sync::OnceLock::new();
+    let issuer = ISSUER
+        .get_or_init(|| {
+            let setup = connections_natsauth::Setup::generate(chrono::Utc::now().timestamp()).expect("generate");
+            Arc::new(
+                connections_natsauth::Issuer::new(&setup.issuer.account, &setup.issuer.signing_key_seed)
+                    .expect("issuer"),
+            )
+        })
+        .clone();
+    Arc::new(connections_api::runtime_nats::RuntimeNats {
+        names: connections_fanout::Names::new("connections").expect("prefix"),
+        urls: vec!["nats://127.0.0.1:4222".into()],
+        issuer: Some(issuer),
+        ttl: std::time::Duration::from_secs(300),
+    })
+}
+
 impl TestApp {
     pub(crate) async fn new() -> Self {
         log_to_test_output();
@@ -112,6 +140,7 @@ impl TestApp {
             master_key: master_key.clone(),
             authenticator: Arc::new(Authenticator::hs256(&secret).expect("valid secret")),
             signals: connections_fanout::Signals::new(),
+            runtime_nats: runtime_nats(),
         };
         Self { fanout: None, router: router(state), db, master_key, secret }
     }
@@ -127,7 +156,7 @@ impl TestApp {
         let (stop, stopping) = tokio::sync::watch::channel(false);
         let relay = tokio::spawn(connections_fanout::relay::run(
             app.db.database.clone(),
-            connections_fanout::relay::RelayConfig::new(names.clone(), app.db.url.clone(), nats_url.clone()),
+            connections_fanout::relay::RelayConfig::new(names.clone(), app.db.url.clone(), open_nats(&nats_url)),
             signals.clone(),
             stopping.clone(),
         ));
@@ -136,7 +165,7 @@ impl TestApp {
             connections_projections::projector::ProjectorConfig::new(
                 names.clone(),
                 app.db.url.clone(),
-                nats_url.clone(),
+                open_nats(&nats_url),
             ),
             signals.clone(),
             stopping,
@@ -147,6 +176,7 @@ impl TestApp {
             master_key: app.master_key.clone(),
             authenticator: Arc::new(Authenticator::hs256(&app.secret).expect("valid secret")),
             signals,
+            runtime_nats: runtime_nats(),
         };
         app.router = router(state);
         app.fanout = Some(Fanout { stop, tasks: vec![relay, projector], names, nats_url, signals: state_signals });
@@ -165,7 +195,7 @@ impl TestApp {
             connections_projections::projector::ProjectorConfig::new(
                 fanout.names.clone(),
                 self.db.url.clone(),
-                fanout.nats_url.clone(),
+                open_nats(&fanout.nats_url),
             ),
             fanout.signals.clone(),
             fanout.stop.subscribe(),

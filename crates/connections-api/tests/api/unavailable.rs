@@ -21,6 +21,7 @@ async fn commands_reads_and_resolves_while_the_database_is_unreachable_answer_50
         master_key: app.master_key.clone(),
         authenticator: std::sync::Arc::new(Authenticator::hs256(app.secret()).expect("valid secret")),
         signals: connections_fanout::Signals::new(),
+        runtime_nats: crate::runtime_nats(),
     });
     let body = serde_json::json!({"service": "github", "name": "Work", "credential": {"kind": "api_key", "key": "k"}});
     let answer = app.send(Method::POST, "/v1/connections", Some("alice"), Some(body)).await;

@@ -72,7 +72,11 @@ impl Harness {
 
     fn relay_with_poll(&self, poll_interval: Duration) -> RunningRelay {
         let (stop, stopping) = watch::channel(false);
-        let mut config = RelayConfig::new(self.names.clone(), self.db.url.clone(), nats_url());
+        let mut config = RelayConfig::new(
+            self.names.clone(),
+            self.db.url.clone(),
+            connections_fanout::nats::NatsAccess::insecure(nats_url()),
+        );
         config.poll_interval = poll_interval;
         config.batch = 64;
         let task = tokio::spawn(relay::run(self.db.database.clone(), config, Signals::new(), stopping));

@@ -12,6 +12,12 @@ fn envelope_schema() -> jsonschema::Validator {
     jsonschema::validator_for(&schema).expect("schema compiles")
 }
 
+fn notice_schema() -> jsonschema::Validator {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../schemas/nats/notice.v1.json");
+    let schema = serde_json::from_str(&std::fs::read_to_string(path).expect("read schema")).expect("schema is JSON");
+    jsonschema::validator_for(&schema).expect("schema compiles")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_event_reaches_the_stream_once_in_log_order_with_headers() {
     let harness = Harness::new().await;
@@ -70,6 +76,7 @@ async fn revocations_are_noticed_on_their_connections_subject_and_kept_for_catch
     let harness = Harness::new().await;
     let client = async_nats::connect(crate::nats_url()).await.expect("connect");
     let mut live = client.subscribe(harness.names.notices_wildcard()).await.expect("subscribe");
+    let schema = notice_schema();
     let relay = harness.relay();
     harness.append(3, 1).await;
     let stream = harness.converged().await;
@@ -77,8 +84,10 @@ async fn revocations_are_noticed_on_their_connections_subject_and_kept_for_catch
     while received.len() < 3 {
         let message =
             tokio::time::timeout(Duration::from_secs(10), live.next()).await.expect("notice in time").expect("message");
+        let payload: serde_json::Value = serde_json::from_slice(&message.payload).expect("JSON");
+        assert!(schema.is_valid(&payload), "not a notice.v1.json: {payload}");
         let notice: connections_fanout::Notice = serde_json::from_slice(&message.payload).expect("a notice");
-        assert_eq!(message.subject.as_str(), harness.names.connection_notices(&notice.connection_id));
+        assert_eq!(message.subject.as_str(), harness.names.connection_notices(&notice.owner, &notice.connection_id));
         assert_eq!(notice.kind, connections_fanout::NoticeKind::Revoked);
         received.push(notice.event_id);
     }

@@ -93,7 +93,7 @@ fn envelopes(log: &[RecordedEvent]) -> Vec<Envelope> {
     let mut previous = None;
     log.iter()
         .map(|event| {
-            let envelope = Envelope::new(event, previous).expect("owner-service stream");
+            let envelope = connections_fanout::envelope_of(event, previous).expect("owner-service stream");
             previous = Some(event.cursor());
             envelope
         })

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use axum::serve::ListenerExt;
 use connections_api::auth::{mint_user_token, Authenticator};
+use connections_api::runtime_nats::RuntimeNats;
 use connections_api::{router, AppState};
 use connections_domain::OwnerId;
 use connections_sealing::MasterKey;
@@ -204,6 +205,13 @@ impl HttpServer {
             master_key: Arc::new(MasterKey::from_base64("bench", &MasterKey::generate_base64()?)?),
             authenticator: Arc::new(Authenticator::hs256(&secret)?),
             signals: connections_fanout::Signals::new(),
+            // Commands only: runtimes never ask this server for NATS credentials.
+            runtime_nats: Arc::new(RuntimeNats {
+                names: connections_fanout::Names::new("bench")?,
+                urls: Vec::new(),
+                issuer: None,
+                ttl: Duration::from_secs(300),
+            }),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base = format!("http://{}", listener.local_addr()?);

@@ -55,7 +55,8 @@ pub async fn run(options: FanoutOptions) -> anyhow::Result<()> {
     migrate(&url).await?;
     let prefix = format!("bench{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
     let names = Names::new(&prefix)?;
-    let client = async_nats::connect(&options.nats_url).await?;
+    let access = super::nats_access(&options.nats_url)?;
+    let client = super::bench_nats(&access, &names).await?;
     let context = jetstream::new(client);
     let result = run_on(&url, &names, &context, &options).await;
     let _ = context.delete_stream(names.events_stream()).await;
@@ -162,10 +163,10 @@ async fn relay_and_projection(
     let signals = Signals::new();
     let (stop, stopping) = watch::channel(false);
     let (acked_tx, mut acked_rx) = mpsc::unbounded_channel();
-    let mut relay_config = RelayConfig::new(names.clone(), url.to_owned(), options.nats_url.clone());
+    let mut relay_config = RelayConfig::new(names.clone(), url.to_owned(), super::nats_access(&options.nats_url)?);
     relay_config.acked = Some(acked_tx);
     let relay = tokio::spawn(relay::run(database.clone(), relay_config, signals.clone(), stopping.clone()));
-    let projector_config = ProjectorConfig::new(names.clone(), url.to_owned(), options.nats_url.clone());
+    let projector_config = ProjectorConfig::new(names.clone(), url.to_owned(), super::nats_access(&options.nats_url)?);
     let projector = tokio::spawn(projector::run(database.clone(), projector_config, signals.clone(), stopping));
 
     // Record when each projected cursor was announced.

@@ -15,10 +15,13 @@ use std::time::{Duration, Instant};
 use axum::serve::ListenerExt;
 use connections_agent::{AgentClient, AgentConfig};
 use connections_api::auth::{mint_agent_token, mint_user_token, Authenticator};
+use connections_api::runtime_nats::RuntimeNats;
 use connections_api::{router, AppState};
 use connections_domain::{AgentId, OwnerId};
+use connections_fanout::nats::{connect_as, NatsAccess};
 use connections_fanout::relay::{self, RelayConfig};
 use connections_fanout::{Names, Signals};
+use connections_natsauth::Grant;
 use connections_sealing::MasterKey;
 use connections_store::{connect_pool, ensure_database, migrate};
 use futures_util::StreamExt;
@@ -36,6 +39,10 @@ pub struct RevocationOptions {
     /// The NATS server.
     #[arg(long, env = "CONNECTIONS_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     nats_url: String,
+    /// Also measure the raw fan-out on this unauthenticated NATS server (for
+    /// the cost of authentication and permissions themselves).
+    #[arg(long)]
+    open_nats_url: Option<String>,
     /// Client counts.
     #[arg(long, value_delimiter = ',', default_values_t = vec![1, 100, 1000])]
     clients: Vec<usize>,
@@ -51,22 +58,23 @@ pub async fn run(options: RevocationOptions) -> anyhow::Result<()> {
     ensure_database(&url).await?;
     migrate(&url).await?;
     let names = Names::new(&format!("rbench{}", &uuid::Uuid::now_v7().simple().to_string()[20..]))?;
-    let result = run_on(&url, &names, &options).await;
-    let context = async_nats::jetstream::new(async_nats::connect(&options.nats_url).await?);
+    let access = super::nats_access(&options.nats_url)?;
+    let result = run_on(&url, &names, &access, &options).await;
+    let context = async_nats::jetstream::new(super::bench_nats(&access, &names).await?);
     let _ = context.delete_stream(names.events_stream()).await;
     let _ = context.delete_stream(names.notices_stream()).await;
     super::append::drop_database(&options.server, &name).await?;
     result
 }
 
-async fn run_on(url: &str, names: &Names, options: &RevocationOptions) -> anyhow::Result<()> {
+async fn run_on(url: &str, names: &Names, access: &NatsAccess, options: &RevocationOptions) -> anyhow::Result<()> {
     let database = connect_pool(url, 16)?;
     let secret = MasterKey::generate_base64()?.into_bytes();
     let signals = Signals::new();
     let (stop, stopping) = watch::channel(false);
     let relay = tokio::spawn(relay::run(
         database.clone(),
-        RelayConfig::new(names.clone(), url.to_owned(), options.nats_url.clone()),
+        RelayConfig::new(names.clone(), url.to_owned(), access.clone()),
         signals.clone(),
         stopping,
     ));
@@ -75,6 +83,12 @@ async fn run_on(url: &str, names: &Names, options: &RevocationOptions) -> anyhow
         master_key: Arc::new(MasterKey::from_base64("bench", &MasterKey::generate_base64()?)?),
         authenticator: Arc::new(Authenticator::hs256(&secret)?),
         signals: signals.clone(),
+        runtime_nats: Arc::new(RuntimeNats {
+            names: names.clone(),
+            urls: vec![options.nats_url.clone()],
+            issuer: access.issuer.clone(),
+            ttl: Duration::from_secs(300),
+        }),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
@@ -85,11 +99,40 @@ async fn run_on(url: &str, names: &Names, options: &RevocationOptions) -> anyhow
     let commits = CommitWatch::start(url).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    println!("bench revocation: {} revocations per client count, one every 200 ms", options.rounds);
+    println!(
+        "bench revocation: {} revocations per client count, one every 200 ms; NATS {} ({})",
+        options.rounds,
+        options.nats_url,
+        if access.issuer.is_some() {
+            "JWT authentication, runtimes with scoped credentials"
+        } else {
+            "no authentication: set CONNECTIONS_NATS_ISSUER_FILE to measure with permissions in force"
+        }
+    );
     println!("{:>6} {:<38} {:>9} {:>9} {:>9}", "N", "measurement", "p50 ms", "p99 ms", "max ms");
     for &n in &options.clients {
-        let (from_return, from_commit) = revocations(&base, &secret, names, options, n, &commits).await?;
-        let floor = raw_fanout(&options.nats_url, n, options.rounds).await?;
+        let (from_return, from_commit, connects) = revocations(&base, &secret, options, n, &commits).await?;
+        let floor = raw_fanout(access, names, n, options.rounds).await?;
+        println!(
+            "{:>6} {:<38} {:>9} {:>9} {:>9}   all {n} in {:.2} s",
+            n,
+            "runtime: obtain credentials + connect",
+            ms(connects.summary.p50),
+            ms(connects.summary.p99),
+            ms(connects.summary.max),
+            connects.wall.as_secs_f64()
+        );
+        if let Some(open_url) = &options.open_nats_url {
+            let open = raw_fanout(&NatsAccess::insecure(open_url.clone()), names, n, options.rounds).await?;
+            println!(
+                "{:>6} {:<38} {:>9} {:>9} {:>9}",
+                n,
+                "raw, unauthenticated server (other)",
+                ms(open.p50),
+                ms(open.p99),
+                ms(open.max)
+            );
+        }
         for (label, summary) in [
             ("revoke returned → last client dropped", &from_return),
             ("commit → last client dropped", &from_commit),
@@ -100,7 +143,7 @@ async fn run_on(url: &str, names: &Names, options: &RevocationOptions) -> anyhow
         let margin = from_return.p99.saturating_sub(floor.p99);
         println!("{:>6} {:<38} {:>9} {:>9}", n, "difference (revocation − raw)", "", ms(margin));
     }
-    let (uncached, cached) = resolve_latency(&base, &secret, names, options).await?;
+    let (uncached, cached) = resolve_latency(&base, &secret).await?;
     println!(
         "resolve, uncached (POST /v1/resolve: read, unseal, access log, commit): p50 {} ms, p99 {} ms over {} calls",
         ms(uncached.p50),
@@ -125,24 +168,38 @@ async fn run_on(url: &str, names: &Names, options: &RevocationOptions) -> anyhow
 async fn revocations(
     base: &str,
     secret: &[u8],
-    names: &Names,
     options: &RevocationOptions,
     n: usize,
     commits: &CommitWatch,
-) -> anyhow::Result<(Summary, Summary)> {
+) -> anyhow::Result<(Summary, Summary, Connects)> {
     let owner = OwnerId::parse(format!("owner-{n}")).map_err(|e| anyhow::anyhow!("{e}"))?;
     let user_token = mint_user_token(secret, &owner, chrono::Utc::now().timestamp() + 3600)?;
     let http = reqwest::Client::new();
-    let mut clients = Vec::with_capacity(n);
-    let mut receivers = Vec::with_capacity(n);
+    let mut tokens = Vec::with_capacity(n);
     for i in 0..n {
         let agent = AgentId::parse(format!("agent-{i}")).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let token = mint_agent_token(secret, &agent, &owner, chrono::Utc::now().timestamp() + 3600)?;
-        let config = AgentConfig::new(base, token, &options.nats_url, names.prefix(), owner.as_str(), agent.as_str());
-        let client = AgentClient::connect(config).await?;
-        receivers.push(client.invalidations());
+        tokens.push(mint_agent_token(secret, &agent, &owner, chrono::Utc::now().timestamp() + 3600)?);
+    }
+    // Every runtime obtains its NATS credentials and connects, 8 at a time.
+    let started = Instant::now();
+    let connected = futures_util::stream::iter(tokens)
+        .map(|token| async move {
+            let began = Instant::now();
+            AgentClient::connect(AgentConfig::new(base, token)).await.map(|client| (client, began.elapsed()))
+        })
+        .buffer_unordered(8)
+        .collect::<Vec<_>>()
+        .await;
+    let wall = started.elapsed();
+    let mut clients = Vec::with_capacity(n);
+    let mut connect_times = Vec::with_capacity(n);
+    for outcome in connected {
+        let (client, took) = outcome?;
+        connect_times.push(took);
         clients.push(client);
     }
+    let connects = Connects { summary: Summary::new(connect_times, wall.max(Duration::from_millis(1))), wall };
+    let mut receivers: Vec<_> = clients.iter().map(|client| client.invalidations()).collect();
     let mut from_return = Vec::new();
     let mut from_commit = Vec::new();
     for round in 0..options.rounds {
@@ -217,7 +274,13 @@ async fn revocations(
         }
     }
     let window = Duration::from_secs(1);
-    Ok((Summary::new(from_return, window), Summary::new(from_commit, window)))
+    Ok((Summary::new(from_return, window), Summary::new(from_commit, window), connects))
+}
+
+/// How long runtimes took to obtain NATS credentials and connect.
+struct Connects {
+    summary: Summary,
+    wall: Duration,
 }
 
 /// Records when commits are announced (the NOTIFY right after COMMIT).
@@ -254,13 +317,16 @@ impl CommitWatch {
 }
 
 /// The floor: a core-NATS publish to N subscribers (one connection each),
-/// until the last one has it.
-async fn raw_fanout(nats_url: &str, n: usize, rounds: usize) -> anyhow::Result<Summary> {
-    let subject = format!("rawbench.{}", uuid::Uuid::now_v7().simple());
+/// until the last one has it. With authentication, the subscribers hold
+/// runtime credentials (for one owner's connection notices) and the
+/// publisher the service's, as in the product.
+async fn raw_fanout(access: &NatsAccess, names: &Names, n: usize, rounds: usize) -> anyhow::Result<Summary> {
+    let subject = names.connection_notices("rawbench", &uuid::Uuid::now_v7().simple().to_string());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut subscribers = Vec::with_capacity(n);
-    for _ in 0..n {
-        let client = async_nats::connect(nats_url).await?;
+    for i in 0..n {
+        let grant = Grant::runtime(names, "rawbench", &format!("raw-{i}"));
+        let client = connect_as(access, &grant, "_INBOX_unused", "raw subscriber").await?;
         let mut subscription = client.subscribe(subject.clone()).await?;
         client.flush().await?;
         let tx = tx.clone();
@@ -271,7 +337,7 @@ async fn raw_fanout(nats_url: &str, n: usize, rounds: usize) -> anyhow::Result<S
             }
         }));
     }
-    let publisher = async_nats::connect(nats_url).await?;
+    let publisher = connections_fanout::nats::connect(access, names, "raw publisher").await?;
     let mut samples = Vec::with_capacity(rounds);
     for _ in 0..rounds {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -292,12 +358,7 @@ async fn raw_fanout(nats_url: &str, n: usize, rounds: usize) -> anyhow::Result<S
 
 /// Uncached: 2,000 sequential `POST /v1/resolve` calls; cached: one
 /// client, 100,000 cache hits.
-async fn resolve_latency(
-    base: &str,
-    secret: &[u8],
-    names: &Names,
-    options: &RevocationOptions,
-) -> anyhow::Result<(Summary, Summary)> {
+async fn resolve_latency(base: &str, secret: &[u8]) -> anyhow::Result<(Summary, Summary)> {
     let owner = OwnerId::parse("owner-cache").map_err(|e| anyhow::anyhow!("{e}"))?;
     let agent = AgentId::parse("agent-cache").map_err(|e| anyhow::anyhow!("{e}"))?;
     let user_token = mint_user_token(secret, &owner, chrono::Utc::now().timestamp() + 3600)?;
@@ -318,15 +379,7 @@ async fn resolve_latency(
         response.bytes().await?;
         uncached.push(started.elapsed());
     }
-    let client = AgentClient::connect(AgentConfig::new(
-        base,
-        token,
-        &options.nats_url,
-        names.prefix(),
-        "owner-cache",
-        "agent-cache",
-    ))
-    .await?;
+    let client = AgentClient::connect(AgentConfig::new(base, token)).await?;
     client.resolve("svc").await?;
     let mut samples = Vec::with_capacity(100_000);
     for _ in 0..100_000 {

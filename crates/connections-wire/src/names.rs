@@ -49,21 +49,39 @@ impl Names {
         format!("{}_notices", self.prefix)
     }
 
-    /// The subjects the notices stream captures: `<prefix>.v1.notices.>`.
+    /// The subjects the notices stream captures: `<prefix>.v2.notices.>`.
     pub fn notices_wildcard(&self) -> String {
-        format!("{}.v1.notices.>", self.prefix)
+        format!("{}.v2.notices.>", self.prefix)
     }
 
-    /// Revocations and rotations of one connection:
-    /// `<prefix>.v1.notices.connection.<connection_id>`.
-    pub fn connection_notices(&self, connection_id: &str) -> String {
-        format!("{}.v1.notices.connection.{connection_id}", self.prefix)
+    /// Revocations and rotations of one connection of `owner`:
+    /// `<prefix>.v2.notices.<owner>.connection.<connection_id>`.
+    pub fn connection_notices(&self, owner: &str, connection_id: &str) -> String {
+        format!("{}.v2.notices.{owner}.connection.{connection_id}", self.prefix)
+    }
+
+    /// Every connection notice of one owner (what a runtime acting for
+    /// `owner` may subscribe to): `<prefix>.v2.notices.<owner>.connection.*`.
+    pub fn owner_connection_notices(&self, owner: &str) -> String {
+        format!("{}.v2.notices.{owner}.connection.*", self.prefix)
     }
 
     /// Binding changes of one agent acting for one owner:
-    /// `<prefix>.v1.notices.agent.<owner>.<agent>`.
+    /// `<prefix>.v2.notices.<owner>.agent.<agent>`.
     pub fn agent_notices(&self, owner: &str, agent: &str) -> String {
-        format!("{}.v1.notices.agent.{owner}.{agent}", self.prefix)
+        format!("{}.v2.notices.{owner}.agent.{agent}", self.prefix)
+    }
+
+    /// Everything under the prefix: `<prefix>.>`.
+    pub fn everything(&self) -> String {
+        format!("{}.>", self.prefix)
+    }
+
+    /// The inbox prefix of the service's own NATS connections
+    /// (`_INBOX_<prefix>`): replies to the service are delivered there, and
+    /// only the service may subscribe to it.
+    pub fn service_inbox(&self) -> String {
+        format!("_INBOX_{}", self.prefix)
     }
 
     /// The durable consumer of a projector: `<prefix>_projector_<name>`.
@@ -97,6 +115,9 @@ mod tests {
             "t-1.v1.events.alice.google-calendar.connection_revoked"
         );
         assert_eq!(names.projector_consumer("dashboard"), "t-1_projector_dashboard");
+        assert_eq!(names.connection_notices("alice", "c1"), "t-1.v2.notices.alice.connection.c1");
+        assert_eq!(names.owner_connection_notices("alice"), "t-1.v2.notices.alice.connection.*");
+        assert_eq!(names.agent_notices("alice", "agent-1"), "t-1.v2.notices.alice.agent.agent-1");
         for bad in ["", "a.b", "a*", "a>", "a b", &"x".repeat(33)] {
             assert_eq!(Names::new(bad), Err(NamesError), "{bad:?}");
         }

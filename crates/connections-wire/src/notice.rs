@@ -55,8 +55,8 @@ impl Notice {
         let connection_id = envelope.data.get("connection_id")?.as_str()?.to_owned();
         let agent_id = envelope.data.get("agent_id").and_then(|a| a.as_str()).map(str::to_owned);
         let (kind, subject) = match envelope.event_type.as_str() {
-            "connection_revoked" => (NoticeKind::Revoked, names.connection_notices(&connection_id)),
-            "credential_rotated" => (NoticeKind::Rotated, names.connection_notices(&connection_id)),
+            "connection_revoked" => (NoticeKind::Revoked, names.connection_notices(&envelope.owner, &connection_id)),
+            "credential_rotated" => (NoticeKind::Rotated, names.connection_notices(&envelope.owner, &connection_id)),
             "agent_assigned" | "agent_unassigned" => {
                 (NoticeKind::BindingChanged, names.agent_notices(&envelope.owner, agent_id.as_deref()?))
             }
