@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use crate::config::AgentConfig;
 use crate::credential::ResolvedCredential;
 
-/// A cached credential dropped because of a notice.
+/// A cached credential dropped: a runtime holding it elsewhere must drop it too.
 #[derive(Debug, Clone)]
 pub struct Invalidation {
     /// The connection.
@@ -22,9 +22,19 @@ pub struct Invalidation {
     /// The service it was cached for.
     pub service: String,
     /// Why.
-    pub kind: NoticeKind,
+    pub reason: InvalidationReason,
     /// When the client dropped it.
     pub at: Instant,
+}
+
+/// Why a cached credential was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvalidationReason {
+    /// A notice: revoked, rotated, or the binding changed.
+    Notice(NoticeKind),
+    /// The client cannot know (NATS disconnected, or dropped notices): it
+    /// failed closed, and resolves afresh once back in sync.
+    FailedClosed,
 }
 
 /// Why the client could not start.
@@ -85,6 +95,8 @@ impl Drop for Session {
 
 struct Inner {
     config: AgentConfig,
+    /// The agent token in use (starts as `config.token`; see [`AgentClient::set_token`]).
+    token: Mutex<String>,
     names: Names,
     owner: String,
     agent: String,
@@ -127,7 +139,7 @@ impl AgentClient {
     pub async fn connect(config: AgentConfig) -> Result<Self, ConnectError> {
         let http = reqwest::Client::new();
         let key = Arc::new(nkeys::KeyPair::new_user());
-        let credentials = obtain(&http, &config, &key).await?;
+        let credentials = obtain(&http, &config.base_url, &config.token, &key).await?;
         let names = Names::new(&credentials.prefix)?;
         let (events_tx, mut events) = mpsc::unbounded_channel();
         let session = open_session(&config, &key, &credentials, 0, &events_tx).await?;
@@ -147,6 +159,7 @@ impl AgentClient {
             fresh: AtomicBool::new(true),
             generation: AtomicU64::new(0),
             invalidations: tokio::sync::broadcast::channel(1024).0,
+            token: Mutex::new(config.token.clone()),
             config,
         });
         // Connection state: fail closed on any disconnect or dropped notice.
@@ -213,8 +226,9 @@ impl AgentClient {
         cache.get(service).filter(|c| c.expires > Instant::now()).cloned()
     }
 
-    /// Every cached credential this client drops because of a notice, as it
-    /// happens (for runtimes that hold credentials outside this cache).
+    /// Every cached credential this client drops, because of a notice or
+    /// because it failed closed, as it happens (for runtimes that hold
+    /// credentials outside this cache).
     pub fn invalidations(&self) -> tokio::sync::broadcast::Receiver<Invalidation> {
         self.inner.invalidations.subscribe()
     }
@@ -222,6 +236,14 @@ impl AgentClient {
     /// Whether the notice channel is known to be up and in sync.
     pub fn is_fresh(&self) -> bool {
         self.inner.is_fresh()
+    }
+
+    /// Replaces the agent token (for the same agent and owner), e.g. before
+    /// the current one expires: resolves and NATS credential renewals use
+    /// it from now on. NATS credentials never outlive the token they were
+    /// obtained with, so a runtime keeps its notices only by renewing its token.
+    pub fn set_token(&self, token: impl Into<String>) {
+        *self.inner.token.lock().expect("token") = token.into();
     }
 
     /// When the current NATS credentials expire (`None` without NATS
@@ -241,12 +263,12 @@ impl AgentClient {
     }
 
     async fn fetch(&self, service: &str) -> Result<ResolvedCredential, ResolveError> {
-        let config = &self.inner.config;
+        let token = self.inner.token.lock().expect("token").clone();
         let response = self
             .inner
             .http
-            .post(format!("{}/v1/resolve", config.base_url.trim_end_matches('/')))
-            .bearer_auth(&config.token)
+            .post(format!("{}/v1/resolve", self.inner.config.base_url.trim_end_matches('/')))
+            .bearer_auth(token)
             .json(&serde_json::json!({ "service": service }))
             .send()
             .await
@@ -307,7 +329,15 @@ impl Inner {
         let mut cache = self.cache.lock().expect("cache");
         self.fresh.store(false, Ordering::SeqCst);
         self.generation.fetch_add(1, Ordering::SeqCst);
-        cache.clear();
+        let at = Instant::now();
+        for (service, credential) in cache.drain() {
+            let _ = self.invalidations.send(Invalidation {
+                connection_id: credential.connection_id.clone(),
+                service,
+                reason: InvalidationReason::FailedClosed,
+                at,
+            });
+        }
     }
 
     /// Notices sent while out of sync were missed: start empty, trust again.
@@ -382,7 +412,7 @@ fn apply(inner: &Inner, notice: &Notice) {
         let _ = inner.invalidations.send(Invalidation {
             connection_id: notice.connection_id.clone(),
             service: notice.service.clone(),
-            kind: notice.kind,
+            reason: InvalidationReason::Notice(notice.kind),
             at: Instant::now(),
         });
     }
@@ -391,12 +421,13 @@ fn apply(inner: &Inner, notice: &Notice) {
 /// `POST /v1/runtime/nats-credentials` with this runtime's public key.
 async fn obtain(
     http: &reqwest::Client,
-    config: &AgentConfig,
+    base_url: &str,
+    token: &str,
     key: &nkeys::KeyPair,
 ) -> Result<RuntimeCredentials, ConnectError> {
     let response = http
-        .post(format!("{}/v1/runtime/nats-credentials", config.base_url.trim_end_matches('/')))
-        .bearer_auth(&config.token)
+        .post(format!("{}/v1/runtime/nats-credentials", base_url.trim_end_matches('/')))
+        .bearer_auth(token)
         .json(&serde_json::json!({ "public_key": key.public_key() }))
         .timeout(Duration::from_secs(10))
         .send()
@@ -448,9 +479,9 @@ async fn open_session(
 }
 
 /// Renews the NATS credentials at two thirds of their life, for as long as
-/// the client lives; a failed renewal is retried every second (when the old
-/// credentials expire first, the server disconnects and the client fails
-/// closed until a renewal succeeds).
+/// the client lives; a failed renewal is retried every second (every 10 s
+/// when the token is refused). When the old credentials expire first, the
+/// server disconnects and the client fails closed until a renewal succeeds.
 async fn renew_forever(weak: Weak<Inner>) {
     loop {
         let wait = {
@@ -464,16 +495,27 @@ async fn renew_forever(weak: Weak<Inner>) {
         };
         tokio::time::sleep(wait).await;
         let Some(inner) = weak.upgrade() else { return };
-        if let Err(error) = renew(&inner).await {
-            tracing::warn!(%error, "renewing NATS credentials failed; retrying in 1 s");
-            drop(inner);
-            tokio::time::sleep(Duration::from_secs(1)).await;
+        match renew(&inner).await {
+            Ok(()) => {}
+            // Only a new token helps (`set_token`); meanwhile, once the
+            // current credentials expire, the client fails closed.
+            Err(error @ ConnectError::Unauthorized(_)) => {
+                tracing::error!(%error, "the agent token no longer obtains NATS credentials; retrying in 10 s");
+                drop(inner);
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "renewing NATS credentials failed; retrying in 1 s");
+                drop(inner);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
         }
     }
 }
 
 async fn renew(inner: &Arc<Inner>) -> Result<(), ConnectError> {
-    let credentials = obtain(&inner.http, &inner.config, &inner.key).await?;
+    let token = inner.token.lock().expect("token").clone();
+    let credentials = obtain(&inner.http, &inner.config.base_url, &token, &inner.key).await?;
     if (credentials.owner.as_str(), credentials.agent.as_str(), credentials.prefix.as_str())
         != (inner.owner.as_str(), inner.agent.as_str(), inner.names.prefix())
     {
@@ -493,8 +535,19 @@ async fn renew(inner: &Arc<Inner>) -> Result<(), ConnectError> {
     if !inner.fresh.load(Ordering::SeqCst) {
         inner.back_in_sync();
     }
+    // Drain the old session: its subscriptions end only after delivering
+    // what they had buffered (a notice published just before the new
+    // subscriptions existed is there and nowhere else), so its readers are
+    // awaited, bounded, rather than aborted with the session.
     tokio::spawn(async move {
+        let readers: Vec<_> = std::mem::take(&mut *old.readers.lock().expect("readers"));
         let _ = old.client.drain().await;
+        for reader in readers {
+            let abort = reader.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(5), reader).await.is_err() {
+                abort.abort();
+            }
+        }
     });
     Ok(())
 }

@@ -33,7 +33,7 @@ mod client;
 mod config;
 mod credential;
 
-pub use client::{AgentClient, ConnectError, Invalidation, ResolveError};
+pub use client::{AgentClient, ConnectError, Invalidation, InvalidationReason, ResolveError};
 pub use config::AgentConfig;
 pub use connections_wire::NoticeKind;
 pub use credential::ResolvedCredential;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::serve::ListenerExt;
-use connections_agent::{AgentClient, AgentConfig};
+use connections_agent::{AgentClient, AgentConfig, InvalidationReason};
 use connections_api::auth::{mint_agent_token, mint_user_token, Authenticator};
 use connections_api::runtime_nats::RuntimeNats;
 use connections_api::{router, AppState};
@@ -43,6 +43,9 @@ pub struct RevocationOptions {
     /// the cost of authentication and permissions themselves).
     #[arg(long)]
     open_nats_url: Option<String>,
+    /// Lifetime of runtimes' NATS credentials (renewed at two thirds).
+    #[arg(long, default_value_t = 300)]
+    runtime_ttl: u64,
     /// Client counts.
     #[arg(long, value_delimiter = ',', default_values_t = vec![1, 100, 1000])]
     clients: Vec<usize>,
@@ -80,14 +83,16 @@ async fn run_on(url: &str, names: &Names, access: &NatsAccess, options: &Revocat
     ));
     let state = AppState {
         database: database.clone(),
+        reads: database.clone(),
         master_key: Arc::new(MasterKey::from_base64("bench", &MasterKey::generate_base64()?)?),
         authenticator: Arc::new(Authenticator::hs256(&secret)?),
         signals: signals.clone(),
+        settings: Default::default(),
         runtime_nats: Arc::new(RuntimeNats {
             names: names.clone(),
             urls: vec![options.nats_url.clone()],
             issuer: access.issuer.clone(),
-            ttl: Duration::from_secs(300),
+            ttl: Duration::from_secs(options.runtime_ttl),
         }),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -122,6 +127,12 @@ async fn run_on(url: &str, names: &Names, access: &NatsAccess, options: &Revocat
             ms(connects.summary.max),
             connects.wall.as_secs_f64()
         );
+        if connects.failed_closed > 0 {
+            println!(
+                "{:>6} clients that failed closed (NATS down or dropped notices) instead: {}",
+                n, connects.failed_closed
+            );
+        }
         if let Some(open_url) = &options.open_nats_url {
             let open = raw_fanout(&NatsAccess::insecure(open_url.clone()), names, n, options.rounds).await?;
             println!(
@@ -198,7 +209,8 @@ async fn revocations(
         connect_times.push(took);
         clients.push(client);
     }
-    let connects = Connects { summary: Summary::new(connect_times, wall.max(Duration::from_millis(1))), wall };
+    let mut connects =
+        Connects { summary: Summary::new(connect_times, wall.max(Duration::from_millis(1))), wall, failed_closed: 0 };
     let mut receivers: Vec<_> = clients.iter().map(|client| client.invalidations()).collect();
     let mut from_return = Vec::new();
     let mut from_commit = Vec::new();
@@ -259,13 +271,22 @@ async fn revocations(
         let returned = Instant::now();
         anyhow::ensure!(response.status() == 200, "revoke answered {}", response.status());
         let mut last = returned;
-        for receiver in &mut receivers {
+        for (receiver, client) in receivers.iter_mut().zip(&clients) {
             let invalidation = loop {
-                let invalidation = tokio::time::timeout(Duration::from_secs(10), receiver.recv()).await??;
+                let invalidation =
+                    tokio::time::timeout(Duration::from_secs(10), receiver.recv()).await.map_err(|_| {
+                        anyhow::anyhow!(
+                            "a client neither dropped the revoked credential nor failed closed in 10 s (fresh: {})",
+                            client.is_fresh()
+                        )
+                    })??;
                 if invalidation.connection_id == id {
                     break invalidation;
                 }
             };
+            if invalidation.reason == InvalidationReason::FailedClosed {
+                connects.failed_closed += 1;
+            }
             last = last.max(invalidation.at);
         }
         from_return.push(last.saturating_duration_since(returned));
@@ -277,10 +298,12 @@ async fn revocations(
     Ok((Summary::new(from_return, window), Summary::new(from_commit, window), connects))
 }
 
-/// How long runtimes took to obtain NATS credentials and connect.
+/// How long runtimes took to obtain NATS credentials and connect (and how
+/// many dropped a credential by failing closed rather than on its notice).
 struct Connects {
     summary: Summary,
     wall: Duration,
+    failed_closed: usize,
 }
 
 /// Records when commits are announced (the NOTIFY right after COMMIT).
