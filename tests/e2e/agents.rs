@@ -198,3 +198,44 @@ async fn dropped_notices_empty_the_cache_until_the_client_is_back_in_sync() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The example runtime as the README runs it: it names a missing setting,
+/// and with the token alone (owner, agent, NATS and prefix come from the
+/// server) it resolves and follows a revocation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_runtime_starts_as_the_readme_says() {
+    use std::io::{BufRead, BufReader};
+    let example = connections_e2e::example("runtime");
+    let missing = std::process::Command::new(&example)
+        .arg("github")
+        .env_remove("CONNECTIONS_AGENT_TOKEN")
+        .output()
+        .expect("run the example");
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("CONNECTIONS_AGENT_TOKEN is not set"));
+
+    let (_nats, server) = secured(NatsVersion::Debian29);
+    let owner = Owner { http: reqwest::Client::new(), base: server.base.clone(), token: server.token("alice") };
+    let id = owner.create("github", Some("agent-1"), "key").await;
+    let mut child = std::process::Command::new(&example)
+        .arg("github")
+        .env("CONNECTIONS_URL", &server.base)
+        .env("CONNECTIONS_AGENT_TOKEN", server.agent_token("agent-1", "alice"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the example");
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let next = || lines.recv_timeout(Duration::from_secs(10)).expect("a line from the runtime in 10 s");
+    assert_eq!(next(), "runtime for alice/agent-1: resolving github");
+    assert!(next().starts_with(&format!("using connection {id} v1 (api_key, via assigned)")));
+    owner.call(reqwest::Method::DELETE, &format!("/v1/connections/{id}"), None).await;
+    assert_eq!(next(), "no connection for github: ask the user");
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -34,6 +34,20 @@ pub fn binary() -> PathBuf {
         .clone()
 }
 
+/// An example of `connections-agent`, built once per test run.
+pub fn example(name: &str) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--quiet", "-p", "connections-agent", "--example", name])
+        .current_dir(workspace_root())
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "building the example {name} failed");
+    let target =
+        std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| workspace_root().join("target"));
+    target.join("debug").join("examples").join(name)
+}
+
 /// A fixed development secret for tests (at least 32 bytes).
 pub const JWT_SECRET: &str = "e2e-secret-that-is-long-enough-for-hs256";
 
