@@ -545,3 +545,70 @@ async fn concurrent_appends_to_one_stream_keep_its_chain_and_the_replay_right() 
     server.stop();
     let _ = std::fs::remove_dir_all(&audit.dir);
 }
+
+/// The kept checkpoint says what must be covered, not the file: a file that
+/// drops a stream, or cuts one back below the checkpoint's head, fails even
+/// when its closing line claims a narrower scope with a digest recomputed
+/// to match (here made by `audit export --owner` over a log tampered with
+/// through SQL, so every line and the closing digest are consistent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_checkpoint_judges_a_file_whatever_scope_it_claims() {
+    let mut server = Server::start(&[]);
+    let (c1, _, _) = make_history(&server).await;
+    let audit = Audit { database_url: server.database_url.clone(), dir: scratch_dir() };
+    let kept = audit.path("kept.json");
+    std::fs::write(&kept, audit.ok(&["checkpoint"])).expect("keep the checkpoint");
+    let full = audit.path("full.jsonl");
+    audit.ok(&["export", "--output", &full]);
+    // A later export continuing from the kept checkpoint's cursor is fine.
+    let cursor = json_of(&std::fs::read_to_string(&kept).expect("kept"))["cursor"].as_str().expect("cursor").to_owned();
+    let api = Api { http: reqwest::Client::new(), server_base: server.base.clone() };
+    api.call(&server.token("alice"), reqwest::Method::DELETE, &format!("/v1/connections/{c1}"), None).await;
+    let later = audit.path("later.jsonl");
+    audit.ok(&["export", "--from", &cursor, "--output", &later]);
+    server.stop();
+    let offline = Audit { database_url: "postgres://nobody@127.0.0.1:1/none".into(), dir: audit.dir.clone() };
+    assert!(offline.ok(&["verify", "--file", &full, "--checkpoint", &kept]).contains("every chain intact"));
+    assert!(offline.ok(&["verify", "--file", &later, "--checkpoint", &kept]).contains("every chain intact"));
+
+    // An honest export of alice alone does not cover what the checkpoint covers.
+    let alice = audit.path("alice.jsonl");
+    audit.ok(&["export", "--owner", "alice", "--output", &alice]);
+    assert!(offline.ok(&["verify", "--file", &alice]).contains("every chain intact"), "alone, it verifies");
+    let refused = offline.refused(&["verify", "--file", &alice, "--checkpoint", &kept]);
+    assert!(refused.contains("owner alice only") && refused.contains("every owner"), "{refused}");
+
+    // A forged file: bob's stream dropped and alice's cut back by one event,
+    // its closing line (owner alice) recomputed to match.
+    let source = server.database_url.rsplit('/').next().expect("name").to_owned();
+    let name = format!("{source}_forged");
+    let url = copy_database(&source, &name);
+    psql(
+        &url,
+        "BEGIN; ALTER TABLE events DISABLE TRIGGER USER; ALTER TABLE access_log DISABLE TRIGGER USER; \
+         DELETE FROM events WHERE stream_id LIKE 'owner-service/bob/%'; \
+         DELETE FROM events WHERE position = (SELECT max(position) FROM events WHERE stream_id = 'owner-service/alice/github'); \
+         COMMIT",
+    );
+    let forger = Audit { database_url: url, dir: audit.dir.clone() };
+    let forged = audit.path("forged.jsonl");
+    forger.ok(&["export", "--owner", "alice", "--output", &forged]);
+    drop_database(&name);
+    assert!(offline.ok(&["verify", "--file", &forged]).contains("every chain intact"), "consistent on its own");
+    let refused = offline.refused(&["verify", "--file", &forged, "--checkpoint", &kept]);
+    assert!(refused.contains("earlier checkpoint"), "{refused}");
+    // Claiming every owner instead does not help: bob's stream is missing.
+    let all = audit.path("forged-all.jsonl");
+    let forger = Audit { database_url: copy_database(&source, &format!("{source}_forged2")), dir: audit.dir.clone() };
+    psql(
+        &forger.database_url,
+        "BEGIN; ALTER TABLE events DISABLE TRIGGER USER; ALTER TABLE access_log DISABLE TRIGGER USER; \
+         DELETE FROM access_log WHERE owner_id = 'bob'; \
+         DELETE FROM events WHERE stream_id LIKE 'owner-service/bob/%'; COMMIT",
+    );
+    forger.ok(&["export", "--output", &all]);
+    drop_database(&format!("{source}_forged2"));
+    let refused = offline.refused(&["verify", "--file", &all, "--checkpoint", &kept]);
+    assert!(refused.contains("owner-service/bob/") && refused.contains("missing"), "{refused}");
+    let _ = std::fs::remove_dir_all(&audit.dir);
+}

@@ -19,6 +19,55 @@ fn migrate_creates_the_database_and_is_idempotent() {
     drop_database(&name);
 }
 
+/// The claims of a token printed by `connections token`.
+fn claims_of(args: &[&str], env: &[(&str, &str)]) -> serde_json::Value {
+    let mut command = Command::new(binary());
+    command.args(args).env("CONNECTIONS_JWT_SECRET", JWT_SECRET);
+    command.env_remove("CONNECTIONS_JWT_AUDIENCE").env_remove("CONNECTIONS_JWT_ISSUER");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let output = command.output().expect("run connections token");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let token = String::from_utf8(output.stdout).expect("utf-8");
+    let payload = token.trim().split('.').nth(1).expect("a JWT").to_owned();
+    // base64url without padding, decoded by hand (no base64 crate here).
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let (mut bits, mut buffer, mut bytes) = (0u32, 0u32, Vec::new());
+    for c in payload.bytes() {
+        buffer = (buffer << 6) | alphabet.iter().position(|&a| a == c).expect("base64url") as u32;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            bytes.push((buffer >> bits) as u8);
+        }
+    }
+    serde_json::from_slice(&bytes).expect("claims JSON")
+}
+
+#[test]
+fn agent_tokens_are_short_lived_and_tokens_carry_the_configured_audience() {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64;
+    let agent = claims_of(&["token", "--agent", "agent-1", "--owner", "alice"], &[]);
+    let lifetime = agent["exp"].as_i64().expect("exp") - now;
+    assert!((895..=905).contains(&lifetime), "agent token lives {lifetime} s, not 15 minutes");
+    assert_eq!(
+        (agent["role"].clone(), agent["owner"].clone()),
+        (serde_json::json!("agent"), serde_json::json!("alice"))
+    );
+    let user = claims_of(&["token", "--user", "alice"], &[]);
+    assert!((86_395..=86_405).contains(&(user["exp"].as_i64().expect("exp") - now)));
+    assert!(user.get("aud").is_none());
+    let configured = claims_of(
+        &["token", "--user", "alice", "--ttl", "60"],
+        &[("CONNECTIONS_JWT_AUDIENCE", "connections"), ("CONNECTIONS_JWT_ISSUER", "https://idp.example")],
+    );
+    assert_eq!(
+        (configured["aud"].clone(), configured["iss"].clone()),
+        (serde_json::json!("connections"), serde_json::json!("https://idp.example"))
+    );
+}
+
 #[test]
 fn token_refuses_an_invalid_user_id_and_a_missing_secret() {
     let invalid = Command::new(binary())

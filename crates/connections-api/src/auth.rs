@@ -35,6 +35,9 @@ pub enum AuthConfigError {
     /// An HS256 secret shorter than 32 bytes.
     #[error("CONNECTIONS_JWT_SECRET must be at least 32 bytes")]
     WeakSecret,
+    /// The claims could not be encoded.
+    #[error("claims: {0}")]
+    Claims(String),
 }
 
 /// Verifies bearer tokens with one configured key.
@@ -66,7 +69,32 @@ impl Authenticator {
         let mut validation = Validation::new(algorithm);
         validation.set_required_spec_claims(&["exp", "sub"]);
         validation.leeway = 5;
+        validation.validate_nbf = true;
+        // Checked only when configured (`with_audience`).
+        validation.validate_aud = false;
         Self { key, validation }
+    }
+
+    /// Requires tokens to carry `aud` = `audience` (`CONNECTIONS_JWT_AUDIENCE`),
+    /// as tokens from identity providers do.
+    pub fn with_audience(mut self, audience: &str) -> Self {
+        self.validation.set_audience(&[audience]);
+        self.validation.validate_aud = true;
+        self.require("aud");
+        self
+    }
+
+    /// Requires tokens to carry `iss` = `issuer` (`CONNECTIONS_JWT_ISSUER`).
+    pub fn with_issuer(mut self, issuer: &str) -> Self {
+        self.validation.set_issuer(&[issuer]);
+        self.require("iss");
+        self
+    }
+
+    fn require(&mut self, claim: &str) {
+        let mut required: Vec<String> = self.validation.required_spec_claims.iter().cloned().collect();
+        required.push(claim.to_owned());
+        self.validation.set_required_spec_claims(&required);
     }
 
     /// The verified claims of a token.
@@ -75,9 +103,35 @@ impl Authenticator {
             .kind()
         {
             jsonwebtoken::errors::ErrorKind::ExpiredSignature => ApiError::Unauthorized("token has expired"),
+            jsonwebtoken::errors::ErrorKind::ImmatureSignature => {
+                ApiError::Unauthorized("token is not valid yet (nbf)")
+            }
+            jsonwebtoken::errors::ErrorKind::InvalidAudience => ApiError::Unauthorized("token is for another audience"),
+            jsonwebtoken::errors::ErrorKind::InvalidIssuer => ApiError::Unauthorized("token is from another issuer"),
+            jsonwebtoken::errors::ErrorKind::MissingRequiredClaim(_) => {
+                ApiError::Unauthorized("token lacks a required claim (exp, sub, and aud or iss when configured)")
+            }
             _ => ApiError::Unauthorized("token is invalid"),
         })
     }
+}
+
+/// Mints an HS256 token with `claims` plus `aud` and `iss` when given (for
+/// `connections token` on a deployment that requires them).
+pub fn mint_token(
+    secret: &[u8],
+    claims: &Claims,
+    audience: Option<&str>,
+    issuer: Option<&str>,
+) -> Result<String, AuthConfigError> {
+    let mut value = serde_json::to_value(claims).map_err(|e| AuthConfigError::Claims(e.to_string()))?;
+    if let Some(audience) = audience {
+        value["aud"] = serde_json::json!(audience);
+    }
+    if let Some(issuer) = issuer {
+        value["iss"] = serde_json::json!(issuer);
+    }
+    Ok(jsonwebtoken::encode(&Header::new(Algorithm::HS256), &value, &EncodingKey::from_secret(secret))?)
 }
 
 /// Mints an HS256 user token (for `connections token` and tests).
@@ -150,13 +204,31 @@ impl FromRequestParts<AppState> for AuthenticatedUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        Ok(AuthenticatedUser(UserSession::from_request_parts(parts, state).await?.owner))
+    }
+}
+
+/// The authenticated user of a request and when its token expires (for
+/// what outlives one answer, such as a change stream).
+#[derive(Debug, Clone)]
+pub struct UserSession {
+    /// The user.
+    pub owner: OwnerId,
+    /// When the token expires (seconds since the epoch).
+    pub expires_at: i64,
+}
+
+impl FromRequestParts<AppState> for UserSession {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let claims = state.authenticator.verify(bearer(parts)?)?;
         if claims.role.as_deref().is_some_and(|role| role != "user") {
             return Err(ApiError::Unauthorized("this endpoint needs a user token"));
         }
-        let user =
+        let owner =
             OwnerId::parse(claims.sub).map_err(|_| ApiError::Unauthorized("token subject is not a valid user id"))?;
-        Ok(AuthenticatedUser(user))
+        Ok(UserSession { owner, expires_at: claims.exp })
     }
 }
 

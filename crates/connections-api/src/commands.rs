@@ -4,7 +4,7 @@
 
 use axum::http::StatusCode;
 use connections_domain::{decide, Command, ConnectionId, Event, OwnerId, OwnerService, Request, ServiceName};
-use connections_sealing::{seal, Credential, DataKey, MasterKey, SealedCredential, WrappedDataKey};
+use connections_sealing::{seal, Credential, DataKey, FingerprintKey, MasterKey, SealedCredential, WrappedDataKey};
 use connections_store::codec::{decode, encode};
 use connections_store::{
     ConnectionLocation, EventLog, IdempotencyClaim, Metadata, NewEvent, PipelinedTransaction, RecordedEvent,
@@ -12,7 +12,6 @@ use connections_store::{
 };
 use deadpool_postgres::GenericClient;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use crate::problem::ApiError;
 use crate::state::AppState;
@@ -30,24 +29,33 @@ pub enum Target {
     Connection(ConnectionId),
 }
 
-/// A client-supplied `Idempotency-Key` and the hash of the request it came with.
+/// A client-supplied `Idempotency-Key` and the fingerprint of the request
+/// it came with.
 #[derive(Debug, Clone)]
 pub struct IdempotencyRequest {
     /// The key, scoped to the caller.
     pub key: String,
-    /// SHA-256 of method, path and body.
+    /// HMAC-SHA-256 of method, path and body under a key derived from the
+    /// master key: the body may carry a plaintext credential, and an
+    /// unkeyed hash of it would let a database dump confirm a guess.
     pub request_hash: Vec<u8>,
+    /// How long the stored answer is replayed; an older record is as if
+    /// the key had never been used.
+    pub expires_after: std::time::Duration,
 }
 
 impl IdempotencyRequest {
-    /// Hashes a request for comparison with a replay.
-    pub fn new(key: String, method: &str, path: &str, body: &[u8]) -> Self {
-        let mut hasher = Sha256::new();
-        for part in [method.as_bytes(), path.as_bytes(), body] {
-            hasher.update((part.len() as u64).to_be_bytes());
-            hasher.update(part);
-        }
-        Self { key, request_hash: hasher.finalize().to_vec() }
+    /// Fingerprints a request for comparison with a replay.
+    pub fn new(
+        key: String,
+        fingerprint_key: &FingerprintKey,
+        expires_after: std::time::Duration,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> Self {
+        let request_hash = fingerprint_key.fingerprint(&[method.as_bytes(), path.as_bytes(), body]).to_vec();
+        Self { key, request_hash, expires_after }
     }
 }
 
@@ -235,8 +243,14 @@ async fn claim(
     let Some(idempotency) = &input.idempotency else {
         return Ok(None);
     };
-    match IdempotencyClaim::claim(transaction, input.actor.as_str(), &idempotency.key, &idempotency.request_hash)
-        .await?
+    match IdempotencyClaim::claim(
+        transaction,
+        input.actor.as_str(),
+        &idempotency.key,
+        &idempotency.request_hash,
+        idempotency.expires_after,
+    )
+    .await?
     {
         IdempotencyClaim::Fresh => Ok(None),
         IdempotencyClaim::Replay(stored) => {

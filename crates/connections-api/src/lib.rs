@@ -13,8 +13,8 @@ pub mod problem;
 pub mod resolution;
 pub mod routes;
 pub mod runtime_nats;
-mod state;
+pub mod state;
 mod views;
 
 pub use routes::{router, ROUTES};
-pub use state::AppState;
+pub use state::{AppState, Settings, StreamLimit};

@@ -51,6 +51,9 @@ pub enum ApiError {
     /// The body is not `application/json`.
     #[error("Content-Type must be application/json")]
     UnsupportedMediaType,
+    /// The user has as many change streams open as allowed.
+    #[error("at most {0} change streams may be open at once; close one first")]
+    TooManyStreams(usize),
     /// The read model has not caught up with the requested position in time.
     #[error("the read model has not reached position {0} yet; retry")]
     NotYetProjected(i64),
@@ -84,6 +87,7 @@ impl ApiError {
             ApiError::IdempotencyKeyReused => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency-key-reused"),
             ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large"),
             ApiError::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type"),
+            ApiError::TooManyStreams(_) => (StatusCode::TOO_MANY_REQUESTS, "too-many-streams"),
             ApiError::NotYetProjected(_) => (StatusCode::SERVICE_UNAVAILABLE, "not-yet-projected"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),

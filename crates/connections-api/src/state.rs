@@ -1,19 +1,26 @@
 //! What every handler shares.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use connections_fanout::Signals;
 use connections_sealing::MasterKey;
 use connections_store::Database;
 
 use crate::auth::Authenticator;
+use crate::problem::ApiError;
 use crate::runtime_nats::RuntimeNats;
 
-/// The application state: the database, the master key, the token verifier.
+/// The application state: the database pools, the master key, the token
+/// verifier, limits.
 #[derive(Clone)]
 pub struct AppState {
-    /// The Postgres pool.
+    /// The pool of commands and resolves: nothing else takes from it, so
+    /// reads cannot hold back a revoke or a resolve.
     pub database: Database,
+    /// The pool of reads: the read API, history, SSE, `min_position` waits.
+    pub reads: Database,
     /// The key that wraps every data key.
     pub master_key: Arc<MasterKey>,
     /// Verifies bearer tokens.
@@ -22,4 +29,66 @@ pub struct AppState {
     pub signals: Signals,
     /// How agent runtimes reach NATS, and the issuer of their credentials.
     pub runtime_nats: Arc<RuntimeNats>,
+    /// Limits and lifetimes.
+    pub settings: Arc<Settings>,
+}
+
+/// Limits and lifetimes, with their defaults.
+#[derive(Debug)]
+pub struct Settings {
+    /// How long idempotency records are replayed (`CONNECTIONS_IDEMPOTENCY_TTL_SECS`, 24 h).
+    pub idempotency_ttl: Duration,
+    /// Open change streams per user (`CONNECTIONS_STREAMS_PER_USER`, 16).
+    pub streams: StreamLimit,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self { idempotency_ttl: Duration::from_secs(86_400), streams: StreamLimit::new(16) }
+    }
+}
+
+/// Counts each user's open change streams.
+#[derive(Debug)]
+pub struct StreamLimit {
+    per_user: usize,
+    open: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl StreamLimit {
+    /// At most `per_user` streams per user.
+    pub fn new(per_user: usize) -> Self {
+        Self { per_user, open: Arc::default() }
+    }
+
+    /// A permit for one more stream of `owner`, released on drop; 429 when
+    /// the owner has `per_user` open.
+    pub fn open(&self, owner: &str) -> Result<StreamPermit, ApiError> {
+        let mut open = self.open.lock().expect("stream counts");
+        let count = open.entry(owner.to_owned()).or_default();
+        if *count >= self.per_user {
+            return Err(ApiError::TooManyStreams(self.per_user));
+        }
+        *count += 1;
+        Ok(StreamPermit { owner: owner.to_owned(), open: self.open.clone() })
+    }
+}
+
+/// One open stream; dropping it frees the slot.
+#[derive(Debug)]
+pub struct StreamPermit {
+    owner: String,
+    open: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Drop for StreamPermit {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().expect("stream counts");
+        if let Some(count) = open.get_mut(&self.owner) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.owner);
+            }
+        }
+    }
 }

@@ -12,18 +12,19 @@ pub fn connection(state: &OwnerService, connection_id: ConnectionId, history: Op
     let Some(connection) = state.connections.get(&connection_id) else {
         return Value::Null;
     };
+    // One pass over the history: the latest binding of each (agent, source)
+    // to this connection. O(events + agents), not O(events × agents).
+    let connection_json = json!(connection_id);
+    let mut latest: std::collections::HashMap<(&str, &str), &RecordedEvent> = std::collections::HashMap::new();
+    for event in history.unwrap_or_default() {
+        if event.event_type == "agent_assigned" && event.data["connection_id"] == connection_json {
+            if let (Some(agent), Some(source)) = (event.data["agent_id"].as_str(), event.data["source"].as_str()) {
+                latest.insert((agent, source), event);
+            }
+        }
+    }
     let since = |agent: &str, source: BindingSource| -> Option<String> {
-        let history = history?;
-        history
-            .iter()
-            .rev()
-            .find(|e| {
-                e.event_type == "agent_assigned"
-                    && e.data["connection_id"] == json!(connection_id)
-                    && e.data["agent_id"] == agent
-                    && e.data["source"] == binding_source_name(source)
-            })
-            .map(|e| e.recorded_at.to_rfc3339())
+        latest.get(&(agent, binding_source_name(source))).map(|e| e.recorded_at.to_rfc3339())
     };
     let agents: Vec<Value> = state
         .bindings

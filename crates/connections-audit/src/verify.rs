@@ -97,7 +97,19 @@ pub struct Verifier {
     /// Whether every stream must start at version 1 (the live log, a full export).
     complete: bool,
     earlier: Option<(HashMap<String, Expected>, HashMap<Uuid, Expected>)>,
+    /// The scope of the earlier checkpoint: it, not the file, says what
+    /// must be covered.
+    earlier_scope: Option<Scope>,
     file_checkpoint: Option<(At, Closing)>,
+}
+
+/// What a checkpoint covers: one owner or all, from a cursor or the start,
+/// up to a cursor.
+#[derive(Debug, Clone, Default)]
+struct Scope {
+    owner: Option<String>,
+    from: Option<String>,
+    cursor: Option<String>,
 }
 
 /// What the verifier keeps of a file's closing checkpoint: its digest covers
@@ -139,6 +151,8 @@ impl Verifier {
             .map(|h| (h.connection_id, Expected { version: h.access_id as u64, hash: h.hash, confirmed: false }))
             .collect();
         self.earlier = Some((streams, accesses));
+        self.earlier_scope =
+            Some(Scope { owner: earlier.owner.clone(), from: earlier.from.clone(), cursor: earlier.cursor.clone() });
         self
     }
 
@@ -217,7 +231,28 @@ impl Verifier {
             }
         }
         let mut report = Report { events: self.events, accesses: self.access_count, ..Report::default() };
-        if let Some((streams, accesses)) = &self.earlier {
+        if let (Some((streams, accesses)), Some(old)) = (&self.earlier, &self.earlier_scope) {
+            // The kept checkpoint is the judge: what was read must cover its
+            // owners and start no later than it did, whatever the file's own
+            // closing line claims. The one narrower start allowed is an
+            // export continuing from the checkpoint's own cursor: streams
+            // it does not hold were not written since.
+            if checkpoint.owner.is_some() && checkpoint.owner != old.owner {
+                return Err(earlier_broken(format!(
+                    "this covers {}, the earlier checkpoint covers {}: verify against a checkpoint of the same scope",
+                    owner_text(&checkpoint.owner),
+                    owner_text(&old.owner)
+                )));
+            }
+            let continues = checkpoint.from.is_some() && checkpoint.from == old.cursor && checkpoint.from != old.from;
+            if checkpoint.from.is_some() && checkpoint.from != old.from && !continues {
+                return Err(earlier_broken(format!(
+                    "this starts after {}, the earlier checkpoint covers from {} to {}",
+                    checkpoint.from.as_deref().unwrap_or("the start"),
+                    old.from.as_deref().unwrap_or("the start"),
+                    old.cursor.as_deref().unwrap_or("the start")
+                )));
+            }
             for (stream_id, expected) in streams {
                 if expected.confirmed {
                     report.confirmed += 1;
@@ -232,13 +267,13 @@ impl Verifier {
                         )))
                     }
                     Some(_) => report.not_covered += 1,
-                    None if checkpoint.owner.is_none() && checkpoint.from.is_none() => {
+                    None if continues => report.not_covered += 1,
+                    None => {
                         return Err(earlier_broken(format!(
                             "stream {stream_id} (at version {} in the earlier checkpoint) is missing",
                             expected.version
                         )))
                     }
-                    None => report.not_covered += 1,
                 }
             }
             for (connection_id, expected) in accesses {
@@ -254,7 +289,7 @@ impl Verifier {
                             expected.version
                         )))
                     }
-                    None if checkpoint.owner.is_none() => {
+                    None if !continues => {
                         return Err(earlier_broken(format!(
                             "the access records of connection {connection_id} are missing"
                         )))
@@ -264,6 +299,13 @@ impl Verifier {
             }
         }
         Ok((checkpoint, report))
+    }
+}
+
+fn owner_text(owner: &Option<String>) -> String {
+    match owner {
+        Some(owner) => format!("owner {owner} only"),
+        None => "every owner".to_owned(),
     }
 }
 

@@ -17,5 +17,8 @@ mod restarts;
 
 pub use connections_wire::{Envelope, EnvelopeCursor, Names, NamesError, Notice, NoticeKind};
 pub use envelope::{envelope_cursor, envelope_of, log_cursor};
-pub use listener::{format_cursor, parse_cursor, LogListener, Signals, EVENTS_CHANNEL, PROJECTED_CHANNEL};
+pub use listener::{
+    format_cursor, parse_cursor, parse_projected, projected_payload, Changed, LogListener, Signals, EVENTS_CHANNEL,
+    PROJECTED_CHANNEL,
+};
 pub use restarts::Restarts;

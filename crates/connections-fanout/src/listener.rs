@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use connections_store::LogCursor;
 use futures_util::StreamExt;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{broadcast, watch, Notify};
 use tokio_postgres::{AsyncMessage, NoTls};
 
 /// The channel appenders notify right after committing events.
@@ -21,13 +21,73 @@ pub struct Signals {
     pub appended: Arc<Notify>,
     /// The newest projected cursor announced by any projector.
     pub projected: watch::Sender<Option<LogCursor>>,
+    /// Whose read models each projected batch changed (`Changed::All` when
+    /// the projector did not say, or too many to name).
+    pub changed: broadcast::Sender<Changed>,
+}
+
+/// The owners a projected batch touched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Changed {
+    /// These owners.
+    Owners(Arc<Vec<String>>),
+    /// Possibly anyone.
+    All,
+}
+
+impl Changed {
+    /// Whether `owner`'s read models may have changed.
+    pub fn concerns(&self, owner: &str) -> bool {
+        match self {
+            Changed::Owners(owners) => owners.binary_search_by(|o| o.as_str().cmp(owner)).is_ok(),
+            Changed::All => true,
+        }
+    }
 }
 
 impl Signals {
     /// Fresh signals.
     pub fn new() -> Self {
-        Self { appended: Arc::new(Notify::new()), projected: watch::channel(None).0 }
+        Self {
+            appended: Arc::new(Notify::new()),
+            projected: watch::channel(None).0,
+            changed: broadcast::channel(1024).0,
+        }
     }
+}
+
+/// The projector's notification: `tx:position` then the changed owners,
+/// space-separated (ids cannot hold spaces), or `*` when there are too many
+/// for a notification.
+pub fn projected_payload<'a>(cursor: LogCursor, owners: impl IntoIterator<Item = &'a str>) -> String {
+    let mut payload = format_cursor(cursor);
+    let start = payload.len();
+    for owner in owners {
+        if payload.len() + owner.len() + 1 > 7_000 {
+            payload.truncate(start);
+            payload.push_str(" *");
+            return payload;
+        }
+        payload.push(' ');
+        payload.push_str(owner);
+    }
+    payload
+}
+
+/// Parses [`projected_payload`]: the cursor, and whose models changed.
+pub fn parse_projected(payload: &str) -> Option<(LogCursor, Changed)> {
+    let mut parts = payload.split(' ');
+    let cursor = parse_cursor(parts.next()?)?;
+    let rest: Vec<&str> = parts.collect();
+    let changed = if rest.is_empty() || rest.contains(&"*") {
+        Changed::All
+    } else {
+        let mut owners: Vec<String> = rest.into_iter().map(str::to_owned).collect();
+        owners.sort_unstable();
+        owners.dedup();
+        Changed::Owners(Arc::new(owners))
+    };
+    Some((cursor, changed))
 }
 
 impl Default for Signals {
@@ -55,7 +115,8 @@ impl LogListener {
                 match message {
                     Ok(AsyncMessage::Notification(n)) if n.channel() == EVENTS_CHANNEL => signals.appended.notify_one(),
                     Ok(AsyncMessage::Notification(n)) if n.channel() == PROJECTED_CHANNEL => {
-                        if let Some(cursor) = parse_cursor(n.payload()) {
+                        if let Some((cursor, changed)) = parse_projected(n.payload()) {
+                            let _ = signals.changed.send(changed);
                             signals.projected.send_if_modified(|current| {
                                 let newer = current.is_none_or(|c| cursor > c);
                                 if newer {
@@ -116,4 +177,26 @@ pub fn parse_cursor(raw: &str) -> Option<LogCursor> {
 /// Formats a cursor as `tx:position`.
 pub fn format_cursor(cursor: LogCursor) -> String {
     format!("{}:{}", cursor.transaction_id, cursor.position)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn projected_payloads_name_the_owners_or_everyone() {
+        let cursor = LogCursor { transaction_id: 7, position: 42 };
+        let payload = projected_payload(cursor, ["bob", "alice"]);
+        assert_eq!(payload, "7:42 bob alice");
+        let (parsed, changed) = parse_projected(&payload).expect("parses");
+        assert_eq!(parsed, cursor);
+        assert!(changed.concerns("alice") && changed.concerns("bob") && !changed.concerns("carol"));
+        // An older projector's payload (a cursor alone) wakes everyone.
+        assert_eq!(parse_projected("7:42").expect("parses").1, Changed::All);
+        let many: Vec<String> = (0..100).map(|n| format!("{n:0>100}")).collect();
+        let payload = projected_payload(cursor, many.iter().map(String::as_str));
+        assert!(payload.len() < 8_000, "fits a notification");
+        assert_eq!(parse_projected(&payload).expect("parses").1, Changed::All);
+        assert!(parse_projected("not a cursor").is_none());
+    }
 }

@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
-use connections_fanout::{format_cursor, nats, Envelope, LogListener, Names, Restarts, Signals, PROJECTED_CHANNEL};
+use connections_fanout::{nats, Envelope, LogListener, Names, Restarts, Signals, PROJECTED_CHANNEL};
 use connections_store::{Database, LogCursor, StoreError};
 use futures_util::StreamExt;
 use tokio::sync::watch;
@@ -208,10 +208,11 @@ pub async fn apply_batch(database: &Database, envelopes: &[Envelope]) -> Result<
         return Ok(None);
     }
     checkpoint::store(&transaction, DASHBOARD, cursor).await?;
-    transaction
-        .execute("SELECT pg_notify($1, $2)", &[&PROJECTED_CHANNEL, &format_cursor(cursor)])
-        .await
-        .map_err(StoreError::from)?;
+    // The payload names the owners whose read models changed, so that
+    // servers wake only those owners' change streams.
+    let owners: std::collections::BTreeSet<&str> = envelopes.iter().map(|e| e.owner.as_str()).collect();
+    let payload = connections_fanout::projected_payload(cursor, owners);
+    transaction.execute("SELECT pg_notify($1, $2)", &[&PROJECTED_CHANNEL, &payload]).await.map_err(StoreError::from)?;
     transaction.commit().await.map_err(StoreError::from)?;
     Ok(Some(cursor))
 }

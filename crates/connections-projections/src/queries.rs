@@ -267,17 +267,49 @@ pub async fn lag(database: &Database) -> Result<Lag, StoreError> {
     })
 }
 
-/// Whether the projection has applied the event at `position` (false if no
-/// such event is committed yet).
-pub async fn has_applied(database: &Database, position: i64) -> Result<bool, StoreError> {
+/// Where the event at a position stands for the dashboard projection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PositionStatus {
+    /// Applied: reads include it.
+    Applied,
+    /// Committed, not applied yet: wait for the projection to pass `target`.
+    Pending {
+        /// The event's place in the log's order.
+        target: LogCursor,
+    },
+    /// No event has this position and the log has not reached it: no
+    /// answer ever named it.
+    BeyondHead,
+    /// Below the head but no event: a position a rolled-back transaction took.
+    NoSuchEvent,
+}
+
+/// Where the event at `position` stands (one connection, two statements).
+pub async fn position_status(database: &Database, position: i64) -> Result<PositionStatus, StoreError> {
     let client = database.pool().get().await?;
-    let cursor = crate::checkpoint::load(&client, crate::DASHBOARD, false).await?;
-    let row = client.query_opt("SELECT transaction_id::text FROM events WHERE position = $1", &[&position]).await?;
-    let Some(row) = row else { return Ok(false) };
-    let transaction_id: String = row.get(0);
-    let target = LogCursor {
-        transaction_id: transaction_id.parse().map_err(|_| StoreError::Corrupt("transaction id".into()))?,
-        position,
-    };
-    Ok(target <= cursor)
+    let checkpoint = crate::checkpoint::load(&client, crate::DASHBOARD, false).await?;
+    let row = client
+        .query_one(
+            "SELECT (SELECT transaction_id::text FROM events WHERE position = $1), \
+                    (SELECT coalesce(max(position), 0) FROM events)",
+            &[&position],
+        )
+        .await?;
+    let transaction_id: Option<String> = row.get(0);
+    let head: i64 = row.get(1);
+    Ok(match transaction_id {
+        None if position > head => PositionStatus::BeyondHead,
+        None => PositionStatus::NoSuchEvent,
+        Some(transaction_id) => {
+            let target = LogCursor {
+                transaction_id: transaction_id.parse().map_err(|_| StoreError::Corrupt("transaction id".into()))?,
+                position,
+            };
+            if target <= checkpoint {
+                PositionStatus::Applied
+            } else {
+                PositionStatus::Pending { target }
+            }
+        }
+    })
 }

@@ -69,6 +69,10 @@ impl MasterKey {
         Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
     }
 
+    pub(crate) fn bytes(&self) -> &[u8; KEY_BYTES] {
+        &self.bytes
+    }
+
     /// The key id recorded next to every data key it wraps.
     pub fn key_id(&self) -> &str {
         &self.key_id

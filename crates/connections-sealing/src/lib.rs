@@ -12,10 +12,12 @@
 
 mod credential;
 mod envelope;
+mod fingerprint;
 mod keys;
 mod secret;
 
 pub use credential::{Credential, CredentialError, MAX_CREDENTIAL_BYTES};
 pub use envelope::{open, seal, SealError, SealedCredential};
+pub use fingerprint::FingerprintKey;
 pub use keys::{DataKey, KeyError, MasterKey, WrappedDataKey};
 pub use secret::Secret;

@@ -50,6 +50,9 @@ pub async fn ensure_database(url: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// How long a caller waits for a free pooled connection.
+pub const POOL_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A pool of at most `max_size` connections to `url`.
 pub fn connect_pool(url: &str, max_size: usize) -> Result<Database, StoreError> {
     let mut config = tokio_postgres::Config::from_str(url)?;
@@ -58,7 +61,14 @@ pub fn connect_pool(url: &str, max_size: usize) -> Result<Database, StoreError> 
     config.options("-c synchronous_commit=on");
     config.application_name("connections");
     let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
-    let pool =
-        Pool::builder(manager).max_size(max_size).build().map_err(|e| StoreError::Configuration(e.to_string()))?;
+    // A request waits at most this long for a free connection, then gets a
+    // transient error (503 with Retry-After), never an unbounded wait.
+    let pool = Pool::builder(manager)
+        .max_size(max_size)
+        .wait_timeout(Some(POOL_WAIT))
+        .create_timeout(Some(std::time::Duration::from_secs(5)))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .map_err(|e| StoreError::Configuration(e.to_string()))?;
     Ok(Database { pool })
 }

@@ -20,6 +20,29 @@ pub async fn owner_history(client: &impl GenericClient, owner: &OwnerId) -> Resu
     rows.iter().map(recorded).collect()
 }
 
+/// One page of the events about one connection, in the log's global order:
+/// at most `limit` after `after` (from the start when `None`).
+pub async fn connection_history_page(
+    client: &impl GenericClient,
+    connection_id: ConnectionId,
+    after: Option<crate::LogCursor>,
+    limit: i64,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let after = after.unwrap_or_default();
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {COLUMNS} FROM events WHERE stream_id = (SELECT 'owner-service/' || owner_id || '/' || service \
+                 FROM connection_locator WHERE connection_id = $1) AND data->>'connection_id' = $1::text \
+                 AND (events.transaction_id, events.position) > ($2::text::xid8, $3) \
+                 ORDER BY events.transaction_id, events.position LIMIT $4"
+            ),
+            &[&connection_id.as_uuid(), &after.transaction_id.to_string(), &after.position, &limit],
+        )
+        .await?;
+    rows.iter().map(recorded).collect()
+}
+
 /// Every event about one connection, in the log's global order.
 pub async fn connection_history(
     client: &impl GenericClient,

@@ -29,20 +29,26 @@ pub enum IdempotencyClaim {
 impl IdempotencyClaim {
     /// Claims `key` for `owner` and a request with `request_hash`. A
     /// concurrent claim of the same key waits until the first transaction
-    /// ends, then sees its answer (or claims the key if it rolled back).
+    /// ends, then sees its answer (or claims the key if it rolled back). A
+    /// record older than `expires_after` is taken over as if it were new.
     pub async fn claim(
         client: &impl GenericClient,
         owner: &str,
         key: &str,
         request_hash: &[u8],
+        expires_after: std::time::Duration,
     ) -> Result<IdempotencyClaim, StoreError> {
         let insert = client
             .prepare_cached(
                 "INSERT INTO idempotency_keys (owner_id, idempotency_key, request_hash) VALUES ($1, $2, $3) \
-                 ON CONFLICT DO NOTHING",
+                 ON CONFLICT (owner_id, idempotency_key) DO UPDATE \
+                 SET request_hash = EXCLUDED.request_hash, response_status = NULL, response_body = NULL, \
+                     created_at = now() \
+                 WHERE idempotency_keys.created_at < now() - make_interval(secs => $4)",
             )
             .await?;
-        if client.execute(&insert, &[&owner, &key, &request_hash]).await? == 1 {
+        let seconds = expires_after.as_secs_f64();
+        if client.execute(&insert, &[&owner, &key, &request_hash, &seconds]).await? == 1 {
             return Ok(IdempotencyClaim::Fresh);
         }
         let select = client
@@ -62,6 +68,15 @@ impl IdempotencyClaim {
             (Some(status), Some(body)) => Ok(IdempotencyClaim::Replay(StoredResponse { status: status as u16, body })),
             _ => Err(StoreError::Corrupt("idempotency key committed without an answer".into())),
         }
+    }
+
+    /// Deletes records older than `expires_after` (they are never replayed;
+    /// this keeps the table small). Returns how many were deleted.
+    pub async fn expire(client: &impl GenericClient, expires_after: std::time::Duration) -> Result<u64, StoreError> {
+        let seconds = expires_after.as_secs_f64();
+        Ok(client
+            .execute("DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $1)", &[&seconds])
+            .await?)
     }
 
     /// Records the answer to a freshly claimed key.

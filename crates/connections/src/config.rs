@@ -31,6 +31,14 @@ pub struct Config {
     /// `CONNECTIONS_NATS_RUNTIME_TTL_SECS`, default 300: how long runtime
     /// NATS credentials live.
     pub runtime_ttl: std::time::Duration,
+    /// `CONNECTIONS_DATABASE_READ_POOL`, default 16: the pool of reads (read
+    /// API, history, SSE), apart from commands and resolves.
+    pub read_pool_size: usize,
+    /// `CONNECTIONS_STREAMS_PER_USER`, default 16: open change streams per user.
+    pub streams_per_user: usize,
+    /// `CONNECTIONS_IDEMPOTENCY_TTL_SECS`, default 86400: how long an
+    /// `Idempotency-Key`'s answer is replayed (records are deleted after).
+    pub idempotency_ttl: std::time::Duration,
 }
 
 /// NATS authentication.
@@ -62,6 +70,23 @@ impl Config {
                 .filter(|url| !url.is_empty())
                 .collect(),
             runtime_ttl: std::time::Duration::from_secs(runtime_ttl),
+            read_pool_size: env_or("CONNECTIONS_DATABASE_READ_POOL", "16")
+                .parse()
+                .ok()
+                .filter(|n| *n >= 1)
+                .context("CONNECTIONS_DATABASE_READ_POOL must be a positive number")?,
+            streams_per_user: env_or("CONNECTIONS_STREAMS_PER_USER", "16")
+                .parse()
+                .ok()
+                .filter(|n| *n >= 1)
+                .context("CONNECTIONS_STREAMS_PER_USER must be a positive number")?,
+            idempotency_ttl: std::time::Duration::from_secs(
+                env_or("CONNECTIONS_IDEMPOTENCY_TTL_SECS", "86400")
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|seconds| *seconds >= 60)
+                    .context("CONNECTIONS_IDEMPOTENCY_TTL_SECS must be a number of seconds, at least 60")?,
+            ),
             listen,
             database_url: database_url(),
             nats_url,
@@ -132,13 +157,30 @@ pub fn jwt_secret() -> anyhow::Result<Vec<u8>> {
 /// (`CONNECTIONS_JWT_ED25519_PUBLIC_KEY_FILE` or `CONNECTIONS_JWT_RS256_PUBLIC_KEY_FILE`),
 /// else HS256 with `CONNECTIONS_JWT_SECRET`.
 pub fn authenticator() -> anyhow::Result<Arc<Authenticator>> {
-    if let Ok(path) = std::env::var("CONNECTIONS_JWT_ED25519_PUBLIC_KEY_FILE") {
+    let mut authenticator = if let Ok(path) = std::env::var("CONNECTIONS_JWT_ED25519_PUBLIC_KEY_FILE") {
         let pem = std::fs::read(&path).with_context(|| format!("reading {path}"))?;
-        return Ok(Arc::new(Authenticator::ed25519_pem(&pem)?));
-    }
-    if let Ok(path) = std::env::var("CONNECTIONS_JWT_RS256_PUBLIC_KEY_FILE") {
+        Authenticator::ed25519_pem(&pem)?
+    } else if let Ok(path) = std::env::var("CONNECTIONS_JWT_RS256_PUBLIC_KEY_FILE") {
         let pem = std::fs::read(&path).with_context(|| format!("reading {path}"))?;
-        return Ok(Arc::new(Authenticator::rs256_pem(&pem)?));
+        Authenticator::rs256_pem(&pem)?
+    } else {
+        Authenticator::hs256(&jwt_secret()?)?
+    };
+    if let Some(audience) = jwt_audience() {
+        authenticator = authenticator.with_audience(&audience);
     }
-    Ok(Arc::new(Authenticator::hs256(&jwt_secret()?)?))
+    if let Some(issuer) = jwt_issuer() {
+        authenticator = authenticator.with_issuer(&issuer);
+    }
+    Ok(Arc::new(authenticator))
+}
+
+/// `CONNECTIONS_JWT_AUDIENCE`: when set, every token must carry this `aud`.
+pub fn jwt_audience() -> Option<String> {
+    std::env::var("CONNECTIONS_JWT_AUDIENCE").ok().filter(|v| !v.is_empty())
+}
+
+/// `CONNECTIONS_JWT_ISSUER`: when set, every token must carry this `iss`.
+pub fn jwt_issuer() -> Option<String> {
+    std::env::var("CONNECTIONS_JWT_ISSUER").ok().filter(|v| !v.is_empty())
 }

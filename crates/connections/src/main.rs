@@ -7,6 +7,7 @@ mod natscmd;
 mod serve;
 
 use clap::{Parser, Subcommand};
+use connections_api::auth::{mint_token, Claims};
 use connections_domain::{AgentId, OwnerId};
 
 /// Connections: keeps the credentials AI agents use on their users' behalf.
@@ -24,7 +25,8 @@ enum CliCommand {
     /// Apply pending database migrations and exit.
     Migrate,
     /// Mint a development token (HS256 with CONNECTIONS_JWT_SECRET): a user
-    /// token with --user, an agent token with --agent and --owner.
+    /// token with --user, an agent token with --agent and --owner. Carries
+    /// CONNECTIONS_JWT_AUDIENCE and CONNECTIONS_JWT_ISSUER when they are set.
     Token {
         /// The user id the token authenticates.
         #[arg(long, required_unless_present = "agent", conflicts_with = "agent")]
@@ -35,9 +37,9 @@ enum CliCommand {
         /// The user an agent token acts for.
         #[arg(long, requires = "agent")]
         owner: Option<String>,
-        /// Lifetime in seconds.
-        #[arg(long, default_value_t = 86_400)]
-        ttl: i64,
+        /// Lifetime in seconds (default: 24 h for a user, 15 minutes for an agent).
+        #[arg(long)]
+        ttl: Option<i64>,
     },
     /// NATS authentication: set-up, and credentials for read-only consumers.
     #[command(subcommand)]
@@ -85,19 +87,28 @@ async fn main() -> anyhow::Result<()> {
         }
         CliCommand::Token { user, agent, owner, ttl } => {
             let secret = config::jwt_secret()?;
-            let expires_at = chrono::Utc::now().timestamp() + ttl;
-            let token = match (user, agent, owner) {
+            let now = chrono::Utc::now().timestamp();
+            let claims = match (user, agent, owner) {
                 (Some(user), _, _) => {
                     let user = OwnerId::parse(user).map_err(|e| anyhow::anyhow!("--user {e}"))?;
-                    connections_api::auth::mint_user_token(&secret, &user, expires_at)?
+                    Claims { sub: user.to_string(), exp: now + ttl.unwrap_or(86_400), role: None, owner: None }
                 }
                 (None, Some(agent), Some(owner)) => {
                     let agent = AgentId::parse(agent).map_err(|e| anyhow::anyhow!("--agent {e}"))?;
                     let owner = OwnerId::parse(owner).map_err(|e| anyhow::anyhow!("--owner {e}"))?;
-                    connections_api::auth::mint_agent_token(&secret, &agent, &owner, expires_at)?
+                    Claims {
+                        sub: agent.to_string(),
+                        exp: now + ttl.unwrap_or(900),
+                        role: Some("agent".into()),
+                        owner: Some(owner.to_string()),
+                    }
                 }
                 _ => anyhow::bail!("give --user, or --agent with --owner"),
             };
+            anyhow::ensure!(claims.exp > now, "--ttl must be positive");
+            let audience = config::jwt_audience();
+            let issuer = config::jwt_issuer();
+            let token = mint_token(&secret, &claims, audience.as_deref(), issuer.as_deref())?;
             println!("{token}");
             Ok(())
         }

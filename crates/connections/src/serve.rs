@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use axum::serve::ListenerExt;
 use connections_api::runtime_nats::RuntimeNats;
-use connections_api::{router, AppState};
+use connections_api::{router, AppState, Settings, StreamLimit};
 use connections_fanout::nats::NatsAccess;
 use connections_fanout::relay::{self, RelayConfig};
 use connections_fanout::Signals;
@@ -37,22 +37,35 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         issuer: nats.issuer.clone(),
         ttl: config.runtime_ttl,
     };
+    // Three pools, so that no kind of work can starve another: commands
+    // and resolves; reads (read API, history, SSE, min_position); the
+    // projector and housekeeping.
     let database = connections_store::connect_pool(&config.database_url, config.pool_size)?;
+    let reads = connections_store::connect_pool(&config.database_url, config.read_pool_size)?;
+    let background = connections_store::connect_pool(&config.database_url, 4)?;
     let state = AppState {
         database: database.clone(),
+        reads,
         master_key,
         authenticator,
         signals: signals.clone(),
         runtime_nats: Arc::new(runtime_nats),
+        settings: Arc::new(Settings {
+            idempotency_ttl: config.idempotency_ttl,
+            streams: StreamLimit::new(config.streams_per_user),
+        }),
     };
     connections_store::ensure_database(&config.database_url).await?;
     connections_store::migrate(&config.database_url).await?;
 
     let (shutdown, stopping) = watch::channel(false);
     let relay_config = RelayConfig::new(config.names.clone(), config.database_url.clone(), nats.clone());
-    let relay = tokio::spawn(relay::run(database.clone(), relay_config, signals.clone(), stopping.clone()));
+    let relay = tokio::spawn(relay::run(background.clone(), relay_config, signals.clone(), stopping.clone()));
     let projector_config = ProjectorConfig::new(config.names.clone(), config.database_url.clone(), nats.clone());
-    let projector = tokio::spawn(projector::run(database, projector_config, signals, stopping.clone()));
+    let database_for_expiry = background.clone();
+    let projector = tokio::spawn(projector::run(background, projector_config, signals, stopping.clone()));
+    let expiry =
+        tokio::spawn(expire_idempotency_records(database_for_expiry, config.idempotency_ttl, stopping.clone()));
     let checkpoints = config
         .audit_checkpoint_every
         .map(|every| tokio::spawn(connections_audit::periodic::run(config.database_url.clone(), every, stopping)));
@@ -75,6 +88,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Err(_) => tracing::error!(task = name, "did not stop within 10 s"),
         }
     }
+    expiry.abort();
     if let Some(checkpoints) = checkpoints {
         // A checkpoint being taken is abandoned: nothing is stored half-way.
         checkpoints.abort();
@@ -82,6 +96,32 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     served?;
     tracing::info!("server stopped");
     Ok(())
+}
+
+/// Deletes expired idempotency records every tenth of their lifetime (at
+/// most hourly); they are never replayed once expired, deleting them keeps
+/// the table small.
+async fn expire_idempotency_records(
+    database: connections_store::Database,
+    ttl: Duration,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let every = (ttl / 10).min(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stopping.changed() => return,
+        }
+        let expired = match database.pool().get().await {
+            Ok(client) => connections_store::IdempotencyClaim::expire(&client, ttl).await,
+            Err(error) => Err(error.into()),
+        };
+        match expired {
+            Ok(0) => {}
+            Ok(count) => tracing::info!(count, "expired idempotency records deleted"),
+            Err(error) => tracing::warn!(%error, "deleting expired idempotency records failed"),
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -32,7 +32,7 @@ pub async fn create(
     let agent_id = body.optional("agent_id", AgentId::parse)?;
     let skill = body.optional("skill", SkillName::parse)?;
     let credential = parse_credential(body.value("credential")?)?;
-    let idempotency = idempotency(&headers, "POST", "/v1/connections", &body.raw)?;
+    let idempotency = idempotency(&app, &headers, "POST", "/v1/connections", &body.raw)?;
     let connection_id = ConnectionId::from_uuid(uuid::Uuid::now_v7());
     let input = CommandInput {
         actor,
@@ -77,7 +77,7 @@ pub async fn revoke(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let connection_id = connection_id(id)?;
-    let idempotency = idempotency(&headers, "DELETE", &format!("/v1/connections/{connection_id}"), b"")?;
+    let idempotency = idempotency(&app, &headers, "DELETE", &format!("/v1/connections/{connection_id}"), b"")?;
     let input = CommandInput {
         actor,
         target: Target::Connection(connection_id),
@@ -99,7 +99,8 @@ pub async fn assign(
     let connection_id = connection_id(id)?;
     body.only(&["agent_id"])?;
     let agent_id = body.required("agent_id", AgentId::parse)?;
-    let idempotency = idempotency(&headers, "POST", &format!("/v1/connections/{connection_id}/agents"), &body.raw)?;
+    let idempotency =
+        idempotency(&app, &headers, "POST", &format!("/v1/connections/{connection_id}/agents"), &body.raw)?;
     let input = CommandInput {
         actor,
         target: Target::Connection(connection_id),
@@ -121,7 +122,7 @@ pub async fn unassign(
     let connection_id = path_param("id", &id, ConnectionId::parse)?;
     let agent_id = path_param("agent_id", &agent, |raw| AgentId::parse(raw))?;
     let path = format!("/v1/connections/{connection_id}/agents/{agent_id}");
-    let idempotency = idempotency(&headers, "DELETE", &path, b"")?;
+    let idempotency = idempotency(&app, &headers, "DELETE", &path, b"")?;
     let input = CommandInput {
         actor,
         target: Target::Connection(connection_id),
@@ -144,7 +145,7 @@ pub async fn rotate(
     body.only(&["credential"])?;
     let credential = parse_credential(body.value("credential")?)?;
     let path = format!("/v1/connections/{connection_id}/credential");
-    let idempotency = idempotency(&headers, "PUT", &path, &body.raw)?;
+    let idempotency = idempotency(&app, &headers, "PUT", &path, &body.raw)?;
     let input = CommandInput {
         actor,
         target: Target::Connection(connection_id),

@@ -13,16 +13,15 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use connections_domain::{ConnectionId, ServiceName};
-use connections_fanout::parse_cursor;
-use connections_projections::queries::{self, StatusFilter};
+use connections_fanout::{parse_cursor, Changed};
+use connections_projections::queries::{self, PositionStatus, StatusFilter};
 use connections_store::{EventLog, StoreError};
-use futures::Stream;
 use serde_json::json;
 
-use crate::auth::AuthenticatedUser;
+use crate::auth::{AuthenticatedUser, UserSession};
 use crate::body::path_param;
 use crate::problem::ApiError;
-use crate::state::AppState;
+use crate::state::{AppState, StreamPermit};
 
 /// How long a read waits for `min_position` before answering 503.
 pub const MIN_POSITION_WAIT: Duration = Duration::from_secs(2);
@@ -61,17 +60,33 @@ impl Params {
 }
 
 /// Waits (bounded) until the dashboard projection has applied `position`.
+/// One look at the database; then the wait follows the projector's
+/// announcements (no polling), and a position no answer can have named is
+/// refused at once.
 pub async fn wait_for_position(app: &AppState, position: Option<i64>) -> Result<(), ApiError> {
     let Some(position) = position.filter(|p| *p > 0) else { return Ok(()) };
-    let deadline = tokio::time::Instant::now() + MIN_POSITION_WAIT;
     let mut projected = app.signals.projected.subscribe();
+    let target = match queries::position_status(&app.reads, position).await? {
+        PositionStatus::Applied => return Ok(()),
+        PositionStatus::Pending { target } => target,
+        PositionStatus::BeyondHead => {
+            return Err(ApiError::invalid("min_position", "is beyond the end of the log: no answer carried it"))
+        }
+        PositionStatus::NoSuchEvent => {
+            return Err(ApiError::invalid("min_position", "is not the position of any event: no answer carried it"))
+        }
+    };
+    let deadline = tokio::time::Instant::now() + MIN_POSITION_WAIT;
     loop {
-        if queries::has_applied(&app.database, position).await? {
+        if projected.borrow_and_update().is_some_and(|cursor| cursor >= target) {
             return Ok(());
         }
         tokio::select! {
-            _ = projected.changed() => {}
-            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            changed = projected.changed() => {
+                if changed.is_err() {
+                    return Err(ApiError::NotYetProjected(position));
+                }
+            }
             _ = tokio::time::sleep_until(deadline) => return Err(ApiError::NotYetProjected(position)),
         }
     }
@@ -93,7 +108,7 @@ pub async fn services(
     query: Result<Query<BTreeMap<String, String>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     min_position_only(&app, query).await?;
-    let cards = queries::services(&app.database, owner.as_str()).await?;
+    let cards = queries::services(&app.reads, owner.as_str()).await?;
     Ok(Json(json!({ "services": cards })).into_response())
 }
 
@@ -130,7 +145,7 @@ pub async fn list(
         .transpose()?;
     wait_for_position(&app, params.min_position()?).await?;
     let page = queries::connections(
-        &app.database,
+        &app.reads,
         owner.as_str(),
         service.as_ref().map(ServiceName::as_str),
         status,
@@ -154,7 +169,7 @@ pub async fn agents(
     let Path(raw) = id.map_err(|_| ApiError::invalid("id", "is malformed"))?;
     let connection_id = path_param("id", &raw, ConnectionId::parse)?;
     min_position_only(&app, query).await?;
-    let (connection, agents) = queries::connection_usage(&app.database, owner.as_str(), connection_id.as_uuid())
+    let (connection, agents) = queries::connection_usage(&app.reads, owner.as_str(), connection_id.as_uuid())
         .await?
         .ok_or(ApiError::NotFound)?;
     Ok(Json(json!({ "connection": connection, "agents": agents })).into_response())
@@ -165,20 +180,24 @@ pub async fn status(
     State(app): State<AppState>,
     AuthenticatedUser(_): AuthenticatedUser,
 ) -> Result<Response, ApiError> {
-    let client = app.database.pool().get().await.map_err(StoreError::from)?;
+    let client = app.reads.pool().get().await.map_err(StoreError::from)?;
     let head = EventLog::head_position(&client).await?;
-    let lag = queries::lag(&app.database).await?;
+    let lag = queries::lag(&app.reads).await?;
     Ok(Json(json!({ "log_head_position": head, "projections": { "dashboard": lag } })).into_response())
 }
 
 /// `GET /v1/stream`: Server-Sent Events of the caller's own read-model
-/// changes, resumable with `Last-Event-ID` (or `?after=`).
+/// changes, resumable with `Last-Event-ID` (or `?after=`). At most
+/// `CONNECTIONS_STREAMS_PER_USER` open at once per user (429 beyond); a
+/// stream ends when its token expires. A stream reads the database only when
+/// the projector announces a change of its owner's read models (and every
+/// 30 s in case an announcement was missed), never on a timer per change.
 pub async fn stream(
     State(app): State<AppState>,
-    AuthenticatedUser(owner): AuthenticatedUser,
+    session: UserSession,
     headers: HeaderMap,
     query: Result<Query<BTreeMap<String, String>>, QueryRejection>,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+) -> Result<Response, ApiError> {
     let params = Params::parse(query, &["after"])?;
     let resume = headers
         .get("last-event-id")
@@ -195,37 +214,86 @@ pub async fn stream(
         .map(|raw| parse_cursor(raw).ok_or_else(|| ApiError::invalid("after", "is not an event id from this stream")))
         .transpose()?;
     let start = resume.or(after).unwrap_or_default();
+    let owner = session.owner;
+    let permit = app.settings.streams.open(owner.as_str())?;
     // Check the read side works before committing to a 200 stream.
-    queries::changes_after(&app.database, owner.as_str(), start, 1).await?;
-    let projected = app.signals.projected.subscribe();
-    let state = (app, owner, start, projected, std::collections::VecDeque::new());
-    let events = futures::stream::unfold(state, |(app, owner, mut cursor, mut projected, mut queue)| async move {
+    queries::changes_after(&app.reads, owner.as_str(), start, 1).await?;
+    let ends = tokio::time::Instant::now()
+        + Duration::from_secs(session.expires_at.saturating_sub(chrono::Utc::now().timestamp()).max(0) as u64);
+    let state = StreamState {
+        app: app.clone(),
+        owner,
+        cursor: start,
+        changed: app.signals.changed.subscribe(),
+        queue: std::collections::VecDeque::new(),
+        dirty: true,
+        ends,
+        _permit: permit,
+    };
+    let events = futures::stream::unfold(state, |mut state| async move {
+        let event = state.next().await?;
+        Some((Ok::<_, Infallible>(event), state))
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
+}
+
+/// One open change stream.
+struct StreamState {
+    app: AppState,
+    owner: connections_domain::OwnerId,
+    cursor: connections_store::LogCursor,
+    changed: tokio::sync::broadcast::Receiver<Changed>,
+    queue: std::collections::VecDeque<queries::Change>,
+    /// Whether the owner's read models may have changed since the last read.
+    dirty: bool,
+    /// When the token expires: the stream ends.
+    ends: tokio::time::Instant,
+    _permit: StreamPermit,
+}
+
+impl StreamState {
+    /// The next event, or `None` when the token has expired.
+    async fn next(&mut self) -> Option<Event> {
         loop {
-            if let Some(change) = queue.pop_front() {
-                let change: queries::Change = change;
-                let event = Event::default()
-                    .id(change.id.clone())
-                    .event(change.event_type.clone())
-                    .json_data(&change)
-                    .unwrap_or_else(|_| Event::default().comment("unserializable change"));
-                return Some((Ok(event), (app, owner, cursor, projected, queue)));
+            if tokio::time::Instant::now() >= self.ends {
+                return None;
             }
-            match queries::changes_after(&app.database, owner.as_str(), cursor, 100).await {
-                Ok(changes) if !changes.is_empty() => {
-                    if let Some(last) = changes.last().and_then(|c| parse_cursor(&c.id)) {
-                        cursor = last;
+            if let Some(change) = self.queue.pop_front() {
+                return Some(
+                    Event::default()
+                        .id(change.id.clone())
+                        .event(change.event_type.clone())
+                        .json_data(&change)
+                        .unwrap_or_else(|_| Event::default().comment("unserializable change")),
+                );
+            }
+            if self.dirty {
+                match queries::changes_after(&self.app.reads, self.owner.as_str(), self.cursor, 100).await {
+                    Ok(changes) if !changes.is_empty() => {
+                        if let Some(last) = changes.last().and_then(|c| parse_cursor(&c.id)) {
+                            self.cursor = last;
+                        }
+                        self.queue.extend(changes);
+                        continue; // more may follow a full page
                     }
-                    queue.extend(changes);
-                    continue;
+                    Ok(_) => self.dirty = false,
+                    Err(error) => {
+                        tracing::warn!(%error, "change stream read failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
                 }
-                Ok(_) => {}
-                Err(error) => tracing::warn!(%error, "change stream read failed; retrying"),
             }
             tokio::select! {
-                _ = projected.changed() => {}
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                changed = self.changed.recv() => match changed {
+                    Ok(changed) => self.dirty = changed.concerns(self.owner.as_str()),
+                    // Missed announcements: whoever they were for, look.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => self.dirty = true,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                },
+                _ = tokio::time::sleep(Duration::from_secs(30)) => self.dirty = true,
+                _ = tokio::time::sleep_until(self.ends) => return None,
             }
         }
-    });
-    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+    }
 }

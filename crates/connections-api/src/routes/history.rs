@@ -1,11 +1,14 @@
 //! `GET /v1/connections/{id}/history`: the owner's audit trail of one
 //! connection, from the event log (never secrets: events hold none).
 
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use std::collections::BTreeMap;
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use connections_domain::ConnectionId;
+use connections_fanout::{format_cursor, parse_cursor};
 use connections_store::{history, ConnectionLocation, StoreError};
 use serde_json::{json, Value};
 
@@ -14,21 +17,48 @@ use crate::body::path_param;
 use crate::problem::ApiError;
 use crate::state::AppState;
 
-/// Every event about the connection, in log order, with time and actor.
+/// Events per page unless `limit` says otherwise; the most a page holds.
+const DEFAULT_LIMIT: i64 = 100;
+const MAX_LIMIT: i64 = 500;
+
+/// The events about the connection, in log order, with time and actor, a
+/// page at a time: `?limit=` (1–500, default 100) and `?cursor=` (the
+/// previous page's `next_cursor`).
 pub async fn connection_history(
     State(app): State<AppState>,
     AuthenticatedUser(actor): AuthenticatedUser,
     id: Result<Path<String>, PathRejection>,
+    query: Result<Query<BTreeMap<String, String>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Path(raw) = id.map_err(|_| ApiError::invalid("id", "is malformed"))?;
     let connection_id = path_param("id", &raw, ConnectionId::parse)?;
-    let client = app.database.pool().get().await.map_err(StoreError::from)?;
+    let Query(params) = query.map_err(|_| ApiError::invalid("query", "is malformed"))?;
+    if let Some(unknown) = params.keys().find(|k| !["limit", "cursor"].contains(&k.as_str())) {
+        let name: String = unknown.chars().take(64).map(|c| if c.is_control() { '?' } else { c }).collect();
+        return Err(ApiError::invalid(name, "is not a known query parameter"));
+    }
+    let limit = match params.get("limit") {
+        None => DEFAULT_LIMIT,
+        Some(raw) => raw
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=MAX_LIMIT).contains(n))
+            .ok_or_else(|| ApiError::invalid("limit", format!("must be an integer from 1 to {MAX_LIMIT}")))?,
+    };
+    let after = params
+        .get("cursor")
+        .map(|raw| parse_cursor(raw).ok_or_else(|| ApiError::invalid("cursor", "is not a cursor from a previous page")))
+        .transpose()?;
+    let client = app.reads.pool().get().await.map_err(StoreError::from)?;
     let location = ConnectionLocation::find(&client, connection_id).await?.ok_or(ApiError::NotFound)?;
     if location.owner != actor {
         return Err(ApiError::NotFound);
     }
-    let events: Vec<Value> = history::connection_history(&client, connection_id)
-        .await?
+    let mut page = history::connection_history_page(&client, connection_id, after, limit + 1).await?;
+    let more = page.len() as i64 > limit;
+    page.truncate(limit as usize);
+    let next_cursor = if more { page.last().map(|e| format_cursor(e.cursor())) } else { None };
+    let events: Vec<Value> = page
         .into_iter()
         .map(|event| {
             json!({
@@ -42,5 +72,5 @@ pub async fn connection_history(
             })
         })
         .collect();
-    Ok(Json(json!({ "connection_id": connection_id, "events": events })).into_response())
+    Ok(Json(json!({ "connection_id": connection_id, "events": events, "next_cursor": next_cursor })).into_response())
 }

@@ -78,8 +78,12 @@ fn method_not_allowed() -> Response {
     response
 }
 
+/// What the idempotency fingerprint key is derived for.
+pub const IDEMPOTENCY_PURPOSE: &str = "idempotency";
+
 /// The `Idempotency-Key` header, if present: 1–255 visible ASCII characters.
 fn idempotency(
+    app: &AppState,
     headers: &HeaderMap,
     method: &str,
     path: &str,
@@ -93,7 +97,15 @@ fn idempotency(
         .ok()
         .filter(|key| !key.is_empty() && key.len() <= 255 && key.chars().all(|c| c.is_ascii_graphic()))
         .ok_or_else(|| ApiError::invalid("Idempotency-Key", "must be 1-255 visible ASCII characters"))?;
-    Ok(Some(IdempotencyRequest::new(key.to_owned(), method, path, body)))
+    let fingerprint_key = app.master_key.fingerprint_key(IDEMPOTENCY_PURPOSE);
+    Ok(Some(IdempotencyRequest::new(
+        key.to_owned(),
+        &fingerprint_key,
+        app.settings.idempotency_ttl,
+        method,
+        path,
+        body,
+    )))
 }
 
 /// A command's answer as a JSON response.

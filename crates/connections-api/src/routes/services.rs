@@ -24,7 +24,7 @@ pub async fn set_default(
     let service = path_param("service", &service, |s| ServiceName::parse(s))?;
     body.only(&["connection_id"])?;
     let connection_id = body.required("connection_id", |raw| ConnectionId::parse(&raw))?;
-    let idempotency = idempotency(&headers, "PUT", &format!("/v1/services/{service}/default"), &body.raw)?;
+    let idempotency = idempotency(&app, &headers, "PUT", &format!("/v1/services/{service}/default"), &body.raw)?;
     let input = CommandInput {
         actor,
         target: Target::Service(service.clone()),
@@ -43,7 +43,7 @@ pub async fn clear_default(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let service = path_param("service", &service, |s| ServiceName::parse(s))?;
-    let idempotency = idempotency(&headers, "DELETE", &format!("/v1/services/{service}/default"), b"")?;
+    let idempotency = idempotency(&app, &headers, "DELETE", &format!("/v1/services/{service}/default"), b"")?;
     let input = CommandInput {
         actor,
         target: Target::Service(service.clone()),

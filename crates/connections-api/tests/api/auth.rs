@@ -91,3 +91,77 @@ async fn a_token_without_exp_is_refused() {
     let answer = app.raw(request("/v1/connections/x", Some(format!("Bearer {token}")))).await;
     answer.assert_problem(StatusCode::UNAUTHORIZED, "unauthorized");
 }
+
+/// Behind an identity provider: with an audience and an issuer configured,
+/// tokens must carry both; `nbf` is honoured either way.
+#[tokio::test]
+async fn audience_issuer_and_not_before_are_enforced_when_configured() {
+    let mut app = TestApp::new().await;
+    let secret = app.secret().to_vec();
+    app.router = connections_api::router(connections_api::AppState {
+        database: app.db.database.clone(),
+        reads: app.db.database.clone(),
+        master_key: app.master_key.clone(),
+        authenticator: std::sync::Arc::new(
+            connections_api::auth::Authenticator::hs256(&secret)
+                .expect("secret")
+                .with_audience("connections")
+                .with_issuer("https://idp.example"),
+        ),
+        signals: connections_fanout::Signals::new(),
+        runtime_nats: crate::runtime_nats(),
+        settings: Default::default(),
+    });
+    let now = chrono::Utc::now().timestamp();
+    let token = |extra: serde_json::Value| {
+        let mut claims = serde_json::json!({"sub": "alice", "exp": now + 60});
+        for (key, value) in extra.as_object().expect("object") {
+            claims[key] = value.clone();
+        }
+        jsonwebtoken::encode(&Header::default(), &claims, &EncodingKey::from_secret(&secret)).expect("sign")
+    };
+    let path = format!("/v1/connections/{}", uuid::Uuid::now_v7());
+    let good = serde_json::json!({"aud": "connections", "iss": "https://idp.example"});
+    // A valid token reaches the handler (a 404 for an unknown connection).
+    let answer = app.raw(request(&path, Some(format!("Bearer {}", token(good.clone()))))).await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND, "{}", answer.body);
+    let minted = connections_api::auth::mint_token(
+        &secret,
+        &Claims { sub: "alice".into(), exp: now + 60, role: None, owner: None },
+        Some("connections"),
+        Some("https://idp.example"),
+    )
+    .expect("mint");
+    assert_eq!(app.raw(request(&path, Some(format!("Bearer {minted}")))).await.status, StatusCode::NOT_FOUND);
+    for (case, claims) in [
+        ("no audience", serde_json::json!({"iss": "https://idp.example"})),
+        ("another audience", serde_json::json!({"aud": "other", "iss": "https://idp.example"})),
+        ("no issuer", serde_json::json!({"aud": "connections"})),
+        ("another issuer", serde_json::json!({"aud": "connections", "iss": "https://evil.example"})),
+        ("not yet valid", serde_json::json!({"aud": "connections", "iss": "https://idp.example", "nbf": now + 600})),
+    ] {
+        let answer = app.raw(request(&path, Some(format!("Bearer {}", token(claims))))).await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{case}: {}", answer.body);
+        answer.assert_problem(StatusCode::UNAUTHORIZED, "unauthorized");
+    }
+}
+
+#[tokio::test]
+async fn a_token_not_yet_valid_is_refused_without_configuration_too() {
+    let app = TestApp::new().await;
+    let now = chrono::Utc::now().timestamp();
+    let claims = serde_json::json!({"sub": "alice", "exp": now + 600, "nbf": now + 300});
+    let token =
+        jsonwebtoken::encode(&Header::default(), &claims, &EncodingKey::from_secret(app.secret())).expect("sign");
+    let answer =
+        app.raw(request(&format!("/v1/connections/{}", uuid::Uuid::now_v7()), Some(format!("Bearer {token}")))).await;
+    answer.assert_problem(StatusCode::UNAUTHORIZED, "unauthorized");
+    assert!(answer.body["detail"].as_str().is_some_and(|d| d.contains("nbf")), "{}", answer.body);
+    // A token with an `aud` is accepted when no audience is configured.
+    let claims = serde_json::json!({"sub": "alice", "exp": now + 600, "aud": "anything"});
+    let token =
+        jsonwebtoken::encode(&Header::default(), &claims, &EncodingKey::from_secret(app.secret())).expect("sign");
+    let answer =
+        app.raw(request(&format!("/v1/connections/{}", uuid::Uuid::now_v7()), Some(format!("Bearer {token}")))).await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND);
+}

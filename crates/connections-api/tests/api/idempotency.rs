@@ -78,3 +78,76 @@ async fn concurrent_retries_with_one_key_create_one_connection() {
         .get(0);
     assert_eq!(created, 1);
 }
+
+/// The stored fingerprint is keyed: someone with a database dump who knows
+/// (or guesses) the credential and the request's shape cannot confirm it.
+#[tokio::test]
+async fn a_known_credential_cannot_be_confirmed_from_the_idempotency_table() {
+    use sha2::{Digest, Sha256};
+    let app = TestApp::new().await;
+    let body = json!({"service": "github", "name": "Work", "credential": {"kind": "basic", "username": "u", "password": "hunter2"}});
+    let answer = app.raw(keyed(&app, Method::POST, "/v1/connections", "key-1", Some(body.clone()))).await;
+    assert_eq!(answer.status, StatusCode::CREATED);
+    let client = app.db.client().await;
+    let row =
+        client.query_one("SELECT request_hash, response_body::text FROM idempotency_keys", &[]).await.expect("row");
+    let stored: Vec<u8> = row.get(0);
+    let answer_text: String = row.get(1);
+    assert!(!answer_text.contains("hunter2"), "the stored answer holds the credential");
+    // Every unkeyed digest the attacker could compute from the guess.
+    let raw = body.to_string();
+    let mut prefixed = Sha256::new();
+    for part in [b"POST".as_slice(), b"/v1/connections", raw.as_bytes()] {
+        prefixed.update((part.len() as u64).to_be_bytes());
+        prefixed.update(part);
+    }
+    let candidates: Vec<Vec<u8>> = vec![
+        prefixed.finalize().to_vec(),
+        Sha256::digest(raw.as_bytes()).to_vec(),
+        Sha256::digest(format!("POST/v1/connections{raw}").as_bytes()).to_vec(),
+        Sha256::digest(b"hunter2").to_vec(),
+    ];
+    assert_eq!(stored.len(), 32);
+    for candidate in candidates {
+        assert_ne!(stored, candidate, "the stored fingerprint is an unkeyed digest");
+    }
+    // It is the keyed fingerprint: only the master key reproduces it.
+    let key = app.master_key.fingerprint_key(connections_api::routes::IDEMPOTENCY_PURPOSE);
+    assert_eq!(stored, key.fingerprint(&[b"POST", b"/v1/connections", raw.as_bytes()]).to_vec());
+    let other = connections_sealing::MasterKey::from_base64(
+        "test",
+        &connections_sealing::MasterKey::generate_base64().expect("key"),
+    )
+    .expect("key");
+    let guessed = other.fingerprint_key(connections_api::routes::IDEMPOTENCY_PURPOSE);
+    assert_ne!(stored, guessed.fingerprint(&[b"POST", b"/v1/connections", raw.as_bytes()]).to_vec());
+}
+
+#[tokio::test]
+async fn an_expired_record_is_neither_replayed_nor_kept() {
+    let app = TestApp::new().await;
+    let body = json!({"service": "github", "name": "Work", "credential": {"kind": "api_key", "key": "k"}});
+    let first = app.raw(keyed(&app, Method::POST, "/v1/connections", "key-1", Some(body.clone()))).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let client = app.db.client().await;
+    client
+        .execute("UPDATE idempotency_keys SET created_at = now() - interval '25 hours'", &[])
+        .await
+        .expect("age the record");
+    // Past its lifetime the key is new again: the request runs (a second
+    // connection), and a different request with the key is not refused.
+    let again = app.raw(keyed(&app, Method::POST, "/v1/connections", "key-1", Some(body))).await;
+    assert_eq!(again.status, StatusCode::CREATED);
+    assert_ne!(again.body["connection_id"], first.body["connection_id"]);
+    client
+        .execute("UPDATE idempotency_keys SET created_at = now() - interval '25 hours'", &[])
+        .await
+        .expect("age the record");
+    let pooled = app.db.database.pool().get().await.expect("pooled connection");
+    let expired = connections_store::IdempotencyClaim::expire(&pooled, std::time::Duration::from_secs(86_400))
+        .await
+        .expect("expire");
+    assert_eq!(expired, 1);
+    let left: i64 = client.query_one("SELECT count(*) FROM idempotency_keys", &[]).await.expect("count").get(0);
+    assert_eq!(left, 0);
+}

@@ -137,10 +137,12 @@ impl TestApp {
         );
         let state = AppState {
             database: db.database.clone(),
+            reads: db.database.clone(),
             master_key: master_key.clone(),
             authenticator: Arc::new(Authenticator::hs256(&secret).expect("valid secret")),
             signals: connections_fanout::Signals::new(),
             runtime_nats: runtime_nats(),
+            settings: Default::default(),
         };
         Self { fanout: None, router: router(state), db, master_key, secret }
     }
@@ -173,10 +175,12 @@ impl TestApp {
         let state_signals = signals.clone();
         let state = AppState {
             database: app.db.database.clone(),
+            reads: app.db.database.clone(),
             master_key: app.master_key.clone(),
             authenticator: Arc::new(Authenticator::hs256(&app.secret).expect("valid secret")),
             signals,
             runtime_nats: runtime_nats(),
+            settings: Default::default(),
         };
         app.router = router(state);
         app.fanout = Some(Fanout { stop, tasks: vec![relay, projector], names, nats_url, signals: state_signals });

@@ -17,11 +17,13 @@ async fn commands_reads_and_resolves_while_the_database_is_unreachable_answer_50
     let unreachable =
         connections_store::connect_pool("postgres://postgres@127.0.0.1:1/nothing", 2).expect("a lazy pool");
     app.router = router(AppState {
-        database: unreachable,
+        database: unreachable.clone(),
+        reads: unreachable,
         master_key: app.master_key.clone(),
         authenticator: std::sync::Arc::new(Authenticator::hs256(app.secret()).expect("valid secret")),
         signals: connections_fanout::Signals::new(),
         runtime_nats: crate::runtime_nats(),
+        settings: Default::default(),
     });
     let body = serde_json::json!({"service": "github", "name": "Work", "credential": {"kind": "api_key", "key": "k"}});
     let answer = app.send(Method::POST, "/v1/connections", Some("alice"), Some(body)).await;

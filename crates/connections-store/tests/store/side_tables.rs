@@ -6,27 +6,36 @@ use connections_store::{ConnectionLocation, IdempotencyClaim, StoredCredential, 
 use connections_testkit::TestDatabase;
 use serde_json::json;
 
+/// Idempotency records live a day.
+const DAY: std::time::Duration = std::time::Duration::from_secs(86_400);
+
 #[tokio::test]
 async fn an_idempotency_key_replays_its_first_answer_and_refuses_another_request() {
     let db = TestDatabase::new().await;
     let mut client = db.database.pool().get().await.expect("pool connection");
     let tx = client.transaction().await.expect("begin");
-    assert_eq!(IdempotencyClaim::claim(&tx, "alice", "k1", b"hash-a").await.expect("claim"), IdempotencyClaim::Fresh);
+    assert_eq!(
+        IdempotencyClaim::claim(&tx, "alice", "k1", b"hash-a", DAY).await.expect("claim"),
+        IdempotencyClaim::Fresh
+    );
     let answer = StoredResponse { status: 201, body: json!({"position": 7}) };
     IdempotencyClaim::record(&tx, "alice", "k1", &answer).await.expect("record");
     tx.commit().await.expect("commit");
 
     let tx = client.transaction().await.expect("begin");
     assert_eq!(
-        IdempotencyClaim::claim(&tx, "alice", "k1", b"hash-a").await.expect("claim"),
+        IdempotencyClaim::claim(&tx, "alice", "k1", b"hash-a", DAY).await.expect("claim"),
         IdempotencyClaim::Replay(answer)
     );
     assert_eq!(
-        IdempotencyClaim::claim(&tx, "alice", "k1", b"hash-b").await.expect("claim"),
+        IdempotencyClaim::claim(&tx, "alice", "k1", b"hash-b", DAY).await.expect("claim"),
         IdempotencyClaim::Mismatch
     );
     // Keys are per owner: bob's k1 is a different key.
-    assert_eq!(IdempotencyClaim::claim(&tx, "bob", "k1", b"hash-b").await.expect("claim"), IdempotencyClaim::Fresh);
+    assert_eq!(
+        IdempotencyClaim::claim(&tx, "bob", "k1", b"hash-b", DAY).await.expect("claim"),
+        IdempotencyClaim::Fresh
+    );
 }
 
 #[tokio::test]
@@ -34,10 +43,10 @@ async fn a_rolled_back_claim_frees_the_key() {
     let db = TestDatabase::new().await;
     let mut client = db.database.pool().get().await.expect("pool connection");
     let tx = client.transaction().await.expect("begin");
-    IdempotencyClaim::claim(&tx, "alice", "k1", b"h").await.expect("claim");
+    IdempotencyClaim::claim(&tx, "alice", "k1", b"h", DAY).await.expect("claim");
     tx.rollback().await.expect("rollback");
     let tx = client.transaction().await.expect("begin");
-    assert_eq!(IdempotencyClaim::claim(&tx, "alice", "k1", b"h").await.expect("claim"), IdempotencyClaim::Fresh);
+    assert_eq!(IdempotencyClaim::claim(&tx, "alice", "k1", b"h", DAY).await.expect("claim"), IdempotencyClaim::Fresh);
 }
 
 #[tokio::test]

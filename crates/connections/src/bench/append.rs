@@ -201,10 +201,12 @@ impl HttpServer {
     async fn start(database: Database) -> anyhow::Result<Self> {
         let secret: Vec<u8> = MasterKey::generate_base64()?.into_bytes();
         let state = AppState {
+            reads: database.clone(),
             database,
             master_key: Arc::new(MasterKey::from_base64("bench", &MasterKey::generate_base64()?)?),
             authenticator: Arc::new(Authenticator::hs256(&secret)?),
             signals: connections_fanout::Signals::new(),
+            settings: Default::default(),
             // Commands only: runtimes never ask this server for NATS credentials.
             runtime_nats: Arc::new(RuntimeNats {
                 names: connections_fanout::Names::new("bench")?,
