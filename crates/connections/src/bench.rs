@@ -5,6 +5,7 @@ mod append;
 mod audit;
 mod fanout;
 mod generate;
+mod load;
 mod revocation;
 mod stats;
 
@@ -25,6 +26,10 @@ pub enum BenchCommand {
     /// credential, against a raw core-NATS fan-out to as many subscribers;
     /// resolve latency uncached and from the cache.
     Revocation(revocation::RevocationOptions),
+    /// Resource bounds: revokes and resolves at a fixed rate, idle and then
+    /// under 2,000 idle change streams and 200 readers waiting on an
+    /// unreachable min_position; p99 compared with the idle baseline.
+    Load(load::LoadOptions),
     /// Audit over a generated million-event log: export, verify and as-of
     /// from Postgres and offline from the file, against raw reads of the
     /// same rows and the same file.
@@ -38,6 +43,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Fanout(options) => fanout::run(options).await,
         BenchCommand::Revocation(options) => revocation::run(options).await,
         BenchCommand::Audit(options) => audit::run(options).await,
+        BenchCommand::Load(options) => load::run(options).await,
     }
 }
 

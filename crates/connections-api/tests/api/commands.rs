@@ -1,7 +1,7 @@
 //! The command endpoints do what the product page promises.
 
 use axum::http::{Method, StatusCode};
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::TestApp;
 
@@ -213,4 +213,36 @@ async fn history_lists_every_event_about_the_connection_in_order_with_actors() {
     app.send(Method::GET, "/v1/connections/nope/history", Some("alice"), None)
         .await
         .assert_problem(StatusCode::BAD_REQUEST, "invalid-input");
+    assert_eq!(history.body["next_cursor"], Value::Null, "one page holds it all");
+
+    // A page at a time: the pages together are the whole history, in order.
+    let mut paged = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..10 {
+        let path = match &cursor {
+            Some(cursor) => format!("/v1/connections/{id}/history?limit=2&cursor={cursor}"),
+            None => format!("/v1/connections/{id}/history?limit=2"),
+        };
+        let page = app.send(Method::GET, path, Some("alice"), None).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        let events = page.body["events"].as_array().expect("events").clone();
+        assert!(events.len() <= 2);
+        paged.extend(events.into_iter().map(|e| e["event_type"].as_str().expect("type").to_owned()));
+        match page.body["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(paged, types);
+    // Another user's cursor walk of alice's history is still a 404.
+    let bob_page =
+        app.send(Method::GET, format!("/v1/connections/{id}/history?limit=1&cursor=1:1"), Some("bob"), None).await;
+    assert_eq!(bob_page.body, bob.body);
+    for (query, field) in
+        [("limit=0", "limit"), ("limit=501", "limit"), ("limit=x", "limit"), ("cursor=x", "cursor"), ("page=2", "page")]
+    {
+        let answer = app.send(Method::GET, format!("/v1/connections/{id}/history?{query}"), Some("alice"), None).await;
+        answer.assert_problem(StatusCode::BAD_REQUEST, "invalid-input");
+        assert_eq!(answer.body["field"], field, "{query}");
+    }
 }

@@ -253,3 +253,77 @@ async fn a_projector_killed_mid_stream_resumes_to_what_a_rebuild_gives() {
     connections_projections::rebuild::rebuild(&app.db.database, "dashboard").await.expect("rebuild");
     assert_eq!(snapshot(&app.db).await, live, "after a projector crash the read models must equal a rebuild");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_position_no_answer_can_have_carried_is_refused_at_once() {
+    let app = TestApp::new().await;
+    app.create("alice", "github", None).await;
+    let head = position_of(&app).await;
+    for path in [
+        format!("/v1/services?min_position={}", head + 1_000_000),
+        "/v1/services?min_position=900000000000".to_owned(),
+        format!("/v1/connections?min_position={}", head + 1),
+    ] {
+        let started = Instant::now();
+        let answer = app.send(Method::GET, path.clone(), Some("alice"), None).await;
+        answer.assert_problem(StatusCode::BAD_REQUEST, "invalid-input");
+        assert_eq!(answer.body["field"], "min_position", "{path}");
+        assert!(answer.body["detail"].as_str().is_some_and(|d| d.contains("beyond the end of the log")));
+        assert!(started.elapsed() < Duration::from_millis(500), "{path} waited {:?}", started.elapsed());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_streams_are_limited_per_user_and_freed_when_closed() {
+    let app = TestApp::new().await; // the default limit: 16 per user
+    let open = |user: &str| {
+        let request = Request::builder()
+            .uri("/v1/stream")
+            .header("authorization", format!("Bearer {}", app.token(user)))
+            .body(Body::empty())
+            .expect("request");
+        app.router.clone().oneshot(request)
+    };
+    let mut streams = Vec::new();
+    for _ in 0..16 {
+        let response = open("alice").await.expect("response");
+        assert_eq!(response.status(), StatusCode::OK);
+        streams.push(response);
+    }
+    let refused = open("alice").await.expect("response");
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.headers().get("content-type").and_then(|v| v.to_str().ok()), Some("application/problem+json"));
+    // Another user is not affected.
+    assert_eq!(open("bob").await.expect("response").status(), StatusCode::OK);
+    // Closing one frees its slot.
+    drop(streams.pop());
+    assert_eq!(open("alice").await.expect("response").status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_stream_ends_when_its_token_expires() {
+    let app = TestApp::new().await;
+    let exp = chrono::Utc::now().timestamp() + 2;
+    let claims = connections_api::auth::Claims { sub: "alice".into(), exp, role: None, owner: None };
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(app.secret()),
+    )
+    .expect("sign");
+    let request =
+        Request::builder().uri("/v1/stream").header("authorization", format!("Bearer {token}")).body(Body::empty());
+    let response = app.router.clone().oneshot(request.expect("request")).await.expect("response");
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let started = Instant::now();
+    // Keep-alive comments may come; the body must end, within the token's life plus a margin.
+    loop {
+        match tokio::time::timeout(Duration::from_secs(6), body.frame()).await {
+            Ok(None) => break,
+            Ok(Some(_)) => {}
+            Err(_) => panic!("the stream outlived its token by seconds"),
+        }
+    }
+    assert!(started.elapsed() >= Duration::from_millis(500), "ended early: {:?}", started.elapsed());
+}

@@ -79,3 +79,32 @@ async fn a_revoke_whose_connection_dies_mid_transaction_runs_again_on_a_new_one(
     let keys: i64 = client.query_one("SELECT count(*) FROM data_keys", &[]).await.expect("count").get(0);
     assert_eq!(keys, 0, "the data key is destroyed");
 }
+
+/// Reads and commands draw from different pools, and waiting for a pooled
+/// connection is bounded: with every read connection taken, a read answers
+/// 503 within about a second, and a revoke still goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhausted_reads_answer_503_quickly_and_never_hold_back_a_revoke() {
+    let mut app = TestApp::new().await;
+    let id = app.create("alice", "github", Some("agent-1")).await;
+    let reads = connections_store::connect_pool(&app.db.url, 1).expect("pool");
+    let held = reads.pool().get().await.expect("the only read connection");
+    app.router = router(AppState {
+        database: app.db.database.clone(),
+        reads,
+        master_key: app.master_key.clone(),
+        authenticator: std::sync::Arc::new(Authenticator::hs256(app.secret()).expect("valid secret")),
+        signals: connections_fanout::Signals::new(),
+        runtime_nats: crate::runtime_nats(),
+        settings: Default::default(),
+    });
+    let started = std::time::Instant::now();
+    let read = app.send(Method::GET, "/v1/services", Some("alice"), None).await;
+    read.assert_problem(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    assert_eq!(read.headers.get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+    assert!(started.elapsed() < std::time::Duration::from_secs(3), "waited {:?}", started.elapsed());
+    let revoked = app.send(Method::DELETE, &format!("/v1/connections/{id}"), Some("alice"), None).await;
+    assert_eq!(revoked.status, StatusCode::OK, "{}", revoked.body);
+    assert_eq!(app.resolve("agent-1", "alice", "github").await.status, StatusCode::CONFLICT);
+    drop(held);
+}
