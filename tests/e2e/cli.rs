@@ -161,3 +161,21 @@ fn audit_history_lists_a_connections_events_and_refuses_bad_ids() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--connection must be a UUID"));
 }
+
+/// A runtime links the client crate without the server's Postgres stack:
+/// the wire contract lives in `connections-wire`.
+#[test]
+fn the_agent_client_does_not_pull_in_postgres() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let output = Command::new(cargo)
+        .args(["tree", "--offline", "-p", "connections-agent", "-e", "normal", "--prefix", "none"])
+        .current_dir(connections_e2e::workspace_root())
+        .output()
+        .expect("run cargo tree");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let tree = String::from_utf8_lossy(&output.stdout);
+    assert!(tree.contains("connections-wire"), "{tree}");
+    for server_crate in ["tokio-postgres", "deadpool-postgres", "connections-store", "connections-fanout", "axum"] {
+        assert!(!tree.lines().any(|line| line.starts_with(&format!("{server_crate} "))), "{server_crate} in:\n{tree}");
+    }
+}
