@@ -35,15 +35,15 @@ impl RuntimeNats {
         now: i64,
     ) -> Result<RuntimeCredentials, ApiError> {
         let (owner, agent_id) = (agent.owner.as_str(), agent.agent.as_str());
+        if let Some(key) = public_key {
+            check_user_key(key).map_err(|e| ApiError::invalid("public_key", e))?;
+        }
         let subscribe = Grant::runtime_subjects(&self.names, owner, agent_id);
         let (jwt, seed, expires_at) = match &self.issuer {
             None => (None, None, None),
             Some(issuer) => {
                 let (public_key, seed) = match public_key {
-                    Some(key) => {
-                        check_user_key(key).map_err(|e| ApiError::invalid("public_key", e))?;
-                        (key.to_owned(), None)
-                    }
+                    Some(key) => (key.to_owned(), None),
                     None => {
                         let (public_key, seed) = new_user_key();
                         (public_key, Some(seed))

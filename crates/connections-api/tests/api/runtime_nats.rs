@@ -142,3 +142,30 @@ async fn bad_requests_name_the_problem_and_issue_nothing() {
         .expect("request");
     app.raw(request).await.assert_problem(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type");
 }
+
+/// Without NATS authentication (development) the answer carries no JWT, and
+/// a malformed key is still refused: the contract does not change with the mode.
+#[tokio::test]
+async fn the_insecure_mode_answers_without_a_jwt_and_still_checks_the_key() {
+    let mut app = TestApp::new().await;
+    let runtime_nats = connections_api::runtime_nats::RuntimeNats { issuer: None, ..(*crate::runtime_nats()).clone() };
+    app.router = connections_api::router(connections_api::AppState {
+        database: app.db.database.clone(),
+        reads: app.db.database.clone(),
+        master_key: app.master_key.clone(),
+        authenticator: std::sync::Arc::new(
+            connections_api::auth::Authenticator::hs256(app.secret()).expect("valid secret"),
+        ),
+        signals: connections_fanout::Signals::new(),
+        runtime_nats: std::sync::Arc::new(runtime_nats),
+        settings: Default::default(),
+    });
+    let token = Some(format!("Bearer {}", app.agent_token("agent-1", "alice")));
+    let answer = ask(&app, token.clone(), "{}").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!((answer.body["jwt"].clone(), answer.body["expires_at"].clone()), (Value::Null, Value::Null));
+    assert!(answer_schema().is_valid(&answer.body), "{}", answer.body);
+    let refused = ask(&app, token, &json!({"public_key": "not-a-key"}).to_string()).await;
+    refused.assert_problem(StatusCode::BAD_REQUEST, "invalid-input");
+    assert_eq!(refused.body["field"], "public_key");
+}
