@@ -160,6 +160,39 @@ fn audit_history_lists_a_connections_events_and_refuses_bad_ids() {
     let bad = audit(&["history", "--connection", "not-a-uuid"]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--connection must be a UUID"));
+
+    // A page at a time: the first page names where the next one starts.
+    let first = audit(&["history", "--owner", "alice", "--json", "--limit", "1"]);
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let first_page: Vec<serde_json::Value> = String::from_utf8_lossy(&first.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .collect();
+    assert_eq!(first_page.len(), 1);
+    assert_eq!(first_page[0]["event_type"], "connection_created");
+    let stderr = String::from_utf8_lossy(&first.stderr).into_owned();
+    let after = stderr
+        .lines()
+        .find_map(|line| line.strip_prefix("more events: --after "))
+        .unwrap_or_else(|| panic!("no next page named: {stderr}"))
+        .trim()
+        .to_owned();
+    let second = audit(&["history", "--owner", "alice", "--json", "--limit", "1", "--after", &after]);
+    let second_page: Vec<serde_json::Value> = String::from_utf8_lossy(&second.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .collect();
+    assert_eq!(second_page.len(), 1);
+    assert_eq!(second_page[0]["event_type"], "agent_assigned");
+    assert!(!String::from_utf8_lossy(&second.stderr).contains("more events"), "the last page names no next one");
+    for (args, flag) in [
+        (vec!["history", "--owner", "alice", "--limit", "0"], "--limit"),
+        (vec!["history", "--owner", "alice", "--after", "soon"], "--after"),
+    ] {
+        let refused = audit(&args);
+        assert!(!refused.status.success());
+        assert!(String::from_utf8_lossy(&refused.stderr).contains(flag), "{args:?}");
+    }
 }
 
 /// A runtime links the client crate without the server's Postgres stack:

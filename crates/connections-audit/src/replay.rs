@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use connections_domain::{AgentId, ConnectionStatus, Event, OwnerService};
-use connections_store::codec;
+use connections_store::{codec, LogCursor};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -292,25 +292,47 @@ pub struct History<F: FnMut(&AuditEvent<'_>)> {
     owner: Option<String>,
     connection: Option<Uuid>,
     each: F,
-    /// How many events matched.
+    /// Only events after this cursor.
+    after: Option<LogCursor>,
+    /// At most this many events.
+    limit: Option<u64>,
+    /// How many events matched (and were handed to `each`).
     pub count: u64,
+    /// When the limit cut the history short: the cursor to continue after.
+    pub next: Option<LogCursor>,
+    last: Option<LogCursor>,
 }
 
 impl<F: FnMut(&AuditEvent<'_>)> History<F> {
     /// Events of `owner`'s streams, or about `connection`.
     pub fn new(owner: Option<String>, connection: Option<Uuid>, each: F) -> Self {
-        Self { owner, connection, each, count: 0 }
+        Self { owner, connection, each, after: None, limit: None, count: 0, next: None, last: None }
+    }
+
+    /// One page: at most `limit` events after `after`.
+    pub fn page(mut self, after: Option<LogCursor>, limit: Option<u64>) -> Self {
+        self.after = after;
+        self.limit = limit;
+        self
     }
 }
 
 impl<F: FnMut(&AuditEvent<'_>)> Sink for History<F> {
     fn event(&mut self, _at: At, event: &AuditEvent<'_>) -> Result<(), AuditError> {
         let matches = self.owner.as_deref().is_none_or(|owner| stream_owner(event.stream_id) == Some(owner))
-            && self.connection.is_none_or(|c| event_connection(event) == Some(c));
-        if matches {
-            self.count += 1;
-            (self.each)(event);
+            && self.connection.is_none_or(|c| event_connection(event) == Some(c))
+            && self.after.is_none_or(|after| event.cursor() > after);
+        if !matches || self.next.is_some() {
+            return Ok(());
         }
+        if self.limit.is_some_and(|limit| self.count >= limit) {
+            // One more exists: the page ends at the last event handed out.
+            self.next = self.last;
+            return Ok(());
+        }
+        self.count += 1;
+        self.last = Some(event.cursor());
+        (self.each)(event);
         Ok(())
     }
 

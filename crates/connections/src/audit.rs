@@ -33,6 +33,13 @@ pub enum AuditCommand {
         /// Read an export file instead of the database (verified as read).
         #[arg(long)]
         file: Option<PathBuf>,
+        /// At most this many events (a page); the next page's `--after` is
+        /// printed on stderr when there are more.
+        #[arg(long)]
+        limit: Option<u64>,
+        /// Only events after this cursor (`TX:POSITION`, from a previous page).
+        #[arg(long)]
+        after: Option<String>,
     },
     /// An owner's connections as they were at TIME: status, default per
     /// service, which agent was bound to which connection. Replayed from the
@@ -116,7 +123,9 @@ pub enum AuditCommand {
 /// needs the database.
 pub async fn run(command: AuditCommand, database_url: impl Fn() -> String) -> anyhow::Result<()> {
     match command {
-        AuditCommand::History { connection, owner, json, file } => {
+        AuditCommand::History { connection, owner, json, file, limit, after } => {
+            anyhow::ensure!(limit != Some(0), "--limit must be at least 1");
+            let after = after.map(|raw| time::parse_cursor("--after", &raw).map_err(anyhow::Error::msg)).transpose()?;
             let connection = connection
                 .map(|c| ConnectionId::parse(&c).map_err(|e| anyhow::anyhow!("--connection {e}")))
                 .transpose()?;
@@ -127,18 +136,23 @@ pub async fn run(command: AuditCommand, database_url: impl Fn() -> String) -> an
                 owner.as_ref().map(ToString::to_string),
                 connection.map(|c| c.as_uuid()),
                 |event: &AuditEvent<'_>| print_event(&mut out, event, json),
-            );
+            )
+            .page(after, limit);
             let filter = match (&owner, connection) {
                 (Some(owner), _) => Some(LogFilter { owner: Some(owner.to_string()), ..LogFilter::default() }),
                 (None, Some(connection)) => connection_filter(&database_url, file.is_none(), connection).await?,
                 (None, None) => anyhow::bail!("give --connection or --owner"),
-            };
+            }
+            .map(|filter| LogFilter { from: after, ..filter });
             match (file, filter) {
                 (Some(file), _) => from_file(&file, &mut history)?,
                 (None, Some(filter)) => from_log(&database_url(), &filter, &mut history).await?,
                 (None, None) => {}
             }
             let count = history.count;
+            if let Some(next) = history.next {
+                eprintln!("more events: --after {}", cursor_text(next));
+            }
             drop(history);
             if !json && count == 0 {
                 writeln!(out, "(no events)")?;
