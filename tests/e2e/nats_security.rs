@@ -253,6 +253,22 @@ async fn a_hostile_runtime_is_refused_everything(version: NatsVersion) {
     drop(hostile);
 }
 
+/// Connects once (no reconnecting) with `jwt`, signing the nonce with `key`.
+async fn connect_signed(
+    url: &str,
+    jwt: String,
+    key: Arc<nkeys::KeyPair>,
+) -> Result<async_nats::Client, async_nats::ConnectError> {
+    async_nats::ConnectOptions::new()
+        .jwt(jwt, move |nonce| {
+            let key = key.clone();
+            async move { key.sign(&nonce).map_err(async_nats::AuthError::new) }
+        })
+        .max_reconnects(Some(1))
+        .connect(url)
+        .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_issued_identities_get_in() {
     let nats = NatsServer::start_secured(NatsVersion::Debian29);
@@ -277,15 +293,7 @@ async fn only_issued_identities_get_in() {
             None,
         )
         .expect("issue");
-    let forged_client = async_nats::ConnectOptions::new()
-        .jwt(jwt, move |nonce| {
-            let user = user.clone();
-            async move { user.sign(&nonce).map_err(async_nats::AuthError::new) }
-        })
-        .max_reconnects(Some(1))
-        .connect(&nats.url)
-        .await;
-    assert!(forged_client.is_err(), "a JWT from an untrusted account got in");
+    assert!(connect_signed(&nats.url, jwt, user).await.is_err(), "a JWT from an untrusted account got in");
     // Valid credentials, signed for another key: the nonce signature fails.
     let http = Http { client: reqwest::Client::new(), base: server.base.clone() };
     let (_, credentials) = http
@@ -297,14 +305,7 @@ async fn only_issued_identities_get_in() {
         )
         .await;
     let thief = Arc::new(nkeys::KeyPair::new_user());
-    let stolen = async_nats::ConnectOptions::new()
-        .jwt(credentials["jwt"].as_str().expect("jwt").to_owned(), move |nonce| {
-            let thief = thief.clone();
-            async move { thief.sign(&nonce).map_err(async_nats::AuthError::new) }
-        })
-        .max_reconnects(Some(1))
-        .connect(&nats.url)
-        .await;
+    let stolen = connect_signed(&nats.url, credentials["jwt"].as_str().expect("jwt").to_owned(), thief).await;
     assert!(stolen.is_err(), "a JWT without its key got in");
     // The seed the server returned with it does get in.
     let creds = connections_natsauth::creds_file(

@@ -42,21 +42,3 @@ pub async fn connection_history_page(
         .await?;
     rows.iter().map(recorded).collect()
 }
-
-/// Every event about one connection, in the log's global order.
-pub async fn connection_history(
-    client: &impl GenericClient,
-    connection_id: ConnectionId,
-) -> Result<Vec<RecordedEvent>, StoreError> {
-    let rows = client
-        .query(
-            &format!(
-                "SELECT {COLUMNS} FROM events WHERE stream_id = (SELECT 'owner-service/' || owner_id || '/' || service \
-                 FROM connection_locator WHERE connection_id = $1) AND data->>'connection_id' = $1::text \
-                 ORDER BY events.transaction_id, events.position"
-            ),
-            &[&connection_id.as_uuid()],
-        )
-        .await?;
-    rows.iter().map(recorded).collect()
-}
