@@ -42,26 +42,33 @@ async fn runtime_with(http: &Http, token: &str, url: &str) -> (async_nats::Clien
         )
         .await;
     assert_eq!(status, 200, "{credentials}");
-    let errors = Arc::new(Mutex::new(Vec::new()));
-    let recorded = errors.clone();
-    let client = async_nats::ConnectOptions::new()
-        .jwt(credentials["jwt"].as_str().expect("jwt").to_owned(), move |nonce| {
+    let (options, errors) = recording_server_errors(async_nats::ConnectOptions::new().jwt(
+        credentials["jwt"].as_str().expect("jwt").to_owned(),
+        move |nonce| {
             let key = key.clone();
             async move { key.sign(&nonce).map_err(async_nats::AuthError::new) }
-        })
-        .request_timeout(Some(Duration::from_millis(500)))
-        .event_callback(move |event| {
-            let recorded = recorded.clone();
-            async move {
-                if let async_nats::Event::ServerError(error) = event {
-                    recorded.lock().expect("errors").push(error.to_string());
-                }
-            }
-        })
-        .connect(url)
-        .await
-        .expect("a runtime with valid credentials connects");
+        },
+    ));
+    let client = options.connect(url).await.expect("a runtime with valid credentials connects");
     (client, errors)
+}
+
+/// `options` with short request timeouts, and the errors the server sends,
+/// as they arrive.
+fn recording_server_errors(
+    options: async_nats::ConnectOptions,
+) -> (async_nats::ConnectOptions, Arc<Mutex<Vec<String>>>) {
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let recorded = errors.clone();
+    let options = options.request_timeout(Some(Duration::from_millis(500))).event_callback(move |event| {
+        let recorded = recorded.clone();
+        async move {
+            if let async_nats::Event::ServerError(error) = event {
+                recorded.lock().expect("errors").push(error.to_string());
+            }
+        }
+    });
+    (options, errors)
 }
 
 fn violations(errors: &Mutex<Vec<String>>, kind: &str, subject: &str) -> usize {
@@ -338,23 +345,12 @@ async fn a_reader_reads_the_events_stream_and_nothing_else() {
         .expect("run connections nats reader");
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let creds = String::from_utf8(output.stdout).expect("utf-8");
-    let errors = Arc::new(Mutex::new(Vec::new()));
-    let recorded = errors.clone();
-    let reader = async_nats::ConnectOptions::with_credentials(&creds)
-        .expect("creds")
-        .custom_inbox_prefix(format!("_INBOX_{prefix}_reader_data-team"))
-        .request_timeout(Some(Duration::from_millis(500)))
-        .event_callback(move |event| {
-            let recorded = recorded.clone();
-            async move {
-                if let async_nats::Event::ServerError(error) = event {
-                    recorded.lock().expect("errors").push(error.to_string());
-                }
-            }
-        })
-        .connect(&nats.url)
-        .await
-        .expect("the reader connects");
+    let (options, errors) = recording_server_errors(
+        async_nats::ConnectOptions::with_credentials(&creds)
+            .expect("creds")
+            .custom_inbox_prefix(format!("_INBOX_{prefix}_reader_data-team")),
+    );
+    let reader = options.connect(&nats.url).await.expect("the reader connects");
     let jetstream = async_nats::jetstream::new(reader.clone());
     let stream_name = format!("{prefix}_events");
     let stream = {

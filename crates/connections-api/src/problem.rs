@@ -4,6 +4,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use connections_domain::DomainError;
 use connections_store::StoreError;
+use connections_wire::problem;
 use serde_json::json;
 
 /// Every way a request can fail, each with one status and one stable type.
@@ -77,19 +78,19 @@ impl ApiError {
         match self {
             ApiError::InvalidInput { .. } => (StatusCode::BAD_REQUEST, "invalid-input"),
             ApiError::MalformedJson => (StatusCode::BAD_REQUEST, "malformed-json"),
-            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, problem::UNAUTHORIZED),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not-found"),
             ApiError::NoRoute => (StatusCode::NOT_FOUND, "no-such-route"),
-            ApiError::Revoked => (StatusCode::CONFLICT, "connection-revoked"),
+            ApiError::Revoked => (StatusCode::CONFLICT, problem::CONNECTION_REVOKED),
             ApiError::AlreadyExists => (StatusCode::CONFLICT, "already-exists"),
-            ApiError::AuthorizationRequired(_) => (StatusCode::CONFLICT, "authorization-required"),
+            ApiError::AuthorizationRequired(_) => (StatusCode::CONFLICT, problem::AUTHORIZATION_REQUIRED),
             ApiError::ConcurrencyExhausted => (StatusCode::CONFLICT, "concurrency-conflict"),
             ApiError::IdempotencyKeyReused => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency-key-reused"),
             ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large"),
             ApiError::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type"),
             ApiError::TooManyStreams(_) => (StatusCode::TOO_MANY_REQUESTS, "too-many-streams"),
             ApiError::NotYetProjected(_) => (StatusCode::SERVICE_UNAVAILABLE, "not-yet-projected"),
-            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, problem::UNAVAILABLE),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -98,7 +99,7 @@ impl ApiError {
     pub fn to_problem(&self) -> (StatusCode, serde_json::Value) {
         let (status, slug) = self.status_and_type();
         let mut body = json!({
-            "type": format!("urn:connections:problem:{slug}"),
+            "type": problem::type_of(slug),
             "title": status.canonical_reason().unwrap_or("Error"),
             "status": status.as_u16(),
             "detail": self.to_string(),

@@ -30,7 +30,7 @@ pub const MIN_POSITION_WAIT: Duration = Duration::from_secs(2);
 pub struct Params(BTreeMap<String, String>);
 
 impl Params {
-    fn parse(
+    pub(crate) fn parse(
         query: Result<Query<BTreeMap<String, String>>, QueryRejection>,
         allowed: &[&str],
     ) -> Result<Self, ApiError> {
@@ -42,8 +42,20 @@ impl Params {
         Ok(Self(map))
     }
 
-    fn get(&self, name: &str) -> Option<&str> {
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
         self.0.get(name).map(String::as_str)
+    }
+
+    /// `limit`: an integer from 1 to `max`, `default` when absent.
+    pub(crate) fn limit(&self, default: i64, max: i64) -> Result<i64, ApiError> {
+        match self.get("limit") {
+            None => Ok(default),
+            Some(raw) => raw
+                .parse::<i64>()
+                .ok()
+                .filter(|n| (1..=max).contains(n))
+                .ok_or_else(|| ApiError::invalid("limit", format!("must be an integer from 1 to {max}"))),
+        }
     }
 
     /// `min_position`: a non-negative integer.
@@ -129,14 +141,7 @@ pub async fn list(
         Some("all") => StatusFilter::All,
         Some(_) => return Err(ApiError::invalid("status", "must be one of active, revoked, all")),
     };
-    let limit = match params.get("limit") {
-        None => 50,
-        Some(raw) => raw
-            .parse::<i64>()
-            .ok()
-            .filter(|n| (1..=200).contains(n))
-            .ok_or_else(|| ApiError::invalid("limit", "must be an integer from 1 to 200"))?,
-    };
+    let limit = params.limit(50, 200)?;
     let after = params
         .get("cursor")
         .map(|raw| {

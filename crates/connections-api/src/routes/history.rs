@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use crate::auth::AuthenticatedUser;
 use crate::body::path_param;
 use crate::problem::ApiError;
+use crate::routes::dashboard::Params;
 use crate::state::AppState;
 
 /// Events per page unless `limit` says otherwise; the most a page holds.
@@ -32,19 +33,8 @@ pub async fn connection_history(
 ) -> Result<Response, ApiError> {
     let Path(raw) = id.map_err(|_| ApiError::invalid("id", "is malformed"))?;
     let connection_id = path_param("id", &raw, ConnectionId::parse)?;
-    let Query(params) = query.map_err(|_| ApiError::invalid("query", "is malformed"))?;
-    if let Some(unknown) = params.keys().find(|k| !["limit", "cursor"].contains(&k.as_str())) {
-        let name: String = unknown.chars().take(64).map(|c| if c.is_control() { '?' } else { c }).collect();
-        return Err(ApiError::invalid(name, "is not a known query parameter"));
-    }
-    let limit = match params.get("limit") {
-        None => DEFAULT_LIMIT,
-        Some(raw) => raw
-            .parse::<i64>()
-            .ok()
-            .filter(|n| (1..=MAX_LIMIT).contains(n))
-            .ok_or_else(|| ApiError::invalid("limit", format!("must be an integer from 1 to {MAX_LIMIT}")))?,
-    };
+    let params = Params::parse(query, &["limit", "cursor"])?;
+    let limit = params.limit(DEFAULT_LIMIT, MAX_LIMIT)?;
     let after = params
         .get("cursor")
         .map(|raw| parse_cursor(raw).ok_or_else(|| ApiError::invalid("cursor", "is not a cursor from a previous page")))
