@@ -612,3 +612,66 @@ async fn a_kept_checkpoint_judges_a_file_whatever_scope_it_claims() {
     assert!(refused.contains("owner-service/bob/") && refused.contains("missing"), "{refused}");
     let _ = std::fs::remove_dir_all(&audit.dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replacement_is_linked_both_ways_in_history_and_who_could_use() {
+    let mut server = Server::start(&[]);
+    let api = Api { http: reqwest::Client::new(), server_base: server.base.clone() };
+    let alice = server.token("alice");
+    let old = api
+        .call(
+            &alice,
+            reqwest::Method::POST,
+            "/v1/connections",
+            Some(json!({"service": "github", "name": "Work", "agent_id": "agent-1",
+                        "credential": {"kind": "api_key", "key": "replace-canary-old"}})),
+        )
+        .await["connection_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let agent = server.agent_token("agent-1", "alice");
+    api.call(&agent, reqwest::Method::POST, "/v1/resolve", Some(json!({"service": "github"}))).await;
+    let replaced = api
+        .call(
+            &alice,
+            reqwest::Method::POST,
+            &format!("/v1/connections/{old}/replace"),
+            Some(json!({"credential": {"kind": "api_key", "key": "replace-canary-new"}})),
+        )
+        .await;
+    let new = replaced["connection_id"].as_str().expect("id").to_owned();
+    api.call(&agent, reqwest::Method::POST, "/v1/resolve", Some(json!({"service": "github"}))).await;
+    let audit = Audit { database_url: server.database_url.clone(), dir: scratch_dir() };
+
+    let before = json_of(&audit.ok(&["who-could-use", "--connection", &old, "--json"]));
+    assert_eq!(before["replaced_by"], json!(new), "{before}");
+    assert_eq!(before["bindings"][0]["agent_id"], "agent-1");
+    assert_eq!(before["bindings"][0]["ended_by"], "replaced");
+    assert_eq!(before["handouts"].as_array().expect("hand-outs").len(), 1);
+    let after = json_of(&audit.ok(&["who-could-use", "--connection", &new, "--json"]));
+    assert_eq!(after["replaces"], json!(old), "{after}");
+    assert_eq!(after["bindings"][0]["agent_id"], "agent-1");
+    assert_eq!(after["bindings"][0]["source"], "created", "the agent keeps how it came to use the connection");
+    assert_eq!(after["bindings"][0]["from"], before["bindings"][0]["until"], "no gap between the two bindings");
+    assert_eq!(after["handouts"].as_array().expect("hand-outs").len(), 1);
+    assert!(audit.ok(&["who-could-use", "--connection", &old]).contains(&format!("replaced by {new}")));
+    assert!(audit.ok(&["who-could-use", "--connection", &new]).contains(&format!("replaces {old}")));
+
+    let history = audit.ok(&["history", "--connection", &old, "--json"]);
+    let revoked = history.lines().map(json_of).find(|e| e["event_type"] == "connection_revoked").expect("revoked");
+    assert_eq!(revoked["data"]["replaced_by"], json!(new));
+    let history = audit.ok(&["history", "--connection", &new, "--json"]);
+    let created = history.lines().map(json_of).find(|e| e["event_type"] == "connection_created").expect("created");
+    assert_eq!(created["data"]["replaces"], json!(old));
+
+    let full = audit.path("full.jsonl");
+    audit.ok(&["export", "--output", &full]);
+    let exported = std::fs::read_to_string(&full).expect("export");
+    assert!(!exported.contains("replace-canary"), "no secret in an export");
+    export_matches_its_schema(&exported);
+    assert!(audit.ok(&["verify", "--file", &full]).contains("every chain intact"));
+
+    server.stop();
+    let _ = std::fs::remove_dir_all(&audit.dir);
+}

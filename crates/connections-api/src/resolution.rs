@@ -6,7 +6,9 @@
 //! looked up inside the resolving transaction, after any revoke that has
 //! returned (a revoke deletes the data key in its own transaction). A
 //! resolve that starts after a revoke returned therefore sees either the
-//! revoked state or no data key, and hands nothing out.
+//! revoked state or no data key, and hands nothing out. One that finds the
+//! key gone reads the stream again: across a replacement it answers the new
+//! connection, never an error.
 
 use connections_domain::{decide, BindingSource, Command, ConnectionId, Event, Request, ServiceName};
 use connections_sealing::{open, Credential};
@@ -100,9 +102,16 @@ pub async fn resolve(
                 Err(other) => return Err(other.into()),
             }
         }
-        // Fail closed: no data key means the connection was revoked after we
-        // read the stream; nothing is handed out.
+        // No data key means the connection was revoked after we read the
+        // stream: its credential is never handed out. The revoking
+        // transaction has committed (the key and the events go together),
+        // so a fresh read sees what replaced the binding: a replacement's
+        // new connection, the default, or nothing (fail closed).
         let Some(wrapped) = StoredCredential::data_key(transaction.client(), binding.connection_id).await? else {
+            transaction.rollback().await?;
+            if attempt < MAX_ATTEMPTS {
+                continue;
+            }
             return Err(ApiError::Revoked);
         };
         let data_key =

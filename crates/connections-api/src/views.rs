@@ -38,9 +38,9 @@ pub fn connection(state: &OwnerService, connection_id: ConnectionId, history: Op
             value
         })
         .collect();
-    let (status, affected) = match &connection.status {
-        ConnectionStatus::Active => ("active", None),
-        ConnectionStatus::Revoked { affected_agents } => ("revoked", Some(affected_agents)),
+    let (status, affected, replaced_by) = match &connection.status {
+        ConnectionStatus::Active => ("active", None, None),
+        ConnectionStatus::Revoked { affected_agents, replaced_by } => ("revoked", Some(affected_agents), *replaced_by),
     };
     let mut value = json!({
         "connection_id": connection_id,
@@ -55,6 +55,12 @@ pub fn connection(state: &OwnerService, connection_id: ConnectionId, history: Op
     });
     if let Some(affected) = affected {
         value["affected_agents"] = json!(affected);
+    }
+    if let Some(replaced_by) = replaced_by {
+        value["replaced_by"] = json!(replaced_by);
+    }
+    if let Some(replaces) = connection.replaces {
+        value["replaces"] = json!(replaces);
     }
     if let Some(created) = history.and_then(|h| {
         h.iter().find(|e| e.event_type == "connection_created" && e.data["connection_id"] == json!(connection_id))

@@ -141,6 +141,8 @@ pub struct WhoCouldUse {
     handouts: Vec<Handout>,
     created_at: Option<DateTime<Utc>>,
     revoked_at: Option<DateTime<Utc>>,
+    replaces: Option<Uuid>,
+    replaced_by: Option<Uuid>,
 }
 
 impl WhoCouldUse {
@@ -154,6 +156,8 @@ impl WhoCouldUse {
             handouts: Vec::new(),
             created_at: None,
             revoked_at: None,
+            replaces: None,
+            replaced_by: None,
         }
     }
 
@@ -185,6 +189,8 @@ impl WhoCouldUse {
             window_to: window.to,
             created_at: self.created_at,
             revoked_at: self.revoked_at,
+            replaces: self.replaces,
+            replaced_by: self.replaced_by,
             bindings: intervals,
             handouts,
         }
@@ -197,8 +203,14 @@ impl Sink for WhoCouldUse {
             return Ok(());
         }
         match decode(at, event)? {
-            Event::ConnectionCreated { .. } => self.created_at = Some(event.recorded_at),
-            Event::ConnectionRevoked { .. } => self.revoked_at = Some(event.recorded_at),
+            Event::ConnectionCreated { replaces, .. } => {
+                self.created_at = Some(event.recorded_at);
+                self.replaces = replaces.map(|c| c.as_uuid());
+            }
+            Event::ConnectionRevoked { replaced_by, .. } => {
+                self.revoked_at = Some(event.recorded_at);
+                self.replaced_by = replaced_by.map(|c| c.as_uuid());
+            }
             Event::AgentAssigned { agent_id, source, .. } => {
                 self.open
                     .entry(agent_id.to_string())
@@ -248,6 +260,12 @@ pub struct Usage {
     pub created_at: Option<DateTime<Utc>>,
     /// When it was revoked, if it was.
     pub revoked_at: Option<DateTime<Utc>>,
+    /// The connection it replaced, if a replacement created it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<Uuid>,
+    /// The connection that replaced it, if a replacement revoked it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replaced_by: Option<Uuid>,
     /// Each agent's binding intervals that overlap the window.
     pub bindings: Vec<BindingInterval>,
     /// The hand-outs inside the window, in order.

@@ -65,6 +65,19 @@ pub enum Command {
         /// The agent asking.
         agent_id: AgentId,
     },
+    /// Replace a compromised connection with a new one in one step: the new
+    /// connection takes over every agent bound to the old one and, if the
+    /// old one was the default, the default; the old one is revoked.
+    ReplaceConnection {
+        /// The connection to replace.
+        connection_id: ConnectionId,
+        /// The new connection's id.
+        new_connection_id: ConnectionId,
+        /// The new connection's name; the old one's when absent.
+        name: Option<ConnectionName>,
+        /// The shape of the new credential.
+        credential_kind: CredentialKind,
+    },
     /// Replace a connection's credential with a new version.
     RotateCredential {
         /// The connection whose credential changes.

@@ -31,6 +31,7 @@ pub fn decide(state: &OwnerService, request: &Request) -> Result<Vec<Event>, Dom
                 credential_kind: *credential_kind,
                 agent_id: agent_id.clone(),
                 skill: skill.clone(),
+                replaces: None,
             }];
             if let Some(agent_id) = agent_id {
                 events.extend(bind(state, *connection_id, agent_id, BindingSource::Created));
@@ -69,7 +70,53 @@ pub fn decide(state: &OwnerService, request: &Request) -> Result<Vec<Event>, Dom
                 agent_id: agent_id.clone(),
                 reason: UnbindReason::Revoked,
             }));
-            events.push(Event::ConnectionRevoked { connection_id: *connection_id, affected_agents });
+            events.push(Event::ConnectionRevoked { connection_id: *connection_id, affected_agents, replaced_by: None });
+            Ok(events)
+        }
+        Command::ReplaceConnection { connection_id, new_connection_id, name, credential_kind } => {
+            let old = active(state, request, *connection_id)?;
+            if state.connections.contains_key(new_connection_id) {
+                return Err(DomainError::AlreadyExists(*new_connection_id));
+            }
+            let (owner, service) = match (&state.owner, &state.service) {
+                (Some(owner), Some(service)) => (owner.clone(), service.clone()),
+                _ => return Err(DomainError::NotFound),
+            };
+            let moved = state.agents_of(*connection_id);
+            let mut events = Vec::with_capacity(2 * moved.len() + 3);
+            events.push(Event::ConnectionCreated {
+                connection_id: *new_connection_id,
+                owner,
+                service,
+                name: name.clone().unwrap_or_else(|| old.name.clone()),
+                credential_kind: *credential_kind,
+                agent_id: None,
+                skill: old.skill.clone(),
+                replaces: Some(*connection_id),
+            });
+            if state.default == Some(*connection_id) {
+                events.push(Event::DefaultSet { connection_id: *new_connection_id, previous: Some(*connection_id) });
+            }
+            // Each agent keeps how it came to use the connection (created,
+            // assigned, through the default): only the connection changes.
+            for agent_id in &moved {
+                let source = state.bindings[agent_id].source;
+                events.push(Event::AgentUnassigned {
+                    connection_id: *connection_id,
+                    agent_id: agent_id.clone(),
+                    reason: UnbindReason::Replaced,
+                });
+                events.push(Event::AgentAssigned {
+                    connection_id: *new_connection_id,
+                    agent_id: agent_id.clone(),
+                    source,
+                });
+            }
+            events.push(Event::ConnectionRevoked {
+                connection_id: *connection_id,
+                affected_agents: moved,
+                replaced_by: Some(*new_connection_id),
+            });
             Ok(events)
         }
         Command::SetDefault { connection_id } => {

@@ -54,6 +54,8 @@ pub enum Event {
         agent_id: Option<AgentId>,
         /// The connector skill being configured when it was created.
         skill: Option<SkillName>,
+        /// The connection this one replaced, when created by a replacement.
+        replaces: Option<ConnectionId>,
     },
     /// An agent was bound to a connection.
     AgentAssigned {
@@ -101,8 +103,11 @@ pub enum Event {
     ConnectionRevoked {
         /// The connection.
         connection_id: ConnectionId,
-        /// The agents that were using it at the moment of revocation.
+        /// The agents that were using it at the moment of revocation (for a
+        /// replacement: the agents moved to the new connection).
         affected_agents: Vec<AgentId>,
+        /// The connection that replaced it, when revoked by a replacement.
+        replaced_by: Option<ConnectionId>,
     },
 }
 

@@ -14,6 +14,8 @@ pub enum ConnectionStatus {
     Revoked {
         /// Agents bound to the connection when it was revoked.
         affected_agents: Vec<AgentId>,
+        /// The connection that replaced it, if a replacement revoked it.
+        replaced_by: Option<ConnectionId>,
     },
 }
 
@@ -32,6 +34,8 @@ pub struct Connection {
     pub skill: Option<SkillName>,
     /// Active or revoked.
     pub status: ConnectionStatus,
+    /// The connection this one replaced, if it was created by a replacement.
+    pub replaces: Option<ConnectionId>,
 }
 
 /// An agent's binding to a connection for this service.
@@ -68,7 +72,9 @@ impl OwnerService {
     /// Folds one event into the state in place.
     pub fn apply(&mut self, event: &Event) {
         match event {
-            Event::ConnectionCreated { connection_id, owner, service, name, credential_kind, skill, .. } => {
+            Event::ConnectionCreated {
+                connection_id, owner, service, name, credential_kind, skill, replaces, ..
+            } => {
                 self.owner.get_or_insert_with(|| owner.clone());
                 self.service.get_or_insert_with(|| service.clone());
                 self.connections.insert(
@@ -80,6 +86,7 @@ impl OwnerService {
                         credential_version: 1,
                         skill: skill.clone(),
                         status: ConnectionStatus::Active,
+                        replaces: *replaces,
                     },
                 );
             }
@@ -103,9 +110,12 @@ impl OwnerService {
                     self.default = None;
                 }
             }
-            Event::ConnectionRevoked { connection_id, affected_agents } => {
+            Event::ConnectionRevoked { connection_id, affected_agents, replaced_by } => {
                 if let Some(connection) = self.connections.get_mut(connection_id) {
-                    connection.status = ConnectionStatus::Revoked { affected_agents: affected_agents.clone() };
+                    connection.status = ConnectionStatus::Revoked {
+                        affected_agents: affected_agents.clone(),
+                        replaced_by: *replaced_by,
+                    };
                 }
             }
         }

@@ -116,7 +116,11 @@ fn revoking_the_default_clears_it_and_ends_every_binding_in_one_decision() {
     assert_eq!(events[0], Event::DefaultCleared { connection_id: conn(1), reason: DefaultClearReason::Revoked });
     assert_eq!(
         events.last(),
-        Some(&Event::ConnectionRevoked { connection_id: conn(1), affected_agents: vec![agent("a1"), agent("a2")] })
+        Some(&Event::ConnectionRevoked {
+            connection_id: conn(1),
+            affected_agents: vec![agent("a1"), agent("a2")],
+            replaced_by: None
+        })
     );
     assert_eq!(state.default, None);
     assert!(state.bindings.is_empty());
@@ -127,7 +131,10 @@ fn revoking_twice_appends_nothing_and_answers_the_same_agents() {
     let history = vec![create(1, Some("a1")), Command::RevokeConnection { connection_id: conn(1) }];
     let (result, state) = given_when(history, "alice", Command::RevokeConnection { connection_id: conn(1) });
     assert_eq!(result, Ok(vec![]));
-    assert_eq!(state.connections[&conn(1)].status, ConnectionStatus::Revoked { affected_agents: vec![agent("a1")] });
+    assert_eq!(
+        state.connections[&conn(1)].status,
+        ConnectionStatus::Revoked { affected_agents: vec![agent("a1")], replaced_by: None }
+    );
 }
 
 #[test]
@@ -213,4 +220,88 @@ fn resolving_uses_the_binding_else_binds_the_default_else_asks_for_authorization
     let (stranger, _) =
         given_when(vec![create(1, None), Command::SetDefault { connection_id: conn(1) }], "bob", resolve("a2"));
     assert_eq!(stranger, Err(DomainError::AuthorizationRequired), "another owner's default is never handed out");
+}
+
+fn replace(old: u128, new: u128) -> Command {
+    Command::ReplaceConnection {
+        connection_id: conn(old),
+        new_connection_id: conn(new),
+        name: None,
+        credential_kind: CredentialKind::Basic,
+    }
+}
+
+#[test]
+fn replacing_moves_every_agent_and_the_default_then_revokes_the_old_one() {
+    let (result, state) = given_when(
+        vec![
+            create(1, Some("a1")),
+            Command::AssignToAgent { connection_id: conn(1), agent_id: agent("a2") },
+            Command::SetDefault { connection_id: conn(1) },
+            Command::ResolveForAgent { agent_id: agent("a3") },
+            create(2, Some("a4")),
+        ],
+        "alice",
+        replace(1, 9),
+    );
+    let events = result.expect("replace accepted");
+    assert!(matches!(
+        &events[0],
+        Event::ConnectionCreated { connection_id, replaces: Some(old), agent_id: None, name, credential_kind: CredentialKind::Basic, .. }
+            if *connection_id == conn(9) && *old == conn(1) && name.as_str() == "conn 1"
+    ));
+    assert_eq!(events[1], Event::DefaultSet { connection_id: conn(9), previous: Some(conn(1)) });
+    assert_eq!(
+        events.last(),
+        Some(&Event::ConnectionRevoked {
+            connection_id: conn(1),
+            affected_agents: vec![agent("a1"), agent("a2"), agent("a3")],
+            replaced_by: Some(conn(9)),
+        })
+    );
+    assert_eq!(state.agents_of(conn(9)), vec![agent("a1"), agent("a2"), agent("a3")]);
+    assert_eq!(state.agents_of(conn(2)), vec![agent("a4")], "other connections keep their agents");
+    assert_eq!(state.default, Some(conn(9)));
+    // Each agent keeps how it came to use the connection.
+    assert_eq!(state.bindings[&agent("a1")].source, BindingSource::Created);
+    assert_eq!(state.bindings[&agent("a2")].source, BindingSource::Assigned);
+    assert_eq!(state.bindings[&agent("a3")].source, BindingSource::Default);
+    assert_eq!(state.connections[&conn(9)].replaces, Some(conn(1)));
+    assert!(matches!(
+        state.connections[&conn(1)].status,
+        ConnectionStatus::Revoked { replaced_by: Some(new), .. } if new == conn(9)
+    ));
+}
+
+#[test]
+fn replacing_keeps_a_new_name_and_leaves_another_default_alone() {
+    let command = Command::ReplaceConnection {
+        connection_id: conn(1),
+        new_connection_id: conn(9),
+        name: Some(ConnectionName::parse("fresh").expect("valid")),
+        credential_kind: CredentialKind::ApiKey,
+    };
+    let (result, state) = given_when(
+        vec![create(1, None), create(2, None), Command::SetDefault { connection_id: conn(2) }],
+        "alice",
+        command,
+    );
+    let events = result.expect("replace accepted");
+    assert_eq!(events.len(), 2, "a connection without agents or default: create and revoke only");
+    assert_eq!(state.connections[&conn(9)].name.as_str(), "fresh");
+    assert_eq!(state.default, Some(conn(2)));
+}
+
+#[test]
+fn replacing_a_revoked_foreign_or_unknown_connection_is_refused_like_revoking() {
+    let history = vec![create(1, Some("a1")), create(2, None), Command::RevokeConnection { connection_id: conn(2) }];
+    let (revoked, _) = given_when(history.clone(), "alice", replace(2, 9));
+    assert_eq!(revoked, Err(DomainError::Revoked(conn(2))));
+    let (foreign, state) = given_when(history.clone(), "bob", replace(1, 9));
+    assert_eq!(foreign, Err(DomainError::NotFound));
+    assert_eq!(state.agents_of(conn(1)), vec![agent("a1")]);
+    let (unknown, _) = given_when(history.clone(), "alice", replace(7, 9));
+    assert_eq!(unknown, Err(DomainError::NotFound));
+    let (taken, _) = given_when(history, "alice", replace(1, 2));
+    assert_eq!(taken, Err(DomainError::AlreadyExists(conn(2))));
 }

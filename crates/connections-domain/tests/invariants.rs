@@ -33,6 +33,12 @@ fn arb_request() -> impl Strategy<Value = Request> {
         Just(Command::ClearDefault),
         (0u8..4)
             .prop_map(|n| Command::RotateCredential { connection_id: conn(n), credential_kind: CredentialKind::Basic }),
+        (0u8..4, 0u8..6).prop_map(|(n, m)| Command::ReplaceConnection {
+            connection_id: conn(n),
+            new_connection_id: conn(m),
+            name: None,
+            credential_kind: CredentialKind::ApiKey,
+        }),
     ];
     (actor, command).prop_map(|(actor, command)| Request { actor: OwnerId::parse(actor).expect("valid"), command })
 }
@@ -82,6 +88,22 @@ proptest! {
                             if a == agent_id && Some(*connection_id) == before.default),
                         "resolution produced {:?}", event
                     );
+                }
+            }
+            // A replacement moves exactly the old connection's agents and its
+            // default to the new connection, and no other binding changes.
+            if let (Command::ReplaceConnection { connection_id, new_connection_id, .. }, Ok(_)) = (&request.command, &result) {
+                prop_assert_eq!(state.agents_of(*new_connection_id), before.agents_of(*connection_id));
+                prop_assert!(!is_active(&state, *connection_id));
+                if before.default == Some(*connection_id) {
+                    prop_assert_eq!(state.default, Some(*new_connection_id));
+                } else {
+                    prop_assert_eq!(state.default, before.default);
+                }
+                for (agent, binding) in &before.bindings {
+                    if binding.connection_id != *connection_id {
+                        prop_assert_eq!(state.bindings.get(agent), Some(binding));
+                    }
                 }
             }
             // Revoking twice appends nothing.

@@ -14,9 +14,16 @@ use serde_json::Value;
 
 use crate::error::StoreError;
 
-/// Every stored event type name with its current schema version.
+/// Every stored event type name with each schema version written today.
+///
+/// `connection_created` and `connection_revoked` have a v2 that adds the
+/// replacement link (`replaces`, `replaced_by`); it is written only when
+/// the link exists, so consumers that know v1 read every other event as
+/// before.
 pub const EVENT_TYPES: &[(&str, i32)] = &[
     ("connection_created", 1),
+    ("connection_created", 2),
+    ("connection_revoked", 2),
     ("agent_assigned", 1),
     ("agent_unassigned", 1),
     ("credential_rotated", 1),
@@ -35,6 +42,27 @@ struct ConnectionCreatedV1 {
     credential_kind: CredentialKind,
     agent_id: Option<AgentId>,
     skill: Option<SkillName>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConnectionCreatedV2 {
+    connection_id: ConnectionId,
+    owner: OwnerId,
+    service: ServiceName,
+    name: ConnectionName,
+    credential_kind: CredentialKind,
+    agent_id: Option<AgentId>,
+    skill: Option<SkillName>,
+    replaces: ConnectionId,
+}
+
+impl ConnectionCreatedV2 {
+    fn split(self) -> (ConnectionCreatedV1, ConnectionId) {
+        let ConnectionCreatedV2 { connection_id, owner, service, name, credential_kind, agent_id, skill, replaces } =
+            self;
+        (ConnectionCreatedV1 { connection_id, owner, service, name, credential_kind, agent_id, skill }, replaces)
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -82,14 +110,29 @@ struct ConnectionRevokedV1 {
     affected_agents: Vec<AgentId>,
 }
 
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConnectionRevokedV2 {
+    connection_id: ConnectionId,
+    affected_agents: Vec<AgentId>,
+    replaced_by: ConnectionId,
+}
+
 /// The stored type name, schema version and data of a domain event.
 pub fn encode(event: &Event) -> (&'static str, i32, Value) {
     let to_value = |v: Result<Value, serde_json::Error>| v.expect("event data always serializes");
     match event {
-        Event::ConnectionCreated { connection_id, owner, service, name, credential_kind, agent_id, skill } => (
-            "connection_created",
-            1,
-            to_value(serde_json::to_value(ConnectionCreatedV1 {
+        Event::ConnectionCreated {
+            connection_id,
+            owner,
+            service,
+            name,
+            credential_kind,
+            agent_id,
+            skill,
+            replaces,
+        } => {
+            let v1 = ConnectionCreatedV1 {
                 connection_id: *connection_id,
                 owner: owner.clone(),
                 service: service.clone(),
@@ -97,8 +140,26 @@ pub fn encode(event: &Event) -> (&'static str, i32, Value) {
                 credential_kind: *credential_kind,
                 agent_id: agent_id.clone(),
                 skill: skill.clone(),
-            })),
-        ),
+            };
+            match replaces {
+                None => ("connection_created", 1, to_value(serde_json::to_value(v1))),
+                Some(replaces) => {
+                    let ConnectionCreatedV1 { connection_id, owner, service, name, credential_kind, agent_id, skill } =
+                        v1;
+                    let v2 = ConnectionCreatedV2 {
+                        connection_id,
+                        owner,
+                        service,
+                        name,
+                        credential_kind,
+                        agent_id,
+                        skill,
+                        replaces: *replaces,
+                    };
+                    ("connection_created", 2, to_value(serde_json::to_value(v2)))
+                }
+            }
+        }
         Event::AgentAssigned { connection_id, agent_id, source } => (
             "agent_assigned",
             1,
@@ -139,12 +200,21 @@ pub fn encode(event: &Event) -> (&'static str, i32, Value) {
                 reason: default_clear_reason_name(*reason).into(),
             })),
         ),
-        Event::ConnectionRevoked { connection_id, affected_agents } => (
+        Event::ConnectionRevoked { connection_id, affected_agents, replaced_by: None } => (
             "connection_revoked",
             1,
             to_value(serde_json::to_value(ConnectionRevokedV1 {
                 connection_id: *connection_id,
                 affected_agents: affected_agents.clone(),
+            })),
+        ),
+        Event::ConnectionRevoked { connection_id, affected_agents, replaced_by: Some(replaced_by) } => (
+            "connection_revoked",
+            2,
+            to_value(serde_json::to_value(ConnectionRevokedV2 {
+                connection_id: *connection_id,
+                affected_agents: affected_agents.clone(),
+                replaced_by: *replaced_by,
             })),
         ),
     }
@@ -157,12 +227,14 @@ pub fn decode(event_type: &str, schema_version: i32, data: &Value) -> Result<Eve
         T::deserialize(data).map_err(|e| StoreError::Corrupt(format!("{event_type}: {e}")))
     }
     let unknown = || StoreError::Corrupt(format!("unknown event {event_type} v{schema_version}"));
-    if schema_version != 1 {
-        return Err(unknown());
-    }
-    let event = match event_type {
-        "connection_created" => {
-            let d: ConnectionCreatedV1 = parse(event_type, data)?;
+    let event = match (event_type, schema_version) {
+        ("connection_created", 1 | 2) => {
+            let (d, replaces) = if schema_version == 1 {
+                (parse::<ConnectionCreatedV1>(event_type, data)?, None)
+            } else {
+                let (d, replaces) = parse::<ConnectionCreatedV2>(event_type, data)?.split();
+                (d, Some(replaces))
+            };
             Event::ConnectionCreated {
                 connection_id: d.connection_id,
                 owner: d.owner,
@@ -171,9 +243,10 @@ pub fn decode(event_type: &str, schema_version: i32, data: &Value) -> Result<Eve
                 credential_kind: d.credential_kind,
                 agent_id: d.agent_id,
                 skill: d.skill,
+                replaces,
             }
         }
-        "agent_assigned" => {
+        ("agent_assigned", 1) => {
             let d: AgentAssignedV1 = parse(event_type, data)?;
             let source = match d.source.as_str() {
                 "created" => BindingSource::Created,
@@ -183,7 +256,7 @@ pub fn decode(event_type: &str, schema_version: i32, data: &Value) -> Result<Eve
             };
             Event::AgentAssigned { connection_id: d.connection_id, agent_id: d.agent_id, source }
         }
-        "agent_unassigned" => {
+        ("agent_unassigned", 1) => {
             let d: AgentUnassignedV1 = parse(event_type, data)?;
             let reason = match d.reason.as_str() {
                 "unassigned" => UnbindReason::Unassigned,
@@ -193,7 +266,7 @@ pub fn decode(event_type: &str, schema_version: i32, data: &Value) -> Result<Eve
             };
             Event::AgentUnassigned { connection_id: d.connection_id, agent_id: d.agent_id, reason }
         }
-        "credential_rotated" => {
+        ("credential_rotated", 1) => {
             let d: CredentialRotatedV1 = parse(event_type, data)?;
             Event::CredentialRotated {
                 connection_id: d.connection_id,
@@ -201,11 +274,11 @@ pub fn decode(event_type: &str, schema_version: i32, data: &Value) -> Result<Eve
                 credential_kind: d.credential_kind,
             }
         }
-        "default_set" => {
+        ("default_set", 1) => {
             let d: DefaultSetV1 = parse(event_type, data)?;
             Event::DefaultSet { connection_id: d.connection_id, previous: d.previous }
         }
-        "default_cleared" => {
+        ("default_cleared", 1) => {
             let d: DefaultClearedV1 = parse(event_type, data)?;
             let reason = match d.reason.as_str() {
                 "cleared" => DefaultClearReason::Cleared,
@@ -214,9 +287,21 @@ pub fn decode(event_type: &str, schema_version: i32, data: &Value) -> Result<Eve
             };
             Event::DefaultCleared { connection_id: d.connection_id, reason }
         }
-        "connection_revoked" => {
+        ("connection_revoked", 1) => {
             let d: ConnectionRevokedV1 = parse(event_type, data)?;
-            Event::ConnectionRevoked { connection_id: d.connection_id, affected_agents: d.affected_agents }
+            Event::ConnectionRevoked {
+                connection_id: d.connection_id,
+                affected_agents: d.affected_agents,
+                replaced_by: None,
+            }
+        }
+        ("connection_revoked", 2) => {
+            let d: ConnectionRevokedV2 = parse(event_type, data)?;
+            Event::ConnectionRevoked {
+                connection_id: d.connection_id,
+                affected_agents: d.affected_agents,
+                replaced_by: Some(d.replaced_by),
+            }
         }
         _ => return Err(unknown()),
     };

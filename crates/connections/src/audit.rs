@@ -220,6 +220,12 @@ pub async fn run(command: AuditCommand, database_url: impl Fn() -> String) -> an
                 time(usage.created_at),
                 time(usage.revoked_at)
             );
+            if let Some(replaces) = usage.replaces {
+                println!("replaces {replaces}");
+            }
+            if let Some(replaced_by) = usage.replaced_by {
+                println!("replaced by {replaced_by}");
+            }
             println!("bindings overlapping the window:");
             if usage.bindings.is_empty() {
                 println!("  (none)");

@@ -1,4 +1,4 @@
-//! `/v1/connections…`: create, show, assign, unassign, rotate, revoke.
+//! `/v1/connections…`: create, show, assign, unassign, rotate, replace, revoke.
 
 use std::collections::BTreeMap;
 
@@ -7,9 +7,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use connections_domain::{AgentId, Command, ConnectionId, ConnectionName, ServiceName, SkillName};
+use connections_domain::{AgentId, Command, ConnectionId, ConnectionName, ConnectionStatus, ServiceName, SkillName};
 use connections_sealing::{Credential, CredentialError};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use super::{answer, idempotency};
 use crate::auth::AuthenticatedUser;
@@ -154,6 +154,50 @@ pub async fn rotate(
         idempotency,
     };
     Ok(answer(execute(&app, input, |d| (StatusCode::OK, with_position(d, connection_id))).await?))
+}
+
+/// `POST /v1/connections/{id}/replace` {credential, name?}: a new connection
+/// with the new credential takes over the old one's agents and default, and
+/// the old one is revoked, in one transaction. Answers the new connection
+/// and the agents moved to it.
+pub async fn replace(
+    State(app): State<AppState>,
+    AuthenticatedUser(actor): AuthenticatedUser,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: JsonObject,
+) -> Result<Response, ApiError> {
+    let connection_id = connection_id(id)?;
+    body.only(&["credential", "name"])?;
+    let name = body.optional("name", ConnectionName::parse)?;
+    let credential = parse_credential(body.value("credential")?)?;
+    let path = format!("/v1/connections/{connection_id}/replace");
+    let idempotency = idempotency(&app, &headers, "POST", &path, &body.raw)?;
+    let new_connection_id = ConnectionId::from_uuid(uuid::Uuid::now_v7());
+    let input = CommandInput {
+        actor,
+        target: Target::Connection(connection_id),
+        command: Command::ReplaceConnection {
+            connection_id,
+            new_connection_id,
+            name,
+            credential_kind: credential.kind(),
+        },
+        credential: Some(credential),
+        idempotency,
+    };
+    Ok(answer(
+        execute(&app, input, |decided| {
+            let mut view = with_position(decided, new_connection_id);
+            let moved = match decided.state.connections.get(&connection_id).map(|c| &c.status) {
+                Some(ConnectionStatus::Revoked { affected_agents, .. }) => json!(affected_agents),
+                _ => json!([]),
+            };
+            view["moved_agents"] = moved;
+            (StatusCode::CREATED, view)
+        })
+        .await?,
+    ))
 }
 
 fn connection_id(id: Result<Path<String>, PathRejection>) -> Result<ConnectionId, ApiError> {

@@ -38,6 +38,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/connections/{id}/agents"),
     ("DELETE", "/v1/connections/{id}/agents/{agent_id}"),
     ("PUT", "/v1/connections/{id}/credential"),
+    ("POST", "/v1/connections/{id}/replace"),
     ("PUT", "/v1/services/{service}/default"),
     ("DELETE", "/v1/services/{service}/default"),
 ];
@@ -56,6 +57,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/connections/{id}/agents", get(dashboard::agents).post(connections::assign))
         .route("/v1/connections/{id}/agents/{agent_id}", delete(connections::unassign))
         .route("/v1/connections/{id}/credential", put(connections::rotate))
+        .route("/v1/connections/{id}/replace", post(connections::replace))
         .route("/v1/connections/{id}/history", get(history::connection_history))
         .route("/v1/services/{service}/default", put(services::set_default).delete(services::clear_default))
         .fallback(|| async { ApiError::NoRoute })

@@ -9,6 +9,7 @@ mod idempotency;
 mod isolation;
 mod openapi;
 mod read_api;
+mod replace;
 mod resolve;
 mod runtime_nats;
 mod secrets;

@@ -45,6 +45,13 @@ fn events_of_every_type() -> Vec<Event> {
         Command::SetDefault { connection_id: c2 },
         Command::ResolveForAgent { agent_id: AgentId::parse("agent-3").expect("valid") },
         Command::RevokeConnection { connection_id: c2 },
+        Command::SetDefault { connection_id: c1 },
+        Command::ReplaceConnection {
+            connection_id: c1,
+            new_connection_id: ConnectionId::from_uuid(uuid::Uuid::now_v7()),
+            name: None,
+            credential_kind: CredentialKind::Basic,
+        },
     ];
     let mut state = OwnerService::default();
     let mut all = Vec::new();
@@ -64,14 +71,14 @@ fn every_emitted_event_round_trips_and_validates_against_its_schema() {
     let mut seen_types = std::collections::BTreeSet::new();
     for event in &events {
         let (event_type, schema_version, data) = encode(event);
-        seen_types.insert(event_type);
+        seen_types.insert((event_type, schema_version));
         let validator = validator(event_type, schema_version);
         let errors: Vec<String> = validator.iter_errors(&data).map(|e| e.to_string()).collect();
         assert!(errors.is_empty(), "{event_type} does not match its schema: {errors:?}\n{data}");
         assert_eq!(&decode(event_type, schema_version, &data).expect("decodes"), event);
     }
-    let all_types: std::collections::BTreeSet<_> = EVENT_TYPES.iter().map(|(t, _)| *t).collect();
-    assert_eq!(seen_types, all_types, "the scenario must produce every event type");
+    let all_types: std::collections::BTreeSet<_> = EVENT_TYPES.iter().copied().collect();
+    assert_eq!(seen_types, all_types, "the scenario must produce every event type and version");
 }
 
 #[test]
@@ -92,5 +99,14 @@ fn stored_data_that_breaks_the_contract_is_corrupt_not_a_panic() {
     let bad = serde_json::json!({"connection_id": "not-a-uuid", "affected_agents": []});
     assert!(decode("connection_revoked", 1, &bad).is_err());
     assert!(decode("connection_revoked", 2, &serde_json::json!({})).is_err());
+    assert!(decode(
+        "connection_revoked",
+        3,
+        &serde_json::json!({"connection_id": uuid::Uuid::nil(), "affected_agents": []})
+    )
+    .is_err());
+    let v1_shaped = serde_json::json!({"connection_id": uuid::Uuid::nil(), "affected_agents": []});
+    assert!(decode("connection_revoked", 2, &v1_shaped).is_err(), "v2 requires the link");
+    assert!(decode("agent_assigned", 2, &serde_json::json!({})).is_err());
     assert!(decode("no_such_event", 1, &serde_json::json!({})).is_err());
 }

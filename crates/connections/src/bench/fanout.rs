@@ -254,6 +254,7 @@ async fn append_one(database: &Database, n: usize) -> anyhow::Result<(LogCursor,
         credential_kind: CredentialKind::ApiKey,
         agent_id: None,
         skill: None,
+        replaces: None,
     };
     let (event_type, schema_version, data) = codec::encode(&event);
     let transaction = PipelinedTransaction::new(database.pool().get().await?);
