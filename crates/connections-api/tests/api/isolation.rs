@@ -23,6 +23,11 @@ async fn bob_gets_not_found_on_every_one_of_alices_endpoints_and_the_log_is_unch
             format!("/v1/connections/{id}/credential"),
             Some(json!({"credential": {"kind": "api_key", "key": "x"}})),
         ),
+        (
+            Method::POST,
+            format!("/v1/connections/{id}/replace"),
+            Some(json!({"credential": {"kind": "api_key", "key": "x"}})),
+        ),
         (Method::PUT, "/v1/services/github/default".to_owned(), Some(json!({"connection_id": id}))),
     ];
     let absent = uuid::Uuid::now_v7();

@@ -161,6 +161,22 @@ async fn answers_match_their_documented_schemas() {
         assert_eq!(answer.status.as_u16(), 200, "{path}: {}", answer.body);
         check("get", template, &answer);
     }
+    let spare = app.create("alice", "github", Some("agent-3")).await;
+    let replace = |id: &str| format!("/v1/connections/{id}/replace");
+    let body = serde_json::json!({"credential": {"kind": "api_key", "key": "k3"}, "name": "Fresh"});
+    let replaced = app.send(Method::POST, replace(&spare), Some("alice"), Some(body.clone())).await;
+    assert_eq!(replaced.status.as_u16(), 201, "{}", replaced.body);
+    check("post", "/v1/connections/{id}/replace", &replaced);
+    check(
+        "post",
+        "/v1/connections/{id}/replace",
+        &app.send(Method::POST, replace(&spare), Some("alice"), Some(body.clone())).await,
+    );
+    check(
+        "post",
+        "/v1/connections/{id}/replace",
+        &app.send(Method::POST, replace(&spare), Some("bob"), Some(body)).await,
+    );
     let unassigned = app.send(Method::DELETE, by_id("/agents/agent-2"), Some("alice"), None).await;
     check("delete", "/v1/connections/{id}/agents/{agent_id}", &unassigned);
     let cleared = app.send(Method::DELETE, "/v1/services/github/default", Some("alice"), None).await;

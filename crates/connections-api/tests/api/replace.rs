@@ -243,3 +243,56 @@ async fn resolves_hammering_across_replaces_get_the_old_or_the_new_credential_ne
         assert_eq!(last, chain.len() - 1, "the last replacement was handed out");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_revocation_notice_goes_out_first_then_each_moved_agent_hears_of_its_binding() {
+    use futures::StreamExt;
+    let app = TestApp::with_fanout().await;
+    let names = app.fanout.as_ref().expect("fanout").names.clone();
+    let nats = async_nats::connect("nats://127.0.0.1:4222").await.expect("connect");
+    let mut notices = nats.subscribe(names.notices_wildcard()).await.expect("subscribe");
+    nats.flush().await.expect("flush");
+    let old = app.create("alice", "github", None).await;
+    // Enough agents that the replacement spans two relay batches (512 events).
+    let agents: Vec<String> = (0..300).map(|n| format!("agent-{n:03}")).collect();
+    for agent in &agents {
+        let assign = app
+            .send(
+                Method::POST,
+                format!("/v1/connections/{old}/agents"),
+                Some("alice"),
+                Some(json!({"agent_id": agent})),
+            )
+            .await;
+        assert_eq!(assign.status, StatusCode::OK);
+    }
+    // Skip the assignments' notices.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut next = async || -> Value {
+        let message = tokio::time::timeout_at(deadline, notices.next()).await.expect("a notice in time").expect("open");
+        serde_json::from_slice(&message.payload).expect("notice JSON")
+    };
+    for _ in &agents {
+        assert_eq!(next().await["kind"], "binding_changed");
+    }
+    let answer = replace(&app, "alice", &old, replace_body("k2")).await;
+    assert_eq!(answer.status, StatusCode::CREATED);
+    let new = answer.body["connection_id"].as_str().expect("id").to_owned();
+
+    let first = next().await;
+    assert_eq!((first["kind"].as_str(), first["connection_id"].as_str()), (Some("revoked"), Some(old.as_str())));
+    let mut unbound = std::collections::BTreeSet::new();
+    let mut bound = std::collections::BTreeSet::new();
+    for _ in 0..2 * agents.len() {
+        let notice = next().await;
+        assert_eq!(notice["kind"], "binding_changed", "{notice}");
+        let agent = notice["agent_id"].as_str().expect("agent").to_owned();
+        match (notice["bound"].as_bool(), notice["connection_id"].as_str()) {
+            (Some(false), Some(id)) if id == old => assert!(unbound.insert(agent)),
+            (Some(true), Some(id)) if id == new => assert!(bound.insert(agent)),
+            other => panic!("unexpected binding notice {other:?}"),
+        }
+    }
+    let all: std::collections::BTreeSet<String> = agents.into_iter().collect();
+    assert_eq!((unbound == all, bound == all), (true, true), "every moved agent hears both ends of its move");
+}
