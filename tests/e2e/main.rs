@@ -6,4 +6,5 @@ mod cli;
 mod fanout;
 mod nats_security;
 mod readme;
+mod review;
 mod secrets;

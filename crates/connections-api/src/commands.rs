@@ -7,8 +7,8 @@ use connections_domain::{decide, Command, ConnectionId, Event, OwnerId, OwnerSer
 use connections_sealing::{seal, Credential, DataKey, FingerprintKey, MasterKey, SealedCredential, WrappedDataKey};
 use connections_store::codec::{decode, encode};
 use connections_store::{
-    ConnectionLocation, EventLog, IdempotencyClaim, Metadata, NewEvent, PipelinedTransaction, RecordedEvent,
-    StoreError, StoredCredential, StoredResponse, StreamAppend, StreamId,
+    ConnectionLocation, CredentialHygiene, EventLog, IdempotencyClaim, Metadata, NewEvent, PipelinedTransaction,
+    RecordedEvent, StoreError, StoredCredential, StoredResponse, StreamAppend, StreamId,
 };
 use deadpool_postgres::GenericClient;
 use serde_json::Value;
@@ -330,6 +330,8 @@ enum SideWrite {
     Sealed(ConnectionId, u32, SealedCredential),
     /// Destroy a revoked connection's data key (crypto-shredding).
     DestroyDataKey(ConnectionId),
+    /// Record what the hygiene review needs of a version just sealed.
+    Hygiene(CredentialHygiene),
 }
 
 impl SideWrite {
@@ -342,6 +344,7 @@ impl SideWrite {
                 StoredCredential::insert_sealed(transaction, *id, *version, sealed).await
             }
             SideWrite::DestroyDataKey(id) => StoredCredential::destroy_data_key(transaction, *id).await,
+            SideWrite::Hygiene(hygiene) => hygiene.record(transaction).await,
         }
     }
 }
@@ -366,6 +369,7 @@ async fn side_writes(
                 let sealed = seal(&data_key, credential, *connection_id, &location.owner, 1).map_err(|e| failed(&e))?;
                 let wrapped = master_key.wrap(&data_key, *connection_id);
                 writes.push(SideWrite::NewConnection(*connection_id, wrapped, sealed));
+                writes.push(SideWrite::Hygiene(hygiene(master_key, location, *connection_id, 1, credential)));
             }
             Event::CredentialRotated { connection_id, credential_version, .. } => {
                 let credential = credential.ok_or_else(|| internal("rotate without a credential"))?;
@@ -376,6 +380,13 @@ async fn side_writes(
                 let sealed = seal(&data_key, credential, *connection_id, &location.owner, *credential_version)
                     .map_err(|e| failed(&e))?;
                 writes.push(SideWrite::Sealed(*connection_id, *credential_version, sealed));
+                writes.push(SideWrite::Hygiene(hygiene(
+                    master_key,
+                    location,
+                    *connection_id,
+                    *credential_version,
+                    credential,
+                )));
             }
             Event::ConnectionRevoked { connection_id, .. } => writes.push(SideWrite::DestroyDataKey(*connection_id)),
             Event::AgentAssigned { .. }
@@ -385,6 +396,34 @@ async fn side_writes(
         }
     }
     Ok(writes)
+}
+
+/// What the fingerprint key of credential values is derived for (then
+/// scoped to the owner).
+pub const CREDENTIAL_FINGERPRINT_PURPOSE: &str = "credential-fingerprint";
+
+/// The hygiene facts of a credential version being sealed: each secret
+/// value fingerprinted under the owner's own key, so that fingerprints are
+/// comparable only among that owner's connections in this deployment.
+fn hygiene(
+    master_key: &MasterKey,
+    location: &ConnectionLocation,
+    connection_id: ConnectionId,
+    credential_version: u32,
+    credential: &Credential,
+) -> CredentialHygiene {
+    let key = master_key.fingerprint_key(CREDENTIAL_FINGERPRINT_PURPOSE).for_scope(location.owner.as_str().as_bytes());
+    CredentialHygiene {
+        connection_id,
+        owner: location.owner.clone(),
+        credential_version,
+        expires_at: credential.expires_at(),
+        fingerprints: credential
+            .secret_values()
+            .iter()
+            .map(|value| key.fingerprint(&[value.expose().as_bytes()]))
+            .collect(),
+    }
 }
 
 fn internal(what: &'static str) -> AttemptError {

@@ -12,6 +12,7 @@ pub mod dashboard;
 pub mod projector;
 pub mod queries;
 pub mod rebuild;
+pub mod review;
 
 /// The name of the dashboard projection (checkpoint row and consumer name).
 pub const DASHBOARD: &str = "dashboard";

@@ -112,6 +112,28 @@ impl Credential {
         }
     }
 
+    /// The values that must stay unique to one connection (the hygiene
+    /// review fingerprints them): the access and refresh tokens, the key, the
+    /// password. Usernames are left out: one account may rightly back
+    /// several connections with different passwords.
+    pub fn secret_values(&self) -> Vec<&Secret> {
+        match self {
+            Credential::Oauth2 { access_token, refresh_token, .. } => {
+                std::iter::once(access_token).chain(refresh_token.as_ref()).collect()
+            }
+            Credential::ApiKey { key } => vec![key],
+            Credential::Basic { password, .. } => vec![password],
+        }
+    }
+
+    /// When an OAuth access token expires, if the credential says.
+    pub fn expires_at(&self) -> Option<DateTime<Utc>> {
+        match self {
+            Credential::Oauth2 { expires_at, .. } => *expires_at,
+            Credential::ApiKey { .. } | Credential::Basic { .. } => None,
+        }
+    }
+
     /// The plaintext JSON form, `{"kind": …, …}`. This exposes every secret:
     /// use it only to seal or to hand the credential to an authorized agent.
     pub fn expose_json(&self) -> Value {

@@ -39,6 +39,13 @@ impl FingerprintKey {
     pub fn fingerprint(&self, parts: &[&[u8]]) -> [u8; 32] {
         hmac(&self.key, |inner| prefixed(inner, parts))
     }
+
+    /// A key of its own for one `scope` within this purpose (an owner, for
+    /// credential fingerprints): fingerprints under two scopes' keys cannot
+    /// be compared.
+    pub fn for_scope(&self, scope: &[u8]) -> FingerprintKey {
+        FingerprintKey { key: hmac(&self.key, |inner| prefixed(inner, &[DERIVE_CONTEXT, b"scope", scope])) }
+    }
 }
 
 fn prefixed(hasher: &mut Sha256, parts: &[&[u8]]) {
@@ -85,5 +92,16 @@ mod tests {
         assert_ne!(fingerprint, a.fingerprint_key("other").fingerprint(parts));
         assert_ne!(fingerprint, a.fingerprint_key("idempotency").fingerprint(&[b"POST/v1/connections", parts[2]]));
         assert!(!format!("{:?}", a.fingerprint_key("idempotency")).contains(|c: char| c.is_ascii_digit()));
+    }
+
+    #[test]
+    fn scoped_keys_make_fingerprints_incomparable_across_scopes() {
+        let master = MasterKey::from_base64("k1", &MasterKey::generate_base64().expect("key")).expect("key");
+        let purpose = master.fingerprint_key("credential");
+        let secret: &[&[u8]] = &[b"hunter2"];
+        let alice = purpose.for_scope(b"alice").fingerprint(secret);
+        assert_eq!(alice, purpose.for_scope(b"alice").fingerprint(secret));
+        assert_ne!(alice, purpose.for_scope(b"bob").fingerprint(secret));
+        assert_ne!(alice, purpose.fingerprint(secret));
     }
 }

@@ -14,6 +14,7 @@ pub mod codec;
 mod database;
 mod error;
 pub mod history;
+mod hygiene;
 mod idempotency;
 mod locator;
 mod log;
@@ -25,6 +26,7 @@ mod transaction;
 pub use access_log::Access;
 pub use database::{connect_pool, ensure_database, Database};
 pub use error::StoreError;
+pub use hygiene::CredentialHygiene;
 pub use idempotency::{IdempotencyClaim, StoredResponse};
 pub use locator::ConnectionLocation;
 pub use log::{

@@ -71,9 +71,15 @@ impl StoredCredential {
     }
 
     /// Destroys a connection's data key (crypto-shredding): every sealed
-    /// version becomes unrecoverable.
+    /// version becomes unrecoverable. Its hygiene facts (fingerprints
+    /// included) go with it.
     pub async fn destroy_data_key(client: &impl GenericClient, connection_id: ConnectionId) -> Result<(), StoreError> {
-        let statement = client.prepare_cached("DELETE FROM data_keys WHERE connection_id = $1").await?;
+        let statement = client
+            .prepare_cached(
+                "WITH forgotten AS (DELETE FROM credential_hygiene WHERE connection_id = $1) \
+                 DELETE FROM data_keys WHERE connection_id = $1",
+            )
+            .await?;
         client.execute(&statement, &[&connection_id.as_uuid()]).await?;
         Ok(())
     }

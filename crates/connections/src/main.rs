@@ -4,6 +4,7 @@ mod audit;
 mod bench;
 mod config;
 mod natscmd;
+mod review;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -47,6 +48,8 @@ enum CliCommand {
     /// Audit the history in the event log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// The hygiene review of one owner's connections (as GET /v1/review).
+    Review(review::ReviewOptions),
     /// Read-model maintenance.
     #[command(subcommand)]
     Projections(ProjectionsCommand),
@@ -68,11 +71,14 @@ enum ProjectionsCommand {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // The driver prints every statement's parameters at debug level: sealed
+    // credentials, wrapped keys, keyed fingerprints. Whatever CONNECTIONS_LOG
+    // asks, those lines are never written.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CONNECTIONS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        .add_directive("tokio_postgres::query=info".parse().expect("a valid directive"));
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CONNECTIONS_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -130,6 +136,7 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        CliCommand::Review(options) => review::run(options, &config::database_url()).await,
         CliCommand::Nats(command) => natscmd::run(command),
         CliCommand::Audit(command) => audit::run(command, config::database_url).await,
         CliCommand::Bench(command) => bench::run(command).await,

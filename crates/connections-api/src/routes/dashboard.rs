@@ -58,8 +58,20 @@ impl Params {
         }
     }
 
+    /// An integer parameter from `min` to `max`, `default` when absent.
+    pub(crate) fn bounded(&self, name: &str, default: u32, min: u32, max: u32) -> Result<u32, ApiError> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(raw) => raw
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (min..=max).contains(n))
+                .ok_or_else(|| ApiError::invalid(name, format!("must be an integer from {min} to {max}"))),
+        }
+    }
+
     /// `min_position`: a non-negative integer.
-    fn min_position(&self) -> Result<Option<i64>, ApiError> {
+    pub(crate) fn min_position(&self) -> Result<Option<i64>, ApiError> {
         self.get("min_position")
             .map(|raw| {
                 raw.parse::<i64>()

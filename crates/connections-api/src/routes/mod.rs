@@ -6,6 +6,7 @@ pub mod dashboard;
 mod health;
 mod history;
 mod resolve;
+mod review;
 mod runtime;
 mod services;
 
@@ -29,6 +30,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/status"),
     ("GET", "/v1/stream"),
     ("GET", "/v1/services"),
+    ("GET", "/v1/review"),
     ("GET", "/v1/connections"),
     ("POST", "/v1/connections"),
     ("GET", "/v1/connections/{id}"),
@@ -52,6 +54,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/status", get(dashboard::status))
         .route("/v1/stream", get(dashboard::stream))
         .route("/v1/services", get(dashboard::services))
+        .route("/v1/review", get(review::review))
         .route("/v1/connections", get(dashboard::list).post(connections::create))
         .route("/v1/connections/{id}", get(connections::show).delete(connections::revoke))
         .route("/v1/connections/{id}/agents", get(dashboard::agents).post(connections::assign))

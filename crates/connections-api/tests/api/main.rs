@@ -11,6 +11,7 @@ mod openapi;
 mod read_api;
 mod replace;
 mod resolve;
+mod review;
 mod runtime_nats;
 mod secrets;
 mod unavailable;

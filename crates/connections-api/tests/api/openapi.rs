@@ -155,6 +155,7 @@ async fn answers_match_their_documented_schemas() {
         (by_id(&format!("/agents?min_position={latest}")), "/v1/connections/{id}/agents"),
         (by_id("/history?limit=2"), "/v1/connections/{id}/history"),
         ("/v1/status".to_owned(), "/v1/status"),
+        (format!("/v1/review?max_agents=1&min_position={latest}"), "/v1/review"),
         ("/health".to_owned(), "/health"),
     ] {
         let answer = app.send(Method::GET, path.clone(), Some("alice"), None).await;
@@ -189,6 +190,7 @@ async fn answers_match_their_documented_schemas() {
     check("post", "/v1/resolve", &app.resolve("agent-1", "alice", "github").await);
     check("get", "/v1/services", &app.send(Method::GET, "/v1/services?min_position=x", Some("alice"), None).await);
     check("get", "/v1/services", &app.send(Method::GET, "/v1/services", None, None).await);
+    check("get", "/v1/review", &app.send(Method::GET, "/v1/review?old_days=0", Some("alice"), None).await);
     check(
         "post",
         "/v1/connections",

@@ -25,7 +25,7 @@ async fn random_history(db: &TestDatabase, count: usize, seed: u64) -> Vec<Recor
         let mine: Vec<ConnectionId> =
             ids.iter().filter(|(o, s, _)| o == owner && s == service).map(|(_, _, id)| *id).collect();
         let pick = |rng: &mut rand::rngs::StdRng| mine.get(rng.gen_range(0..mine.len().max(1))).copied();
-        let command = match (rng.gen_range(0..10), pick(&mut rng)) {
+        let command = match (rng.gen_range(0..11), pick(&mut rng)) {
             (0..=2, _) | (_, None) => {
                 let id = ConnectionId::from_uuid(uuid::Uuid::now_v7());
                 ids.push((owner.into(), service.into(), id));
@@ -43,6 +43,16 @@ async fn random_history(db: &TestDatabase, count: usize, seed: u64) -> Vec<Recor
             (6, Some(id)) => Command::SetDefault { connection_id: id },
             (7, _) => Command::ClearDefault,
             (8, Some(id)) => Command::RotateCredential { connection_id: id, credential_kind: CredentialKind::Basic },
+            (9, Some(id)) => {
+                let new_connection_id = ConnectionId::from_uuid(uuid::Uuid::now_v7());
+                ids.push((owner.into(), service.into(), new_connection_id));
+                Command::ReplaceConnection {
+                    connection_id: id,
+                    new_connection_id,
+                    name: None,
+                    credential_kind: CredentialKind::ApiKey,
+                }
+            }
             (_, Some(id)) => Command::RevokeConnection { connection_id: id },
         };
         let owner_id = OwnerId::parse(owner).expect("valid");

@@ -52,6 +52,10 @@ pub struct RevocationOptions {
     /// Revocations per client count (one every 200 ms).
     #[arg(long, default_value_t = 10)]
     rounds: usize,
+    /// Replace the connection (`POST /v1/connections/{id}/replace`, which
+    /// moves every agent to a new connection) instead of revoking it.
+    #[arg(long)]
+    replace: bool,
 }
 
 /// Runs the benchmark.
@@ -105,8 +109,9 @@ async fn run_on(url: &str, names: &Names, access: &NatsAccess, options: &Revocat
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     println!(
-        "bench revocation: {} revocations per client count, one every 200 ms; NATS {} ({})",
+        "bench revocation: {} {} per client count, one every 200 ms; NATS {} ({})",
         options.rounds,
+        if options.replace { "replacements (every agent moved to a new connection)" } else { "revocations" },
         options.nats_url,
         if access.issuer.is_some() {
             "JWT authentication, runtimes with scoped credentials"
@@ -144,8 +149,13 @@ async fn run_on(url: &str, names: &Names, access: &NatsAccess, options: &Revocat
                 ms(open.max)
             );
         }
+        let returned = if options.replace {
+            "replace returned → last client dropped"
+        } else {
+            "revoke returned → last client dropped"
+        };
         for (label, summary) in [
-            ("revoke returned → last client dropped", &from_return),
+            (returned, &from_return),
             ("commit → last client dropped", &from_commit),
             ("raw core NATS publish → last of N", &floor),
         ] {
@@ -267,9 +277,23 @@ async fn revocations(
         commits.clear();
         tokio::time::sleep(Duration::from_millis(200)).await;
 
-        let response = http.delete(format!("{base}/v1/connections/{id}")).bearer_auth(&user_token).send().await?;
+        let response = if options.replace {
+            http.post(format!("{base}/v1/connections/{id}/replace"))
+                .bearer_auth(&user_token)
+                .json(&json!({"credential": {"kind": "api_key", "key": "k2"}}))
+                .send()
+                .await?
+        } else {
+            http.delete(format!("{base}/v1/connections/{id}")).bearer_auth(&user_token).send().await?
+        };
         let returned = Instant::now();
-        anyhow::ensure!(response.status() == 200, "revoke answered {}", response.status());
+        let expected = if options.replace { 201 } else { 200 };
+        anyhow::ensure!(response.status() == expected, "the command answered {}", response.status());
+        if options.replace {
+            let answer: serde_json::Value = response.json().await?;
+            let moved = answer["moved_agents"].as_array().map_or(0, Vec::len);
+            anyhow::ensure!(moved == n, "the replacement moved {moved} agents, not {n}");
+        }
         let mut last = returned;
         for (receiver, client) in receivers.iter_mut().zip(&clients) {
             let invalidation = loop {
