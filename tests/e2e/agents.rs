@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use connections_agent::{AgentClient, AgentConfig, ResolveError};
+use connections_agent::{AgentClient, AgentConfig, InvalidationReason, NoticeKind, ReportError, ResolveError};
 use connections_e2e::{NatsServer, NatsVersion, Server};
 use serde_json::{json, Value};
 
@@ -114,6 +114,58 @@ async fn rotation_and_rebinding_notices_make_the_next_resolve_fetch_anew() {
         .await;
     eventually("the rebinding notice", Duration::from_secs(5), || client.cached("github").is_none()).await;
     assert_eq!(client.resolve("github").await.expect("resolve").connection_id, second);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejection_reported_by_one_runtime_reaches_the_others_and_a_replace_moves_them_all() {
+    let (_nats, server) = secured(NatsVersion::Current);
+    let owner = Owner { http: reqwest::Client::new(), base: server.base.clone(), token: server.token("alice") };
+    let id = owner.create("github", Some("agent-1"), "dead-key").await;
+    owner
+        .call(reqwest::Method::POST, &format!("/v1/connections/{id}/agents"), Some(json!({"agent_id": "agent-2"})))
+        .await;
+    let reporter = AgentClient::connect(config(&server, "agent-1")).await.expect("connect");
+    let other = AgentClient::connect(config(&server, "agent-2")).await.expect("connect");
+    let mut heard = other.invalidations();
+    let credential = reporter.resolve("github").await.expect("resolve");
+    other.resolve("github").await.expect("resolve");
+    assert!(!credential.needs_attention);
+
+    let outcome = reporter.report_rejected(&credential, Some(401), Some("invalid_token")).await.expect("report");
+    assert!(outcome.recorded && outcome.needs_attention, "{outcome:?}");
+    assert!(reporter.cached("github").is_none(), "the reporter stops using it at once");
+    let invalidation =
+        tokio::time::timeout(Duration::from_secs(5), heard.recv()).await.expect("in time").expect("open");
+    assert_eq!(invalidation.reason, InvalidationReason::Notice(NoticeKind::Rejected));
+    assert_eq!(invalidation.connection_id, id);
+    let again = other.resolve("github").await.expect("resolving keeps working");
+    assert!(again.needs_attention, "the answer says the provider rejected it");
+    let repeat = reporter.report_rejected(&credential, Some(401), None).await.expect("report");
+    assert!(!repeat.recorded);
+    let leaking = reporter.report_rejected(&credential, None, Some("sent dead-key, got 401")).await;
+    assert!(matches!(leaking, Err(ReportError::Invalid(ref field)) if field == "detail"), "{leaking:?}");
+    let stranger = AgentClient::connect(config(&server, "agent-3")).await.expect("connect");
+    assert!(matches!(stranger.report_rejected(&credential, None, None).await, Err(ReportError::NotFound)));
+
+    // The owner replaces it: both runtimes drop it and resolve the new one.
+    let replaced = owner
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/connections/{id}/replace"),
+            Some(json!({"credential": {"kind": "api_key", "key": "live-key"}})),
+        )
+        .await;
+    let new = replaced["connection_id"].as_str().expect("id").to_owned();
+    eventually("both runtimes dropping the old credential", Duration::from_secs(5), || {
+        reporter.cached("github").is_none() && other.cached("github").is_none()
+    })
+    .await;
+    for client in [&reporter, &other] {
+        let fresh = client.resolve("github").await.expect("resolve");
+        assert_eq!((fresh.connection_id.as_str(), fresh.expose()["key"].clone()), (new.as_str(), json!("live-key")));
+        assert!(!fresh.needs_attention);
+    }
+    assert!(matches!(reporter.report_rejected(&credential, None, None).await, Err(ReportError::Revoked)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -72,6 +72,41 @@ pub enum ResolveError {
     Failed(String),
 }
 
+/// What the server did with a report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReportOutcome {
+    /// Whether this report was the one recorded (the first for that
+    /// version); a repeat is accepted and changes nothing.
+    pub recorded: bool,
+    /// Whether the connection now needs the owner's attention (false when
+    /// the report was about a version the owner has already rotated away).
+    pub needs_attention: bool,
+}
+
+/// Why a report was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// This agent was never handed that connection (or it does not exist).
+    #[error("not a connection this agent was handed")]
+    NotFound,
+    /// The connection was revoked meanwhile.
+    #[error("the connection was revoked")]
+    Revoked,
+    /// Reported too often; retry after this long.
+    #[error("too many reports; retry in {0:?}")]
+    TooMany(Duration),
+    /// The token was refused.
+    #[error("unauthorized")]
+    Unauthorized,
+    /// Refused as invalid (the field named), e.g. a detail containing the
+    /// credential.
+    #[error("invalid report: {0}")]
+    Invalid(String),
+    /// Any other answer or transport failure.
+    #[error("report failed: {0}")]
+    Failed(String),
+}
+
 /// One NATS connection with one set of credentials, and the tasks reading
 /// its subscriptions. Renewing the credentials opens a new session with the
 /// same subscriptions before the old one is closed.
@@ -252,6 +287,68 @@ impl AgentClient {
         self.inner.current().expires_at
     }
 
+    /// Reports that the provider rejected `credential` (HTTP 401/403), with
+    /// the provider's status and a short detail that must not contain the
+    /// credential. This client stops serving it from its cache at once; the
+    /// server records the first report, marks the connection as needing the
+    /// owner's attention, and tells the other runtimes holding it.
+    pub async fn report_rejected(
+        &self,
+        credential: &ResolvedCredential,
+        status: Option<u16>,
+        detail: Option<&str>,
+    ) -> Result<ReportOutcome, ReportError> {
+        {
+            let mut cache = self.inner.cache.lock().expect("cache");
+            self.inner.generation.fetch_add(1, Ordering::SeqCst);
+            cache.retain(|_, cached| cached.connection_id != credential.connection_id);
+        }
+        let token = self.inner.token.lock().expect("token").clone();
+        let url = format!(
+            "{}/v1/connections/{}/problems",
+            self.inner.config.base_url.trim_end_matches('/'),
+            credential.connection_id
+        );
+        let mut body = serde_json::json!({ "kind": "rejected", "credential_version": credential.credential_version });
+        if let Some(status) = status {
+            body["status"] = status.into();
+        }
+        if let Some(detail) = detail {
+            body["detail"] = detail.into();
+        }
+        let response = self
+            .inner
+            .http
+            .post(url)
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| ReportError::Failed(e.without_url().to_string()))?;
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body: serde_json::Value =
+            response.json().await.map_err(|_| ReportError::Failed(format!("HTTP {status}")))?;
+        let slug = body["type"].as_str().and_then(problem::slug_of);
+        match (status.as_u16(), slug) {
+            (200, _) => Ok(ReportOutcome {
+                recorded: body["recorded"].as_bool().unwrap_or(false),
+                needs_attention: body["needs_attention"].as_bool().unwrap_or(false),
+            }),
+            (401, _) => Err(ReportError::Unauthorized),
+            (404, _) => Err(ReportError::NotFound),
+            (409, Some(problem::CONNECTION_REVOKED)) => Err(ReportError::Revoked),
+            (429, _) => Err(ReportError::TooMany(retry_after.unwrap_or(Duration::from_secs(60)))),
+            (400, _) => Err(ReportError::Invalid(body["field"].as_str().unwrap_or("body").to_owned())),
+            _ => Err(ReportError::Failed(format!("HTTP {status}: {}", body["type"]))),
+        }
+    }
+
     /// Caches an answer fetched when the generation was `generation`, unless
     /// a notice or a connection change came in since (or the channel is down).
     fn store(&self, service: &str, credential: Arc<ResolvedCredential>, generation: u64) {
@@ -291,6 +388,7 @@ impl AgentClient {
             connection_id: body["connection_id"].as_str().unwrap_or_default().to_owned(),
             credential_version: body["credential_version"].as_u64().unwrap_or_default(),
             via: body["via"].as_str().unwrap_or_default().to_owned(),
+            needs_attention: body["needs_attention"].as_bool().unwrap_or(false),
             service: service.to_owned(),
             credential: body["credential"].clone(),
             expires: Instant::now() + lease,
@@ -403,7 +501,9 @@ fn apply(inner: &Inner, notice: &Notice) {
             inner.generation.fetch_add(1, Ordering::SeqCst);
             cache.remove(&notice.service);
         }
-        (NoticeKind::Revoked | NoticeKind::Rotated, _) => {
+        // Rejected: the provider refused this credential; the runtime stops
+        // retrying it (a resolve fetches it again, until the owner acts).
+        (NoticeKind::Revoked | NoticeKind::Rotated | NoticeKind::Rejected, _) => {
             inner.generation.fetch_add(1, Ordering::SeqCst);
             cache.retain(|_, credential| credential.connection_id != notice.connection_id);
         }

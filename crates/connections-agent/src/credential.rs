@@ -12,6 +12,9 @@ pub struct ResolvedCredential {
     pub credential_version: u64,
     /// `assigned` or `default`.
     pub via: String,
+    /// Whether a runtime reported that the provider rejected this version
+    /// (the owner has not rotated, replaced or revoked it yet).
+    pub needs_attention: bool,
     /// The service.
     pub service: String,
     pub(crate) credential: serde_json::Value,
@@ -31,6 +34,7 @@ impl fmt::Debug for ResolvedCredential {
             .field("connection_id", &self.connection_id)
             .field("credential_version", &self.credential_version)
             .field("via", &self.via)
+            .field("needs_attention", &self.needs_attention)
             .field("service", &self.service)
             .field("credential", &"[REDACTED]")
             .finish()

@@ -33,7 +33,9 @@ mod client;
 mod config;
 mod credential;
 
-pub use client::{AgentClient, ConnectError, Invalidation, InvalidationReason, ResolveError};
+pub use client::{
+    AgentClient, ConnectError, Invalidation, InvalidationReason, ReportError, ReportOutcome, ResolveError,
+};
 pub use config::AgentConfig;
 pub use connections_wire::NoticeKind;
 pub use credential::ResolvedCredential;

@@ -391,6 +391,7 @@ async fn side_writes(
             Event::ConnectionRevoked { connection_id, .. } => writes.push(SideWrite::DestroyDataKey(*connection_id)),
             Event::AgentAssigned { .. }
             | Event::AgentUnassigned { .. }
+            | Event::CredentialRejected { .. }
             | Event::DefaultSet { .. }
             | Event::DefaultCleared { .. } => {}
         }

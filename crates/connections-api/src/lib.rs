@@ -17,4 +17,4 @@ pub mod state;
 mod views;
 
 pub use routes::{router, ROUTES};
-pub use state::{AppState, Settings, StreamLimit};
+pub use state::{AppState, ReportLimit, Settings, StreamLimit};

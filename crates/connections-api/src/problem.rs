@@ -55,6 +55,10 @@ pub enum ApiError {
     /// The user has as many change streams open as allowed.
     #[error("at most {0} change streams may be open at once; close one first")]
     TooManyStreams(usize),
+    /// A runtime sent more problem reports for one connection than allowed
+    /// in a minute; the seconds until it may report again.
+    #[error("too many reports for this connection; retry in {0} s")]
+    TooManyReports(u64),
     /// The read model has not caught up with the requested position in time.
     #[error("the read model has not reached position {0} yet; retry")]
     NotYetProjected(i64),
@@ -89,6 +93,7 @@ impl ApiError {
             ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large"),
             ApiError::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type"),
             ApiError::TooManyStreams(_) => (StatusCode::TOO_MANY_REQUESTS, "too-many-streams"),
+            ApiError::TooManyReports(_) => (StatusCode::TOO_MANY_REQUESTS, problem::TOO_MANY_REPORTS),
             ApiError::NotYetProjected(_) => (StatusCode::SERVICE_UNAVAILABLE, "not-yet-projected"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, problem::UNAVAILABLE),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -158,6 +163,9 @@ impl IntoResponse for ApiError {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let ApiError::TooManyReports(seconds) = &self {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(*seconds));
         }
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

@@ -38,6 +38,8 @@ pub struct Resolution {
     pub via: &'static str,
     /// The log position of the agent's binding (0 if none was appended).
     pub position: i64,
+    /// Whether a runtime reported that the provider rejected this version.
+    pub needs_attention: bool,
 }
 
 /// Resolves the credential `agent` should use for `service`.
@@ -150,6 +152,7 @@ pub async fn resolve(
             credential,
             via,
             position,
+            needs_attention: connection.needs_attention,
         });
     }
     Err(ApiError::ConcurrencyExhausted)

@@ -40,11 +40,58 @@ pub struct Settings {
     pub idempotency_ttl: Duration,
     /// Open change streams per user (`CONNECTIONS_STREAMS_PER_USER`, 16).
     pub streams: StreamLimit,
+    /// Problem reports per connection and agent per minute
+    /// (`CONNECTIONS_REPORTS_PER_MINUTE`, 6).
+    pub reports: ReportLimit,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { idempotency_ttl: Duration::from_secs(86_400), streams: StreamLimit::new(16) }
+        Self {
+            idempotency_ttl: Duration::from_secs(86_400),
+            streams: StreamLimit::new(16),
+            reports: ReportLimit::new(6),
+        }
+    }
+}
+
+/// Counts problem reports per (connection, agent) in one-minute windows, so
+/// that a runtime reporting in a loop costs the database at most this many
+/// transactions a minute (per server instance).
+#[derive(Debug)]
+pub struct ReportLimit {
+    per_minute: u32,
+    windows: Mutex<HashMap<(uuid::Uuid, String), (std::time::Instant, u32)>>,
+}
+
+impl ReportLimit {
+    /// How many entries the table may hold before expired windows are swept.
+    const SWEEP_AT: usize = 10_000;
+
+    /// At most `per_minute` reports per connection and agent.
+    pub fn new(per_minute: u32) -> Self {
+        Self { per_minute, windows: Mutex::default() }
+    }
+
+    /// Counts one report; 429 with the seconds until the window ends when
+    /// the window is full.
+    pub fn admit(&self, connection_id: uuid::Uuid, agent: &str) -> Result<(), ApiError> {
+        let now = std::time::Instant::now();
+        let window = Duration::from_secs(60);
+        let mut windows = self.windows.lock().expect("report windows");
+        if windows.len() >= Self::SWEEP_AT {
+            windows.retain(|_, (started, _)| now.duration_since(*started) < window);
+        }
+        let (started, count) = windows.entry((connection_id, agent.to_owned())).or_insert((now, 0));
+        if now.duration_since(*started) >= window {
+            (*started, *count) = (now, 0);
+        }
+        if *count >= self.per_minute {
+            let wait = window.saturating_sub(now.duration_since(*started)).as_secs().max(1);
+            return Err(ApiError::TooManyReports(wait));
+        }
+        *count += 1;
+        Ok(())
     }
 }
 

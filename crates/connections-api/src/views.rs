@@ -51,6 +51,7 @@ pub fn connection(state: &OwnerService, connection_id: ConnectionId, history: Op
         "skill": connection.skill,
         "status": status,
         "is_default": state.default == Some(connection_id),
+        "needs_attention": connection.needs_attention,
         "agents": agents,
     });
     if let Some(affected) = affected {

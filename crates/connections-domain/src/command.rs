@@ -1,6 +1,8 @@
 //! What a user asks of their connections.
 
-use crate::ids::{AgentId, ConnectionId, ConnectionName, CredentialKind, OwnerId, ServiceName, SkillName};
+use crate::ids::{
+    AgentId, ConnectionId, ConnectionName, CredentialKind, OwnerId, ProblemDetail, ServiceName, SkillName,
+};
 
 /// A command together with the user who issued it. Only the owner of the
 /// state may act on it; for anyone else the connections do not exist.
@@ -77,6 +79,21 @@ pub enum Command {
         name: Option<ConnectionName>,
         /// The shape of the new credential.
         credential_kind: CredentialKind,
+    },
+    /// An agent runtime reports that the provider rejected the credential
+    /// version it was handed (HTTP 401/403). Issued on the owner's behalf by
+    /// the server once it has checked that the agent was handed it.
+    ReportRejected {
+        /// The connection.
+        connection_id: ConnectionId,
+        /// The agent reporting.
+        agent_id: AgentId,
+        /// The credential version it was handed.
+        credential_version: u32,
+        /// The provider's HTTP status, if given.
+        status: Option<u16>,
+        /// The runtime's words, if given.
+        detail: Option<ProblemDetail>,
     },
     /// Replace a connection's credential with a new version.
     RotateCredential {

@@ -148,6 +148,21 @@ pub fn decide(state: &OwnerService, request: &Request) -> Result<Vec<Event>, Dom
                 None => Err(DomainError::AuthorizationRequired),
             }
         }
+        Command::ReportRejected { connection_id, agent_id, credential_version, status, detail } => {
+            let connection = active(state, request, *connection_id)?;
+            // A report about an older version is answered by the rotation
+            // that followed it; a second report changes nothing.
+            if *credential_version != connection.credential_version || connection.needs_attention {
+                return Ok(vec![]);
+            }
+            Ok(vec![Event::CredentialRejected {
+                connection_id: *connection_id,
+                agent_id: agent_id.clone(),
+                credential_version: *credential_version,
+                status: *status,
+                detail: detail.clone(),
+            }])
+        }
         Command::RotateCredential { connection_id, credential_kind } => {
             let connection = active(state, request, *connection_id)?;
             Ok(vec![Event::CredentialRotated {

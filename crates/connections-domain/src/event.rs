@@ -2,7 +2,9 @@
 //! stored form (type names, schema versions) lives in the store crate and in
 //! `schemas/events/`.
 
-use crate::ids::{AgentId, ConnectionId, ConnectionName, CredentialKind, OwnerId, ServiceName, SkillName};
+use crate::ids::{
+    AgentId, ConnectionId, ConnectionName, CredentialKind, OwnerId, ProblemDetail, ServiceName, SkillName,
+};
 
 /// How an agent came to be bound to a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +86,21 @@ pub enum Event {
         /// The shape of the new credential.
         credential_kind: CredentialKind,
     },
+    /// A runtime reported that the provider rejected the connection's
+    /// current credential: it needs the owner's attention until it is
+    /// rotated, replaced or revoked. Resolving it keeps working.
+    CredentialRejected {
+        /// The connection.
+        connection_id: ConnectionId,
+        /// The agent that reported it.
+        agent_id: AgentId,
+        /// The credential version rejected (the current one).
+        credential_version: u32,
+        /// The provider's HTTP status, if given.
+        status: Option<u16>,
+        /// The runtime's words, if given.
+        detail: Option<ProblemDetail>,
+    },
     /// A connection became the default for its service.
     DefaultSet {
         /// The new default.
@@ -119,6 +136,7 @@ impl Event {
             | Event::AgentAssigned { connection_id, .. }
             | Event::AgentUnassigned { connection_id, .. }
             | Event::CredentialRotated { connection_id, .. }
+            | Event::CredentialRejected { connection_id, .. }
             | Event::DefaultSet { connection_id, .. }
             | Event::DefaultCleared { connection_id, .. }
             | Event::ConnectionRevoked { connection_id, .. } => *connection_id,

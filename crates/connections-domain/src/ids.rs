@@ -119,6 +119,13 @@ string_newtype!(
     SkillName, max = 200, allowed = "characters other than control characters", ok = printable_char
 );
 
+string_newtype!(
+    /// What a runtime says about a problem with a credential: 1–200
+    /// characters, no control characters. Never the credential itself (the
+    /// server refuses a detail that contains one of its secret values).
+    ProblemDetail, max = 200, allowed = "characters other than control characters", ok = printable_char
+);
+
 /// A connection's id: a UUID (version 7 when minted by the server).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]

@@ -23,5 +23,7 @@ pub use command::{Command, Request};
 pub use decide::decide;
 pub use error::DomainError;
 pub use event::{BindingSource, DefaultClearReason, Event, UnbindReason};
-pub use ids::{AgentId, ConnectionId, ConnectionName, CredentialKind, IdError, OwnerId, ServiceName, SkillName};
+pub use ids::{
+    AgentId, ConnectionId, ConnectionName, CredentialKind, IdError, OwnerId, ProblemDetail, ServiceName, SkillName,
+};
 pub use state::{Binding, Connection, ConnectionStatus, OwnerService};

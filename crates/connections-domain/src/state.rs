@@ -36,6 +36,9 @@ pub struct Connection {
     pub status: ConnectionStatus,
     /// The connection this one replaced, if it was created by a replacement.
     pub replaces: Option<ConnectionId>,
+    /// A runtime reported that the provider rejected the current credential
+    /// (cleared by a rotation; a revocation ends the question).
+    pub needs_attention: bool,
 }
 
 /// An agent's binding to a connection for this service.
@@ -87,6 +90,7 @@ impl OwnerService {
                         skill: skill.clone(),
                         status: ConnectionStatus::Active,
                         replaces: *replaces,
+                        needs_attention: false,
                     },
                 );
             }
@@ -102,6 +106,14 @@ impl OwnerService {
                 if let Some(connection) = self.connections.get_mut(connection_id) {
                     connection.credential_version = *credential_version;
                     connection.credential_kind = *credential_kind;
+                    connection.needs_attention = false;
+                }
+            }
+            Event::CredentialRejected { connection_id, credential_version, .. } => {
+                if let Some(connection) = self.connections.get_mut(connection_id) {
+                    if connection.credential_version == *credential_version {
+                        connection.needs_attention = true;
+                    }
                 }
             }
             Event::DefaultSet { connection_id, .. } => self.default = Some(*connection_id),
@@ -116,6 +128,7 @@ impl OwnerService {
                         affected_agents: affected_agents.clone(),
                         replaced_by: *replaced_by,
                     };
+                    connection.needs_attention = false;
                 }
             }
         }

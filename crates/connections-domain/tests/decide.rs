@@ -305,3 +305,44 @@ fn replacing_a_revoked_foreign_or_unknown_connection_is_refused_like_revoking() 
     let (taken, _) = given_when(history, "alice", replace(1, 2));
     assert_eq!(taken, Err(DomainError::AlreadyExists(conn(2))));
 }
+
+fn report(n: u128, version: u32) -> Command {
+    Command::ReportRejected {
+        connection_id: conn(n),
+        agent_id: agent("a1"),
+        credential_version: version,
+        status: Some(401),
+        detail: None,
+    }
+}
+
+#[test]
+fn a_rejection_is_recorded_once_per_version_and_cleared_by_rotation_or_revocation() {
+    let (first, state) = given_when(vec![create(1, Some("a1"))], "alice", report(1, 1));
+    assert!(matches!(first.as_deref(), Ok([Event::CredentialRejected { credential_version: 1, .. }])));
+    assert!(state.connections[&conn(1)].needs_attention);
+    let (again, _) = given_when(vec![create(1, Some("a1")), report(1, 1)], "alice", report(1, 1));
+    assert_eq!(again, Ok(vec![]), "a repeat changes nothing");
+    let rotate = Command::RotateCredential { connection_id: conn(1), credential_kind: CredentialKind::ApiKey };
+    let (_, rotated) = given_when(vec![create(1, Some("a1")), report(1, 1)], "alice", rotate.clone());
+    assert!(!rotated.connections[&conn(1)].needs_attention, "a rotation clears it");
+    let (stale, state) = given_when(vec![create(1, Some("a1")), rotate.clone()], "alice", report(1, 1));
+    assert_eq!(stale, Ok(vec![]), "a report about a version rotated away changes nothing");
+    assert!(!state.connections[&conn(1)].needs_attention);
+    let (current, _) = given_when(vec![create(1, Some("a1")), report(1, 1), rotate], "alice", report(1, 2));
+    assert!(matches!(current.as_deref(), Ok([Event::CredentialRejected { credential_version: 2, .. }])));
+    let (_, revoked) = given_when(
+        vec![create(1, Some("a1")), report(1, 1)],
+        "alice",
+        Command::RevokeConnection { connection_id: conn(1) },
+    );
+    assert!(!revoked.connections[&conn(1)].needs_attention);
+}
+
+#[test]
+fn a_rejection_of_a_foreign_or_revoked_connection_is_refused() {
+    let history = vec![create(1, Some("a1")), create(2, None), Command::RevokeConnection { connection_id: conn(2) }];
+    assert_eq!(given_when(history.clone(), "bob", report(1, 1)).0, Err(DomainError::NotFound));
+    assert_eq!(given_when(history.clone(), "alice", report(9, 1)).0, Err(DomainError::NotFound));
+    assert_eq!(given_when(history, "alice", report(2, 1)).0, Err(DomainError::Revoked(conn(2))));
+}

@@ -33,6 +33,13 @@ fn arb_request() -> impl Strategy<Value = Request> {
         Just(Command::ClearDefault),
         (0u8..4)
             .prop_map(|n| Command::RotateCredential { connection_id: conn(n), credential_kind: CredentialKind::Basic }),
+        (0u8..4, 1u32..3).prop_map(|(n, v)| Command::ReportRejected {
+            connection_id: conn(n),
+            agent_id: AgentId::parse("a1").expect("valid"),
+            credential_version: v,
+            status: None,
+            detail: None,
+        }),
         (0u8..4, 0u8..6).prop_map(|(n, m)| Command::ReplaceConnection {
             connection_id: conn(n),
             new_connection_id: conn(m),
@@ -68,6 +75,12 @@ proptest! {
             // Every binding points at an active connection.
             for (agent, binding) in &state.bindings {
                 prop_assert!(is_active(&state, binding.connection_id), "{} bound to an inactive connection", agent);
+            }
+            // Only an active connection whose current version was reported needs attention.
+            for connection in state.connections.values() {
+                if connection.needs_attention {
+                    prop_assert!(is_active(&state, connection.connection_id));
+                }
             }
             // The default, if any, is an active connection.
             if let Some(default) = state.default {

@@ -258,7 +258,8 @@ async fn publish_notices(
     notices.sort_by_key(|(_, notice)| match notice.kind {
         NoticeKind::Revoked => 0,
         NoticeKind::Rotated => 1,
-        NoticeKind::BindingChanged => 2,
+        NoticeKind::Rejected => 2,
+        NoticeKind::BindingChanged => 3,
     });
     let mut acks = Vec::with_capacity(notices.len());
     for (subject, notice) in notices {

@@ -112,9 +112,15 @@ pub fn statements(envelope: &Envelope) -> Result<Vec<Statement>, StoreError> {
         }
         Event::CredentialRotated { credential_version, credential_kind, .. } => {
             out.push(Statement::new(
-                "UPDATE rm_connections SET credential_version = $3, credential_kind = $4 \
+                "UPDATE rm_connections SET credential_version = $3, credential_kind = $4, needs_attention = false \
                  WHERE owner_id = $1 AND connection_id = $2",
                 vec![owner(), Box::new(id), Box::new(*credential_version as i32), Box::new(credential_kind.as_str())],
+            ));
+        }
+        Event::CredentialRejected { .. } => {
+            out.push(Statement::new(
+                "UPDATE rm_connections SET needs_attention = true WHERE owner_id = $1 AND connection_id = $2",
+                vec![owner(), Box::new(id)],
             ));
         }
         Event::DefaultSet { previous, .. } => {
@@ -146,7 +152,8 @@ pub fn statements(envelope: &Envelope) -> Result<Vec<Statement>, StoreError> {
         }
         Event::ConnectionRevoked { .. } => {
             out.push(Statement::new(
-                "UPDATE rm_connections SET status = 'revoked' WHERE owner_id = $1 AND connection_id = $2",
+                "UPDATE rm_connections SET status = 'revoked', needs_attention = false \
+                 WHERE owner_id = $1 AND connection_id = $2",
                 vec![owner(), Box::new(id)],
             ));
             out.push(Statement::new(

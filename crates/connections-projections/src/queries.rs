@@ -23,6 +23,9 @@ pub struct ServiceCard {
     pub default_connection_id: Option<Uuid>,
     /// Agents using any of its connections.
     pub agent_count: i32,
+    /// Active connections whose credential a provider rejected (reported by
+    /// a runtime) and that the owner has not rotated, replaced or revoked.
+    pub needs_attention: i64,
 }
 
 /// One connection in the list.
@@ -44,6 +47,9 @@ pub struct ConnectionSummary {
     pub status: String,
     /// Whether it is the default for its service.
     pub is_default: bool,
+    /// Whether a runtime reported that the provider rejected its current
+    /// credential (until it is rotated, replaced or revoked).
+    pub needs_attention: bool,
     /// Agents using it.
     pub agent_count: i32,
     /// When it was created.
@@ -109,8 +115,11 @@ pub async fn services(database: &Database, owner: &str) -> Result<Vec<ServiceCar
     let transaction = scoped(&mut client, owner).await?;
     let rows = transaction
         .query(
-            "SELECT service, active_connections, default_connection_id, agent_count FROM rm_services \
-             WHERE owner_id = $1 AND (active_connections > 0 OR agent_count > 0) ORDER BY service",
+            "SELECT s.service, s.active_connections, s.default_connection_id, s.agent_count, \
+                    (SELECT count(*) FROM rm_connections c WHERE c.owner_id = s.owner_id AND c.service = s.service \
+                       AND c.status = 'active' AND c.needs_attention) \
+             FROM rm_services s \
+             WHERE s.owner_id = $1 AND (s.active_connections > 0 OR s.agent_count > 0) ORDER BY s.service",
             &[&owner],
         )
         .await?;
@@ -121,6 +130,7 @@ pub async fn services(database: &Database, owner: &str) -> Result<Vec<ServiceCar
             active_connections: row.get(1),
             default_connection_id: row.get(2),
             agent_count: row.get(3),
+            needs_attention: row.get(4),
         })
         .collect())
 }
@@ -145,7 +155,7 @@ pub async fn connections(
     let rows = transaction
         .query(
             "SELECT connection_id, service, name, skill, credential_kind, credential_version, status, is_default, \
-                    agent_count, created_at, last_changed_at FROM rm_connections \
+                    agent_count, created_at, last_changed_at, needs_attention FROM rm_connections \
              WHERE owner_id = $1 AND ($2::text IS NULL OR service = $2) AND ($3::text IS NULL OR status = $3) \
                AND ($4::uuid IS NULL OR connection_id > $4) \
              ORDER BY connection_id LIMIT $5",
@@ -168,6 +178,7 @@ fn summary(row: &Row) -> ConnectionSummary {
         agent_count: row.get(8),
         created_at: row.get(9),
         last_changed_at: row.get(10),
+        needs_attention: row.get(11),
     }
 }
 
@@ -182,7 +193,7 @@ pub async fn connection_usage(
     let Some(row) = transaction
         .query_opt(
             "SELECT connection_id, service, name, skill, credential_kind, credential_version, status, is_default, \
-                    agent_count, created_at, last_changed_at FROM rm_connections \
+                    agent_count, created_at, last_changed_at, needs_attention FROM rm_connections \
              WHERE owner_id = $1 AND connection_id = $2",
             &[&owner, &connection_id],
         )

@@ -45,6 +45,7 @@ struct ConnectionRow {
     credential_version: i32,
     status: &'static str,
     is_default: bool,
+    needs_attention: bool,
     agent_count: i32,
     created_at: Option<DateTime<Utc>>,
     last_changed_at: Option<DateTime<Utc>>,
@@ -121,6 +122,12 @@ impl Model {
                 if let Some(row) = self.connections.get_mut(&key) {
                     row.credential_version = *credential_version as i32;
                     row.credential_kind = credential_kind.as_str().to_owned();
+                    row.needs_attention = false;
+                }
+            }
+            Event::CredentialRejected { .. } => {
+                if let Some(row) = self.connections.get_mut(&key) {
+                    row.needs_attention = true;
                 }
             }
             Event::DefaultSet { previous, .. } => {
@@ -149,6 +156,7 @@ impl Model {
             Event::ConnectionRevoked { .. } => {
                 if let Some(row) = self.connections.get_mut(&key) {
                     row.status = "revoked";
+                    row.needs_attention = false;
                 }
                 if let Some(row) = self.services.get_mut(&service_key) {
                     row.active_connections -= 1;
@@ -266,6 +274,7 @@ async fn write(transaction: &deadpool_postgres::Transaction<'_>, model: &Model) 
             Some(&r.credential_version.to_string()),
             Some(r.status),
             Some(if r.is_default { "t" } else { "f" }),
+            Some(if r.needs_attention { "t" } else { "f" }),
             Some(&r.agent_count.to_string()),
             Some(&r.created_at.unwrap_or_default().to_rfc3339()),
             Some(&r.last_changed_at.unwrap_or_default().to_rfc3339()),
@@ -275,7 +284,8 @@ async fn write(transaction: &deadpool_postgres::Transaction<'_>, model: &Model) 
     rows.copy(
         transaction,
         "COPY rm_connections_rebuild (owner_id, connection_id, service, name, skill, credential_kind, \
-         credential_version, status, is_default, agent_count, created_at, last_changed_at, last_position) FROM STDIN",
+         credential_version, status, is_default, needs_attention, agent_count, created_at, last_changed_at, \
+         last_position) FROM STDIN",
     )
     .await?;
     for ((owner, service), r) in &model.services {

@@ -56,12 +56,16 @@ pub struct ConnectionFacts {
     pub fingerprints: Vec<Vec<u8>>,
     /// Its last hand-out to an agent, if any.
     pub last_handout: Option<DateTime<Utc>>,
+    /// Whether a runtime reported that the provider rejected its credential.
+    pub needs_attention: bool,
 }
 
 /// The kinds of finding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FindingKind {
+    /// A runtime reported that the provider rejected the credential.
+    Rejected,
     /// The OAuth access token has expired.
     Expired,
     /// The OAuth access token expires soon.
@@ -122,6 +126,14 @@ pub fn findings(facts: &[ConnectionFacts], thresholds: &Thresholds, now: DateTim
                 related,
             })
         };
+        if c.needs_attention {
+            add(
+                FindingKind::Rejected,
+                "an agent reported that the provider rejected its credential".to_owned(),
+                "replace it with a new credential (or rotate it); revoke it if it is no longer needed",
+                vec![],
+            );
+        }
         if let Some(expires_at) = c.expires_at {
             if expires_at <= now {
                 add(
@@ -234,7 +246,7 @@ pub async fn review(database: &Database, owner: &str, thresholds: &Thresholds) -
                     h.sealed_at, h.expires_at, coalesce(h.fingerprints, '{}'), \
                     (SELECT a.accessed_at FROM access_log a WHERE a.connection_id = c.connection_id \
                      ORDER BY a.access_id DESC LIMIT 1), \
-                    statement_timestamp() \
+                    statement_timestamp(), c.needs_attention \
              FROM rm_connections c LEFT JOIN credential_hygiene h ON h.connection_id = c.connection_id \
              WHERE c.owner_id = $1 AND c.status = 'active' ORDER BY c.service, c.created_at",
             &[&owner],
@@ -258,6 +270,7 @@ pub async fn review(database: &Database, owner: &str, thresholds: &Thresholds) -
             expires_at: row.get(7),
             fingerprints: row.get(8),
             last_handout: row.get(9),
+            needs_attention: row.get(11),
         })
         .collect();
     Ok(Review {
@@ -288,6 +301,7 @@ mod tests {
             expires_at: None,
             fingerprints: vec![vec![n as u8; 32]],
             last_handout: Some(at(0, now)),
+            needs_attention: false,
         }
     }
 
@@ -317,6 +331,7 @@ mod tests {
         let expired = ConnectionFacts { expires_at: Some(now - Duration::minutes(5)), ..fresh(10, now) };
         let expiring = ConnectionFacts { expires_at: Some(now + Duration::hours(23)), ..fresh(11, now) };
         let later = ConnectionFacts { expires_at: Some(now + Duration::hours(25)), ..fresh(12, now) };
+        let rejected = ConnectionFacts { needs_attention: true, ..fresh(13, now) };
         let facts = [
             unbound,
             unbound_default,
@@ -330,6 +345,7 @@ mod tests {
             expired,
             expiring,
             later,
+            rejected,
         ];
         let mut got = kinds(&findings(&facts, &t, now));
         got.sort();
@@ -344,12 +360,13 @@ mod tests {
                 (9, FindingKind::Old),
                 (10, FindingKind::Expired),
                 (11, FindingKind::Expiring),
+                (13, FindingKind::Rejected),
             ]
         );
         let strict = Thresholds { unused_days: 1, max_agents: 0, old_days: 365, expiring_hours: 48 };
         let got = kinds(&findings(&facts[..1], &strict, now));
         assert_eq!(got, vec![(1, FindingKind::Unused)], "agent count 0 is not more than 0");
-        let got = kinds(&findings(&facts[11..], &strict, now));
+        let got = kinds(&findings(&facts[11..12], &strict, now));
         assert!(got.contains(&(12, FindingKind::Expiring)) && got.contains(&(12, FindingKind::Shared)), "{got:?}");
     }
 

@@ -50,6 +50,29 @@ impl Access<'_> {
     }
 }
 
+impl Access<'_> {
+    /// The latest credential version of `connection_id` handed to `agent`
+    /// acting for `owner`, or `None` if it was never handed one. Read from
+    /// the connection's newest records backwards (the agent's last hand-out
+    /// is usually recent).
+    pub async fn last_version_handed(
+        client: &impl GenericClient,
+        connection_id: ConnectionId,
+        owner: &OwnerId,
+        agent: &AgentId,
+    ) -> Result<Option<u32>, StoreError> {
+        let statement = client
+            .prepare_cached(
+                "SELECT credential_version FROM access_log WHERE connection_id = $1 AND agent_id = $2 \
+                 AND owner_id = $3 ORDER BY access_id DESC LIMIT 1",
+            )
+            .await?;
+        let row = client.query_opt(&statement, &[&connection_id.as_uuid(), &agent.as_str(), &owner.as_str()]).await?;
+        row.map(|row| u32::try_from(row.get::<_, i32>(0)).map_err(|_| StoreError::Corrupt("credential version".into())))
+            .transpose()
+    }
+}
+
 /// The advisory lock key of a connection's access chain: its id's first
 /// eight bytes (a collision only serializes two chains, harmlessly).
 fn chain_lock_key(connection_id: uuid::Uuid) -> i64 {

@@ -7,7 +7,7 @@
 
 use connections_domain::{
     AgentId, BindingSource, ConnectionId, ConnectionName, CredentialKind, DefaultClearReason, Event, OwnerId,
-    ServiceName, SkillName, UnbindReason,
+    ProblemDetail, ServiceName, SkillName, UnbindReason,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -27,6 +27,7 @@ pub const EVENT_TYPES: &[(&str, i32)] = &[
     ("agent_assigned", 1),
     ("agent_unassigned", 1),
     ("credential_rotated", 1),
+    ("credential_rejected", 1),
     ("default_set", 1),
     ("default_cleared", 1),
     ("connection_revoked", 1),
@@ -87,6 +88,16 @@ struct CredentialRotatedV1 {
     connection_id: ConnectionId,
     credential_version: u32,
     credential_kind: CredentialKind,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CredentialRejectedV1 {
+    connection_id: ConnectionId,
+    agent_id: AgentId,
+    credential_version: u32,
+    status: Option<u16>,
+    detail: Option<ProblemDetail>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -187,6 +198,17 @@ pub fn encode(event: &Event) -> (&'static str, i32, Value) {
                 credential_kind: *credential_kind,
             })),
         ),
+        Event::CredentialRejected { connection_id, agent_id, credential_version, status, detail } => (
+            "credential_rejected",
+            1,
+            to_value(serde_json::to_value(CredentialRejectedV1 {
+                connection_id: *connection_id,
+                agent_id: agent_id.clone(),
+                credential_version: *credential_version,
+                status: *status,
+                detail: detail.clone(),
+            })),
+        ),
         Event::DefaultSet { connection_id, previous } => (
             "default_set",
             1,
@@ -272,6 +294,16 @@ pub fn decode(event_type: &str, schema_version: i32, data: &Value) -> Result<Eve
                 connection_id: d.connection_id,
                 credential_version: d.credential_version,
                 credential_kind: d.credential_kind,
+            }
+        }
+        ("credential_rejected", 1) => {
+            let d: CredentialRejectedV1 = parse(event_type, data)?;
+            Event::CredentialRejected {
+                connection_id: d.connection_id,
+                agent_id: d.agent_id,
+                credential_version: d.credential_version,
+                status: d.status,
+                detail: d.detail,
             }
         }
         ("default_set", 1) => {

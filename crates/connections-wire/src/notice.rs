@@ -17,6 +17,10 @@ pub enum NoticeKind {
     Rotated,
     /// The agent's binding for a service changed: resolve again.
     BindingChanged,
+    /// A runtime reported that the provider rejected the connection's
+    /// current credential: stop retrying it; resolving it still works until
+    /// the owner rotates, replaces or revokes it.
+    Rejected,
 }
 
 /// One notice.
@@ -36,7 +40,8 @@ pub struct Notice {
     pub service: String,
     /// The connection concerned.
     pub connection_id: String,
-    /// For rotations: the new credential version.
+    /// For rotations: the new credential version; for rejections: the
+    /// version rejected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential_version: Option<u64>,
     /// For binding changes: the agent.
@@ -57,6 +62,7 @@ impl Notice {
         let (kind, subject) = match envelope.event_type.as_str() {
             "connection_revoked" => (NoticeKind::Revoked, names.connection_notices(&envelope.owner, &connection_id)),
             "credential_rotated" => (NoticeKind::Rotated, names.connection_notices(&envelope.owner, &connection_id)),
+            "credential_rejected" => (NoticeKind::Rejected, names.connection_notices(&envelope.owner, &connection_id)),
             "agent_assigned" | "agent_unassigned" => {
                 (NoticeKind::BindingChanged, names.agent_notices(&envelope.owner, agent_id.as_deref()?))
             }

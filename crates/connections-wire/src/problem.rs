@@ -8,6 +8,8 @@ pub const TYPE_PREFIX: &str = "urn:connections:problem:";
 pub const AUTHORIZATION_REQUIRED: &str = "authorization-required";
 /// The connection is revoked (409).
 pub const CONNECTION_REVOKED: &str = "connection-revoked";
+/// A runtime reported problems with one connection too often (429).
+pub const TOO_MANY_REPORTS: &str = "too-many-reports";
 /// No usable bearer token (401).
 pub const UNAUTHORIZED: &str = "unauthorized";
 /// The database (or a read model) is not available yet; retry (503).

@@ -36,6 +36,9 @@ pub struct Config {
     pub read_pool_size: usize,
     /// `CONNECTIONS_STREAMS_PER_USER`, default 16: open change streams per user.
     pub streams_per_user: usize,
+    /// `CONNECTIONS_REPORTS_PER_MINUTE`, default 6: problem reports per
+    /// connection and agent per minute (per instance).
+    pub reports_per_minute: u32,
     /// `CONNECTIONS_IDEMPOTENCY_TTL_SECS`, default 86400: how long an
     /// `Idempotency-Key`'s answer is replayed (records are deleted after).
     pub idempotency_ttl: std::time::Duration,
@@ -80,6 +83,11 @@ impl Config {
                 .ok()
                 .filter(|n| *n >= 1)
                 .context("CONNECTIONS_STREAMS_PER_USER must be a positive number")?,
+            reports_per_minute: env_or("CONNECTIONS_REPORTS_PER_MINUTE", "6")
+                .parse()
+                .ok()
+                .filter(|n| *n >= 1)
+                .context("CONNECTIONS_REPORTS_PER_MINUTE must be a positive number")?,
             idempotency_ttl: std::time::Duration::from_secs(
                 env_or("CONNECTIONS_IDEMPOTENCY_TTL_SECS", "86400")
                     .parse::<u64>()

@@ -77,10 +77,7 @@ async fn main() -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CONNECTIONS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
         .add_directive("tokio_postgres::query=info".parse().expect("a valid directive"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let cli = Cli::parse();
     match cli.command {
         CliCommand::Serve => serve::run(config::Config::from_env()?).await,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use axum::serve::ListenerExt;
 use connections_api::runtime_nats::RuntimeNats;
-use connections_api::{router, AppState, Settings, StreamLimit};
+use connections_api::{router, AppState, ReportLimit, Settings, StreamLimit};
 use connections_fanout::nats::NatsAccess;
 use connections_fanout::relay::{self, RelayConfig};
 use connections_fanout::Signals;
@@ -53,6 +53,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         settings: Arc::new(Settings {
             idempotency_ttl: config.idempotency_ttl,
             streams: StreamLimit::new(config.streams_per_user),
+            reports: ReportLimit::new(config.reports_per_minute),
         }),
     };
     connections_store::ensure_database(&config.database_url).await?;

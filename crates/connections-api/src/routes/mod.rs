@@ -5,6 +5,7 @@ mod connections;
 pub mod dashboard;
 mod health;
 mod history;
+mod problems;
 mod resolve;
 mod review;
 mod runtime;
@@ -41,6 +42,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/v1/connections/{id}/agents/{agent_id}"),
     ("PUT", "/v1/connections/{id}/credential"),
     ("POST", "/v1/connections/{id}/replace"),
+    ("POST", "/v1/connections/{id}/problems"),
     ("PUT", "/v1/services/{service}/default"),
     ("DELETE", "/v1/services/{service}/default"),
 ];
@@ -61,6 +63,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/connections/{id}/agents/{agent_id}", delete(connections::unassign))
         .route("/v1/connections/{id}/credential", put(connections::rotate))
         .route("/v1/connections/{id}/replace", post(connections::replace))
+        .route("/v1/connections/{id}/problems", post(problems::report))
         .route("/v1/connections/{id}/history", get(history::connection_history))
         .route("/v1/services/{service}/default", put(services::set_default).delete(services::clear_default))
         .fallback(|| async { ApiError::NoRoute })

@@ -27,6 +27,7 @@ pub async fn resolve_credential(
         "credential_version": resolution.credential_version,
         "credential": resolution.credential.expose_json(),
         "via": resolution.via,
+        "needs_attention": resolution.needs_attention,
         "lease_seconds": LEASE_SECONDS,
         "position": resolution.position,
     }))

@@ -8,6 +8,7 @@ mod concurrency;
 mod idempotency;
 mod isolation;
 mod openapi;
+mod problems;
 mod read_api;
 mod replace;
 mod resolve;

@@ -147,6 +147,21 @@ async fn answers_match_their_documented_schemas() {
     check("put", "/v1/connections/{id}/credential", &rotated);
     let resolved = app.resolve("agent-1", "alice", "github").await;
     check("post", "/v1/resolve", &resolved);
+    let report = |agent: &str, body: serde_json::Value| {
+        let request = axum::http::Request::builder()
+            .method(Method::POST)
+            .uri(by_id("/problems"))
+            .header("authorization", format!("Bearer {}", app.agent_token(agent, "alice")))
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(body.to_string()))
+            .expect("request");
+        app.raw(request)
+    };
+    let reported = report("agent-1", serde_json::json!({"kind": "rejected", "status": 403})).await;
+    assert_eq!(reported.status.as_u16(), 200, "{}", reported.body);
+    check("post", "/v1/connections/{id}/problems", &reported);
+    check("post", "/v1/connections/{id}/problems", &report("agent-9", serde_json::json!({"kind": "rejected"})).await);
+    check("post", "/v1/connections/{id}/problems", &report("agent-1", serde_json::json!({"kind": "x"})).await);
     let latest = rotated.body["position"].as_i64().unwrap_or(position);
     for (path, template) in [
         (format!("/v1/services?min_position={latest}"), "/v1/services"),

@@ -177,7 +177,7 @@ async fn bad_query_parameters_are_refused_naming_the_parameter() {
 }
 
 /// Reads up to `count` SSE events as (id, event, data) within `limit`.
-async fn sse_events(
+pub(crate) async fn sse_events(
     app: &TestApp,
     user: &str,
     last_event_id: Option<&str>,

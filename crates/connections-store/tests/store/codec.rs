@@ -45,6 +45,13 @@ fn events_of_every_type() -> Vec<Event> {
         Command::SetDefault { connection_id: c2 },
         Command::ResolveForAgent { agent_id: AgentId::parse("agent-3").expect("valid") },
         Command::RevokeConnection { connection_id: c2 },
+        Command::ReportRejected {
+            connection_id: c1,
+            agent_id: AgentId::parse("agent-1").expect("valid"),
+            credential_version: 2,
+            status: Some(401),
+            detail: Some(ProblemDetail::parse("invalid_token ✓").expect("valid")),
+        },
         Command::SetDefault { connection_id: c1 },
         Command::ReplaceConnection {
             connection_id: c1,
