@@ -1,7 +1,8 @@
 -- A runtime can report that the provider rejected a connection's
 -- credential (credential_rejected); the connection then needs the owner's
 -- attention until it is rotated, replaced or revoked. The live table gets
--- the column; rebuilds create it with their tables.
+-- the column (last, where rebuilt tables have it too); rebuilds create it
+-- with their tables.
 ALTER TABLE rm_connections ADD COLUMN needs_attention boolean NOT NULL DEFAULT false;
 
 CREATE OR REPLACE FUNCTION create_dashboard_tables(suffix text, with_keys boolean) RETURNS void LANGUAGE plpgsql AS $$
@@ -19,11 +20,11 @@ BEGIN
             credential_version integer NOT NULL,
             status             text NOT NULL,
             is_default         boolean NOT NULL DEFAULT false,
-            needs_attention    boolean NOT NULL DEFAULT false,
             agent_count        integer NOT NULL DEFAULT 0,
             created_at         timestamptz NOT NULL,
             last_changed_at    timestamptz NOT NULL,
-            last_position      bigint NOT NULL
+            last_position      bigint NOT NULL,
+            needs_attention    boolean NOT NULL DEFAULT false
             )$f$, suffix);
     EXECUTE format($f$
         CREATE TABLE rm_services%1$s (

@@ -30,8 +30,8 @@ async fn cards_list_and_usage_reflect_commands_with_read_your_writes() {
     assert_eq!(
         cards.body["services"],
         json!([
-            {"service": "github", "active_connections": 2, "default_connection_id": second, "agent_count": 1},
-            {"service": "slack", "active_connections": 1, "default_connection_id": null, "agent_count": 1},
+            {"service": "github", "active_connections": 2, "default_connection_id": second, "agent_count": 1, "needs_attention": 0},
+            {"service": "slack", "active_connections": 1, "default_connection_id": null, "agent_count": 1, "needs_attention": 0},
         ])
     );
     let active = app.send(Method::GET, format!("/v1/connections?min_position={position}"), Some("alice"), None).await;
