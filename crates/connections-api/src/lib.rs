@@ -10,6 +10,7 @@ pub mod auth;
 pub mod body;
 pub mod commands;
 pub mod problem;
+pub mod providers;
 pub mod resolution;
 pub mod routes;
 pub mod runtime_nats;

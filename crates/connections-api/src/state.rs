@@ -10,6 +10,7 @@ use connections_store::Database;
 
 use crate::auth::Authenticator;
 use crate::problem::ApiError;
+use crate::providers::Providers;
 use crate::runtime_nats::RuntimeNats;
 
 /// The application state: the database pools, the master key, the token
@@ -33,7 +34,7 @@ pub struct AppState {
     pub settings: Arc<Settings>,
 }
 
-/// Limits and lifetimes, with their defaults.
+/// Limits, lifetimes and configured providers, with their defaults.
 #[derive(Debug)]
 pub struct Settings {
     /// How long idempotency records are replayed (`CONNECTIONS_IDEMPOTENCY_TTL_SECS`, 24 h).
@@ -43,6 +44,8 @@ pub struct Settings {
     /// Problem reports per connection and agent per minute
     /// (`CONNECTIONS_REPORTS_PER_MINUTE`, 6).
     pub reports: ReportLimit,
+    /// The OAuth 2.0 providers (`CONNECTIONS_PROVIDERS_FILE`; none by default).
+    pub providers: Providers,
 }
 
 impl Default for Settings {
@@ -51,6 +54,7 @@ impl Default for Settings {
             idempotency_ttl: Duration::from_secs(86_400),
             streams: StreamLimit::new(16),
             reports: ReportLimit::new(6),
+            providers: Providers::none(),
         }
     }
 }

@@ -39,6 +39,8 @@ pub struct Config {
     /// `CONNECTIONS_REPORTS_PER_MINUTE`, default 6: problem reports per
     /// connection and agent per minute (per instance).
     pub reports_per_minute: u32,
+    /// `CONNECTIONS_PROVIDERS_FILE`: the OAuth 2.0 providers (none when unset).
+    pub providers_file: Option<std::path::PathBuf>,
     /// `CONNECTIONS_IDEMPOTENCY_TTL_SECS`, default 86400: how long an
     /// `Idempotency-Key`'s answer is replayed (records are deleted after).
     pub idempotency_ttl: std::time::Duration,
@@ -88,6 +90,7 @@ impl Config {
                 .ok()
                 .filter(|n| *n >= 1)
                 .context("CONNECTIONS_REPORTS_PER_MINUTE must be a positive number")?,
+            providers_file: std::env::var_os("CONNECTIONS_PROVIDERS_FILE").map(std::path::PathBuf::from),
             idempotency_ttl: std::time::Duration::from_secs(
                 env_or("CONNECTIONS_IDEMPOTENCY_TTL_SECS", "86400")
                     .parse::<u64>()

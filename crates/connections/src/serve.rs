@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use axum::serve::ListenerExt;
+use connections_api::providers::Providers;
 use connections_api::runtime_nats::RuntimeNats;
 use connections_api::{router, AppState, ReportLimit, Settings, StreamLimit};
 use connections_fanout::nats::NatsAccess;
@@ -43,6 +45,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let database = connections_store::connect_pool(&config.database_url, config.pool_size)?;
     let reads = connections_store::connect_pool(&config.database_url, config.read_pool_size)?;
     let background = connections_store::connect_pool(&config.database_url, 4)?;
+    let providers = match &config.providers_file {
+        Some(path) => {
+            Providers::load(path).with_context(|| format!("CONNECTIONS_PROVIDERS_FILE {}", path.display()))?
+        }
+        None => Providers::none(),
+    };
     let state = AppState {
         database: database.clone(),
         reads,
@@ -54,6 +62,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             idempotency_ttl: config.idempotency_ttl,
             streams: StreamLimit::new(config.streams_per_user),
             reports: ReportLimit::new(config.reports_per_minute),
+            providers,
         }),
     };
     connections_store::ensure_database(&config.database_url).await?;

@@ -6,6 +6,7 @@ pub mod dashboard;
 mod health;
 mod history;
 mod problems;
+mod providers;
 mod resolve;
 mod review;
 mod runtime;
@@ -32,6 +33,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/stream"),
     ("GET", "/v1/services"),
     ("GET", "/v1/review"),
+    ("GET", "/v1/providers"),
     ("GET", "/v1/connections"),
     ("POST", "/v1/connections"),
     ("GET", "/v1/connections/{id}"),
@@ -57,6 +59,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/stream", get(dashboard::stream))
         .route("/v1/services", get(dashboard::services))
         .route("/v1/review", get(review::review))
+        .route("/v1/providers", get(providers::list))
         .route("/v1/connections", get(dashboard::list).post(connections::create))
         .route("/v1/connections/{id}", get(connections::show).delete(connections::revoke))
         .route("/v1/connections/{id}/agents", get(dashboard::agents).post(connections::assign))

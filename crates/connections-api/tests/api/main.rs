@@ -9,6 +9,7 @@ mod idempotency;
 mod isolation;
 mod openapi;
 mod problems;
+mod providers;
 mod read_api;
 mod replace;
 mod resolve;
@@ -207,6 +208,19 @@ impl TestApp {
             fanout.signals.clone(),
             fanout.stop.subscribe(),
         )));
+    }
+
+    /// Serves the same database with other settings (e.g. providers).
+    pub(crate) fn use_settings(&mut self, settings: connections_api::Settings) {
+        self.router = router(AppState {
+            database: self.db.database.clone(),
+            reads: self.db.database.clone(),
+            master_key: self.master_key.clone(),
+            authenticator: Arc::new(Authenticator::hs256(&self.secret).expect("valid secret")),
+            signals: connections_fanout::Signals::new(),
+            runtime_nats: runtime_nats(),
+            settings: Arc::new(settings),
+        });
     }
 
     pub(crate) fn token(&self, user: &str) -> String {

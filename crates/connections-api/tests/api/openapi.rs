@@ -170,6 +170,7 @@ async fn answers_match_their_documented_schemas() {
         (by_id(&format!("/agents?min_position={latest}")), "/v1/connections/{id}/agents"),
         (by_id("/history?limit=2"), "/v1/connections/{id}/history"),
         ("/v1/status".to_owned(), "/v1/status"),
+        ("/v1/providers".to_owned(), "/v1/providers"),
         (format!("/v1/review?max_agents=1&min_position={latest}"), "/v1/review"),
         ("/health".to_owned(), "/health"),
     ] {
