@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod body;
 pub mod commands;
+pub mod oauth;
 pub mod problem;
 pub mod providers;
 pub mod resolution;

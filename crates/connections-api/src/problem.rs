@@ -27,6 +27,9 @@ pub enum ApiError {
     /// Absent or not the caller's: deliberately the same answer.
     #[error("not found")]
     NotFound,
+    /// No OAuth 2.0 provider is configured for the service.
+    #[error("no OAuth provider is configured for this service; create the connection with a credential instead")]
+    NoProvider,
     /// No such route.
     #[error("no such route")]
     NoRoute,
@@ -84,6 +87,7 @@ impl ApiError {
             ApiError::MalformedJson => (StatusCode::BAD_REQUEST, "malformed-json"),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, problem::UNAUTHORIZED),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not-found"),
+            ApiError::NoProvider => (StatusCode::NOT_FOUND, "no-provider"),
             ApiError::NoRoute => (StatusCode::NOT_FOUND, "no-such-route"),
             ApiError::Revoked => (StatusCode::CONFLICT, problem::CONNECTION_REVOKED),
             ApiError::AlreadyExists => (StatusCode::CONFLICT, "already-exists"),

@@ -139,6 +139,15 @@ pub struct WrappedDataKey {
     pub bytes: Vec<u8>,
 }
 
+/// A fresh random token: 32 bytes from the operating system, base64url
+/// without padding (43 characters), e.g. an OAuth `state`.
+pub fn random_token() -> Result<String, KeyError> {
+    use base64::Engine;
+    let mut bytes = [0u8; 32];
+    getrandom::getrandom(&mut bytes).map_err(|_| KeyError::Random)?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,5 +19,5 @@ mod secret;
 pub use credential::{Credential, CredentialError, MAX_CREDENTIAL_BYTES};
 pub use envelope::{open, seal, SealError, SealedCredential};
 pub use fingerprint::FingerprintKey;
-pub use keys::{DataKey, KeyError, MasterKey, WrappedDataKey};
+pub use keys::{random_token, DataKey, KeyError, MasterKey, WrappedDataKey};
 pub use secret::Secret;

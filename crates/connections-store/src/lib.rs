@@ -19,6 +19,7 @@ mod idempotency;
 mod locator;
 mod log;
 mod migrate;
+mod oauth_state;
 mod seal;
 mod secrets;
 mod transaction;
@@ -34,5 +35,6 @@ pub use log::{
     StreamId, StreamVersion, COLUMNS as EVENT_COLUMNS,
 };
 pub use migrate::migrate;
+pub use oauth_state::{Consumed, PendingFlow};
 pub use secrets::StoredCredential;
 pub use transaction::PipelinedTransaction;

@@ -1,6 +1,9 @@
 //! Test support shared by the crates' integration tests and the end-to-end
 //! suites: every test gets its own database on the real Postgres server.
 
+mod oauth;
+pub use oauth::OauthProvider;
+
 use std::str::FromStr;
 
 use connections_store::{connect_pool, ensure_database, migrate, Database};

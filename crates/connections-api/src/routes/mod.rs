@@ -1,6 +1,7 @@
 //! The router: every route the server mounts, and the fallbacks that keep
 //! even unknown paths answering in problem+json.
 
+mod connect;
 mod connections;
 pub mod dashboard;
 mod health;
@@ -34,6 +35,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/services"),
     ("GET", "/v1/review"),
     ("GET", "/v1/providers"),
+    ("POST", "/v1/connect/{service}"),
+    ("GET", "/v1/oauth/callback"),
     ("GET", "/v1/connections"),
     ("POST", "/v1/connections"),
     ("GET", "/v1/connections/{id}"),
@@ -60,6 +63,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/services", get(dashboard::services))
         .route("/v1/review", get(review::review))
         .route("/v1/providers", get(providers::list))
+        .route("/v1/connect/{service}", post(connect::connect))
+        .route("/v1/oauth/callback", get(connect::callback))
         .route("/v1/connections", get(dashboard::list).post(connections::create))
         .route("/v1/connections/{id}", get(connections::show).delete(connections::revoke))
         .route("/v1/connections/{id}/agents", get(dashboard::agents).post(connections::assign))

@@ -5,6 +5,7 @@ mod auth;
 mod bad_input;
 mod commands;
 mod concurrency;
+mod connect;
 mod idempotency;
 mod isolation;
 mod openapi;

@@ -47,7 +47,7 @@ async fn every_documented_operation_is_mounted_with_that_method() {
 }
 
 /// The document, loaded once.
-fn document() -> serde_json::Value {
+pub(crate) fn document() -> serde_json::Value {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../schemas/openapi.json");
     serde_json::from_str(&std::fs::read_to_string(path).expect("read openapi.json")).expect("openapi.json is JSON")
 }
@@ -56,7 +56,7 @@ fn document() -> serde_json::Value {
 /// status is listed, and its body matches that response's schema (the
 /// document is the root, so `#/components/...` references resolve).
 #[track_caller]
-fn assert_documented(document: &serde_json::Value, method: &str, path: &str, answer: &crate::Answer) {
+pub(crate) fn assert_documented(document: &serde_json::Value, method: &str, path: &str, answer: &crate::Answer) {
     let status = answer.status.as_u16().to_string();
     let response = &document["paths"][path][method]["responses"][&status];
     assert!(
