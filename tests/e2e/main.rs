@@ -5,6 +5,7 @@ mod audit;
 mod cli;
 mod fanout;
 mod nats_security;
+mod oauth;
 mod readme;
 mod review;
 mod secrets;
