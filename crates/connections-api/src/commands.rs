@@ -392,6 +392,7 @@ async fn side_writes(
             Event::AgentAssigned { .. }
             | Event::AgentUnassigned { .. }
             | Event::CredentialRejected { .. }
+            | Event::OauthGranted { .. }
             | Event::DefaultSet { .. }
             | Event::DefaultCleared { .. } => {}
         }

@@ -1,7 +1,7 @@
 //! What a user asks of their connections.
 
 use crate::ids::{
-    AgentId, ConnectionId, ConnectionName, CredentialKind, OwnerId, ProblemDetail, ServiceName, SkillName,
+    AgentId, ConnectionId, ConnectionName, CredentialKind, OwnerId, ProblemDetail, Scope, ServiceName, SkillName,
 };
 
 /// A command together with the user who issued it. Only the owner of the
@@ -33,6 +33,23 @@ pub enum Command {
         agent_id: Option<AgentId>,
         /// The connector skill being configured, kept for audit.
         skill: Option<SkillName>,
+    },
+    /// Create an OAuth 2.0 connection once its provider granted access (the
+    /// callback of a connect): a creation that also records the granted
+    /// scopes, never the tokens.
+    ConnectThroughProvider {
+        /// The new connection's id.
+        connection_id: ConnectionId,
+        /// The service it authenticates to.
+        service: ServiceName,
+        /// Its display name.
+        name: ConnectionName,
+        /// The agent being configured, if any; it is assigned the connection.
+        agent_id: Option<AgentId>,
+        /// The connector skill being configured, kept for audit.
+        skill: Option<SkillName>,
+        /// The scopes the provider granted.
+        scopes: Vec<Scope>,
     },
     /// Bind an agent to a connection, replacing the agent's previous
     /// connection for the same service.
@@ -113,6 +130,9 @@ impl Command {
     /// command can be decided on an empty state and appended after whatever
     /// the stream holds, without reading it. Every other command reads.
     pub fn reads_state(&self) -> bool {
-        !matches!(self, Command::CreateConnection { agent_id: None, .. })
+        !matches!(
+            self,
+            Command::CreateConnection { agent_id: None, .. } | Command::ConnectThroughProvider { agent_id: None, .. }
+        )
     }
 }

@@ -3,7 +3,7 @@
 use crate::command::{Command, Request};
 use crate::error::DomainError;
 use crate::event::{BindingSource, DefaultClearReason, Event, UnbindReason};
-use crate::ids::ConnectionId;
+use crate::ids::{AgentId, ConnectionId, ConnectionName, CredentialKind, OwnerId, Scope, ServiceName, SkillName};
 use crate::state::{Connection, ConnectionStatus, OwnerService};
 
 /// Decides what `request` changes in `state`.
@@ -15,28 +15,13 @@ pub fn decide(state: &OwnerService, request: &Request) -> Result<Vec<Event>, Dom
     let actor = &request.actor;
     match &request.command {
         Command::CreateConnection { connection_id, service, name, credential_kind, agent_id, skill } => {
-            let foreign = state.owner.as_ref().is_some_and(|owner| owner != actor)
-                || state.service.as_ref().is_some_and(|known| known != service);
-            if foreign {
-                return Err(DomainError::NotFound);
-            }
-            if state.connections.contains_key(connection_id) {
-                return Err(DomainError::AlreadyExists(*connection_id));
-            }
-            let mut events = vec![Event::ConnectionCreated {
-                connection_id: *connection_id,
-                owner: actor.clone(),
-                service: service.clone(),
-                name: name.clone(),
-                credential_kind: *credential_kind,
-                agent_id: agent_id.clone(),
-                skill: skill.clone(),
-                replaces: None,
-            }];
-            if let Some(agent_id) = agent_id {
-                events.extend(bind(state, *connection_id, agent_id, BindingSource::Created));
-            }
-            Ok(events)
+            let created = Created { connection_id, service, name, credential_kind, agent_id, skill };
+            create(state, actor, created, None)
+        }
+        Command::ConnectThroughProvider { connection_id, service, name, agent_id, skill, scopes } => {
+            let credential_kind = &CredentialKind::Oauth2;
+            let created = Created { connection_id, service, name, credential_kind, agent_id, skill };
+            create(state, actor, created, Some(scopes))
         }
         Command::AssignToAgent { connection_id, agent_id } => {
             active(state, request, *connection_id)?;
@@ -172,6 +157,51 @@ pub fn decide(state: &OwnerService, request: &Request) -> Result<Vec<Event>, Dom
             }])
         }
     }
+}
+
+/// What a creation names.
+struct Created<'c> {
+    connection_id: &'c ConnectionId,
+    service: &'c ServiceName,
+    name: &'c ConnectionName,
+    credential_kind: &'c CredentialKind,
+    agent_id: &'c Option<AgentId>,
+    skill: &'c Option<SkillName>,
+}
+
+/// A new connection (with the scopes a provider granted, for OAuth), bound
+/// to the agent being configured if any.
+fn create(
+    state: &OwnerService,
+    actor: &OwnerId,
+    c: Created<'_>,
+    granted: Option<&Vec<Scope>>,
+) -> Result<Vec<Event>, DomainError> {
+    let foreign = state.owner.as_ref().is_some_and(|owner| owner != actor)
+        || state.service.as_ref().is_some_and(|known| known != c.service);
+    if foreign {
+        return Err(DomainError::NotFound);
+    }
+    if state.connections.contains_key(c.connection_id) {
+        return Err(DomainError::AlreadyExists(*c.connection_id));
+    }
+    let mut events = vec![Event::ConnectionCreated {
+        connection_id: *c.connection_id,
+        owner: actor.clone(),
+        service: c.service.clone(),
+        name: c.name.clone(),
+        credential_kind: *c.credential_kind,
+        agent_id: c.agent_id.clone(),
+        skill: c.skill.clone(),
+        replaces: None,
+    }];
+    if let Some(scopes) = granted {
+        events.push(Event::OauthGranted { connection_id: *c.connection_id, scopes: scopes.clone() });
+    }
+    if let Some(agent_id) = c.agent_id {
+        events.extend(bind(state, *c.connection_id, agent_id, BindingSource::Created));
+    }
+    Ok(events)
 }
 
 /// The connection, if it exists and the actor owns it; otherwise `NotFound`.

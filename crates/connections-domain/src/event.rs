@@ -3,7 +3,7 @@
 //! `schemas/events/`.
 
 use crate::ids::{
-    AgentId, ConnectionId, ConnectionName, CredentialKind, OwnerId, ProblemDetail, ServiceName, SkillName,
+    AgentId, ConnectionId, ConnectionName, CredentialKind, OwnerId, ProblemDetail, Scope, ServiceName, SkillName,
 };
 
 /// How an agent came to be bound to a connection.
@@ -58,6 +58,14 @@ pub enum Event {
         skill: Option<SkillName>,
         /// The connection this one replaced, when created by a replacement.
         replaces: Option<ConnectionId>,
+    },
+    /// An OAuth 2.0 provider granted a new connection these scopes (its
+    /// tokens are sealed like any credential, never in an event).
+    OauthGranted {
+        /// The connection.
+        connection_id: ConnectionId,
+        /// The granted scopes.
+        scopes: Vec<Scope>,
     },
     /// An agent was bound to a connection.
     AgentAssigned {
@@ -137,6 +145,7 @@ impl Event {
             | Event::AgentUnassigned { connection_id, .. }
             | Event::CredentialRotated { connection_id, .. }
             | Event::CredentialRejected { connection_id, .. }
+            | Event::OauthGranted { connection_id, .. }
             | Event::DefaultSet { connection_id, .. }
             | Event::DefaultCleared { connection_id, .. }
             | Event::ConnectionRevoked { connection_id, .. } => *connection_id,

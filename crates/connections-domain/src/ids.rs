@@ -50,6 +50,10 @@ fn slug_char(c: char) -> bool {
     c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'
 }
 
+fn scope_char(c: char) -> bool {
+    matches!(c, '\x21' | '\x23'..='\x5b' | '\x5d'..='\x7e')
+}
+
 fn printable_char(c: char) -> bool {
     !c.is_control()
 }
@@ -124,6 +128,12 @@ string_newtype!(
     /// characters, no control characters. Never the credential itself (the
     /// server refuses a detail that contains one of its secret values).
     ProblemDetail, max = 200, allowed = "characters other than control characters", ok = printable_char
+);
+
+string_newtype!(
+    /// An OAuth 2.0 scope (RFC 6749 §3.3 scope-token): 1–200 printable
+    /// ASCII characters other than space, `"` and `\\`.
+    Scope, max = 200, allowed = "printable ASCII other than space, '\"' and '\\'", ok = scope_char
 );
 
 /// A connection's id: a UUID (version 7 when minted by the server).

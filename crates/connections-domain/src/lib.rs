@@ -24,6 +24,7 @@ pub use decide::decide;
 pub use error::DomainError;
 pub use event::{BindingSource, DefaultClearReason, Event, UnbindReason};
 pub use ids::{
-    AgentId, ConnectionId, ConnectionName, CredentialKind, IdError, OwnerId, ProblemDetail, ServiceName, SkillName,
+    AgentId, ConnectionId, ConnectionName, CredentialKind, IdError, OwnerId, ProblemDetail, Scope, ServiceName,
+    SkillName,
 };
 pub use state::{Binding, Connection, ConnectionStatus, OwnerService};

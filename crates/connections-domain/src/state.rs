@@ -109,6 +109,7 @@ impl OwnerService {
                     connection.needs_attention = false;
                 }
             }
+            Event::OauthGranted { .. } => {}
             Event::CredentialRejected { connection_id, credential_version, .. } => {
                 if let Some(connection) = self.connections.get_mut(connection_id) {
                     if connection.credential_version == *credential_version {

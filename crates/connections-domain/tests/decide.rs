@@ -346,3 +346,23 @@ fn a_rejection_of_a_foreign_or_revoked_connection_is_refused() {
     assert_eq!(given_when(history.clone(), "alice", report(9, 1)).0, Err(DomainError::NotFound));
     assert_eq!(given_when(history, "alice", report(2, 1)).0, Err(DomainError::Revoked(conn(2))));
 }
+
+#[test]
+fn connecting_through_a_provider_records_the_granted_scopes_and_binds_the_agent() {
+    let scopes = vec![Scope::parse("calendar.read").expect("valid"), Scope::parse("openid").expect("valid")];
+    let command = Command::ConnectThroughProvider {
+        connection_id: conn(1),
+        service: ServiceName::parse("google-calendar").expect("valid"),
+        name: ConnectionName::parse("Calendar").expect("valid"),
+        agent_id: Some(agent("a1")),
+        skill: None,
+        scopes: scopes.clone(),
+    };
+    assert!(command.reads_state(), "binding an agent needs its current binding");
+    let (result, state) = given_when(vec![], "alice", command);
+    let events = result.expect("accepted");
+    assert!(matches!(events[0], Event::ConnectionCreated { credential_kind: CredentialKind::Oauth2, .. }));
+    assert_eq!(events[1], Event::OauthGranted { connection_id: conn(1), scopes });
+    assert_eq!(state.agents_of(conn(1)), vec![agent("a1")]);
+    assert!(Scope::parse("bad scope").is_err() && Scope::parse("a\\b").is_err() && Scope::parse("").is_err());
+}

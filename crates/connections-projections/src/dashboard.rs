@@ -117,6 +117,9 @@ pub fn statements(envelope: &Envelope) -> Result<Vec<Statement>, StoreError> {
                 vec![owner(), Box::new(id), Box::new(*credential_version as i32), Box::new(credential_kind.as_str())],
             ));
         }
+        // The scopes live in the log (and the sealed credential); the
+        // dashboard shows none of them yet.
+        Event::OauthGranted { .. } => {}
         Event::CredentialRejected { .. } => {
             out.push(Statement::new(
                 "UPDATE rm_connections SET needs_attention = true WHERE owner_id = $1 AND connection_id = $2",

@@ -125,6 +125,7 @@ impl Model {
                     row.needs_attention = false;
                 }
             }
+            Event::OauthGranted { .. } => {}
             Event::CredentialRejected { .. } => {
                 if let Some(row) = self.connections.get_mut(&key) {
                     row.needs_attention = true;

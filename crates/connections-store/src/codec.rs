@@ -7,7 +7,7 @@
 
 use connections_domain::{
     AgentId, BindingSource, ConnectionId, ConnectionName, CredentialKind, DefaultClearReason, Event, OwnerId,
-    ProblemDetail, ServiceName, SkillName, UnbindReason,
+    ProblemDetail, Scope, ServiceName, SkillName, UnbindReason,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -28,6 +28,7 @@ pub const EVENT_TYPES: &[(&str, i32)] = &[
     ("agent_unassigned", 1),
     ("credential_rotated", 1),
     ("credential_rejected", 1),
+    ("oauth_granted", 1),
     ("default_set", 1),
     ("default_cleared", 1),
     ("connection_revoked", 1),
@@ -98,6 +99,13 @@ struct CredentialRejectedV1 {
     credential_version: u32,
     status: Option<u16>,
     detail: Option<ProblemDetail>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OauthGrantedV1 {
+    connection_id: ConnectionId,
+    scopes: Vec<Scope>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -209,6 +217,11 @@ pub fn encode(event: &Event) -> (&'static str, i32, Value) {
                 detail: detail.clone(),
             })),
         ),
+        Event::OauthGranted { connection_id, scopes } => (
+            "oauth_granted",
+            1,
+            to_value(serde_json::to_value(OauthGrantedV1 { connection_id: *connection_id, scopes: scopes.clone() })),
+        ),
         Event::DefaultSet { connection_id, previous } => (
             "default_set",
             1,
@@ -305,6 +318,10 @@ pub fn decode(event_type: &str, schema_version: i32, data: &Value) -> Result<Eve
                 status: d.status,
                 detail: d.detail,
             }
+        }
+        ("oauth_granted", 1) => {
+            let d: OauthGrantedV1 = parse(event_type, data)?;
+            Event::OauthGranted { connection_id: d.connection_id, scopes: d.scopes }
         }
         ("default_set", 1) => {
             let d: DefaultSetV1 = parse(event_type, data)?;

@@ -9,7 +9,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
-use connections_domain::{AgentId, Command, ConnectionId, ConnectionName, ServiceName, SkillName};
+use connections_domain::{AgentId, Command, ConnectionId, ConnectionName, Scope, ServiceName, SkillName};
 use connections_sealing::{random_token, Credential};
 use connections_store::{Consumed, PendingFlow, StoreError};
 use serde_json::{json, Value};
@@ -173,6 +173,8 @@ async fn complete(
     let skill = text("skill").map(SkillName::parse).transpose().map_err(|e| internal(&e))?;
     let owner = connections_domain::OwnerId::parse(flow.owner.clone()).map_err(|e| internal(&e))?;
     let expires_at = tokens.expires_in.map(|seconds| Utc::now() + chrono::Duration::seconds(seconds as i64));
+    let granted_scopes =
+        granted.iter().cloned().map(Scope::parse).collect::<Result<Vec<_>, _>>().map_err(|_| Refusal::Garbage)?;
     let credential = Credential::Oauth2 {
         access_token: tokens.access_token,
         refresh_token: tokens.refresh_token,
@@ -183,13 +185,13 @@ async fn complete(
     let input = CommandInput {
         actor: owner,
         target: Target::Service(service.clone()),
-        command: Command::CreateConnection {
+        command: Command::ConnectThroughProvider {
             connection_id,
             service,
             name,
-            credential_kind: connections_domain::CredentialKind::Oauth2,
             agent_id,
             skill,
+            scopes: granted_scopes,
         },
         credential: Some(credential),
         idempotency: None,

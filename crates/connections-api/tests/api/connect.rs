@@ -94,6 +94,18 @@ async fn the_whole_flow_creates_a_connection_the_agent_can_resolve_and_no_token_
         .map(|r| r.get(0))
         .collect();
     let log = events.join("\n");
+    let granted: Vec<Value> = app
+        .db
+        .client()
+        .await
+        .query("SELECT data FROM events WHERE event_type = 'oauth_granted'", &[])
+        .await
+        .expect("events")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(granted.len(), 1);
+    assert_eq!(granted[0]["scopes"], json!(["calendar.read", "openid"]), "the log records the granted scopes");
     assert!(log.contains("calendar-connector"), "the events were read (sanity check): {log}");
     for secret in [access_token.as_str(), refresh_token.as_str(), "client-secret-canary", &param(&query, "code")] {
         assert!(!log.contains(secret), "a secret reached the log");

@@ -45,6 +45,14 @@ fn events_of_every_type() -> Vec<Event> {
         Command::SetDefault { connection_id: c2 },
         Command::ResolveForAgent { agent_id: AgentId::parse("agent-3").expect("valid") },
         Command::RevokeConnection { connection_id: c2 },
+        Command::ConnectThroughProvider {
+            connection_id: ConnectionId::from_uuid(uuid::Uuid::now_v7()),
+            service: ServiceName::parse("google-calendar").expect("valid"),
+            name: ConnectionName::parse("Calendar").expect("valid"),
+            agent_id: None,
+            skill: None,
+            scopes: vec![Scope::parse("https://www.googleapis.com/auth/calendar.readonly").expect("valid")],
+        },
         Command::ReportRejected {
             connection_id: c1,
             agent_id: AgentId::parse("agent-1").expect("valid"),
