@@ -8,13 +8,14 @@
 //   scope <scopes…>     grant only these scopes
 //   expires <seconds>   access tokens live this long
 //   deny                the next authorization redirects with error=access_denied
-// Exits when stdin closes (the test that started it is gone).
+// Exits when stdin closes (the test that started it is gone). Listens on
+// OAUTH_PROVIDER_PORT when set (ops/oauth-demo), else on any free port.
 import { OAuth2Server } from 'oauth2-mock-server';
 import readline from 'node:readline';
 
 const server = new OAuth2Server();
 await server.issuer.keys.generate('RS256');
-await server.start(0, '127.0.0.1');
+await server.start(Number(process.env.OAUTH_PROVIDER_PORT ?? 0), '127.0.0.1');
 let expiresIn = 3600;
 
 server.service.on('beforeResponse', (response) => {
