@@ -56,6 +56,8 @@ pub async fn connect(
 
     let failed = |e: connections_sealing::KeyError| ApiError::Internal(Box::new(e));
     let state = random_token().map_err(failed)?;
+    // One cookie per browser (its path covers this endpoint too), so that
+    // flows started side by side in one browser all complete.
     let browser = match browser_cookie(&headers) {
         Some(existing) => existing,
         None => random_token().map_err(failed)?,
@@ -81,7 +83,7 @@ pub async fn connect(
     .into_response();
     let secure = if redirect_uri.scheme() == "https" { "; Secure" } else { "" };
     let cookie = format!(
-        "{BROWSER_COOKIE}={browser}; Path=/v1/oauth; HttpOnly; SameSite=Lax; Max-Age={}{secure}",
+        "{BROWSER_COOKIE}={browser}; Path=/v1; HttpOnly; SameSite=Lax; Max-Age={}{secure}",
         STATE_TTL.as_secs()
     );
     let headers = response.headers_mut();

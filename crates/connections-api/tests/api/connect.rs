@@ -29,7 +29,7 @@ async fn start(app: &TestApp, body: Value) -> (String, String) {
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
     crate::openapi::assert_documented(&crate::openapi::document(), "post", "/v1/connect/{service}", &answer);
     let cookie = answer.headers["set-cookie"].to_str().expect("ascii").to_owned();
-    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax") && cookie.contains("Path=/v1/oauth"));
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax") && cookie.contains("Path=/v1;"));
     let cookie = cookie.split(';').next().expect("pair").to_owned();
     (answer.body["authorize_url"].as_str().expect("url").to_owned(), cookie)
 }
@@ -220,4 +220,44 @@ async fn bad_connect_requests_are_named_and_store_nothing() {
     let flows: i64 =
         app.db.client().await.query_one("SELECT count(*) FROM oauth_states", &[]).await.expect("count").get(0);
     assert_eq!(flows, 0, "a refused connect starts no flow");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flows_started_side_by_side_in_one_browser_all_complete() {
+    let provider = OauthProvider::start();
+    let app = app_with(&provider, None).await;
+    let (first_url, cookie) = start(&app, json!({"name": "First"})).await;
+    // The browser sends its cookie with the second connect: it is kept.
+    let second = app
+        .raw(
+            Request::builder()
+                .method(Method::POST)
+                .uri("/v1/connect/google-calendar")
+                .header("authorization", format!("Bearer {}", app.token("alice")))
+                .header("content-type", "application/json")
+                .header("cookie", &cookie)
+                .body(Body::from(json!({"name": "Second"}).to_string()))
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(second.status, StatusCode::OK);
+    let again = second.headers["set-cookie"].to_str().expect("ascii").split(';').next().expect("pair").to_owned();
+    assert_eq!(again, cookie, "one cookie per browser");
+    let second_url = second.body["authorize_url"].as_str().expect("url").to_owned();
+    for url in [first_url, second_url] {
+        let query = authorize(&url).await;
+        let (status, page, _) = callback(&app, &query, Some(&cookie)).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+    }
+    let names: Vec<String> = app
+        .db
+        .client()
+        .await
+        .query("SELECT data->>'name' FROM events WHERE event_type = 'connection_created' ORDER BY position", &[])
+        .await
+        .expect("events")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(names, ["First", "Second"]);
 }
