@@ -8,6 +8,7 @@
 //   scope <scopes…>     grant only these scopes
 //   expires <seconds>   access tokens live this long
 //   deny                the next authorization redirects with error=access_denied
+//   refreshes           answers `ok refreshes <n>`: refresh-token grants so far
 // Exits when stdin closes (the test that started it is gone). Listens on
 // OAUTH_PROVIDER_PORT when set (ops/oauth-demo), else on any free port.
 import { OAuth2Server } from 'oauth2-mock-server';
@@ -17,8 +18,12 @@ const server = new OAuth2Server();
 await server.issuer.keys.generate('RS256');
 await server.start(Number(process.env.OAUTH_PROVIDER_PORT ?? 0), '127.0.0.1');
 let expiresIn = 3600;
+let refreshes = 0;
 
-server.service.on('beforeResponse', (response) => {
+server.service.on('beforeResponse', (response, req) => {
+  if (req.body && req.body.grant_type === 'refresh_token') {
+    refreshes += 1;
+  }
   if (response.body && typeof response.body === 'object' && response.body.access_token) {
     response.body.expires_in = expiresIn;
   }
@@ -53,7 +58,7 @@ lines.on('line', (line) => {
   } else if (command === 'expires') {
     expiresIn = Number(args[0]);
   }
-  console.log(`ok ${command}`);
+  console.log(command === 'refreshes' ? `ok refreshes ${refreshes}` : `ok ${command}`);
 });
 lines.on('close', async () => {
   await server.stop();

@@ -371,7 +371,8 @@ async fn side_writes(
                 writes.push(SideWrite::NewConnection(*connection_id, wrapped, sealed));
                 writes.push(SideWrite::Hygiene(hygiene(master_key, location, *connection_id, 1, credential)));
             }
-            Event::CredentialRotated { connection_id, credential_version, .. } => {
+            Event::CredentialRotated { connection_id, credential_version, .. }
+            | Event::CredentialRefreshed { connection_id, credential_version } => {
                 let credential = credential.ok_or_else(|| internal("rotate without a credential"))?;
                 let wrapped = StoredCredential::data_key(transaction, *connection_id)
                     .await?

@@ -12,6 +12,7 @@ pub mod commands;
 pub mod oauth;
 pub mod problem;
 pub mod providers;
+pub mod refresh;
 pub mod resolution;
 pub mod routes;
 pub mod runtime_nats;

@@ -184,9 +184,9 @@ fn http() -> &'static reqwest::Client {
     })
 }
 
-/// Exchanges an authorization code at the token endpoint (client
-/// authentication: HTTP Basic, RFC 6749 §2.3.1). The scopes asked for are
-/// sent along (providers that ignore them answer their grant in `scope`).
+/// Exchanges an authorization code at the token endpoint. The scopes asked
+/// for are sent along (providers that ignore them answer their grant in
+/// `scope`).
 pub async fn exchange(
     provider: &Provider,
     redirect_uri: &Url,
@@ -206,6 +206,25 @@ pub async fn exchange(
     if !scopes.is_empty() {
         form.push(("scope", scopes.join(" ")));
     }
+    token_request(provider, &form).await
+}
+
+/// Uses a refresh token (RFC 6749 §6), asking for the same scopes.
+pub async fn refresh(provider: &Provider, refresh_token: &Secret, scopes: &[String]) -> Result<Tokens, Refusal> {
+    let mut form = vec![
+        ("grant_type", "refresh_token".to_owned()),
+        ("refresh_token", refresh_token.expose().to_owned()),
+        ("client_id", provider.client_id.clone()),
+    ];
+    if !scopes.is_empty() {
+        form.push(("scope", scopes.join(" ")));
+    }
+    token_request(provider, &form).await
+}
+
+/// One request to the token endpoint (client authentication: HTTP Basic,
+/// RFC 6749 §2.3.1).
+async fn token_request(provider: &Provider, form: &[(&str, String)]) -> Result<Tokens, Refusal> {
     let body = form.iter().map(|(k, v)| format!("{k}={}", urlencode(v))).collect::<Vec<_>>().join("&");
     let response = http()
         .post(provider.token_endpoint.clone())
@@ -223,10 +242,10 @@ pub async fn exchange(
     let bytes = response.bytes().await.map_err(|_| Refusal::TokenEndpoint)?;
     let json: Option<Value> = serde_json::from_slice(&bytes).ok();
     if !status.is_success() {
-        tracing::warn!(service = %provider.service, %status, "token endpoint refused the code");
+        tracing::warn!(service = %provider.service, %status, "the token endpoint refused");
         return match json.as_ref().and_then(|v| v["error"].as_str()) {
-            Some(code) => Err(Refusal::TokenRefused(sanitized_code(code))),
-            None => Err(Refusal::TokenEndpoint),
+            Some(code) if status.is_client_error() => Err(Refusal::TokenRefused(sanitized_code(code))),
+            _ => Err(Refusal::TokenEndpoint),
         };
     }
     parse_tokens(&json.ok_or(Refusal::Garbage)?)

@@ -27,6 +27,14 @@ pub enum ApiError {
     /// Absent or not the caller's: deliberately the same answer.
     #[error("not found")]
     NotFound,
+    /// The connection's OAuth access token expired and the provider refused
+    /// to refresh it: the owner must reconnect.
+    #[error("the connection's OAuth tokens expired and the provider refused to refresh them; the owner must reconnect or replace it")]
+    CredentialExpired,
+    /// The connection's OAuth access token expired and the provider could
+    /// not be reached to refresh it; nothing was handed out.
+    #[error("the connection's OAuth tokens expired and could not be refreshed just now; retry")]
+    RefreshUnavailable,
     /// No OAuth 2.0 provider is configured for the service.
     #[error("no OAuth provider is configured for this service; create the connection with a credential instead")]
     NoProvider,
@@ -88,6 +96,8 @@ impl ApiError {
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, problem::UNAUTHORIZED),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not-found"),
             ApiError::NoProvider => (StatusCode::NOT_FOUND, "no-provider"),
+            ApiError::CredentialExpired => (StatusCode::CONFLICT, "credential-expired"),
+            ApiError::RefreshUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "refresh-unavailable"),
             ApiError::NoRoute => (StatusCode::NOT_FOUND, "no-such-route"),
             ApiError::Revoked => (StatusCode::CONFLICT, problem::CONNECTION_REVOKED),
             ApiError::AlreadyExists => (StatusCode::CONFLICT, "already-exists"),

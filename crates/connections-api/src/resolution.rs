@@ -20,6 +20,7 @@ use connections_store::{
 use crate::auth::AuthenticatedAgent;
 use crate::commands::{backoff, fold, MAX_ATTEMPTS};
 use crate::problem::ApiError;
+use crate::refresh;
 use crate::state::AppState;
 
 /// How long a runtime may use a resolved credential without hearing from us:
@@ -50,6 +51,9 @@ pub async fn resolve(
 ) -> Result<Resolution, ApiError> {
     let request_id = uuid::Uuid::now_v7();
     let stream_id = StreamId::owner_service(&agent.owner, service);
+    // At most one refresh per resolve: after it, the answer is whatever the
+    // stream holds (never a token known to have expired).
+    let mut may_refresh = true;
     for attempt in 1..=MAX_ATTEMPTS {
         let transaction = PipelinedTransaction::new(app.database.pool().get().await.map_err(StoreError::from)?);
         // Most resolves only read. One that lost a race to append (binding
@@ -124,6 +128,28 @@ pub async fn resolve(
                 .ok_or_else(|| internal("active connection without its sealed credential"))?;
         let credential = open(&data_key, &sealed, binding.connection_id, &agent.owner, connection.credential_version)
             .map_err(|e| ApiError::Internal(Box::new(e)))?;
+        // OAuth tokens expiring within the margin are refreshed first, with
+        // no transaction open while the provider answers.
+        match refresh::due(app, service, &credential) {
+            Some(expired) if may_refresh => {
+                transaction.rollback().await?;
+                may_refresh = false;
+                let (connection_id, version) = (binding.connection_id, connection.credential_version);
+                match refresh::refresh(app, &agent.owner, &agent.agent, service, connection_id, version, &credential)
+                    .await
+                {
+                    refresh::Outcome::Done => continue,
+                    refresh::Outcome::Transient | refresh::Outcome::Rejected if !expired => continue,
+                    refresh::Outcome::Transient => return Err(ApiError::RefreshUnavailable),
+                    refresh::Outcome::Rejected => return Err(ApiError::CredentialExpired),
+                }
+            }
+            Some(true) => {
+                transaction.rollback().await?;
+                return Err(ApiError::RefreshUnavailable);
+            }
+            _ => {}
+        }
         Access {
             connection_id: binding.connection_id,
             credential_version: connection.credential_version,

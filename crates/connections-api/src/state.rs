@@ -46,6 +46,8 @@ pub struct Settings {
     pub reports: ReportLimit,
     /// The OAuth 2.0 providers (`CONNECTIONS_PROVIDERS_FILE`; none by default).
     pub providers: Providers,
+    /// OAuth refreshes in flight, one per connection.
+    pub refreshes: crate::refresh::RefreshFlights,
 }
 
 impl Default for Settings {
@@ -55,6 +57,7 @@ impl Default for Settings {
             streams: StreamLimit::new(16),
             reports: ReportLimit::new(6),
             providers: Providers::none(),
+            refreshes: Default::default(),
         }
     }
 }

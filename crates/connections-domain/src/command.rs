@@ -112,6 +112,15 @@ pub enum Command {
         /// The runtime's words, if given.
         detail: Option<ProblemDetail>,
     },
+    /// Seal the tokens an OAuth provider issued on refresh as the next
+    /// version, if the connection is still at `from_version` (otherwise
+    /// another refresh or a rotation came first, and nothing changes).
+    RefreshCredential {
+        /// The connection.
+        connection_id: ConnectionId,
+        /// The version whose refresh token was used.
+        from_version: u32,
+    },
     /// Replace a connection's credential with a new version.
     RotateCredential {
         /// The connection whose credential changes.

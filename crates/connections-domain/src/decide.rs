@@ -148,6 +148,13 @@ pub fn decide(state: &OwnerService, request: &Request) -> Result<Vec<Event>, Dom
                 detail: detail.clone(),
             }])
         }
+        Command::RefreshCredential { connection_id, from_version } => {
+            let connection = active(state, request, *connection_id)?;
+            if connection.credential_version != *from_version || connection.credential_kind != CredentialKind::Oauth2 {
+                return Ok(vec![]);
+            }
+            Ok(vec![Event::CredentialRefreshed { connection_id: *connection_id, credential_version: from_version + 1 }])
+        }
         Command::RotateCredential { connection_id, credential_kind } => {
             let connection = active(state, request, *connection_id)?;
             Ok(vec![Event::CredentialRotated {

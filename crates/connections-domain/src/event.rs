@@ -94,6 +94,14 @@ pub enum Event {
         /// The shape of the new credential.
         credential_kind: CredentialKind,
     },
+    /// The connection's OAuth tokens were refreshed at the provider: a new
+    /// sealed version (runtimes holding the old one drop it).
+    CredentialRefreshed {
+        /// The connection.
+        connection_id: ConnectionId,
+        /// The new credential version.
+        credential_version: u32,
+    },
     /// A runtime reported that the provider rejected the connection's
     /// current credential: it needs the owner's attention until it is
     /// rotated, replaced or revoked. Resolving it keeps working.
@@ -146,6 +154,7 @@ impl Event {
             | Event::CredentialRotated { connection_id, .. }
             | Event::CredentialRejected { connection_id, .. }
             | Event::OauthGranted { connection_id, .. }
+            | Event::CredentialRefreshed { connection_id, .. }
             | Event::DefaultSet { connection_id, .. }
             | Event::DefaultCleared { connection_id, .. }
             | Event::ConnectionRevoked { connection_id, .. } => *connection_id,

@@ -110,6 +110,12 @@ impl OwnerService {
                 }
             }
             Event::OauthGranted { .. } => {}
+            Event::CredentialRefreshed { connection_id, credential_version } => {
+                if let Some(connection) = self.connections.get_mut(connection_id) {
+                    connection.credential_version = *credential_version;
+                    connection.needs_attention = false;
+                }
+            }
             Event::CredentialRejected { connection_id, credential_version, .. } => {
                 if let Some(connection) = self.connections.get_mut(connection_id) {
                     if connection.credential_version == *credential_version {

@@ -366,3 +366,29 @@ fn connecting_through_a_provider_records_the_granted_scopes_and_binds_the_agent(
     assert_eq!(state.agents_of(conn(1)), vec![agent("a1")]);
     assert!(Scope::parse("bad scope").is_err() && Scope::parse("a\\b").is_err() && Scope::parse("").is_err());
 }
+
+#[test]
+fn a_refresh_lands_only_on_the_version_whose_refresh_token_was_used() {
+    let oauth = Command::ConnectThroughProvider {
+        connection_id: conn(1),
+        service: ServiceName::parse("google-calendar").expect("valid"),
+        name: ConnectionName::parse("Calendar").expect("valid"),
+        agent_id: None,
+        skill: None,
+        scopes: vec![],
+    };
+    let refresh = |from_version| Command::RefreshCredential { connection_id: conn(1), from_version };
+    let (first, state) = given_when(vec![oauth.clone()], "alice", refresh(1));
+    assert_eq!(first, Ok(vec![Event::CredentialRefreshed { connection_id: conn(1), credential_version: 2 }]));
+    assert_eq!(state.connections[&conn(1)].credential_version, 2);
+    let (late, _) = given_when(vec![oauth.clone(), refresh(1)], "alice", refresh(1));
+    assert_eq!(late, Ok(vec![]), "a second refresh from version 1 changes nothing");
+    let (stranger, _) = given_when(vec![oauth.clone()], "bob", refresh(1));
+    assert_eq!(stranger, Err(DomainError::NotFound));
+    let (pasted, _) = given_when(
+        vec![create(2, None)],
+        "alice",
+        Command::RefreshCredential { connection_id: conn(2), from_version: 1 },
+    );
+    assert_eq!(pasted, Ok(vec![]), "only OAuth credentials are refreshed");
+}

@@ -120,6 +120,13 @@ pub fn statements(envelope: &Envelope) -> Result<Vec<Statement>, StoreError> {
         // The scopes live in the log (and the sealed credential); the
         // dashboard shows none of them yet.
         Event::OauthGranted { .. } => {}
+        Event::CredentialRefreshed { credential_version, .. } => {
+            out.push(Statement::new(
+                "UPDATE rm_connections SET credential_version = $3, needs_attention = false \
+                 WHERE owner_id = $1 AND connection_id = $2",
+                vec![owner(), Box::new(id), Box::new(*credential_version as i32)],
+            ));
+        }
         Event::CredentialRejected { .. } => {
             out.push(Statement::new(
                 "UPDATE rm_connections SET needs_attention = true WHERE owner_id = $1 AND connection_id = $2",

@@ -126,6 +126,12 @@ impl Model {
                 }
             }
             Event::OauthGranted { .. } => {}
+            Event::CredentialRefreshed { credential_version, .. } => {
+                if let Some(row) = self.connections.get_mut(&key) {
+                    row.credential_version = *credential_version as i32;
+                    row.needs_attention = false;
+                }
+            }
             Event::CredentialRejected { .. } => {
                 if let Some(row) = self.connections.get_mut(&key) {
                     row.needs_attention = true;

@@ -29,6 +29,7 @@ pub const EVENT_TYPES: &[(&str, i32)] = &[
     ("credential_rotated", 1),
     ("credential_rejected", 1),
     ("oauth_granted", 1),
+    ("credential_refreshed", 1),
     ("default_set", 1),
     ("default_cleared", 1),
     ("connection_revoked", 1),
@@ -99,6 +100,13 @@ struct CredentialRejectedV1 {
     credential_version: u32,
     status: Option<u16>,
     detail: Option<ProblemDetail>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CredentialRefreshedV1 {
+    connection_id: ConnectionId,
+    credential_version: u32,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -217,6 +225,14 @@ pub fn encode(event: &Event) -> (&'static str, i32, Value) {
                 detail: detail.clone(),
             })),
         ),
+        Event::CredentialRefreshed { connection_id, credential_version } => (
+            "credential_refreshed",
+            1,
+            to_value(serde_json::to_value(CredentialRefreshedV1 {
+                connection_id: *connection_id,
+                credential_version: *credential_version,
+            })),
+        ),
         Event::OauthGranted { connection_id, scopes } => (
             "oauth_granted",
             1,
@@ -318,6 +334,10 @@ pub fn decode(event_type: &str, schema_version: i32, data: &Value) -> Result<Eve
                 status: d.status,
                 detail: d.detail,
             }
+        }
+        ("credential_refreshed", 1) => {
+            let d: CredentialRefreshedV1 = parse(event_type, data)?;
+            Event::CredentialRefreshed { connection_id: d.connection_id, credential_version: d.credential_version }
         }
         ("oauth_granted", 1) => {
             let d: OauthGrantedV1 = parse(event_type, data)?;

@@ -41,12 +41,19 @@ impl OauthProvider {
     }
 
     /// Sends one command (`error invalid_grant`, `status 500`, `garbage`,
-    /// `scope a b`, `expires 5`, `deny`) and waits for its acknowledgement.
-    pub fn command(&self, command: &str) {
+    /// `scope a b`, `expires 5`, `deny`, `refreshes`) and waits for its
+    /// acknowledgement, which it returns.
+    pub fn command(&self, command: &str) -> String {
         writeln!(self.stdin.lock().expect("stdin"), "{command}").expect("send a command");
         let mut line = String::new();
         self.replies.lock().expect("replies").read_line(&mut line).expect("acknowledgement");
         assert!(line.starts_with("ok "), "the provider did not take {command:?}: {line}");
+        line.trim().to_owned()
+    }
+
+    /// How many refresh-token grants the provider has answered.
+    pub fn refreshes(&self) -> u64 {
+        self.command("refreshes").rsplit(' ').next().and_then(|n| n.parse().ok()).expect("a count")
     }
 
     /// A providers file (`schemas/providers.v1.json`) for `services`, all on

@@ -61,7 +61,9 @@ impl Notice {
         let agent_id = envelope.data.get("agent_id").and_then(|a| a.as_str()).map(str::to_owned);
         let (kind, subject) = match envelope.event_type.as_str() {
             "connection_revoked" => (NoticeKind::Revoked, names.connection_notices(&envelope.owner, &connection_id)),
-            "credential_rotated" => (NoticeKind::Rotated, names.connection_notices(&envelope.owner, &connection_id)),
+            "credential_rotated" | "credential_refreshed" => {
+                (NoticeKind::Rotated, names.connection_notices(&envelope.owner, &connection_id))
+            }
             "credential_rejected" => (NoticeKind::Rejected, names.connection_notices(&envelope.owner, &connection_id)),
             "agent_assigned" | "agent_unassigned" => {
                 (NoticeKind::BindingChanged, names.agent_notices(&envelope.owner, agent_id.as_deref()?))

@@ -63,6 +63,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             streams: StreamLimit::new(config.streams_per_user),
             reports: ReportLimit::new(config.reports_per_minute),
             providers,
+            refreshes: Default::default(),
         }),
     };
     connections_store::ensure_database(&config.database_url).await?;

@@ -12,7 +12,7 @@ use crate::{Answer, TestApp};
 
 const REDIRECT: &str = "http://127.0.0.1:9/v1/oauth/callback";
 
-async fn app_with(provider: &OauthProvider, return_url: Option<&str>) -> TestApp {
+pub(crate) async fn app_with(provider: &OauthProvider, return_url: Option<&str>) -> TestApp {
     let mut app = TestApp::new().await;
     let mut text = provider.providers_json(REDIRECT, &["google-calendar"], &["calendar.read", "openid"], "SECRET");
     if let Some(url) = return_url {
@@ -24,7 +24,7 @@ async fn app_with(provider: &OauthProvider, return_url: Option<&str>) -> TestApp
 }
 
 /// Starts a flow as alice; returns (authorize URL, browser cookie).
-async fn start(app: &TestApp, body: Value) -> (String, String) {
+pub(crate) async fn start(app: &TestApp, body: Value) -> (String, String) {
     let answer = app.send(Method::POST, "/v1/connect/google-calendar", Some("alice"), Some(body)).await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
     crate::openapi::assert_documented(&crate::openapi::document(), "post", "/v1/connect/{service}", &answer);
@@ -35,7 +35,7 @@ async fn start(app: &TestApp, body: Value) -> (String, String) {
 }
 
 /// The provider's redirect back: the callback's query string.
-async fn authorize(url: &str) -> String {
+pub(crate) async fn authorize(url: &str) -> String {
     let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
     let response = http.get(url).send().await.expect("authorize");
     assert_eq!(response.status().as_u16(), 302);
@@ -44,7 +44,7 @@ async fn authorize(url: &str) -> String {
     location.split_once('?').expect("query").1.to_owned()
 }
 
-async fn callback(app: &TestApp, query: &str, cookie: Option<&str>) -> (StatusCode, String, Option<String>) {
+pub(crate) async fn callback(app: &TestApp, query: &str, cookie: Option<&str>) -> (StatusCode, String, Option<String>) {
     let mut request = Request::builder().method(Method::GET).uri(format!("/v1/oauth/callback?{query}"));
     if let Some(cookie) = cookie {
         request = request.header("cookie", cookie);

@@ -12,6 +12,7 @@ mod openapi;
 mod problems;
 mod providers;
 mod read_api;
+mod refresh;
 mod replace;
 mod resolve;
 mod review;

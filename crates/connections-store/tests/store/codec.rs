@@ -24,6 +24,7 @@ fn events_of_every_type() -> Vec<Event> {
     let alice = OwnerId::parse("alice").expect("valid");
     let c1 = ConnectionId::from_uuid(uuid::Uuid::now_v7());
     let c2 = ConnectionId::from_uuid(uuid::Uuid::now_v7());
+    let c3 = ConnectionId::from_uuid(uuid::Uuid::now_v7());
     let create = |id, agent: Option<&str>, skill: Option<&str>| Command::CreateConnection {
         connection_id: id,
         service: ServiceName::parse("google-calendar").expect("valid"),
@@ -46,13 +47,14 @@ fn events_of_every_type() -> Vec<Event> {
         Command::ResolveForAgent { agent_id: AgentId::parse("agent-3").expect("valid") },
         Command::RevokeConnection { connection_id: c2 },
         Command::ConnectThroughProvider {
-            connection_id: ConnectionId::from_uuid(uuid::Uuid::now_v7()),
+            connection_id: c3,
             service: ServiceName::parse("google-calendar").expect("valid"),
             name: ConnectionName::parse("Calendar").expect("valid"),
             agent_id: None,
             skill: None,
             scopes: vec![Scope::parse("https://www.googleapis.com/auth/calendar.readonly").expect("valid")],
         },
+        Command::RefreshCredential { connection_id: c3, from_version: 1 },
         Command::ReportRejected {
             connection_id: c1,
             agent_id: AgentId::parse("agent-1").expect("valid"),
