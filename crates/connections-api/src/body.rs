@@ -79,6 +79,18 @@ impl JsonObject {
         }
     }
 
+    /// An optional integer field (absent or null) from `min` to `max`.
+    pub fn optional_integer(&self, field: &str, min: u64, max: u64) -> Result<Option<u64>, ApiError> {
+        match self.fields.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(value) => value
+                .as_u64()
+                .filter(|n| (min..=max).contains(n))
+                .map(Some)
+                .ok_or_else(|| ApiError::invalid(field, format!("must be an integer from {min} to {max}"))),
+        }
+    }
+
     /// A required field of any JSON type.
     pub fn value(&self, field: &str) -> Result<&Value, ApiError> {
         match self.fields.get(field) {

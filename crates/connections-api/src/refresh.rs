@@ -70,7 +70,7 @@ pub async fn refresh(
         let mut flights = app.settings.refreshes.0.lock().expect("refresh flights");
         flights.entry(connection_id).or_default().clone()
     };
-    let _turn = flight.lock().await;
+    let turn = flight.lock().await;
     let outcome = async {
         // Another refresh (or a rotation) may have come first.
         match load_connection_stream(app, connection_id).await {
@@ -125,7 +125,7 @@ pub async fn refresh(
         }
     }
     .await;
-    drop(_turn);
+    drop(turn);
     // Forget the lock once nobody waits on it.
     let mut flights = app.settings.refreshes.0.lock().expect("refresh flights");
     if flights.get(&connection_id).is_some_and(|f| Arc::strong_count(f) <= 2) {

@@ -49,27 +49,6 @@ struct ConnectionCreatedV1 {
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ConnectionCreatedV2 {
-    connection_id: ConnectionId,
-    owner: OwnerId,
-    service: ServiceName,
-    name: ConnectionName,
-    credential_kind: CredentialKind,
-    agent_id: Option<AgentId>,
-    skill: Option<SkillName>,
-    replaces: ConnectionId,
-}
-
-impl ConnectionCreatedV2 {
-    fn split(self) -> (ConnectionCreatedV1, ConnectionId) {
-        let ConnectionCreatedV2 { connection_id, owner, service, name, credential_kind, agent_id, skill, replaces } =
-            self;
-        (ConnectionCreatedV1 { connection_id, owner, service, name, credential_kind, agent_id, skill }, replaces)
-    }
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct AgentAssignedV1 {
     connection_id: ConnectionId,
     agent_id: AgentId,
@@ -137,12 +116,32 @@ struct ConnectionRevokedV1 {
     affected_agents: Vec<AgentId>,
 }
 
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ConnectionRevokedV2 {
-    connection_id: ConnectionId,
-    affected_agents: Vec<AgentId>,
-    replaced_by: ConnectionId,
+/// Version 2 of `connection_created` and `connection_revoked` is version 1
+/// with one more field, the replacement link: written only when the link
+/// exists.
+fn with_link(mut data: Value, field: &str, link: ConnectionId) -> Value {
+    data[field] = serde_json::to_value(link).expect("an id serializes");
+    data
+}
+
+/// The data of a v1 or v2 event without its link, and the link (v2 only;
+/// required there).
+fn without_link<'d>(
+    event_type: &str,
+    schema_version: i32,
+    data: &'d Value,
+    field: &str,
+) -> Result<(std::borrow::Cow<'d, Value>, Option<ConnectionId>), StoreError> {
+    if schema_version == 1 {
+        return Ok((std::borrow::Cow::Borrowed(data), None));
+    }
+    let mut data = data.clone();
+    let link = data
+        .as_object_mut()
+        .and_then(|object| object.remove(field))
+        .ok_or_else(|| StoreError::Corrupt(format!("{event_type} v{schema_version}: {field} is missing")))?;
+    let link = ConnectionId::deserialize(link).map_err(|e| StoreError::Corrupt(format!("{event_type}: {e}")))?;
+    Ok((std::borrow::Cow::Owned(data), Some(link)))
 }
 
 /// The stored type name, schema version and data of a domain event.
@@ -159,7 +158,7 @@ pub fn encode(event: &Event) -> (&'static str, i32, Value) {
             skill,
             replaces,
         } => {
-            let v1 = ConnectionCreatedV1 {
+            let v1 = to_value(serde_json::to_value(ConnectionCreatedV1 {
                 connection_id: *connection_id,
                 owner: owner.clone(),
                 service: service.clone(),
@@ -167,24 +166,10 @@ pub fn encode(event: &Event) -> (&'static str, i32, Value) {
                 credential_kind: *credential_kind,
                 agent_id: agent_id.clone(),
                 skill: skill.clone(),
-            };
+            }));
             match replaces {
-                None => ("connection_created", 1, to_value(serde_json::to_value(v1))),
-                Some(replaces) => {
-                    let ConnectionCreatedV1 { connection_id, owner, service, name, credential_kind, agent_id, skill } =
-                        v1;
-                    let v2 = ConnectionCreatedV2 {
-                        connection_id,
-                        owner,
-                        service,
-                        name,
-                        credential_kind,
-                        agent_id,
-                        skill,
-                        replaces: *replaces,
-                    };
-                    ("connection_created", 2, to_value(serde_json::to_value(v2)))
-                }
+                None => ("connection_created", 1, v1),
+                Some(replaces) => ("connection_created", 2, with_link(v1, "replaces", *replaces)),
             }
         }
         Event::AgentAssigned { connection_id, agent_id, source } => (
@@ -251,23 +236,16 @@ pub fn encode(event: &Event) -> (&'static str, i32, Value) {
                 reason: default_clear_reason_name(*reason).into(),
             })),
         ),
-        Event::ConnectionRevoked { connection_id, affected_agents, replaced_by: None } => (
-            "connection_revoked",
-            1,
-            to_value(serde_json::to_value(ConnectionRevokedV1 {
+        Event::ConnectionRevoked { connection_id, affected_agents, replaced_by } => {
+            let v1 = to_value(serde_json::to_value(ConnectionRevokedV1 {
                 connection_id: *connection_id,
                 affected_agents: affected_agents.clone(),
-            })),
-        ),
-        Event::ConnectionRevoked { connection_id, affected_agents, replaced_by: Some(replaced_by) } => (
-            "connection_revoked",
-            2,
-            to_value(serde_json::to_value(ConnectionRevokedV2 {
-                connection_id: *connection_id,
-                affected_agents: affected_agents.clone(),
-                replaced_by: *replaced_by,
-            })),
-        ),
+            }));
+            match replaced_by {
+                None => ("connection_revoked", 1, v1),
+                Some(replaced_by) => ("connection_revoked", 2, with_link(v1, "replaced_by", *replaced_by)),
+            }
+        }
     }
 }
 
@@ -280,12 +258,8 @@ pub fn decode(event_type: &str, schema_version: i32, data: &Value) -> Result<Eve
     let unknown = || StoreError::Corrupt(format!("unknown event {event_type} v{schema_version}"));
     let event = match (event_type, schema_version) {
         ("connection_created", 1 | 2) => {
-            let (d, replaces) = if schema_version == 1 {
-                (parse::<ConnectionCreatedV1>(event_type, data)?, None)
-            } else {
-                let (d, replaces) = parse::<ConnectionCreatedV2>(event_type, data)?.split();
-                (d, Some(replaces))
-            };
+            let (data, replaces) = without_link(event_type, schema_version, data, "replaces")?;
+            let d: ConnectionCreatedV1 = parse(event_type, &data)?;
             Event::ConnectionCreated {
                 connection_id: d.connection_id,
                 owner: d.owner,
@@ -356,21 +330,10 @@ pub fn decode(event_type: &str, schema_version: i32, data: &Value) -> Result<Eve
             };
             Event::DefaultCleared { connection_id: d.connection_id, reason }
         }
-        ("connection_revoked", 1) => {
-            let d: ConnectionRevokedV1 = parse(event_type, data)?;
-            Event::ConnectionRevoked {
-                connection_id: d.connection_id,
-                affected_agents: d.affected_agents,
-                replaced_by: None,
-            }
-        }
-        ("connection_revoked", 2) => {
-            let d: ConnectionRevokedV2 = parse(event_type, data)?;
-            Event::ConnectionRevoked {
-                connection_id: d.connection_id,
-                affected_agents: d.affected_agents,
-                replaced_by: Some(d.replaced_by),
-            }
+        ("connection_revoked", 1 | 2) => {
+            let (data, replaced_by) = without_link(event_type, schema_version, data, "replaced_by")?;
+            let d: ConnectionRevokedV1 = parse(event_type, &data)?;
+            Event::ConnectionRevoked { connection_id: d.connection_id, affected_agents: d.affected_agents, replaced_by }
         }
         _ => return Err(unknown()),
     };

@@ -200,7 +200,8 @@ pub async fn replace(
     ))
 }
 
-fn connection_id(id: Result<Path<String>, PathRejection>) -> Result<ConnectionId, ApiError> {
+/// The `{id}` path parameter as a connection id; a malformed one is a 400 naming `id`.
+pub(super) fn connection_id(id: Result<Path<String>, PathRejection>) -> Result<ConnectionId, ApiError> {
     let Path(raw) = id.map_err(|_| ApiError::invalid("id", "is malformed"))?;
     path_param("id", &raw, ConnectionId::parse)
 }

@@ -47,15 +47,8 @@ impl Params {
     }
 
     /// `limit`: an integer from 1 to `max`, `default` when absent.
-    pub(crate) fn limit(&self, default: i64, max: i64) -> Result<i64, ApiError> {
-        match self.get("limit") {
-            None => Ok(default),
-            Some(raw) => raw
-                .parse::<i64>()
-                .ok()
-                .filter(|n| (1..=max).contains(n))
-                .ok_or_else(|| ApiError::invalid("limit", format!("must be an integer from 1 to {max}"))),
-        }
+    pub(crate) fn limit(&self, default: u32, max: u32) -> Result<i64, ApiError> {
+        self.bounded("limit", default, 1, max).map(i64::from)
     }
 
     /// An integer parameter from `min` to `max`, `default` when absent.

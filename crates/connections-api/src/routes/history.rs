@@ -19,8 +19,8 @@ use crate::routes::dashboard::Params;
 use crate::state::AppState;
 
 /// Events per page unless `limit` says otherwise; the most a page holds.
-const DEFAULT_LIMIT: i64 = 100;
-const MAX_LIMIT: i64 = 500;
+const DEFAULT_LIMIT: u32 = 100;
+const MAX_LIMIT: u32 = 500;
 
 /// The events about the connection, in log order, with time and actor, a
 /// page at a time: `?limit=` (1–500, default 100) and `?cursor=` (the

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use super::answer;
 use crate::auth::AuthenticatedAgent;
-use crate::body::{path_param, JsonObject};
+use crate::body::JsonObject;
 use crate::commands::{execute, CommandInput, Target};
 use crate::problem::ApiError;
 use crate::state::AppState;
@@ -27,16 +27,15 @@ pub async fn report(
     id: Result<Path<String>, PathRejection>,
     body: JsonObject,
 ) -> Result<Response, ApiError> {
-    let Path(raw) = id.map_err(|_| ApiError::invalid("id", "is malformed"))?;
-    let connection_id = path_param("id", &raw, ConnectionId::parse)?;
+    let connection_id = super::connections::connection_id(id)?;
     body.only(&["kind", "status", "detail", "credential_version"])?;
     match body.value("kind")? {
         Value::String(kind) if kind == "rejected" => {}
         _ => return Err(ApiError::invalid("kind", "must be \"rejected\"")),
     }
-    let status = optional_integer(&body, "status", 400, 599)?.map(|s| s as u16);
+    let status = body.optional_integer("status", 400, 599)?.map(|s| s as u16);
     let detail = body.optional("detail", ProblemDetail::parse)?;
-    let reported_version = optional_integer(&body, "credential_version", 1, i32::MAX as u64)?.map(|v| v as u32);
+    let reported_version = body.optional_integer("credential_version", 1, i32::MAX as u64)?.map(|v| v as u32);
     app.settings.reports.admit(connection_id.as_uuid(), agent.agent.as_str())?;
 
     // Only a connection this agent was handed, and only a version it had.
@@ -84,18 +83,6 @@ pub async fn report(
         })
         .await?,
     ))
-}
-
-/// An optional integer field from `min` to `max`.
-fn optional_integer(body: &JsonObject, field: &str, min: u64, max: u64) -> Result<Option<u64>, ApiError> {
-    match body.fields.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(value) => value
-            .as_u64()
-            .filter(|n| (min..=max).contains(n))
-            .map(Some)
-            .ok_or_else(|| ApiError::invalid(field, format!("must be an integer from {min} to {max}"))),
-    }
 }
 
 /// Refuses a detail that contains one of the reported credential's secret
