@@ -129,7 +129,18 @@ async fn a_hostile_runtime_is_refused_everything(version: NatsVersion) {
     let service = nats.service_client(&prefix).await;
     let jetstream = async_nats::jetstream::new(service);
     let events_stream = format!("{prefix}_events");
-    let before = jetstream.get_stream(&events_stream).await.expect("events stream").info().await.expect("info").clone();
+    // The five events appended so far (two creates with their bindings, one
+    // assign) are relayed before the stream is described: the checks below
+    // compare against a stream that already holds them.
+    let waited = std::time::Instant::now();
+    let before = loop {
+        let info =
+            jetstream.get_stream(&events_stream).await.expect("events stream").info().await.expect("info").clone();
+        if info.state.messages >= 5 || waited.elapsed() > Duration::from_secs(5) {
+            break info;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
 
     // The hostile runtime: valid credentials for (alice, agent-1). (The
     // projector may restart once at start-up, before the relay made the
