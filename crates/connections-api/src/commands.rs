@@ -3,18 +3,24 @@
 //! against fresh state when another command wins the race.
 
 use axum::http::StatusCode;
-use connections_domain::{decide, Command, ConnectionId, Event, OwnerId, OwnerService, Request, ServiceName};
-use connections_sealing::{seal, Credential, DataKey, FingerprintKey, MasterKey, SealedCredential, WrappedDataKey};
+use connections_domain::{
+    decide, Command, ConnectionId, CredentialKind, Event, OwnerId, OwnerService, Request, ServiceName,
+};
+use connections_sealing::{
+    open, seal, Credential, DataKey, FingerprintKey, MasterKey, SealedCredential, WrappedDataKey,
+};
 use connections_store::codec::{decode, encode};
 use connections_store::{
     ConnectionLocation, CredentialHygiene, EventLog, IdempotencyClaim, Metadata, NewEvent, PipelinedTransaction,
-    RecordedEvent, StoreError, StoredCredential, StoredResponse, StreamAppend, StreamId,
+    RecordedEvent, RefreshSchedule, StoreError, StoredCredential, StoredResponse, StreamAppend, StreamId,
+    UpstreamRevocations,
 };
 use deadpool_postgres::GenericClient;
 use serde_json::Value;
 
 use crate::problem::ApiError;
 use crate::state::AppState;
+use crate::{refresh, upstream};
 
 /// How many times a command is retried after losing an optimistic-concurrency race.
 pub const MAX_ATTEMPTS: usize = 8;
@@ -287,7 +293,7 @@ async fn decide_and_append(
     for event in &events {
         state.apply(event);
     }
-    let side_writes = side_writes(app, transaction, location, &events, input.credential.as_ref()).await?;
+    let side_writes = side_writes(app, transaction, location, &state, &events, input.credential.as_ref()).await?;
     let new_events = events
         .iter()
         .map(|event| {
@@ -332,6 +338,12 @@ enum SideWrite {
     DestroyDataKey(ConnectionId),
     /// Record what the hygiene review needs of a version just sealed.
     Hygiene(CredentialHygiene),
+    /// Put a version just sealed on the refresh schedule, due then.
+    Schedule(ConnectionId, u32, chrono::DateTime<chrono::Utc>),
+    /// Take a connection whose new version cannot be refreshed off it.
+    Unschedule(ConnectionId),
+    /// Queue a revoked connection's tokens for revocation at the provider.
+    RevokeUpstream(ConnectionId, WrappedDataKey, SealedCredential),
 }
 
 impl SideWrite {
@@ -345,16 +357,26 @@ impl SideWrite {
             }
             SideWrite::DestroyDataKey(id) => StoredCredential::destroy_data_key(transaction, *id).await,
             SideWrite::Hygiene(hygiene) => hygiene.record(transaction).await,
+            SideWrite::Schedule(id, version, due_at) => {
+                RefreshSchedule::schedule(transaction, *id, &location.service, *version, *due_at).await
+            }
+            SideWrite::Unschedule(id) => RefreshSchedule::remove(transaction, *id).await,
+            SideWrite::RevokeUpstream(id, wrapped, sealed) => {
+                UpstreamRevocations::enqueue(transaction, *id, &location.owner, &location.service, wrapped, sealed)
+                    .await
+            }
         }
     }
 }
 
 /// The side-table writes `events` call for. Sealing happens here, in memory;
-/// only a rotation reads (the connection's data key).
+/// only a rotation reads (the connection's data key), and the revocation of
+/// an OAuth connection whose provider revokes tokens (its current version).
 async fn side_writes(
     app: &AppState,
     transaction: &impl GenericClient,
     location: &ConnectionLocation,
+    state: &OwnerService,
     events: &[Event],
     credential: Option<&Credential>,
 ) -> Result<Vec<SideWrite>, AttemptError> {
@@ -370,6 +392,10 @@ async fn side_writes(
                 let wrapped = master_key.wrap(&data_key, *connection_id);
                 writes.push(SideWrite::NewConnection(*connection_id, wrapped, sealed));
                 writes.push(SideWrite::Hygiene(hygiene(master_key, location, *connection_id, 1, credential)));
+                if refresh::refreshable(credential) {
+                    let due_at = app.settings.upkeep.due_at(chrono::Utc::now(), credential.expires_at());
+                    writes.push(SideWrite::Schedule(*connection_id, 1, due_at));
+                }
             }
             Event::CredentialRotated { connection_id, credential_version, .. }
             | Event::CredentialRefreshed { connection_id, credential_version } => {
@@ -388,17 +414,66 @@ async fn side_writes(
                     *credential_version,
                     credential,
                 )));
+                writes.push(match refresh::refreshable(credential) {
+                    true => SideWrite::Schedule(
+                        *connection_id,
+                        *credential_version,
+                        app.settings.upkeep.due_at(chrono::Utc::now(), credential.expires_at()),
+                    ),
+                    false => SideWrite::Unschedule(*connection_id),
+                });
             }
-            Event::ConnectionRevoked { connection_id, .. } => writes.push(SideWrite::DestroyDataKey(*connection_id)),
+            Event::ConnectionRevoked { connection_id, .. } => {
+                if let Some(queued) = upstream_tokens(app, transaction, location, state, *connection_id).await? {
+                    writes.push(queued);
+                }
+                writes.push(SideWrite::DestroyDataKey(*connection_id));
+            }
             Event::AgentAssigned { .. }
             | Event::AgentUnassigned { .. }
             | Event::CredentialRejected { .. }
             | Event::OauthGranted { .. }
+            | Event::UpstreamRevoked { .. }
             | Event::DefaultSet { .. }
             | Event::DefaultCleared { .. } => {}
         }
     }
     Ok(writes)
+}
+
+/// For a revoked OAuth connection whose provider revokes tokens: its
+/// current tokens, sealed for the upstream revocation outbox (read before
+/// the data key is destroyed, in the same transaction).
+async fn upstream_tokens(
+    app: &AppState,
+    transaction: &impl GenericClient,
+    location: &ConnectionLocation,
+    state: &OwnerService,
+    connection_id: ConnectionId,
+) -> Result<Option<SideWrite>, AttemptError> {
+    let failed = |e: &dyn std::error::Error| AttemptError::Fail(ApiError::Internal(e.to_string().into()));
+    let provider = app.settings.providers.get(&location.service);
+    let Some(connection) = state.connections.get(&connection_id) else {
+        return Ok(None);
+    };
+    if connection.credential_kind != CredentialKind::Oauth2
+        || provider.and_then(|p| p.revocation_endpoint.as_ref()).is_none()
+    {
+        return Ok(None);
+    }
+    let version = connection.credential_version;
+    let (wrapped, sealed) = futures::try_join!(
+        StoredCredential::data_key(transaction, connection_id),
+        StoredCredential::sealed(transaction, connection_id, version)
+    )?;
+    let (Some(wrapped), Some(sealed)) = (wrapped, sealed) else {
+        return Ok(None);
+    };
+    let data_key = app.master_key.unwrap(&wrapped, connection_id).map_err(|e| failed(&e))?;
+    let credential = open(&data_key, &sealed, connection_id, &location.owner, version).map_err(|e| failed(&e))?;
+    let (wrapped, sealed) = upstream::seal_for_outbox(&app.master_key, connection_id, &location.owner, &credential)
+        .map_err(|e| failed(&e))?;
+    Ok(Some(SideWrite::RevokeUpstream(connection_id, wrapped, sealed)))
 }
 
 /// What the fingerprint key of credential values is derived for (then

@@ -17,7 +17,9 @@ pub mod resolution;
 pub mod routes;
 pub mod runtime_nats;
 pub mod state;
+pub mod upkeep;
+pub mod upstream;
 mod views;
 
 pub use routes::{router, ROUTES};
-pub use state::{AppState, ReportLimit, Settings, StreamLimit};
+pub use state::{AppState, ReportLimit, Settings, StreamLimit, UpkeepSettings};

@@ -98,12 +98,17 @@ pub enum Refusal {
     /// The token endpoint could not be reached, or answered an HTTP error
     /// without an OAuth error.
     TokenEndpoint,
+    /// The token endpoint asked us to slow down (HTTP 429), for this many
+    /// seconds if it said (`Retry-After`).
+    Throttled(Option<u64>),
     /// The token endpoint refused the code (`invalid_grant`, …).
     TokenRefused(String),
     /// The token endpoint answered something that is not a token response.
     Garbage,
     /// The provider granted fewer scopes than were asked for.
     NarrowScopes,
+    /// The connection being reconnected was revoked meanwhile.
+    Revoked,
     /// The provider is no longer configured, or our side failed.
     Internal,
 }
@@ -120,9 +125,11 @@ impl Refusal {
             Refusal::Provider(code) => code,
             Refusal::MissingCode => "missing_code",
             Refusal::TokenEndpoint => "token_endpoint_failed",
+            Refusal::Throttled(_) => "token_endpoint_throttled",
             Refusal::TokenRefused(code) => code,
             Refusal::Garbage => "token_endpoint_garbage",
             Refusal::NarrowScopes => "insufficient_scope",
+            Refusal::Revoked => "connection_revoked",
             Refusal::Internal => "internal",
         }
     }
@@ -137,16 +144,18 @@ impl Refusal {
             Refusal::Provider(code) => format!("the provider did not grant access ({code})"),
             Refusal::MissingCode => "the provider sent no authorization code".into(),
             Refusal::TokenEndpoint => "the provider's token endpoint failed; try again".into(),
+            Refusal::Throttled(_) => "the provider is busy; try again in a moment".into(),
             Refusal::TokenRefused(code) => format!("the provider refused the authorization code ({code})"),
             Refusal::Garbage => "the provider's token endpoint answered something unexpected".into(),
             Refusal::NarrowScopes => "the provider granted fewer permissions than the connection needs".into(),
+            Refusal::Revoked => "this connection was revoked meanwhile; connect anew".into(),
             Refusal::Internal => "something went wrong on our side; try again".into(),
         }
     }
 
     /// Whether the provider, not the request, is at fault (502 rather than 400).
     pub fn is_upstream(&self) -> bool {
-        matches!(self, Refusal::TokenEndpoint | Refusal::Garbage)
+        matches!(self, Refusal::TokenEndpoint | Refusal::Throttled(_) | Refusal::Garbage)
     }
 }
 
@@ -239,6 +248,10 @@ async fn token_request(provider: &Provider, form: &[(&str, String)]) -> Result<T
             Refusal::TokenEndpoint
         })?;
     let status = response.status();
+    if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+        tracing::warn!(service = %provider.service, "the token endpoint is throttling");
+        return Err(Refusal::Throttled(retry_after(response.headers())));
+    }
     let bytes = response.bytes().await.map_err(|_| Refusal::TokenEndpoint)?;
     let json: Option<Value> = serde_json::from_slice(&bytes).ok();
     if !status.is_success() {
@@ -249,6 +262,72 @@ async fn token_request(provider: &Provider, form: &[(&str, String)]) -> Result<T
         };
     }
     parse_tokens(&json.ok_or(Refusal::Garbage)?)
+}
+
+/// `Retry-After` in seconds (RFC 9110 §10.2.3; an HTTP date is not
+/// followed: the caller's own backoff applies), at most a day.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<u64> {
+    let seconds: u64 = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
+    Some(seconds.min(86_400))
+}
+
+/// Which token an RFC 7009 revocation names.
+#[derive(Debug, Clone, Copy)]
+pub enum TokenKind {
+    /// `refresh_token`: revoking it also ends the grant at most providers.
+    Refresh,
+    /// `access_token`.
+    Access,
+}
+
+/// Why a revocation request must be tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RevocationFailed {
+    /// Seconds the provider asked to wait (HTTP 429/503 `Retry-After`).
+    pub retry_after: Option<u64>,
+}
+
+/// Revokes one token at the provider's revocation endpoint (RFC 7009 §2.1,
+/// client authentication as at the token endpoint). 200 means revoked (also
+/// for a token the provider no longer knows, §2.2); 400
+/// `unsupported_token_type` means this kind cannot be revoked there, which
+/// is final too. Anything else is retried.
+pub async fn revoke(
+    provider: &Provider,
+    endpoint: &Url,
+    token: &Secret,
+    kind: TokenKind,
+) -> Result<(), RevocationFailed> {
+    let hint = match kind {
+        TokenKind::Refresh => "refresh_token",
+        TokenKind::Access => "access_token",
+    };
+    let body = format!("token={}&token_type_hint={hint}", urlencode(token.expose()));
+    let response = http()
+        .post(endpoint.clone())
+        .basic_auth(urlencode(&provider.client_id), Some(urlencode(provider.client_secret.expose())))
+        .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .map_err(|error| {
+            tracing::warn!(service = %provider.service, error = %error.without_url(), "revocation endpoint unreachable");
+            RevocationFailed { retry_after: None }
+        })?;
+    let status = response.status();
+    let retry_after = retry_after(response.headers());
+    if status.is_success() {
+        return Ok(());
+    }
+    if status == reqwest::StatusCode::BAD_REQUEST {
+        let bytes = response.bytes().await.unwrap_or_default();
+        let error = serde_json::from_slice::<Value>(&bytes).ok();
+        if error.as_ref().and_then(|v| v["error"].as_str()) == Some("unsupported_token_type") {
+            return Ok(());
+        }
+    }
+    tracing::warn!(service = %provider.service, %status, "the revocation endpoint failed");
+    Err(RevocationFailed { retry_after })
 }
 
 /// A successful token response (RFC 6749 §5.1), or `Garbage`.

@@ -135,12 +135,14 @@ pub async fn resolve(
                 transaction.rollback().await?;
                 may_refresh = false;
                 let (connection_id, version) = (binding.connection_id, connection.credential_version);
-                match refresh::refresh(app, &agent.owner, &agent.agent, service, connection_id, version, &credential)
+                let owner = &agent.owner;
+                match refresh::refresh(app, owner, Some(&agent.agent), service, connection_id, version, &credential)
                     .await
                 {
-                    refresh::Outcome::Done => continue,
-                    refresh::Outcome::Transient | refresh::Outcome::Rejected if !expired => continue,
-                    refresh::Outcome::Transient => return Err(ApiError::RefreshUnavailable),
+                    // Revoked: the next read finds out what replaced it.
+                    refresh::Outcome::Done | refresh::Outcome::Revoked => continue,
+                    refresh::Outcome::Transient(_) | refresh::Outcome::Rejected if !expired => continue,
+                    refresh::Outcome::Transient(_) => return Err(ApiError::RefreshUnavailable),
                     refresh::Outcome::Rejected => return Err(ApiError::CredentialExpired),
                 }
             }

@@ -48,6 +48,74 @@ pub struct Settings {
     pub providers: Providers,
     /// OAuth refreshes in flight, one per connection.
     pub refreshes: crate::refresh::RefreshFlights,
+    /// The background refresher and upstream revoker.
+    pub upkeep: UpkeepSettings,
+}
+
+/// How the background token upkeep (`crate::upkeep`) paces itself.
+#[derive(Debug, Clone)]
+pub struct UpkeepSettings {
+    /// How long before its access token expires a connection is refreshed
+    /// in the background (`CONNECTIONS_REFRESH_MARGIN_SECS`, 300), or at half
+    /// its lifetime when that is shorter. Resolves refresh within
+    /// [`crate::refresh::MARGIN`] as a backstop.
+    pub margin: Duration,
+    /// A connection whose token does not expire sooner is refreshed this
+    /// long after its last version (24 h: some providers revoke refresh
+    /// tokens left unused).
+    pub max_age: Duration,
+    /// Refreshes and revocations in flight at once (`CONNECTIONS_REFRESH_CONCURRENCY`, 16).
+    pub concurrency: usize,
+    /// The first pause after a transient failure, doubled after each
+    /// (`CONNECTIONS_UPKEEP_RETRY_BASE_MS`, 1000), at most [`Self::max_retry`].
+    pub retry_base: Duration,
+    /// The longest pause between two attempts (10 minutes).
+    pub max_retry: Duration,
+    /// Calls to a revocation endpoint before giving up
+    /// (`CONNECTIONS_UPSTREAM_REVOKE_ATTEMPTS`, 10).
+    pub revoke_attempts: u32,
+}
+
+impl Default for UpkeepSettings {
+    fn default() -> Self {
+        Self {
+            margin: Duration::from_secs(300),
+            max_age: Duration::from_secs(86_400),
+            concurrency: 16,
+            retry_base: Duration::from_secs(1),
+            max_retry: Duration::from_secs(600),
+            revoke_attempts: 10,
+        }
+    }
+}
+
+impl UpkeepSettings {
+    /// When a version sealed at `now` whose access token expires at
+    /// `expires_at` should be refreshed: `margin` before expiry (half the
+    /// lifetime when that is shorter, so that short-lived tokens are not
+    /// refreshed in a loop), and at most `max_age` after `now`; never
+    /// sooner than a second from now.
+    pub fn due_at(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> chrono::DateTime<chrono::Utc> {
+        let latest = now + chrono::Duration::from_std(self.max_age).unwrap_or(chrono::Duration::days(1));
+        let Some(expires_at) = expires_at else {
+            return latest;
+        };
+        let lifetime = expires_at - now;
+        let margin = chrono::Duration::from_std(self.margin).unwrap_or(chrono::Duration::minutes(5));
+        let lead = margin.min(lifetime / 2);
+        (expires_at - lead).min(latest).max(now + chrono::Duration::seconds(1))
+    }
+
+    /// The pause after the `failures`-th transient failure in a row
+    /// (1-based), or what the provider asked for if longer.
+    pub fn retry_after(&self, failures: u32, asked: Option<Duration>) -> Duration {
+        let doubled = self.retry_base.saturating_mul(1u32 << failures.saturating_sub(1).min(20));
+        doubled.min(self.max_retry).max(asked.unwrap_or_default().min(Duration::from_secs(86_400)))
+    }
 }
 
 impl Default for Settings {
@@ -58,6 +126,7 @@ impl Default for Settings {
             reports: ReportLimit::new(6),
             providers: Providers::none(),
             refreshes: Default::default(),
+            upkeep: UpkeepSettings::default(),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! What a user asks of their connections.
 
+use crate::event::UpstreamOutcome;
 use crate::ids::{
     AgentId, ConnectionId, ConnectionName, CredentialKind, OwnerId, ProblemDetail, Scope, ServiceName, SkillName,
 };
@@ -98,13 +99,14 @@ pub enum Command {
         credential_kind: CredentialKind,
     },
     /// An agent runtime reports that the provider rejected the credential
-    /// version it was handed (HTTP 401/403). Issued on the owner's behalf by
-    /// the server once it has checked that the agent was handed it.
+    /// version it was handed (HTTP 401/403), or the provider refused its
+    /// refresh token. Issued on the owner's behalf by the server once it has
+    /// checked that the agent was handed it.
     ReportRejected {
         /// The connection.
         connection_id: ConnectionId,
-        /// The agent reporting.
-        agent_id: AgentId,
+        /// The agent reporting; none for the background refresher.
+        agent_id: Option<AgentId>,
         /// The credential version it was handed.
         credential_version: u32,
         /// The provider's HTTP status, if given.
@@ -120,6 +122,25 @@ pub enum Command {
         connection_id: ConnectionId,
         /// The version whose refresh token was used.
         from_version: u32,
+    },
+    /// Seal the tokens of a new authorization at the provider (the owner
+    /// connected again) as the connection's next version: its agents and
+    /// default stay, and a `needs attention` mark goes.
+    ReconnectThroughProvider {
+        /// The connection.
+        connection_id: ConnectionId,
+        /// The scopes granted.
+        scopes: Vec<Scope>,
+    },
+    /// Record what came of revoking a revoked connection's tokens at its
+    /// provider.
+    RecordUpstreamRevocation {
+        /// The connection (revoked).
+        connection_id: ConnectionId,
+        /// What came of it.
+        outcome: UpstreamOutcome,
+        /// How many times the provider was called.
+        attempts: u32,
     },
     /// Replace a connection's credential with a new version.
     RotateCredential {

@@ -155,6 +155,26 @@ pub fn decide(state: &OwnerService, request: &Request) -> Result<Vec<Event>, Dom
             }
             Ok(vec![Event::CredentialRefreshed { connection_id: *connection_id, credential_version: from_version + 1 }])
         }
+        Command::ReconnectThroughProvider { connection_id, scopes } => {
+            let connection = active(state, request, *connection_id)?;
+            Ok(vec![
+                Event::CredentialRotated {
+                    connection_id: *connection_id,
+                    credential_version: connection.credential_version + 1,
+                    credential_kind: CredentialKind::Oauth2,
+                },
+                Event::OauthGranted { connection_id: *connection_id, scopes: scopes.clone() },
+            ])
+        }
+        Command::RecordUpstreamRevocation { connection_id, outcome, attempts } => {
+            let connection = existing(state, request, *connection_id)?;
+            // Only a revoked connection's tokens are revoked upstream (a
+            // refresh result discarded because of the revocation included).
+            if connection.status == ConnectionStatus::Active {
+                return Ok(vec![]);
+            }
+            Ok(vec![Event::UpstreamRevoked { connection_id: *connection_id, outcome: *outcome, attempts: *attempts }])
+        }
         Command::RotateCredential { connection_id, credential_kind } => {
             let connection = active(state, request, *connection_id)?;
             Ok(vec![Event::CredentialRotated {

@@ -37,6 +37,16 @@ pub enum DefaultClearReason {
     Revoked,
 }
 
+/// What came of revoking a connection's tokens at its OAuth provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamOutcome {
+    /// The provider's revocation endpoint accepted every token (RFC 7009).
+    Revoked,
+    /// The attempts ran out; the tokens were destroyed here without the
+    /// provider confirming (they die at their own expiry there).
+    GaveUp,
+}
+
 /// A fact about one owner's connections for one service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -103,13 +113,15 @@ pub enum Event {
         credential_version: u32,
     },
     /// A runtime reported that the provider rejected the connection's
-    /// current credential: it needs the owner's attention until it is
-    /// rotated, replaced or revoked. Resolving it keeps working.
+    /// current credential, or the provider refused to refresh it: it needs
+    /// the owner's attention until it is rotated, reconnected, replaced or
+    /// revoked. Resolving it keeps working (until an OAuth token expires).
     CredentialRejected {
         /// The connection.
         connection_id: ConnectionId,
-        /// The agent that reported it.
-        agent_id: AgentId,
+        /// The agent that reported it, or none when the background
+        /// refresher found the refresh token refused.
+        agent_id: Option<AgentId>,
         /// The credential version rejected (the current one).
         credential_version: u32,
         /// The provider's HTTP status, if given.
@@ -142,6 +154,17 @@ pub enum Event {
         /// The connection that replaced it, when revoked by a replacement.
         replaced_by: Option<ConnectionId>,
     },
+    /// The revoked connection's tokens were revoked at its OAuth provider,
+    /// or the server gave up trying (after the revocation here, which did
+    /// not wait for it).
+    UpstreamRevoked {
+        /// The connection.
+        connection_id: ConnectionId,
+        /// What came of it.
+        outcome: UpstreamOutcome,
+        /// How many times the provider was called.
+        attempts: u32,
+    },
 }
 
 impl Event {
@@ -157,7 +180,8 @@ impl Event {
             | Event::CredentialRefreshed { connection_id, .. }
             | Event::DefaultSet { connection_id, .. }
             | Event::DefaultCleared { connection_id, .. }
-            | Event::ConnectionRevoked { connection_id, .. } => *connection_id,
+            | Event::ConnectionRevoked { connection_id, .. }
+            | Event::UpstreamRevoked { connection_id, .. } => *connection_id,
         }
     }
 }

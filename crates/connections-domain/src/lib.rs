@@ -22,7 +22,7 @@ mod state;
 pub use command::{Command, Request};
 pub use decide::decide;
 pub use error::DomainError;
-pub use event::{BindingSource, DefaultClearReason, Event, UnbindReason};
+pub use event::{BindingSource, DefaultClearReason, Event, UnbindReason, UpstreamOutcome};
 pub use ids::{
     AgentId, ConnectionId, ConnectionName, CredentialKind, IdError, OwnerId, ProblemDetail, Scope, ServiceName,
     SkillName,

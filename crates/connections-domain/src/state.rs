@@ -41,6 +41,13 @@ pub struct Connection {
     pub needs_attention: bool,
 }
 
+impl Connection {
+    /// Whether it can still be used (not revoked).
+    pub fn is_active(&self) -> bool {
+        self.status == ConnectionStatus::Active
+    }
+}
+
 /// An agent's binding to a connection for this service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Binding {
@@ -109,7 +116,7 @@ impl OwnerService {
                     connection.needs_attention = false;
                 }
             }
-            Event::OauthGranted { .. } => {}
+            Event::OauthGranted { .. } | Event::UpstreamRevoked { .. } => {}
             Event::CredentialRefreshed { connection_id, credential_version } => {
                 if let Some(connection) = self.connections.get_mut(connection_id) {
                     connection.credential_version = *credential_version;

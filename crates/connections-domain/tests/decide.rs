@@ -309,7 +309,7 @@ fn replacing_a_revoked_foreign_or_unknown_connection_is_refused_like_revoking() 
 fn report(n: u128, version: u32) -> Command {
     Command::ReportRejected {
         connection_id: conn(n),
-        agent_id: agent("a1"),
+        agent_id: Some(agent("a1")),
         credential_version: version,
         status: Some(401),
         detail: None,
@@ -391,4 +391,52 @@ fn a_refresh_lands_only_on_the_version_whose_refresh_token_was_used() {
         Command::RefreshCredential { connection_id: conn(2), from_version: 1 },
     );
     assert_eq!(pasted, Ok(vec![]), "only OAuth credentials are refreshed");
+}
+
+#[test]
+fn a_reconnect_seals_the_next_version_in_place_and_clears_the_mark() {
+    let scopes = vec![Scope::parse("calendar.read").expect("valid")];
+    let reconnect = Command::ReconnectThroughProvider { connection_id: conn(1), scopes: scopes.clone() };
+    let history = vec![create(1, Some("a1")), Command::SetDefault { connection_id: conn(1) }, report(1, 1)];
+    let (events, state) = given_when(history.clone(), "alice", reconnect.clone());
+    assert_eq!(
+        events,
+        Ok(vec![
+            Event::CredentialRotated {
+                connection_id: conn(1),
+                credential_version: 2,
+                credential_kind: CredentialKind::Oauth2
+            },
+            Event::OauthGranted { connection_id: conn(1), scopes },
+        ])
+    );
+    let connection = &state.connections[&conn(1)];
+    assert!(!connection.needs_attention);
+    assert_eq!(
+        (state.default, state.agents_of(conn(1))),
+        (Some(conn(1)), vec![agent("a1")]),
+        "agents and default stay"
+    );
+    let (foreign, _) = given_when(history.clone(), "bob", reconnect.clone());
+    assert_eq!(foreign, Err(DomainError::NotFound));
+    let mut revoked = history;
+    revoked.push(Command::RevokeConnection { connection_id: conn(1) });
+    let (refused, _) = given_when(revoked, "alice", reconnect);
+    assert_eq!(refused, Err(DomainError::Revoked(conn(1))));
+}
+
+#[test]
+fn an_upstream_revocation_is_recorded_only_for_a_revoked_connection_of_the_actor() {
+    let record =
+        Command::RecordUpstreamRevocation { connection_id: conn(1), outcome: UpstreamOutcome::Revoked, attempts: 2 };
+    let (active, _) = given_when(vec![create(1, None)], "alice", record.clone());
+    assert_eq!(active, Ok(vec![]), "an active connection has nothing revoked upstream");
+    let history = vec![create(1, None), Command::RevokeConnection { connection_id: conn(1) }];
+    let (recorded, _) = given_when(history.clone(), "alice", record.clone());
+    assert_eq!(
+        recorded,
+        Ok(vec![Event::UpstreamRevoked { connection_id: conn(1), outcome: UpstreamOutcome::Revoked, attempts: 2 }])
+    );
+    let (foreign, _) = given_when(history, "bob", record);
+    assert_eq!(foreign, Err(DomainError::NotFound));
 }

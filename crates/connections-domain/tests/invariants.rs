@@ -35,10 +35,16 @@ fn arb_request() -> impl Strategy<Value = Request> {
             .prop_map(|n| Command::RotateCredential { connection_id: conn(n), credential_kind: CredentialKind::Basic }),
         (0u8..4, 1u32..3).prop_map(|(n, v)| Command::ReportRejected {
             connection_id: conn(n),
-            agent_id: AgentId::parse("a1").expect("valid"),
+            agent_id: Some(AgentId::parse("a1").expect("valid")),
             credential_version: v,
             status: None,
             detail: None,
+        }),
+        (0u8..4).prop_map(|n| Command::ReconnectThroughProvider { connection_id: conn(n), scopes: vec![] }),
+        (0u8..4).prop_map(|n| Command::RecordUpstreamRevocation {
+            connection_id: conn(n),
+            outcome: UpstreamOutcome::Revoked,
+            attempts: 1,
         }),
         (0u8..4, 0u8..6).prop_map(|(n, m)| Command::ReplaceConnection {
             connection_id: conn(n),

@@ -7,7 +7,7 @@
 
 use connections_domain::{
     AgentId, BindingSource, ConnectionId, ConnectionName, CredentialKind, DefaultClearReason, Event, OwnerId,
-    ProblemDetail, Scope, ServiceName, SkillName, UnbindReason,
+    ProblemDetail, Scope, ServiceName, SkillName, UnbindReason, UpstreamOutcome,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -28,11 +28,13 @@ pub const EVENT_TYPES: &[(&str, i32)] = &[
     ("agent_unassigned", 1),
     ("credential_rotated", 1),
     ("credential_rejected", 1),
+    ("credential_rejected", 2),
     ("oauth_granted", 1),
     ("credential_refreshed", 1),
     ("default_set", 1),
     ("default_cleared", 1),
     ("connection_revoked", 1),
+    ("upstream_revoked", 1),
 ];
 
 #[derive(Serialize, Deserialize)]
@@ -79,6 +81,26 @@ struct CredentialRejectedV1 {
     credential_version: u32,
     status: Option<u16>,
     detail: Option<ProblemDetail>,
+}
+
+/// Version 2 of `credential_rejected` is version 1 without the reporting
+/// agent: the server's refresher found the refresh token refused. Written
+/// only then.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CredentialRejectedV2 {
+    connection_id: ConnectionId,
+    credential_version: u32,
+    status: Option<u16>,
+    detail: Option<ProblemDetail>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpstreamRevokedV1 {
+    connection_id: ConnectionId,
+    outcome: String,
+    attempts: u32,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -199,7 +221,7 @@ pub fn encode(event: &Event) -> (&'static str, i32, Value) {
                 credential_kind: *credential_kind,
             })),
         ),
-        Event::CredentialRejected { connection_id, agent_id, credential_version, status, detail } => (
+        Event::CredentialRejected { connection_id, agent_id: Some(agent_id), credential_version, status, detail } => (
             "credential_rejected",
             1,
             to_value(serde_json::to_value(CredentialRejectedV1 {
@@ -208,6 +230,25 @@ pub fn encode(event: &Event) -> (&'static str, i32, Value) {
                 credential_version: *credential_version,
                 status: *status,
                 detail: detail.clone(),
+            })),
+        ),
+        Event::CredentialRejected { connection_id, agent_id: None, credential_version, status, detail } => (
+            "credential_rejected",
+            2,
+            to_value(serde_json::to_value(CredentialRejectedV2 {
+                connection_id: *connection_id,
+                credential_version: *credential_version,
+                status: *status,
+                detail: detail.clone(),
+            })),
+        ),
+        Event::UpstreamRevoked { connection_id, outcome, attempts } => (
+            "upstream_revoked",
+            1,
+            to_value(serde_json::to_value(UpstreamRevokedV1 {
+                connection_id: *connection_id,
+                outcome: upstream_outcome_name(*outcome).to_owned(),
+                attempts: *attempts,
             })),
         ),
         Event::CredentialRefreshed { connection_id, credential_version } => (
@@ -303,11 +344,30 @@ pub fn decode(event_type: &str, schema_version: i32, data: &Value) -> Result<Eve
             let d: CredentialRejectedV1 = parse(event_type, data)?;
             Event::CredentialRejected {
                 connection_id: d.connection_id,
-                agent_id: d.agent_id,
+                agent_id: Some(d.agent_id),
                 credential_version: d.credential_version,
                 status: d.status,
                 detail: d.detail,
             }
+        }
+        ("credential_rejected", 2) => {
+            let d: CredentialRejectedV2 = parse(event_type, data)?;
+            Event::CredentialRejected {
+                connection_id: d.connection_id,
+                agent_id: None,
+                credential_version: d.credential_version,
+                status: d.status,
+                detail: d.detail,
+            }
+        }
+        ("upstream_revoked", 1) => {
+            let d: UpstreamRevokedV1 = parse(event_type, data)?;
+            let outcome = match d.outcome.as_str() {
+                "revoked" => UpstreamOutcome::Revoked,
+                "gave_up" => UpstreamOutcome::GaveUp,
+                _ => return Err(unknown()),
+            };
+            Event::UpstreamRevoked { connection_id: d.connection_id, outcome, attempts: d.attempts }
         }
         ("credential_refreshed", 1) => {
             let d: CredentialRefreshedV1 = parse(event_type, data)?;
@@ -354,6 +414,14 @@ fn unbind_reason_name(reason: UnbindReason) -> &'static str {
         UnbindReason::Unassigned => "unassigned",
         UnbindReason::Replaced => "replaced",
         UnbindReason::Revoked => "revoked",
+    }
+}
+
+/// The stored name of an upstream revocation's outcome.
+pub fn upstream_outcome_name(outcome: UpstreamOutcome) -> &'static str {
+    match outcome {
+        UpstreamOutcome::Revoked => "revoked",
+        UpstreamOutcome::GaveUp => "gave_up",
     }
 }
 

@@ -23,6 +23,7 @@ mod oauth_state;
 mod seal;
 mod secrets;
 mod transaction;
+mod upkeep;
 
 pub use access_log::Access;
 pub use database::{connect_pool, ensure_database, Database};
@@ -38,3 +39,4 @@ pub use migrate::migrate;
 pub use oauth_state::{Consumed, PendingFlow};
 pub use secrets::StoredCredential;
 pub use transaction::PipelinedTransaction;
+pub use upkeep::{PendingRevocation, RefreshDue, RefreshSchedule, UpstreamRevocations};

@@ -72,11 +72,12 @@ impl StoredCredential {
 
     /// Destroys a connection's data key (crypto-shredding): every sealed
     /// version becomes unrecoverable. Its hygiene facts (fingerprints
-    /// included) go with it.
+    /// included) and its place in the refresh schedule go with it.
     pub async fn destroy_data_key(client: &impl GenericClient, connection_id: ConnectionId) -> Result<(), StoreError> {
         let statement = client
             .prepare_cached(
-                "WITH forgotten AS (DELETE FROM credential_hygiene WHERE connection_id = $1) \
+                "WITH forgotten AS (DELETE FROM credential_hygiene WHERE connection_id = $1), \
+                      unscheduled AS (DELETE FROM refresh_schedule WHERE connection_id = $1) \
                  DELETE FROM data_keys WHERE connection_id = $1",
             )
             .await?;

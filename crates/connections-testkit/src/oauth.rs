@@ -41,7 +41,8 @@ impl OauthProvider {
     }
 
     /// Sends one command (`error invalid_grant`, `status 500`, `garbage`,
-    /// `scope a b`, `expires 5`, `deny`, `refreshes`) and waits for its
+    /// `scope a b`, `throttle 3`, `hold 500`, `expires 5`, `deny`,
+    /// `revoke-status 503 2`, `refreshes`, `revocations`, `issued`) and waits for its
     /// acknowledgement, which it returns.
     pub fn command(&self, command: &str) -> String {
         writeln!(self.stdin.lock().expect("stdin"), "{command}").expect("send a command");
@@ -54,6 +55,23 @@ impl OauthProvider {
     /// How many refresh-token grants the provider has answered.
     pub fn refreshes(&self) -> u64 {
         self.command("refreshes").rsplit(' ').next().and_then(|n| n.parse().ok()).expect("a count")
+    }
+
+    /// The tokens named by revocation requests answered 200, in order.
+    pub fn revocations(&self) -> Vec<String> {
+        self.command("revocations").split(' ').skip(3).map(str::to_owned).collect()
+    }
+
+    /// The last refresh token the provider issued.
+    pub fn last_issued_refresh_token(&self) -> String {
+        self.last_issued().0
+    }
+
+    /// The last (refresh token, access token) the provider issued.
+    pub fn last_issued(&self) -> (String, String) {
+        let reply = self.command("issued");
+        let mut words = reply.split(' ').skip(2).map(str::to_owned);
+        (words.next().expect("a refresh token"), words.next().expect("an access token"))
     }
 
     /// A providers file (`schemas/providers.v1.json`) for `services`, all on

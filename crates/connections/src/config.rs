@@ -41,6 +41,10 @@ pub struct Config {
     pub reports_per_minute: u32,
     /// `CONNECTIONS_PROVIDERS_FILE`: the OAuth 2.0 providers (none when unset).
     pub providers_file: Option<std::path::PathBuf>,
+    /// The background token upkeep: `CONNECTIONS_REFRESH_MARGIN_SECS` (300),
+    /// `CONNECTIONS_REFRESH_CONCURRENCY` (16), `CONNECTIONS_UPKEEP_RETRY_BASE_MS`
+    /// (1000), `CONNECTIONS_UPSTREAM_REVOKE_ATTEMPTS` (10).
+    pub upkeep: connections_api::UpkeepSettings,
     /// `CONNECTIONS_IDEMPOTENCY_TTL_SECS`, default 86400: how long an
     /// `Idempotency-Key`'s answer is replayed (records are deleted after).
     pub idempotency_ttl: std::time::Duration,
@@ -53,6 +57,25 @@ pub enum NatsAuth {
     Issued(Arc<Issuer>),
     /// `CONNECTIONS_NATS_INSECURE=1`: no NATS authentication (development).
     Insecure,
+}
+
+/// The upkeep settings from the environment (defaults where unset).
+fn upkeep() -> anyhow::Result<connections_api::UpkeepSettings> {
+    let defaults = connections_api::UpkeepSettings::default();
+    let positive = |name: &str, default: u64| -> anyhow::Result<u64> {
+        env_or(name, &default.to_string())
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (1..=86_400_000).contains(n))
+            .with_context(|| format!("{name} must be a positive number"))
+    };
+    Ok(connections_api::UpkeepSettings {
+        margin: std::time::Duration::from_secs(positive("CONNECTIONS_REFRESH_MARGIN_SECS", 300)?),
+        concurrency: positive("CONNECTIONS_REFRESH_CONCURRENCY", 16)?.min(1024) as usize,
+        retry_base: std::time::Duration::from_millis(positive("CONNECTIONS_UPKEEP_RETRY_BASE_MS", 1000)?),
+        revoke_attempts: positive("CONNECTIONS_UPSTREAM_REVOKE_ATTEMPTS", 10)?.min(1000) as u32,
+        ..defaults
+    })
 }
 
 impl Config {
@@ -91,6 +114,7 @@ impl Config {
                 .filter(|n| *n >= 1)
                 .context("CONNECTIONS_REPORTS_PER_MINUTE must be a positive number")?,
             providers_file: std::env::var_os("CONNECTIONS_PROVIDERS_FILE").map(std::path::PathBuf::from),
+            upkeep: upkeep()?,
             idempotency_ttl: std::time::Duration::from_secs(
                 env_or("CONNECTIONS_IDEMPOTENCY_TTL_SECS", "86400")
                     .parse::<u64>()

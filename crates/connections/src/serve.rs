@@ -64,6 +64,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             reports: ReportLimit::new(config.reports_per_minute),
             providers,
             refreshes: Default::default(),
+            upkeep: config.upkeep.clone(),
         }),
     };
     connections_store::ensure_database(&config.database_url).await?;
@@ -77,9 +78,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let projector = tokio::spawn(projector::run(background, projector_config, signals, stopping.clone()));
     let expiry =
         tokio::spawn(expire_idempotency_records(database_for_expiry, config.idempotency_ttl, stopping.clone()));
-    let checkpoints = config
-        .audit_checkpoint_every
-        .map(|every| tokio::spawn(connections_audit::periodic::run(config.database_url.clone(), every, stopping)));
+    let checkpoints = config.audit_checkpoint_every.map(|every| {
+        tokio::spawn(connections_audit::periodic::run(config.database_url.clone(), every, stopping.clone()))
+    });
+
+    let upkeep = tokio::spawn(connections_api::upkeep::run(
+        state.clone(),
+        config.database_url.clone(),
+        config.names.lock_key("upkeep"),
+        stopping.clone(),
+    ));
 
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let address = listener.local_addr()?;
@@ -92,7 +100,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let served = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown_signal()).await;
 
     let _ = shutdown.send(true);
-    for (name, task) in [("relay", relay), ("projector", projector)] {
+    for (name, task) in [("relay", relay), ("projector", projector), ("upkeep", upkeep)] {
         match tokio::time::timeout(Duration::from_secs(10), task).await {
             Ok(Ok(())) => tracing::info!(task = name, "stopped"),
             Ok(Err(error)) => tracing::error!(task = name, %error, "task failed"),

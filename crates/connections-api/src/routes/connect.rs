@@ -1,5 +1,6 @@
 //! Connecting through a provider: `POST /v1/connect/{service}` starts an
-//! authorization-code flow, `GET /v1/oauth/callback` completes it.
+//! authorization-code flow (`POST /v1/connections/{id}/reconnect` one for an
+//! existing connection), `GET /v1/oauth/callback` completes it.
 
 use std::collections::BTreeMap;
 
@@ -16,7 +17,7 @@ use serde_json::{json, Value};
 
 use crate::auth::AuthenticatedUser;
 use crate::body::{path_param, JsonObject};
-use crate::commands::{execute, CommandInput, Target};
+use crate::commands::{execute, load_connection_stream, CommandInput, Target};
 use crate::oauth::{self, Refusal, BROWSER_COOKIE, STATE_TTL};
 use crate::problem::ApiError;
 use crate::providers::valid_scope;
@@ -38,19 +39,63 @@ pub async fn connect(
     let name = body.optional("name", ConnectionName::parse)?;
     let agent_id = body.optional("agent_id", AgentId::parse)?;
     let skill = body.optional("skill", SkillName::parse)?;
-    let scopes = match body.fields.get("scopes") {
-        None | Some(Value::Null) => None,
-        Some(Value::Array(items)) if items.len() <= 50 => Some(
+    let scopes = scopes_field(&body)?;
+    let request = |scopes: &[String]| json!({"name": name, "agent_id": agent_id, "skill": skill, "scopes": scopes});
+    start_flow(&app, &owner, &service, &headers, scopes, request).await
+}
+
+/// `POST /v1/connections/{id}/reconnect` {scopes?}: like a connect, but the
+/// callback seals the new tokens as the next version of this connection
+/// (agents, default and name stay; a `needs attention` mark goes).
+pub async fn reconnect(
+    State(app): State<AppState>,
+    AuthenticatedUser(owner): AuthenticatedUser,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: JsonObject,
+) -> Result<Response, ApiError> {
+    let connection_id = crate::routes::connections::connection_id(id)?;
+    body.only(&["scopes"])?;
+    let scopes = scopes_field(&body)?;
+    let Some((state, _)) = load_connection_stream(&app, connection_id).await? else {
+        return Err(ApiError::NotFound);
+    };
+    let connection = state.connection_for(&owner, connection_id).ok_or(ApiError::NotFound)?;
+    if !connection.is_active() {
+        return Err(ApiError::Revoked);
+    }
+    let service = state.service.clone().ok_or(ApiError::NotFound)?;
+    let request = |scopes: &[String]| json!({"reconnect": connection_id, "scopes": scopes});
+    start_flow(&app, &owner, &service, &headers, scopes, request).await
+}
+
+/// The optional `scopes` field: RFC 6749 scope tokens.
+fn scopes_field(body: &JsonObject) -> Result<Option<Vec<String>>, ApiError> {
+    match body.fields.get("scopes") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(items)) if items.len() <= 50 => Ok(Some(
             items
                 .iter()
                 .map(|item| item.as_str().filter(|s| valid_scope(s)).map(str::to_owned))
                 .collect::<Option<Vec<String>>>()
                 .ok_or_else(|| ApiError::invalid("scopes", "must be RFC 6749 scope tokens"))?,
-        ),
-        Some(_) => return Err(ApiError::invalid("scopes", "must be an array of at most 50 scopes")),
-    };
+        )),
+        Some(_) => Err(ApiError::invalid("scopes", "must be an array of at most 50 scopes")),
+    }
+}
+
+/// Stores a pending flow (what `request` makes of the scopes asked) and
+/// answers its authorization URL with the browser cookie.
+async fn start_flow(
+    app: &AppState,
+    owner: &connections_domain::OwnerId,
+    service: &ServiceName,
+    headers: &HeaderMap,
+    scopes: Option<Vec<String>>,
+    request: impl Fn(&[String]) -> Value,
+) -> Result<Response, ApiError> {
     let providers = &app.settings.providers;
-    let provider = providers.get(&service).ok_or(ApiError::NoProvider)?;
+    let provider = providers.get(service).ok_or(ApiError::NoProvider)?;
     let redirect_uri = providers.redirect_uri.as_ref().ok_or(ApiError::NoProvider)?;
     let scopes = scopes.unwrap_or_else(|| provider.scopes.clone());
 
@@ -58,7 +103,7 @@ pub async fn connect(
     let state = random_token().map_err(failed)?;
     // One cookie per browser (its path covers this endpoint too), so that
     // flows started side by side in one browser all complete.
-    let browser = match browser_cookie(&headers) {
+    let browser = match browser_cookie(headers) {
         Some(existing) => existing,
         None => random_token().map_err(failed)?,
     };
@@ -67,7 +112,7 @@ pub async fn connect(
         state_hash: oauth::state_hash(&app.master_key, &state),
         owner: owner.to_string(),
         service: service.to_string(),
-        request: json!({"name": name, "agent_id": agent_id, "skill": skill, "scopes": scopes}),
+        request: request(&scopes),
         browser_hash: oauth::browser_hash(&app.master_key, &browser),
         expires_at,
     };
@@ -166,13 +211,6 @@ async fn complete(
         return Err(Refusal::NarrowScopes);
     }
 
-    let text = |field: &str| flow.request[field].as_str().map(str::to_owned);
-    let name = match text("name") {
-        Some(name) => ConnectionName::parse(name).map_err(|e| internal(&e))?,
-        None => ConnectionName::parse(service.to_string()).map_err(|e| internal(&e))?,
-    };
-    let agent_id = text("agent_id").map(AgentId::parse).transpose().map_err(|e| internal(&e))?;
-    let skill = text("skill").map(SkillName::parse).transpose().map_err(|e| internal(&e))?;
     let owner = connections_domain::OwnerId::parse(flow.owner.clone()).map_err(|e| internal(&e))?;
     let expires_at = tokens.expires_in.map(|seconds| Utc::now() + chrono::Duration::seconds(seconds as i64));
     let granted_scopes =
@@ -183,6 +221,33 @@ async fn complete(
         expires_at,
         scopes: Some(granted),
     };
+    let text = |field: &str| flow.request[field].as_str().map(str::to_owned);
+    if let Some(reconnect) = text("reconnect") {
+        let connection_id = ConnectionId::parse(&reconnect).map_err(|e| internal(&e))?;
+        let input = CommandInput {
+            actor: owner.clone(),
+            target: Target::Connection(connection_id),
+            command: Command::ReconnectThroughProvider { connection_id, scopes: granted_scopes },
+            credential: Some(credential.clone()),
+            idempotency: None,
+        };
+        return match execute(app, input, |_| (StatusCode::OK, Value::Null)).await {
+            Ok(_) => Ok(connection_id),
+            Err(ApiError::Revoked | ApiError::NotFound) => {
+                // Revoked while the user was at the provider: the new
+                // tokens are revoked there too, never stored as a version.
+                crate::upstream::discard(app, connection_id, &owner, &service, &credential).await;
+                Err(Refusal::Revoked)
+            }
+            Err(error) => Err(internal(&error)),
+        };
+    }
+    let name = match text("name") {
+        Some(name) => ConnectionName::parse(name).map_err(|e| internal(&e))?,
+        None => ConnectionName::parse(service.to_string()).map_err(|e| internal(&e))?,
+    };
+    let agent_id = text("agent_id").map(AgentId::parse).transpose().map_err(|e| internal(&e))?;
+    let skill = text("skill").map(SkillName::parse).transpose().map_err(|e| internal(&e))?;
     let connection_id = ConnectionId::from_uuid(uuid::Uuid::now_v7());
     let input = CommandInput {
         actor: owner,

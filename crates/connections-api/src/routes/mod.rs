@@ -48,6 +48,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PUT", "/v1/connections/{id}/credential"),
     ("POST", "/v1/connections/{id}/replace"),
     ("POST", "/v1/connections/{id}/problems"),
+    ("POST", "/v1/connections/{id}/reconnect"),
     ("PUT", "/v1/services/{service}/default"),
     ("DELETE", "/v1/services/{service}/default"),
 ];
@@ -72,6 +73,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/connections/{id}/credential", put(connections::rotate))
         .route("/v1/connections/{id}/replace", post(connections::replace))
         .route("/v1/connections/{id}/problems", post(problems::report))
+        .route("/v1/connections/{id}/reconnect", post(connect::reconnect))
         .route("/v1/connections/{id}/history", get(history::connection_history))
         .route("/v1/services/{service}/default", put(services::set_default).delete(services::clear_default))
         .fallback(|| async { ApiError::NoRoute })

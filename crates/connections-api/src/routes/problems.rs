@@ -60,7 +60,7 @@ pub async fn report(
         target: Target::Connection(connection_id),
         command: Command::ReportRejected {
             connection_id,
-            agent_id: agent.agent.clone(),
+            agent_id: Some(agent.agent.clone()),
             credential_version,
             status,
             detail,

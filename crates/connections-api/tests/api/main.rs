@@ -19,6 +19,7 @@ mod review;
 mod runtime_nats;
 mod secrets;
 mod unavailable;
+mod upkeep;
 
 use std::sync::Arc;
 
@@ -40,6 +41,8 @@ pub(crate) struct TestApp {
     fanout: Option<Fanout>,
     pub(crate) db: TestDatabase,
     pub(crate) router: Router,
+    /// What the router serves with (for driving background work directly).
+    pub(crate) state: AppState,
     pub(crate) master_key: Arc<MasterKey>,
     secret: Vec<u8>,
 }
@@ -150,7 +153,7 @@ impl TestApp {
             runtime_nats: runtime_nats(),
             settings: Default::default(),
         };
-        Self { fanout: None, router: router(state), db, master_key, secret }
+        Self { fanout: None, router: router(state.clone()), state, db, master_key, secret }
     }
 
     /// An app whose relay and projector run against the real NATS server
@@ -188,7 +191,8 @@ impl TestApp {
             runtime_nats: runtime_nats(),
             settings: Default::default(),
         };
-        app.router = router(state);
+        app.router = router(state.clone());
+        app.state = state;
         app.fanout = Some(Fanout { stop, tasks: vec![relay, projector], names, nats_url, signals: state_signals });
         app
     }
@@ -214,7 +218,7 @@ impl TestApp {
 
     /// Serves the same database with other settings (e.g. providers).
     pub(crate) fn use_settings(&mut self, settings: connections_api::Settings) {
-        self.router = router(AppState {
+        self.state = AppState {
             database: self.db.database.clone(),
             reads: self.db.database.clone(),
             master_key: self.master_key.clone(),
@@ -222,7 +226,8 @@ impl TestApp {
             signals: connections_fanout::Signals::new(),
             runtime_nats: runtime_nats(),
             settings: Arc::new(settings),
-        });
+        };
+        self.router = router(self.state.clone());
     }
 
     pub(crate) fn token(&self, user: &str) -> String {

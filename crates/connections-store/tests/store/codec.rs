@@ -56,8 +56,23 @@ fn events_of_every_type() -> Vec<Event> {
         },
         Command::RefreshCredential { connection_id: c3, from_version: 1 },
         Command::ReportRejected {
+            connection_id: c3,
+            agent_id: None,
+            credential_version: 2,
+            status: None,
+            detail: Some(
+                ProblemDetail::parse("the provider refused to refresh the tokens (invalid_grant)").expect("valid"),
+            ),
+        },
+        Command::ReconnectThroughProvider {
+            connection_id: c3,
+            scopes: vec![Scope::parse("calendar.read").expect("valid")],
+        },
+        Command::RevokeConnection { connection_id: c3 },
+        Command::RecordUpstreamRevocation { connection_id: c3, outcome: UpstreamOutcome::GaveUp, attempts: 10 },
+        Command::ReportRejected {
             connection_id: c1,
-            agent_id: AgentId::parse("agent-1").expect("valid"),
+            agent_id: Some(AgentId::parse("agent-1").expect("valid")),
             credential_version: 2,
             status: Some(401),
             detail: Some(ProblemDetail::parse("invalid_token ✓").expect("valid")),
