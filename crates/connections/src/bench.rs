@@ -6,6 +6,7 @@ mod audit;
 mod fanout;
 mod generate;
 mod load;
+mod refresh;
 mod revocation;
 mod stats;
 
@@ -30,6 +31,11 @@ pub enum BenchCommand {
     /// under 2,000 idle change streams and 200 readers waiting on an
     /// unreachable min_position; p99 compared with the idle baseline.
     Load(load::LoadOptions),
+    /// OAuth token upkeep: connections whose tokens all expire within one
+    /// minute, refreshed by the upkeep leader against a real authorization
+    /// server; throughput and lateness against the provider's raw
+    /// token-endpoint rate.
+    Refresh(refresh::RefreshOptions),
     /// Audit over a generated million-event log: export, verify and as-of
     /// from Postgres and offline from the file, against raw reads of the
     /// same rows and the same file.
@@ -44,6 +50,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Revocation(options) => revocation::run(options).await,
         BenchCommand::Audit(options) => audit::run(options).await,
         BenchCommand::Load(options) => load::run(options).await,
+        BenchCommand::Refresh(options) => refresh::run(options).await,
     }
 }
 

@@ -365,3 +365,35 @@ async fn wait_for(app: &TestApp, sql: &str, expected: i64) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_with_bad_input_is_refused_naming_the_problem_and_stores_nothing() {
+    let provider = OauthProvider::start();
+    let app = app_with(&provider, Duration::from_secs(1), 10).await;
+    let id = connect(&app, &provider, 3600).await;
+    let api_key = app.create("alice", "github", None).await;
+    let revoked = app.create("alice", "google-calendar", None).await;
+    app.send(Method::DELETE, format!("/v1/connections/{revoked}"), Some("alice"), None).await;
+    let flows = "SELECT count(*) FROM oauth_states";
+    let before: i64 = scalar(&app, flows).await;
+    let fingerprint = app.fingerprint().await;
+    let path = format!("/v1/connections/{id}/reconnect");
+    for (path, body, status, slug, field) in [
+        ("/v1/connections/not-a-uuid/reconnect".to_owned(), json!({}), StatusCode::BAD_REQUEST, "invalid-input", "id"),
+        (path.clone(), json!({"scopes": "calendar.read"}), StatusCode::BAD_REQUEST, "invalid-input", "scopes"),
+        (path.clone(), json!({"scopes": ["has space"]}), StatusCode::BAD_REQUEST, "invalid-input", "scopes"),
+        (path.clone(), json!({"name": "x"}), StatusCode::BAD_REQUEST, "invalid-input", "name"),
+        (format!("/v1/connections/{revoked}/reconnect"), json!({}), StatusCode::CONFLICT, "connection-revoked", ""),
+        (format!("/v1/connections/{api_key}/reconnect"), json!({}), StatusCode::NOT_FOUND, "no-provider", ""),
+    ] {
+        let answer = app.send(Method::POST, path.clone(), Some("alice"), Some(body.clone())).await;
+        answer.assert_problem(status, slug);
+        if !field.is_empty() {
+            assert_eq!(answer.body["field"], field, "{path} {body}: {}", answer.body);
+        }
+    }
+    let unauthenticated = app.send(Method::POST, path, None, Some(json!({}))).await;
+    assert_eq!(unauthenticated.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(scalar::<i64>(&app, flows).await, before, "no flow stored");
+    assert_eq!(app.fingerprint().await, fingerprint, "nothing else stored");
+}
