@@ -97,6 +97,31 @@ pub async fn execute(
     input: CommandInput,
     respond: impl Fn(&Decided) -> (StatusCode, Value),
 ) -> Result<(StatusCode, Value), ApiError> {
+    execute_as(app, input, None, respond).await
+}
+
+/// Like [`execute`], for a server component acting on the owner's behalf
+/// (the refresher, the upstream revoker): the events record the actor
+/// `service:<component>`, so an audit tells what the owner did from what the
+/// server did for them.
+pub async fn execute_for_owner(
+    app: &AppState,
+    input: CommandInput,
+    component: &'static str,
+) -> Result<(StatusCode, Value), ApiError> {
+    execute_as(app, input, Some(component), |_| (StatusCode::OK, Value::Null)).await
+}
+
+async fn execute_as(
+    app: &AppState,
+    input: CommandInput,
+    component: Option<&'static str>,
+    respond: impl Fn(&Decided) -> (StatusCode, Value),
+) -> Result<(StatusCode, Value), ApiError> {
+    let recorded_actor = match component {
+        Some(component) => format!("service:{component}"),
+        None => input.actor.to_string(),
+    };
     let command_id = uuid::Uuid::now_v7();
     let mut transient = None;
     for attempt in 1..=MAX_ATTEMPTS {
@@ -111,8 +136,10 @@ pub async fn execute(
         };
         let transaction = PipelinedTransaction::new(client);
         // BEGIN is sent together with the command's first reads.
-        let (begun, outcome) =
-            futures::join!(transaction.begin(), attempt_once(app, transaction.client(), &input, command_id, &respond));
+        let (begun, outcome) = futures::join!(
+            transaction.begin(),
+            attempt_once(app, transaction.client(), &input, &recorded_actor, command_id, &respond)
+        );
         let outcome = match begun {
             Err(error) => Err(AttemptError::from(error)),
             Ok(()) => outcome,
@@ -214,6 +241,7 @@ async fn attempt_once(
     app: &AppState,
     transaction: &impl GenericClient,
     input: &CommandInput,
+    recorded_actor: &str,
     command_id: uuid::Uuid,
     respond: &impl Fn(&Decided) -> (StatusCode, Value),
 ) -> Result<(StatusCode, Value), AttemptError> {
@@ -234,7 +262,7 @@ async fn attempt_once(
     let stream_id = location.stream_id();
     let (locked, outcome) = futures::join!(
         EventLog::lock_stream(transaction, &stream_id),
-        decide_and_append(app, transaction, input, &location, command_id, respond)
+        decide_and_append(app, transaction, input, recorded_actor, &location, command_id, respond)
     );
     locked?;
     outcome
@@ -271,6 +299,7 @@ async fn decide_and_append(
     app: &AppState,
     transaction: &impl GenericClient,
     input: &CommandInput,
+    recorded_actor: &str,
     location: &ConnectionLocation,
     command_id: uuid::Uuid,
     respond: &impl Fn(&Decided) -> (StatusCode, Value),
@@ -301,7 +330,7 @@ async fn decide_and_append(
             NewEvent { event_id: uuid::Uuid::now_v7(), event_type, schema_version, data }
         })
         .collect();
-    let metadata = Metadata { actor: input.actor.to_string(), command_id, correlation_id: command_id };
+    let metadata = Metadata { actor: recorded_actor.to_owned(), command_id, correlation_id: command_id };
     let append = [StreamAppend { stream_id: stream_id.clone(), expected_version: version, events: new_events }];
     // The side-table writes and the append are independent statements of one
     // transaction: pipeline them instead of paying a round trip each.

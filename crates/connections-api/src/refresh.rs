@@ -12,14 +12,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::http::StatusCode;
 use chrono::Utc;
 use connections_domain::{AgentId, Command, ConnectionId, OwnerId, ProblemDetail, ServiceName};
 use connections_sealing::{open, Credential};
 use connections_store::{RefreshSchedule, StoreError, StoredCredential};
-use serde_json::Value;
 
-use crate::commands::{execute, load_connection_stream, CommandInput, Target};
+use crate::commands::{execute_for_owner, load_connection_stream, CommandInput, Target};
 use crate::oauth::{self, Refusal};
 use crate::problem::ApiError;
 use crate::state::AppState;
@@ -155,7 +153,7 @@ pub async fn refresh(
             credential: refreshed.clone(),
             idempotency: None,
         };
-        match execute(app, input, |_| (StatusCode::OK, Value::Null)).await {
+        match execute_for_owner(app, input, "refresher").await {
             Ok(_) if refreshed.is_none() => {
                 unschedule(app, connection_id, from_version).await;
                 Outcome::Rejected

@@ -14,7 +14,7 @@ use connections_domain::{Command, ConnectionId, OwnerId, ServiceName, UpstreamOu
 use connections_sealing::{open, seal, Credential, DataKey, MasterKey, SealedCredential, WrappedDataKey};
 use connections_store::{PendingRevocation, StoreError, UpstreamRevocations};
 
-use crate::commands::{execute, CommandInput, Target};
+use crate::commands::{execute_for_owner, CommandInput, Target};
 use crate::oauth::{self, TokenKind};
 use crate::state::AppState;
 
@@ -130,9 +130,7 @@ async fn attempt(app: &AppState, pending: PendingRevocation) -> Result<(), Store
         credential: None,
         idempotency: None,
     };
-    execute(app, input, |_| (axum::http::StatusCode::OK, serde_json::Value::Null))
-        .await
-        .map_err(|error| StoreError::Corrupt(error.to_string()))?;
+    execute_for_owner(app, input, "upstream-revoker").await.map_err(|error| StoreError::Corrupt(error.to_string()))?;
     // Recorded: the tokens go. (A crash between the two records the outcome
     // twice at worst, never loses it.)
     let client = app.database.pool().get().await.map_err(StoreError::from)?;

@@ -248,6 +248,9 @@ async fn a_revoke_returns_at_once_and_the_tokens_are_then_revoked_at_the_provide
     assert_eq!(scalar::<i64>(&app, "SELECT count(*) FROM upstream_revocations").await, 0, "the tokens are gone");
     let history = app.send(Method::GET, format!("/v1/connections/{id}/history"), Some("alice"), None).await;
     assert!(history.body.to_string().contains("upstream_revoked"), "{}", history.body);
+    let actor: String =
+        scalar(&app, "SELECT metadata->>'actor' FROM events WHERE event_type = 'upstream_revoked'").await;
+    assert_eq!(actor, "service:upstream-revoker");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
