@@ -6,6 +6,7 @@ mod cli;
 mod fanout;
 mod nats_security;
 mod oauth;
+mod page;
 mod readme;
 mod review;
 mod secrets;

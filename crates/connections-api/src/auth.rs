@@ -218,11 +218,46 @@ pub struct UserSession {
     pub expires_at: i64,
 }
 
+/// The page's session cookie (`POST /v1/session`): the user token, HttpOnly
+/// and SameSite=Strict.
+pub const SESSION_COOKIE: &str = "connections_session";
+
+/// The header the page sends with every request. A command authenticated by
+/// the session cookie must carry it: a cross-site form cannot add a header,
+/// and a cross-origin script that tries is stopped by the CORS preflight
+/// this server never approves.
+pub const PAGE_HEADER: &str = "x-connections-page";
+
+/// The user token of a request: the bearer token, or else the session
+/// cookie (then a command must carry [`PAGE_HEADER`]).
+fn user_token(parts: &Parts) -> Result<&str, ApiError> {
+    if parts.headers.contains_key(axum::http::header::AUTHORIZATION) {
+        return bearer(parts);
+    }
+    let cookie = parts
+        .headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, value)| *name == SESSION_COOKIE && !value.is_empty())
+        .map(|(_, value)| value)
+        .ok_or(ApiError::Unauthorized("missing Authorization header"))?;
+    let safe = matches!(parts.method, axum::http::Method::GET | axum::http::Method::HEAD);
+    if !safe && parts.headers.get(PAGE_HEADER).and_then(|v| v.to_str().ok()) != Some("1") {
+        return Err(ApiError::Unauthorized(
+            "a command authenticated by the session cookie must carry X-Connections-Page: 1",
+        ));
+    }
+    Ok(cookie)
+}
+
 impl FromRequestParts<AppState> for UserSession {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let claims = state.authenticator.verify(bearer(parts)?)?;
+        let claims = state.authenticator.verify(user_token(parts)?)?;
         if claims.role.as_deref().is_some_and(|role| role != "user") {
             return Err(ApiError::Unauthorized("this endpoint needs a user token"));
         }

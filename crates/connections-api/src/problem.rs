@@ -38,6 +38,9 @@ pub enum ApiError {
     /// No OAuth 2.0 provider is configured for the service.
     #[error("no OAuth provider is configured for this service; create the connection with a credential instead")]
     NoProvider,
+    /// The connection's service has no OAuth 2.0 provider to reconnect through.
+    #[error("no OAuth provider is configured for this connection's service; rotate its credential instead")]
+    NotReconnectable,
     /// No such route.
     #[error("no such route")]
     NoRoute,
@@ -96,6 +99,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, problem::UNAUTHORIZED),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not-found"),
             ApiError::NoProvider => (StatusCode::NOT_FOUND, "no-provider"),
+            ApiError::NotReconnectable => (StatusCode::CONFLICT, "not-reconnectable"),
             ApiError::CredentialExpired => (StatusCode::CONFLICT, "credential-expired"),
             ApiError::RefreshUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "refresh-unavailable"),
             ApiError::NoRoute => (StatusCode::NOT_FOUND, "no-such-route"),

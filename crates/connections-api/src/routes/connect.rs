@@ -65,6 +65,9 @@ pub async fn reconnect(
         return Err(ApiError::Revoked);
     }
     let service = state.service.clone().ok_or(ApiError::NotFound)?;
+    if app.settings.providers.get(&service).is_none() || app.settings.providers.redirect_uri.is_none() {
+        return Err(ApiError::NotReconnectable);
+    }
     let request = |scopes: &[String]| json!({"reconnect": connection_id, "scopes": scopes});
     start_flow(&app, &owner, &service, &headers, scopes, request).await
 }

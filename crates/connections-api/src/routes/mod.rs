@@ -6,6 +6,7 @@ mod connections;
 pub mod dashboard;
 mod health;
 mod history;
+mod page;
 mod problems;
 mod providers;
 mod resolve;
@@ -27,6 +28,12 @@ use crate::state::AppState;
 
 /// Every (method, path) the router mounts, as written in `schemas/openapi.json`.
 pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/"),
+    ("GET", "/sign-in"),
+    ("GET", "/assets/{name}"),
+    ("GET", "/v1/session"),
+    ("POST", "/v1/session"),
+    ("DELETE", "/v1/session"),
     ("GET", "/health"),
     ("POST", "/v1/resolve"),
     ("POST", "/v1/runtime/nats-credentials"),
@@ -56,6 +63,10 @@ pub const ROUTES: &[(&str, &str)] = &[
 /// The application's router.
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .route("/", get(page::index))
+        .route("/sign-in", get(page::sign_in))
+        .route("/assets/{name}", get(page::asset))
+        .route("/v1/session", get(page::show).post(page::create).delete(page::delete))
         .route("/health", get(health::health))
         .route("/v1/resolve", post(resolve::resolve_credential))
         .route("/v1/runtime/nats-credentials", post(runtime::nats_credentials))

@@ -18,6 +18,7 @@ mod resolve;
 mod review;
 mod runtime_nats;
 mod secrets;
+mod session;
 mod unavailable;
 mod upkeep;
 

@@ -35,7 +35,8 @@ async fn every_documented_operation_is_mounted_with_that_method() {
         let concrete = path
             .replace("{id}", &uuid::Uuid::now_v7().to_string())
             .replace("{agent_id}", "agent-1")
-            .replace("{service}", "github");
+            .replace("{service}", "github")
+            .replace("{name}", "app.js");
         let method = Method::from_bytes(method.as_bytes()).expect("method");
         let answer = app.send(method.clone(), &concrete, None, None).await;
         assert_ne!(answer.body["type"], "urn:connections:problem:no-such-route", "{method} {path} is not mounted");

@@ -387,7 +387,7 @@ async fn a_reconnect_with_bad_input_is_refused_naming_the_problem_and_stores_not
         (path.clone(), json!({"scopes": ["has space"]}), StatusCode::BAD_REQUEST, "invalid-input", "scopes"),
         (path.clone(), json!({"name": "x"}), StatusCode::BAD_REQUEST, "invalid-input", "name"),
         (format!("/v1/connections/{revoked}/reconnect"), json!({}), StatusCode::CONFLICT, "connection-revoked", ""),
-        (format!("/v1/connections/{api_key}/reconnect"), json!({}), StatusCode::NOT_FOUND, "no-provider", ""),
+        (format!("/v1/connections/{api_key}/reconnect"), json!({}), StatusCode::CONFLICT, "not-reconnectable", ""),
     ] {
         let answer = app.send(Method::POST, path.clone(), Some("alice"), Some(body.clone())).await;
         answer.assert_problem(status, slug);
