@@ -95,15 +95,24 @@ try {
   assert.equal(await page.locator('#rotate-secret').inputValue(), '', 'the form is cleared');
   assert.ok(!(await page.content()).includes('rotated-secret-canary'), 'the secret is not in the page');
 
+  step('a live update waits while the user types, then shows');
+  await page.locator('#assign-agent').fill('a3');
+  assert.equal((await api(alice, 'POST', `/v1/connections/${usedId}/agents`, { agent_id: 'a9' })).status, 200);
+  await page.waitForTimeout(1000);
+  assert.equal(await page.locator('#assign-agent').inputValue(), 'a3', 'what the user typed is kept');
+  await page.locator('#assign-agent').press('Enter');
+  await usage.getByText('a3', { exact: true }).waitFor();
+  await usage.getByText('a9', { exact: true }).waitFor();
+
   step('revoke: the agents are named before and after');
   await page.getByRole('button', { name: 'Revoke' }).click();
   const dialog = page.getByRole('dialog');
   await dialog.waitFor();
-  assert.deepEqual(await dialog.locator('#affected-before li').allTextContents(), ['a1', 'a2']);
+  assert.deepEqual(await dialog.locator('#affected-before li').allTextContents(), ['a1', 'a2', 'a3', 'a9']);
   await dialog.getByRole('button', { name: 'Revoke' }).click();
-  await page.getByText('Revoked. Affected agents: a1, a2.').waitFor();
+  await page.getByText('Revoked. Affected agents: a1, a2, a3, a9.').waitFor();
   await page.locator('#status', { hasText: 'revoked' }).waitFor();
-  await page.getByText(/Revoked by alice, 2 agents affected/).waitFor();
+  await page.getByText(/Revoked by alice, 4 agents affected/).waitFor();
 
   step('a cookie-authenticated command without the page header is refused (CSRF)');
   const forged = await page.evaluate(async (id) => (await fetch(`/v1/connections/${id}`, { method: 'DELETE' })).status, spareId);

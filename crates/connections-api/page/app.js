@@ -123,18 +123,22 @@ const path = (id) => encodeURIComponent(id);
 
 // ---------------------------------------------------------------- views
 
+/** The services connectable through an OAuth provider (asked once). */
+let providersAsked = null;
+function providers() {
+  providersAsked ??= api('GET', '/v1/providers').catch(() => ({ providers: [] }));
+  return providersAsked;
+}
+
 async function cardsView() {
-  const [{ services }, providers] = await Promise.all([
-    read('/v1/services'),
-    api('GET', '/v1/providers').catch(() => ({ providers: [] })),
-  ]);
+  const [{ services }, configured] = await Promise.all([read('/v1/services'), providers()]);
   const cards = services.map((card) => el('li', { class: 'card' },
     el('h2', {}, el('a', { href: `#/service/${path(card.service)}` }, card.service)),
     el('p', { class: 'count', 'data-service': card.service }, plural(card.active_connections, 'connection', 'connections')),
     el('p', {}, plural(card.agent_count, 'agent', 'agents')),
     card.default_connection_id ? el('p', {}, 'Default set') : el('p', { class: 'muted' }, 'No default'),
     card.needs_attention > 0 ? el('p', { class: 'attention' }, `${card.needs_attention} need attention`) : null));
-  const connect = (providers.providers || []).map((provider) => el('li', {},
+  const connect = (configured.providers || []).map((provider) => el('li', {},
     el('button', { type: 'button', onclick: () => act(async () => {
       const started = await api('POST', `/v1/connect/${path(provider.service)}`, {});
       location.assign(started.authorize_url);
@@ -205,9 +209,14 @@ async function connectionView(id) {
     el('h2', {}, `Used by ${plural(usage.agents.length, 'agent', 'agents')}`),
     usage.agents.length ? el('ul', { id: 'usage' }, agents) : el('p', { id: 'usage' }, 'No agent uses it.'),
   ];
+  const oauth = ((await providers()).providers || []).some((p) => p.service === c.service);
   if (active) {
     view.push(el('section', { class: 'actions', 'aria-label': 'Actions' },
       el('button', { type: 'button', class: 'danger', onclick: () => revoke(id, c, usage.agents) }, 'Revoke'),
+      oauth ? el('button', { type: 'button', onclick: () => act(async () => {
+        const started = await api('POST', `/v1/connections/${path(id)}/reconnect`, {});
+        location.assign(started.authorize_url);
+      }) }, c.needs_attention ? 'Reconnect (needed)' : 'Reconnect') : null,
       defaultButton(c.service, c),
       assignForm(id),
       credentialForm('Rotate the credential', 'rotate', (credential) =>
@@ -371,9 +380,28 @@ window.addEventListener('hashchange', () => { sessionNote = ''; clearError(); re
 const EVENT_TYPES = ['connection_created', 'oauth_granted', 'agent_assigned', 'agent_unassigned', 'credential_rotated',
   'credential_refreshed', 'credential_rejected', 'default_set', 'default_cleared', 'connection_revoked', 'upstream_revoked'];
 
+/** Whether the user is typing into a form of the view: a live update then
+ * waits until they leave it, so that it never wipes what they typed. */
+function editing() {
+  return [...main.querySelectorAll('input')].some((input) => input === document.activeElement || input.value !== '');
+}
+
+let pendingLive = false;
+
+function liveRender() {
+  if (editing()) {
+    pendingLive = true;
+    return;
+  }
+  pendingLive = false;
+  render();
+}
+
+main.addEventListener('focusout', () => setTimeout(() => { if (pendingLive) liveRender(); }, 0));
+
 function live() {
   const stream = new EventSource('/v1/stream');
-  for (const type of EVENT_TYPES) stream.addEventListener(type, () => render());
+  for (const type of EVENT_TYPES) stream.addEventListener(type, liveRender);
   stream.addEventListener('error', () => {
     // The browser reconnects by itself (with Last-Event-ID); a stream that
     // ended because the session expired is closed for good.
@@ -386,14 +414,8 @@ document.getElementById('sign-out').addEventListener('click', async () => {
   location.assign('/sign-in');
 });
 
-(async () => {
-  try {
-    const session = await api('GET', '/v1/session');
-    document.getElementById('who').textContent = `Signed in as ${session.user}`;
-  } catch (error) {
-    showError(error);
-    return;
-  }
-  await render();
-  live();
-})();
+// Who is signed in and the first view are asked for at once.
+api('GET', '/v1/session')
+  .then((session) => { document.getElementById('who').textContent = `Signed in as ${session.user}`; })
+  .catch(showError);
+render().then(live);
