@@ -8,5 +8,6 @@ mod nats_security;
 mod oauth;
 mod page;
 mod readme;
+mod rekey;
 mod review;
 mod secrets;

@@ -90,6 +90,16 @@ impl Server {
         self.base = base;
     }
 
+    /// Stops the server (SIGTERM) and starts it again on the same database
+    /// with `extra_env` added to its environment; `base` changes.
+    pub fn restart_with(&mut self, extra_env: &[(&str, &str)]) {
+        self.stop();
+        self.env.extend(extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let (child, base) = spawn(&self.database_url, &self.env, &self.output);
+        self.child = child;
+        self.base = base;
+    }
+
     /// Everything the server printed so far (stdout and stderr).
     pub fn output(&self) -> String {
         self.output.lock().expect("output lock").clone()

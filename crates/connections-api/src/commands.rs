@@ -373,6 +373,8 @@ enum SideWrite {
     Unschedule(ConnectionId),
     /// Queue a revoked connection's tokens for revocation at the provider.
     RevokeUpstream(ConnectionId, WrappedDataKey, SealedCredential),
+    /// Replace a data key's wrapping (master key rotation).
+    Rewrap(ConnectionId, String, WrappedDataKey),
 }
 
 impl SideWrite {
@@ -390,6 +392,9 @@ impl SideWrite {
                 RefreshSchedule::schedule(transaction, *id, &location.service, *version, *due_at).await
             }
             SideWrite::Unschedule(id) => RefreshSchedule::remove(transaction, *id).await,
+            SideWrite::Rewrap(id, from_key_id, wrapped) => {
+                StoredCredential::rewrap(transaction, *id, from_key_id, wrapped).await
+            }
             SideWrite::RevokeUpstream(id, wrapped, sealed) => {
                 UpstreamRevocations::enqueue(transaction, *id, &location.owner, &location.service, wrapped, sealed)
                     .await
@@ -451,6 +456,22 @@ async fn side_writes(
                     ),
                     false => SideWrite::Unschedule(*connection_id),
                 });
+            }
+            Event::DataKeyRewrapped { connection_id, from_key_id, to_key_id } => {
+                // Only a key still wrapped under `from_key_id` moves, and only
+                // to the key this server wraps with; anything else means
+                // another rewrapper (or server) got there first.
+                let stale = || AttemptError::Refused(ApiError::RewrapStale);
+                if master_key.key_id() != to_key_id.as_str() {
+                    return Err(stale());
+                }
+                let wrapped = StoredCredential::data_key(transaction, *connection_id).await?.ok_or_else(stale)?;
+                if wrapped.master_key_id != from_key_id.as_str() {
+                    return Err(stale());
+                }
+                let data_key = master_key.unwrap(&wrapped, *connection_id).map_err(|e| failed(&e))?;
+                let rewrapped = master_key.wrap(&data_key, *connection_id);
+                writes.push(SideWrite::Rewrap(*connection_id, from_key_id.to_string(), rewrapped));
             }
             Event::ConnectionRevoked { connection_id, .. } => {
                 if let Some(queued) = upstream_tokens(app, transaction, location, state, *connection_id).await? {

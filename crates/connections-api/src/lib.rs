@@ -13,6 +13,7 @@ pub mod oauth;
 pub mod problem;
 pub mod providers;
 pub mod refresh;
+pub mod rekey;
 pub mod resolution;
 pub mod routes;
 pub mod runtime_nats;

@@ -41,6 +41,10 @@ pub enum ApiError {
     /// The connection's service has no OAuth 2.0 provider to reconnect through.
     #[error("no OAuth provider is configured for this connection's service; rotate its credential instead")]
     NotReconnectable,
+    /// A data key re-wrap found the key already moved (another rewrapper,
+    /// or a server with another current master key).
+    #[error("the data key is no longer wrapped under the master key named; run the rewrap again")]
+    RewrapStale,
     /// No such route.
     #[error("no such route")]
     NoRoute,
@@ -100,6 +104,7 @@ impl ApiError {
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not-found"),
             ApiError::NoProvider => (StatusCode::NOT_FOUND, "no-provider"),
             ApiError::NotReconnectable => (StatusCode::CONFLICT, "not-reconnectable"),
+            ApiError::RewrapStale => (StatusCode::CONFLICT, "rewrap-stale"),
             ApiError::CredentialExpired => (StatusCode::CONFLICT, "credential-expired"),
             ApiError::RefreshUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "refresh-unavailable"),
             ApiError::NoRoute => (StatusCode::NOT_FOUND, "no-such-route"),

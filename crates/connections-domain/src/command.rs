@@ -2,7 +2,8 @@
 
 use crate::event::UpstreamOutcome;
 use crate::ids::{
-    AgentId, ConnectionId, ConnectionName, CredentialKind, OwnerId, ProblemDetail, Scope, ServiceName, SkillName,
+    AgentId, ConnectionId, ConnectionName, CredentialKind, MasterKeyId, OwnerId, ProblemDetail, Scope, ServiceName,
+    SkillName,
 };
 
 /// A command together with the user who issued it. Only the owner of the
@@ -141,6 +142,16 @@ pub enum Command {
         outcome: UpstreamOutcome,
         /// How many times the provider was called.
         attempts: u32,
+    },
+    /// Re-wrap an active connection's data key, wrapped under `from_key_id`,
+    /// under the current master key `to_key_id` (a master key rotation).
+    RewrapDataKey {
+        /// The connection.
+        connection_id: ConnectionId,
+        /// The master key it is wrapped under.
+        from_key_id: MasterKeyId,
+        /// The current master key.
+        to_key_id: MasterKeyId,
     },
     /// Replace a connection's credential with a new version.
     RotateCredential {

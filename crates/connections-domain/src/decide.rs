@@ -175,6 +175,18 @@ pub fn decide(state: &OwnerService, request: &Request) -> Result<Vec<Event>, Dom
             }
             Ok(vec![Event::UpstreamRevoked { connection_id: *connection_id, outcome: *outcome, attempts: *attempts }])
         }
+        Command::RewrapDataKey { connection_id, from_key_id, to_key_id } => {
+            // A revoked connection has no data key left to re-wrap.
+            active(state, request, *connection_id)?;
+            if from_key_id == to_key_id {
+                return Ok(vec![]);
+            }
+            Ok(vec![Event::DataKeyRewrapped {
+                connection_id: *connection_id,
+                from_key_id: from_key_id.clone(),
+                to_key_id: to_key_id.clone(),
+            }])
+        }
         Command::RotateCredential { connection_id, credential_kind } => {
             let connection = active(state, request, *connection_id)?;
             Ok(vec![Event::CredentialRotated {

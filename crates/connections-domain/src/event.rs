@@ -3,7 +3,8 @@
 //! `schemas/events/`.
 
 use crate::ids::{
-    AgentId, ConnectionId, ConnectionName, CredentialKind, OwnerId, ProblemDetail, Scope, ServiceName, SkillName,
+    AgentId, ConnectionId, ConnectionName, CredentialKind, MasterKeyId, OwnerId, ProblemDetail, Scope, ServiceName,
+    SkillName,
 };
 
 /// How an agent came to be bound to a connection.
@@ -154,6 +155,16 @@ pub enum Event {
         /// The connection that replaced it, when revoked by a replacement.
         replaced_by: Option<ConnectionId>,
     },
+    /// The connection's data key was re-wrapped under another master key (a
+    /// master key rotation): no key material, only the ids.
+    DataKeyRewrapped {
+        /// The connection.
+        connection_id: ConnectionId,
+        /// The master key it was wrapped under.
+        from_key_id: MasterKeyId,
+        /// The master key it is wrapped under now.
+        to_key_id: MasterKeyId,
+    },
     /// The revoked connection's tokens were revoked at its OAuth provider,
     /// or the server gave up trying (after the revocation here, which did
     /// not wait for it).
@@ -181,7 +192,8 @@ impl Event {
             | Event::DefaultSet { connection_id, .. }
             | Event::DefaultCleared { connection_id, .. }
             | Event::ConnectionRevoked { connection_id, .. }
-            | Event::UpstreamRevoked { connection_id, .. } => *connection_id,
+            | Event::UpstreamRevoked { connection_id, .. }
+            | Event::DataKeyRewrapped { connection_id, .. } => *connection_id,
         }
     }
 }

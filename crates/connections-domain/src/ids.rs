@@ -124,6 +124,16 @@ string_newtype!(
 );
 
 string_newtype!(
+    /// The id of a master key (never its material): 1–64 printable ASCII
+    /// characters.
+    MasterKeyId, max = 64, allowed = "printable ASCII characters other than space", ok = key_id_char
+);
+
+fn key_id_char(c: char) -> bool {
+    c.is_ascii_graphic()
+}
+
+string_newtype!(
     /// What a runtime says about a problem with a credential: 1–200
     /// characters, no control characters. Never the credential itself (the
     /// server refuses a detail that contains one of its secret values).

@@ -24,7 +24,7 @@ pub use decide::decide;
 pub use error::DomainError;
 pub use event::{BindingSource, DefaultClearReason, Event, UnbindReason, UpstreamOutcome};
 pub use ids::{
-    AgentId, ConnectionId, ConnectionName, CredentialKind, IdError, OwnerId, ProblemDetail, Scope, ServiceName,
-    SkillName,
+    AgentId, ConnectionId, ConnectionName, CredentialKind, IdError, MasterKeyId, OwnerId, ProblemDetail, Scope,
+    ServiceName, SkillName,
 };
 pub use state::{Binding, Connection, ConnectionStatus, OwnerService};

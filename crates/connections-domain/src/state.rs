@@ -116,7 +116,7 @@ impl OwnerService {
                     connection.needs_attention = false;
                 }
             }
-            Event::OauthGranted { .. } | Event::UpstreamRevoked { .. } => {}
+            Event::OauthGranted { .. } | Event::UpstreamRevoked { .. } | Event::DataKeyRewrapped { .. } => {}
             Event::CredentialRefreshed { connection_id, credential_version } => {
                 if let Some(connection) = self.connections.get_mut(connection_id) {
                     connection.credential_version = *credential_version;

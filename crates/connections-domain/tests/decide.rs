@@ -440,3 +440,19 @@ fn an_upstream_revocation_is_recorded_only_for_a_revoked_connection_of_the_actor
     let (foreign, _) = given_when(history, "bob", record);
     assert_eq!(foreign, Err(DomainError::NotFound));
 }
+
+#[test]
+fn a_rewrap_is_recorded_for_an_active_connection_of_the_actor_only() {
+    let (k1, k2) = (MasterKeyId::parse("k1").expect("valid"), MasterKeyId::parse("k2").expect("valid"));
+    let rewrap = Command::RewrapDataKey { connection_id: conn(1), from_key_id: k1.clone(), to_key_id: k2.clone() };
+    let (events, _) = given_when(vec![create(1, None)], "alice", rewrap.clone());
+    assert_eq!(
+        events,
+        Ok(vec![Event::DataKeyRewrapped { connection_id: conn(1), from_key_id: k1.clone(), to_key_id: k2 }])
+    );
+    let same = Command::RewrapDataKey { connection_id: conn(1), from_key_id: k1.clone(), to_key_id: k1 };
+    assert_eq!(given_when(vec![create(1, None)], "alice", same).0, Ok(vec![]));
+    assert_eq!(given_when(vec![create(1, None)], "bob", rewrap.clone()).0, Err(DomainError::NotFound));
+    let revoked = vec![create(1, None), Command::RevokeConnection { connection_id: conn(1) }];
+    assert_eq!(given_when(revoked, "alice", rewrap).0, Err(DomainError::Revoked(conn(1))));
+}

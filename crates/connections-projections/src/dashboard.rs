@@ -119,7 +119,7 @@ pub fn statements(envelope: &Envelope) -> Result<Vec<Statement>, StoreError> {
         }
         // The scopes live in the log (and the sealed credential); the
         // dashboard shows none of them yet.
-        Event::OauthGranted { .. } | Event::UpstreamRevoked { .. } => {}
+        Event::OauthGranted { .. } | Event::UpstreamRevoked { .. } | Event::DataKeyRewrapped { .. } => {}
         Event::CredentialRefreshed { credential_version, .. } => {
             out.push(Statement::new(
                 "UPDATE rm_connections SET credential_version = $3, needs_attention = false \

@@ -125,7 +125,7 @@ impl Model {
                     row.needs_attention = false;
                 }
             }
-            Event::OauthGranted { .. } | Event::UpstreamRevoked { .. } => {}
+            Event::OauthGranted { .. } | Event::UpstreamRevoked { .. } | Event::DataKeyRewrapped { .. } => {}
             Event::CredentialRefreshed { credential_version, .. } => {
                 if let Some(row) = self.connections.get_mut(&key) {
                     row.credential_version = *credential_version as i32;

@@ -27,9 +27,11 @@ impl fmt::Debug for FingerprintKey {
 
 impl MasterKey {
     /// The fingerprint key for `purpose` (e.g. `"idempotency"`): HMAC of
-    /// the purpose under the master key, so each purpose has its own key.
+    /// the purpose under the keyring's derivation material (the master
+    /// key's own unless set with [`MasterKey::deriving_from`]), so each
+    /// purpose has its own key and a rotation does not change it.
     pub fn fingerprint_key(&self, purpose: &str) -> FingerprintKey {
-        FingerprintKey { key: hmac(self.bytes(), |inner| prefixed(inner, &[DERIVE_CONTEXT, purpose.as_bytes()])) }
+        FingerprintKey { key: hmac(self.derivation(), |inner| prefixed(inner, &[DERIVE_CONTEXT, purpose.as_bytes()])) }
     }
 }
 

@@ -26,6 +26,9 @@ pub enum KeyError {
     /// The wrapped key was made with another master key.
     #[error("data key is wrapped by master key {0:?}, which is not loaded")]
     UnknownMasterKey(String),
+    /// Two keys of a keyring have the same id.
+    #[error("master key id {0:?} appears twice in the keyring")]
+    DuplicateKeyId(String),
     /// The wrapped key failed authentication (tampered, or moved to another connection).
     #[error("data key failed to unwrap")]
     UnwrapFailed,
@@ -34,17 +37,24 @@ pub enum KeyError {
     Random,
 }
 
-/// The key that wraps every data key. Loaded from configuration; identified
-/// by a key id so that it can be rotated. `Debug` shows only the id.
+/// The key that wraps every new data key, identified by a key id, with the
+/// previous master keys it still unwraps with (a keyring, for rotation: a
+/// wrapped key names the id it was wrapped under). Purpose keys
+/// (fingerprints) are derived from a separate derivation material, by
+/// default this key's own, so that they survive a rotation. `Debug` shows
+/// only ids.
 #[derive(Clone)]
 pub struct MasterKey {
     key_id: String,
     bytes: [u8; KEY_BYTES],
+    previous: Vec<(String, [u8; KEY_BYTES])>,
+    derivation: [u8; KEY_BYTES],
 }
 
 impl fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MasterKey").field("key_id", &self.key_id).finish_non_exhaustive()
+        let previous: Vec<&str> = self.previous.iter().map(|(id, _)| id.as_str()).collect();
+        f.debug_struct("MasterKey").field("key_id", &self.key_id).field("previous", &previous).finish_non_exhaustive()
     }
 }
 
@@ -59,7 +69,40 @@ impl MasterKey {
             .decode(encoded.trim())
             .map_err(|_| KeyError::MalformedMasterKey)?;
         let bytes: [u8; KEY_BYTES] = decoded.try_into().map_err(|_| KeyError::MalformedMasterKey)?;
-        Ok(Self { key_id: key_id.to_owned(), bytes })
+        Ok(Self { key_id: key_id.to_owned(), bytes, previous: Vec::new(), derivation: bytes })
+    }
+
+    /// This key as the current one of a keyring that also unwraps with
+    /// `previous` (data keys wrapped under them before a rotation).
+    pub fn with_previous(mut self, previous: Vec<MasterKey>) -> Result<Self, KeyError> {
+        for key in previous {
+            if key.key_id == self.key_id || self.previous.iter().any(|(id, _)| *id == key.key_id) {
+                return Err(KeyError::DuplicateKeyId(key.key_id));
+            }
+            self.previous.push((key.key_id, key.bytes));
+        }
+        Ok(self)
+    }
+
+    /// Purpose keys derived from `root`'s material instead of this key's:
+    /// after a rotation, fingerprints and the like stay comparable with
+    /// those made before it.
+    pub fn deriving_from(mut self, root: &MasterKey) -> Self {
+        self.derivation = root.bytes;
+        self
+    }
+
+    /// Every key id this keyring unwraps, the current one first.
+    pub fn key_ids(&self) -> Vec<&str> {
+        std::iter::once(self.key_id.as_str()).chain(self.previous.iter().map(|(id, _)| id.as_str())).collect()
+    }
+
+    /// The material of key `id`, if loaded.
+    fn material(&self, id: &str) -> Option<&[u8; KEY_BYTES]> {
+        if id == self.key_id {
+            return Some(&self.bytes);
+        }
+        self.previous.iter().find(|(known, _)| known == id).map(|(_, bytes)| bytes)
     }
 
     /// A fresh random master key, base64-encoded (for `ops/run` and tests).
@@ -69,8 +112,9 @@ impl MasterKey {
         Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
     }
 
-    pub(crate) fn bytes(&self) -> &[u8; KEY_BYTES] {
-        &self.bytes
+    /// The material purpose keys are derived from.
+    pub(crate) fn derivation(&self) -> &[u8; KEY_BYTES] {
+        &self.derivation
     }
 
     /// The key id recorded next to every data key it wraps.
@@ -89,17 +133,19 @@ impl MasterKey {
         WrappedDataKey { master_key_id: self.key_id.clone(), bytes }
     }
 
-    /// Unwraps a connection's data key.
+    /// Unwraps a connection's data key with the key it names (the current
+    /// one or a previous one); a key id not in the keyring fails closed.
     pub fn unwrap(&self, wrapped: &WrappedDataKey, connection_id: ConnectionId) -> Result<DataKey, KeyError> {
-        if wrapped.master_key_id != self.key_id {
-            return Err(KeyError::UnknownMasterKey(wrapped.master_key_id.clone()));
-        }
+        let material = self
+            .material(&wrapped.master_key_id)
+            .ok_or_else(|| KeyError::UnknownMasterKey(wrapped.master_key_id.clone()))?;
         let Some((&WRAP_FORMAT_V1, sealed)) = wrapped.bytes.split_first() else {
             return Err(KeyError::UnwrapFailed);
         };
-        let mut cipher = Aes256Siv::new((&self.bytes).into());
-        let plain =
-            cipher.decrypt(wrap_headers(&self.key_id, connection_id), sealed).map_err(|_| KeyError::UnwrapFailed)?;
+        let mut cipher = Aes256Siv::new(material.into());
+        let plain = cipher
+            .decrypt(wrap_headers(&wrapped.master_key_id, connection_id), sealed)
+            .map_err(|_| KeyError::UnwrapFailed)?;
         let bytes: [u8; KEY_BYTES] = plain.try_into().map_err(|_| KeyError::UnwrapFailed)?;
         Ok(DataKey { bytes })
     }
@@ -154,6 +200,32 @@ mod tests {
 
     fn master() -> MasterKey {
         MasterKey::from_base64("k1", &MasterKey::generate_base64().expect("random")).expect("valid key")
+    }
+
+    #[test]
+    fn a_keyring_unwraps_under_every_loaded_id_wraps_under_the_current_and_fails_closed_otherwise() {
+        let old = master();
+        let new = MasterKey::from_base64("k2", &MasterKey::generate_base64().expect("random")).expect("valid key");
+        let id = ConnectionId::from_uuid(uuid_from(7));
+        let data_key = DataKey::generate().expect("random");
+        let wrapped_old = old.wrap(&data_key, id);
+        let ring = new.clone().with_previous(vec![old.clone()]).expect("distinct ids").deriving_from(&old);
+        assert_eq!(ring.key_ids(), vec!["k2", "k1"]);
+        assert_eq!(ring.unwrap(&wrapped_old, id).expect("previous key").bytes, data_key.bytes);
+        let rewrapped = ring.wrap(&data_key, id);
+        assert_eq!(rewrapped.master_key_id, "k2");
+        assert_eq!(new.unwrap(&rewrapped, id).expect("current key").bytes, data_key.bytes);
+        // The old key removed: its wrapped keys fail closed, naming the id.
+        assert_eq!(new.unwrap(&wrapped_old, id).map(|_| ()), Err(KeyError::UnknownMasterKey("k1".into())));
+        // A wrapped key relabelled with another loaded id does not open.
+        let relabelled = WrappedDataKey { master_key_id: "k2".into(), bytes: wrapped_old.bytes.clone() };
+        assert_eq!(ring.unwrap(&relabelled, id).map(|_| ()), Err(KeyError::UnwrapFailed));
+        // Purpose keys survive the rotation when derived from the old material.
+        let purpose = |key: &MasterKey| key.fingerprint_key("idempotency").fingerprint(&[b"x"]);
+        assert_eq!(purpose(&ring), purpose(&old));
+        assert_ne!(purpose(&new), purpose(&old));
+        assert_eq!(new.with_previous(vec![old.clone(), old]).map(|_| ()), Err(KeyError::DuplicateKeyId("k1".into())));
+        assert!(!format!("{ring:?}").contains(&format!("{:?}", data_key.bytes)));
     }
 
     #[test]

@@ -6,8 +6,8 @@
 //! what is stored.
 
 use connections_domain::{
-    AgentId, BindingSource, ConnectionId, ConnectionName, CredentialKind, DefaultClearReason, Event, OwnerId,
-    ProblemDetail, Scope, ServiceName, SkillName, UnbindReason, UpstreamOutcome,
+    AgentId, BindingSource, ConnectionId, ConnectionName, CredentialKind, DefaultClearReason, Event, MasterKeyId,
+    OwnerId, ProblemDetail, Scope, ServiceName, SkillName, UnbindReason, UpstreamOutcome,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -35,6 +35,7 @@ pub const EVENT_TYPES: &[(&str, i32)] = &[
     ("default_cleared", 1),
     ("connection_revoked", 1),
     ("upstream_revoked", 1),
+    ("data_key_rewrapped", 1),
 ];
 
 #[derive(Serialize, Deserialize)]
@@ -93,6 +94,14 @@ struct CredentialRejectedV2 {
     credential_version: u32,
     status: Option<u16>,
     detail: Option<ProblemDetail>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DataKeyRewrappedV1 {
+    connection_id: ConnectionId,
+    from_key_id: MasterKeyId,
+    to_key_id: MasterKeyId,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -242,6 +251,15 @@ pub fn encode(event: &Event) -> (&'static str, i32, Value) {
                 detail: detail.clone(),
             })),
         ),
+        Event::DataKeyRewrapped { connection_id, from_key_id, to_key_id } => (
+            "data_key_rewrapped",
+            1,
+            to_value(serde_json::to_value(DataKeyRewrappedV1 {
+                connection_id: *connection_id,
+                from_key_id: from_key_id.clone(),
+                to_key_id: to_key_id.clone(),
+            })),
+        ),
         Event::UpstreamRevoked { connection_id, outcome, attempts } => (
             "upstream_revoked",
             1,
@@ -358,6 +376,14 @@ pub fn decode(event_type: &str, schema_version: i32, data: &Value) -> Result<Eve
                 credential_version: d.credential_version,
                 status: d.status,
                 detail: d.detail,
+            }
+        }
+        ("data_key_rewrapped", 1) => {
+            let d: DataKeyRewrappedV1 = parse(event_type, data)?;
+            Event::DataKeyRewrapped {
+                connection_id: d.connection_id,
+                from_key_id: d.from_key_id,
+                to_key_id: d.to_key_id,
             }
         }
         ("upstream_revoked", 1) => {

@@ -85,6 +85,54 @@ impl StoredCredential {
         Ok(())
     }
 
+    /// Replaces a data key's wrapping, if it is still wrapped under
+    /// `from_key_id` (a master key rotation; the key itself is unchanged).
+    pub async fn rewrap(
+        client: &impl GenericClient,
+        connection_id: ConnectionId,
+        from_key_id: &str,
+        wrapped: &WrappedDataKey,
+    ) -> Result<(), StoreError> {
+        let statement = client
+            .prepare_cached(
+                "UPDATE data_keys SET master_key_id = $3, wrapped_key = $4 \
+                 WHERE connection_id = $1 AND master_key_id = $2",
+            )
+            .await?;
+        client
+            .execute(&statement, &[&connection_id.as_uuid(), &from_key_id, &wrapped.master_key_id, &wrapped.bytes])
+            .await?;
+        Ok(())
+    }
+
+    /// How many live data keys each master key id wraps.
+    pub async fn key_counts(client: &impl GenericClient) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = client
+            .query("SELECT master_key_id, count(*) FROM data_keys GROUP BY master_key_id ORDER BY master_key_id", &[])
+            .await?;
+        Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+    }
+
+    /// Up to `limit` connections after `after` (in id order) whose data key
+    /// is wrapped under one of `key_ids`: (connection, owner, key id).
+    pub async fn wrapped_under(
+        client: &impl GenericClient,
+        key_ids: &[&str],
+        after: Option<ConnectionId>,
+        limit: i64,
+    ) -> Result<Vec<(ConnectionId, String, String)>, StoreError> {
+        let after = after.map(|id| id.as_uuid()).unwrap_or_default();
+        let rows = client
+            .query(
+                "SELECT d.connection_id, l.owner_id, d.master_key_id FROM data_keys d \
+                 JOIN connection_locator l USING (connection_id) \
+                 WHERE d.master_key_id = ANY($1) AND d.connection_id > $2 ORDER BY d.connection_id LIMIT $3",
+                &[&key_ids, &after, &limit],
+            )
+            .await?;
+        Ok(rows.iter().map(|row| (ConnectionId::from_uuid(row.get(0)), row.get(1), row.get(2))).collect())
+    }
+
     /// Stores one sealed credential version.
     pub async fn insert_sealed(
         client: &impl GenericClient,

@@ -170,6 +170,9 @@ pub fn database_url() -> String {
 /// The master key: `CONNECTIONS_MASTER_KEY` (base64) or the file named by
 /// `CONNECTIONS_MASTER_KEY_FILE`, with id `CONNECTIONS_MASTER_KEY_ID` (default `k1`).
 pub fn master_key() -> anyhow::Result<Arc<MasterKey>> {
+    if let Ok(path) = std::env::var("CONNECTIONS_MASTER_KEYS_FILE") {
+        return Ok(Arc::new(keyring(&path).with_context(|| format!("CONNECTIONS_MASTER_KEYS_FILE {path}"))?));
+    }
     let key_id = env_or("CONNECTIONS_MASTER_KEY_ID", "k1");
     let encoded = match (std::env::var("CONNECTIONS_MASTER_KEY"), std::env::var("CONNECTIONS_MASTER_KEY_FILE")) {
         (Ok(value), _) => value,
@@ -179,6 +182,42 @@ pub fn master_key() -> anyhow::Result<Arc<MasterKey>> {
         ),
     };
     Ok(Arc::new(MasterKey::from_base64(&key_id, &encoded)?))
+}
+
+/// A keyring file (`CONNECTIONS_MASTER_KEYS_FILE`, JSON):
+/// `{"current": "k2", "keys": [{"id": "k2", "key_file": "…"}, {"id": "k1", "key_env": "…"}],
+///   "derivation_key_file": "…"}`. New data keys are wrapped under `current`;
+/// the others still unwrap. Purpose keys (fingerprints, idempotency, OAuth
+/// state) are derived from `derivation_key_file` (or `derivation_key_env`)
+/// when given, else from the current key: when rotating away from a single
+/// key, point it at that first key so those keys do not change.
+fn keyring(path: &str) -> anyhow::Result<MasterKey> {
+    let text = std::fs::read_to_string(path).context("reading it")?;
+    let file: serde_json::Value = serde_json::from_str(&text).context("it is not JSON")?;
+    let material = |entry: &serde_json::Value, what: &str| -> anyhow::Result<String> {
+        match (entry[format!("{what}_file")].as_str(), entry[format!("{what}_env")].as_str()) {
+            (Some(file), None) => std::fs::read_to_string(file).with_context(|| format!("reading {file}")),
+            (None, Some(var)) => std::env::var(var).with_context(|| format!("{var} is not set")),
+            _ => anyhow::bail!("each key needs exactly one of {what}_file and {what}_env"),
+        }
+    };
+    let current = file["current"].as_str().context("\"current\" (a key id) is required")?;
+    let mut keys = Vec::new();
+    for entry in file["keys"].as_array().context("\"keys\" (an array) is required")? {
+        let id = entry["id"].as_str().context("every key needs an \"id\"")?;
+        keys.push(MasterKey::from_base64(id, &material(entry, "key")?).with_context(|| format!("key {id}"))?);
+    }
+    let position =
+        keys.iter().position(|k| k.key_id() == current).with_context(|| format!("no key has id {current}"))?;
+    let mut ring = keys.remove(position).with_previous(keys)?;
+    let derivation = match (file.get("derivation_key_file"), file.get("derivation_key_env")) {
+        (None, None) => None,
+        _ => Some(material(&file, "derivation_key")?),
+    };
+    if let Some(encoded) = derivation {
+        ring = ring.deriving_from(&MasterKey::from_base64("derivation", &encoded).context("derivation key")?);
+    }
+    Ok(ring)
 }
 
 /// The HS256 development secret, `CONNECTIONS_JWT_SECRET` (at least 32 bytes).

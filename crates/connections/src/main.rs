@@ -3,6 +3,7 @@
 mod audit;
 mod bench;
 mod config;
+mod keys;
 mod natscmd;
 mod review;
 mod serve;
@@ -50,6 +51,10 @@ enum CliCommand {
     Audit(audit::AuditCommand),
     /// The hygiene review of one owner's connections (as GET /v1/review).
     Review(review::ReviewOptions),
+    /// Master key rotation: key ids in use, and re-wrapping every data key
+    /// under the current master key.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
     /// Read-model maintenance.
     #[command(subcommand)]
     Projections(ProjectionsCommand),
@@ -134,6 +139,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         CliCommand::Review(options) => review::run(options, &config::database_url()).await,
+        CliCommand::Keys(command) => keys::run(command, &config::database_url()).await,
         CliCommand::Nats(command) => natscmd::run(command),
         CliCommand::Audit(command) => audit::run(command, config::database_url).await,
         CliCommand::Bench(command) => bench::run(command).await,

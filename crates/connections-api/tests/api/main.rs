@@ -13,6 +13,7 @@ mod problems;
 mod providers;
 mod read_api;
 mod refresh;
+mod rekey;
 mod replace;
 mod resolve;
 mod review;
@@ -229,6 +230,12 @@ impl TestApp {
             settings: Arc::new(settings),
         };
         self.router = router(self.state.clone());
+    }
+
+    /// Serves the same database with another master keyring (default settings).
+    pub(crate) fn use_master_key(&mut self, master_key: Arc<MasterKey>) {
+        self.master_key = master_key;
+        self.use_settings(Default::default());
     }
 
     pub(crate) fn token(&self, user: &str) -> String {

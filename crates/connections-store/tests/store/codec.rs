@@ -68,6 +68,11 @@ fn events_of_every_type() -> Vec<Event> {
             connection_id: c3,
             scopes: vec![Scope::parse("calendar.read").expect("valid")],
         },
+        Command::RewrapDataKey {
+            connection_id: c3,
+            from_key_id: MasterKeyId::parse("k1").expect("valid"),
+            to_key_id: MasterKeyId::parse("k2").expect("valid"),
+        },
         Command::RevokeConnection { connection_id: c3 },
         Command::RecordUpstreamRevocation { connection_id: c3, outcome: UpstreamOutcome::GaveUp, attempts: 10 },
         Command::ReportRejected {
