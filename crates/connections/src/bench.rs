@@ -8,6 +8,7 @@ mod generate;
 mod load;
 mod refresh;
 mod revocation;
+mod rewrap;
 mod stats;
 
 use clap::Subcommand;
@@ -36,6 +37,9 @@ pub enum BenchCommand {
     /// server; throughput and lateness against the provider's raw
     /// token-endpoint rate.
     Refresh(refresh::RefreshOptions),
+    /// Master key rotation: re-wrapping every data key against a raw UPDATE
+    /// of the same rows, and resolve latency during it against without it.
+    Rewrap(rewrap::RewrapOptions),
     /// Audit over a generated million-event log: export, verify and as-of
     /// from Postgres and offline from the file, against raw reads of the
     /// same rows and the same file.
@@ -51,6 +55,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Audit(options) => audit::run(options).await,
         BenchCommand::Load(options) => load::run(options).await,
         BenchCommand::Refresh(options) => refresh::run(options).await,
+        BenchCommand::Rewrap(options) => rewrap::run(options).await,
     }
 }
 
