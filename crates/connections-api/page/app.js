@@ -349,10 +349,19 @@ function notFound() {
 
 let rendering = null;
 let again = false;
+let againLive = true;
 
-async function render() {
-  if (rendering) { again = true; return rendering; }
+/** Renders the view the address names. A `live` render (a change made
+ * elsewhere) is not applied while the user is typing into a form of the
+ * view: it waits until they leave it (see `liveRender`). */
+async function render(live = false) {
+  if (rendering) {
+    again = true;
+    againLive = againLive && live;
+    return rendering;
+  }
   rendering = (async () => {
+    let thisLive = live;
     do {
       again = false;
       const [, kind, arg] = location.hash.match(/^#\/(service|connection|review)?\/?(.*)$/) || [];
@@ -360,13 +369,19 @@ async function render() {
         const view = kind === 'service' ? await serviceView(decodeURIComponent(arg))
           : kind === 'connection' ? await connectionView(decodeURIComponent(arg))
             : kind === 'review' ? await reviewView() : await cardsView();
-        main.replaceChildren(...view.filter((node) => node));
-        const outcome = document.getElementById('outcome');
-        if (outcome && sessionNote) outcome.textContent = sessionNote;
-        main.dataset.rendered = String(Date.now());
+        if (thisLive && editing()) {
+          pendingLive = true;
+        } else {
+          main.replaceChildren(...view.filter((node) => node));
+          const outcome = document.getElementById('outcome');
+          if (outcome && sessionNote) outcome.textContent = sessionNote;
+          main.dataset.rendered = String(Date.now());
+        }
       } catch (error) {
         showError(error);
       }
+      thisLive = againLive;
+      againLive = true;
     } while (again);
     rendering = null;
   })();
@@ -394,7 +409,7 @@ function liveRender() {
     return;
   }
   pendingLive = false;
-  render();
+  render(true);
 }
 
 main.addEventListener('focusout', () => setTimeout(() => { if (pendingLive) liveRender(); }, 0));

@@ -59,6 +59,18 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     }
 }
 
+/// Serves `state` on a loopback port (no delay on small answers); its base URL.
+async fn serve_locally(state: connections_api::AppState) -> anyhow::Result<String> {
+    use axum::serve::ListenerExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let listener = listener.tap_io(|stream| {
+        let _ = stream.set_nodelay(true);
+    });
+    tokio::spawn(std::future::IntoFuture::into_future(axum::serve(listener, connections_api::router(state))));
+    Ok(base)
+}
+
 /// How a benchmark reaches NATS: as the service, with the credentials the
 /// deployment would use when `CONNECTIONS_NATS_ISSUER_FILE` is set
 /// (permissions in force), else without authentication.

@@ -258,3 +258,29 @@ pub fn jwt_audience() -> Option<String> {
 pub fn jwt_issuer() -> Option<String> {
     std::env::var("CONNECTIONS_JWT_ISSUER").ok().filter(|v| !v.is_empty())
 }
+
+/// A server state that reaches no NATS (runtimes never ask it for NATS
+/// credentials): for the benchmarks' in-process servers and the key
+/// commands. Development tokens are HS256 with `secret`.
+pub fn local_state(
+    database: connections_store::Database,
+    reads: connections_store::Database,
+    master_key: Arc<MasterKey>,
+    secret: &[u8],
+    settings: connections_api::Settings,
+) -> anyhow::Result<connections_api::AppState> {
+    Ok(connections_api::AppState {
+        database,
+        reads,
+        master_key,
+        authenticator: Arc::new(Authenticator::hs256(secret)?),
+        signals: connections_fanout::Signals::new(),
+        runtime_nats: Arc::new(connections_api::runtime_nats::RuntimeNats {
+            names: Names::new("local")?,
+            urls: Vec::new(),
+            issuer: None,
+            ttl: std::time::Duration::from_secs(300),
+        }),
+        settings: Arc::new(settings),
+    })
+}

@@ -2,13 +2,7 @@
 //! rotation, online, against the configured keyring
 //! (`CONNECTIONS_MASTER_KEYS_FILE`; see the README, "Rotating the master key").
 
-use std::sync::Arc;
-use std::time::Duration;
-
-use connections_api::auth::Authenticator;
-use connections_api::runtime_nats::RuntimeNats;
 use connections_api::{rekey, AppState};
-use connections_fanout::{Names, Signals};
 
 /// The key commands.
 #[derive(clap::Subcommand)]
@@ -31,21 +25,9 @@ pub enum KeysCommand {
 /// What the key commands need of a server's state (no HTTP, no NATS).
 pub fn state(database_url: &str) -> anyhow::Result<AppState> {
     let database = connections_store::connect_pool(database_url, 16)?;
+    // No token is ever verified here: a random secret.
     let random = connections_sealing::MasterKey::generate_base64()?.into_bytes();
-    Ok(AppState {
-        database: database.clone(),
-        reads: database,
-        master_key: crate::config::master_key()?,
-        authenticator: Arc::new(Authenticator::hs256(&random)?),
-        signals: Signals::new(),
-        runtime_nats: Arc::new(RuntimeNats {
-            names: Names::new("connections")?,
-            urls: Vec::new(),
-            issuer: None,
-            ttl: Duration::from_secs(300),
-        }),
-        settings: Default::default(),
-    })
+    crate::config::local_state(database.clone(), database, crate::config::master_key()?, &random, Default::default())
 }
 
 /// Runs a key command.

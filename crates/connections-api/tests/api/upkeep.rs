@@ -62,6 +62,13 @@ async fn events_of(app: &TestApp, event_type: &str) -> Vec<Value> {
     rows.iter().map(|row| row.get(0)).collect()
 }
 
+/// The schedule's (failures, seconds until the next attempt) of the only row.
+async fn backoff(app: &TestApp) -> (i32, f64) {
+    let sql = "SELECT failures, extract(epoch FROM not_before - now())::float8 FROM refresh_schedule";
+    let row = app.db.client().await.query_one(sql, &[]).await.expect("scheduled");
+    (row.get(0), row.get(1))
+}
+
 /// Runs rounds until one has worked, for at most `within`.
 async fn round_until_worked(app: &TestApp, within: Duration) {
     let deadline = tokio::time::Instant::now() + within;
@@ -136,31 +143,13 @@ async fn transient_failures_back_off_honour_retry_after_and_change_nothing() {
 
     provider.command("status 500");
     round_until_worked(&app, Duration::from_secs(4)).await;
-    let (failures, wait): (i32, f64) = {
-        let row = app
-            .db
-            .client()
-            .await
-            .query_one("SELECT failures, extract(epoch FROM not_before - now())::float8 FROM refresh_schedule", &[])
-            .await
-            .expect("scheduled");
-        (row.get(0), row.get(1))
-    };
+    let (failures, wait) = backoff(&app).await;
     assert_eq!(failures, 1);
     assert!(wait <= 0.2, "the first pause is the base: {wait}");
 
     provider.command("throttle 3");
     round_until_worked(&app, Duration::from_secs(2)).await;
-    let (failures, wait): (i32, f64) = {
-        let row = app
-            .db
-            .client()
-            .await
-            .query_one("SELECT failures, extract(epoch FROM not_before - now())::float8 FROM refresh_schedule", &[])
-            .await
-            .expect("scheduled");
-        (row.get(0), row.get(1))
-    };
+    let (failures, wait) = backoff(&app).await;
     assert_eq!(failures, 2);
     assert!((2.5..=3.0).contains(&wait), "Retry-After: 3 outweighs a 400 ms backoff: {wait}");
     let refreshes = provider.refreshes();

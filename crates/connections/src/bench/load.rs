@@ -10,17 +10,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::serve::ListenerExt;
-use connections_api::auth::{mint_agent_token, mint_user_token, Authenticator};
-use connections_api::runtime_nats::RuntimeNats;
-use connections_api::{router, AppState};
+use connections_api::auth::{mint_agent_token, mint_user_token};
 use connections_domain::{AgentId, OwnerId};
-use connections_fanout::{Names, Signals};
 use connections_sealing::MasterKey;
 use connections_store::{connect_pool, ensure_database, migrate};
 use serde_json::json;
 
 use super::stats::{ms, Summary};
+use crate::config::local_state;
 
 /// Options of `connections bench load`.
 #[derive(clap::Args)]
@@ -62,26 +59,9 @@ type Statuses = Arc<Mutex<BTreeMap<u16, usize>>>;
 async fn run_on(url: &str, options: &LoadOptions) -> anyhow::Result<()> {
     let secret = MasterKey::generate_base64()?.into_bytes();
     // As `serve` sizes them: commands and resolves apart from reads.
-    let state = AppState {
-        database: connect_pool(url, 32)?,
-        reads: connect_pool(url, 16)?,
-        master_key: Arc::new(MasterKey::from_base64("bench", &MasterKey::generate_base64()?)?),
-        authenticator: Arc::new(Authenticator::hs256(&secret)?),
-        signals: Signals::new(),
-        runtime_nats: Arc::new(RuntimeNats {
-            names: Names::new("bench")?,
-            urls: Vec::new(),
-            issuer: None,
-            ttl: Duration::from_secs(300),
-        }),
-        settings: Default::default(),
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let listener = listener.tap_io(|stream| {
-        let _ = stream.set_nodelay(true);
-    });
-    tokio::spawn(async move { axum::serve(listener, router(state)).await });
+    let master_key = Arc::new(MasterKey::from_base64("bench", &MasterKey::generate_base64()?)?);
+    let state = local_state(connect_pool(url, 32)?, connect_pool(url, 16)?, master_key, &secret, Default::default())?;
+    let base = super::serve_locally(state).await?;
 
     let owner = OwnerId::parse("load-owner").map_err(|e| anyhow::anyhow!("{e}"))?;
     let user_token = mint_user_token(&secret, &owner, chrono::Utc::now().timestamp() + 3600)?;

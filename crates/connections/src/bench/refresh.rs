@@ -14,20 +14,18 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::serve::ListenerExt;
 use chrono::{DateTime, Utc};
-use connections_api::auth::{mint_user_token, Authenticator};
+use connections_api::auth::mint_user_token;
 use connections_api::providers::Providers;
-use connections_api::runtime_nats::RuntimeNats;
-use connections_api::{router, AppState, Settings, UpkeepSettings};
+use connections_api::{Settings, UpkeepSettings};
 use connections_domain::OwnerId;
-use connections_fanout::{Names, Signals};
 use connections_sealing::MasterKey;
 use connections_store::{connect_pool, ensure_database, migrate};
 use futures_util::StreamExt;
 use serde_json::json;
 
 use super::stats::{ms, Summary};
+use crate::config::local_state;
 
 /// Options of `connections bench refresh`.
 #[derive(clap::Args)]
@@ -115,26 +113,10 @@ async fn run_on(url: &str, options: &RefreshOptions, provider: &str) -> anyhow::
     let providers = Providers::parse(&text, |_| Some("bench-client-secret".to_owned()))?;
     let secret = MasterKey::generate_base64()?.into_bytes();
     let upkeep = UpkeepSettings { margin: MARGIN, concurrency: options.concurrency, ..Default::default() };
-    let state = AppState {
-        database: connect_pool(url, 32)?,
-        reads: connect_pool(url, 16)?,
-        master_key: Arc::new(MasterKey::from_base64("bench", &MasterKey::generate_base64()?)?),
-        authenticator: Arc::new(Authenticator::hs256(&secret)?),
-        signals: Signals::new(),
-        runtime_nats: Arc::new(RuntimeNats {
-            names: Names::new("bench")?,
-            urls: Vec::new(),
-            issuer: None,
-            ttl: Duration::from_secs(300),
-        }),
-        settings: Arc::new(Settings { providers, upkeep, ..Default::default() }),
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let listener = listener.tap_io(|stream| {
-        let _ = stream.set_nodelay(true);
-    });
-    tokio::spawn(std::future::IntoFuture::into_future(axum::serve(listener, router(state.clone()))));
+    let master_key = Arc::new(MasterKey::from_base64("bench", &MasterKey::generate_base64()?)?);
+    let settings = Settings { providers, upkeep, ..Default::default() };
+    let state = local_state(connect_pool(url, 32)?, connect_pool(url, 16)?, master_key, &secret, settings)?;
+    let base = super::serve_locally(state.clone()).await?;
     let http = reqwest::Client::new();
 
     println!(

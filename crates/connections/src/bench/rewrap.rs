@@ -9,18 +9,16 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::serve::ListenerExt;
-use connections_api::auth::{mint_agent_token, mint_user_token, Authenticator};
-use connections_api::runtime_nats::RuntimeNats;
-use connections_api::{rekey, router, AppState};
+use connections_api::auth::{mint_agent_token, mint_user_token};
+use connections_api::{rekey, AppState};
 use connections_domain::{AgentId, OwnerId};
-use connections_fanout::{Names, Signals};
 use connections_sealing::MasterKey;
 use connections_store::{connect_pool, ensure_database, migrate};
 use futures_util::StreamExt;
 use serde_json::json;
 
 use super::stats::{ms, Summary};
+use crate::config::local_state;
 
 /// Options of `connections bench rewrap`.
 #[derive(clap::Args)]
@@ -54,37 +52,14 @@ pub async fn run(options: RewrapOptions) -> anyhow::Result<()> {
 }
 
 fn state(url: &str, master_key: MasterKey, secret: &[u8]) -> anyhow::Result<AppState> {
-    Ok(AppState {
-        database: connect_pool(url, 32)?,
-        reads: connect_pool(url, 8)?,
-        master_key: Arc::new(master_key),
-        authenticator: Arc::new(Authenticator::hs256(secret)?),
-        signals: Signals::new(),
-        runtime_nats: Arc::new(RuntimeNats {
-            names: Names::new("bench")?,
-            urls: Vec::new(),
-            issuer: None,
-            ttl: Duration::from_secs(300),
-        }),
-        settings: Default::default(),
-    })
-}
-
-async fn serve(state: AppState) -> anyhow::Result<String> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let listener = listener.tap_io(|stream| {
-        let _ = stream.set_nodelay(true);
-    });
-    tokio::spawn(std::future::IntoFuture::into_future(axum::serve(listener, router(state))));
-    Ok(base)
+    local_state(connect_pool(url, 32)?, connect_pool(url, 8)?, Arc::new(master_key), secret, Default::default())
 }
 
 async fn run_on(url: &str, options: &RewrapOptions) -> anyhow::Result<()> {
     let secret = MasterKey::generate_base64()?.into_bytes();
     let k1 = MasterKey::from_base64("k1", &MasterKey::generate_base64()?)?;
     let k2 = MasterKey::from_base64("k2", &MasterKey::generate_base64()?)?;
-    let before = serve(state(url, k1.clone(), &secret)?).await?;
+    let before = super::serve_locally(state(url, k1.clone(), &secret)?).await?;
     let http = reqwest::Client::new();
     println!(
         "bench rewrap: {} connections (one per user), {} re-wraps in flight, resolves at {}/s",
@@ -116,7 +91,7 @@ async fn run_on(url: &str, options: &RewrapOptions) -> anyhow::Result<()> {
 
     // The rotated server: k2 current, k1 still unwrapping.
     let ring = k2.with_previous(vec![k1.clone()])?.deriving_from(&k1);
-    let after = serve(state(url, ring.clone(), &secret)?).await?;
+    let after = super::serve_locally(state(url, ring.clone(), &secret)?).await?;
     // The rewrapper has pools of its own, as `connections keys rewrap` does
     // in its own process.
     let rotated = state(url, ring, &secret)?;
