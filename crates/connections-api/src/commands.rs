@@ -519,8 +519,20 @@ async fn upstream_tokens(
     let (Some(wrapped), Some(sealed)) = (wrapped, sealed) else {
         return Ok(None);
     };
-    let data_key = app.master_key.unwrap(&wrapped, connection_id).map_err(|e| failed(&e))?;
-    let credential = open(&data_key, &sealed, connection_id, &location.owner, version).map_err(|e| failed(&e))?;
+    // A credential that cannot be opened (its master key is not in the
+    // keyring) is still revoked here: only the call upstream is lost.
+    let opened = app
+        .master_key
+        .unwrap(&wrapped, connection_id)
+        .map_err(|e| e.to_string())
+        .and_then(|key| open(&key, &sealed, connection_id, &location.owner, version).map_err(|e| e.to_string()));
+    let credential = match opened {
+        Ok(credential) => credential,
+        Err(error) => {
+            tracing::error!(%error, %connection_id, "revoking without revoking upstream: the tokens cannot be opened");
+            return Ok(None);
+        }
+    };
     let (wrapped, sealed) = upstream::seal_for_outbox(&app.master_key, connection_id, &location.owner, &credential)
         .map_err(|e| failed(&e))?;
     Ok(Some(SideWrite::RevokeUpstream(connection_id, wrapped, sealed)))

@@ -389,3 +389,31 @@ async fn a_reconnect_with_bad_input_is_refused_naming_the_problem_and_stores_not
     assert_eq!(scalar::<i64>(&app, flows).await, before, "no flow stored");
     assert_eq!(app.fingerprint().await, fingerprint, "nothing else stored");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_succeeds_even_when_the_tokens_cannot_be_opened_for_the_provider() {
+    let provider = OauthProvider::start();
+    let mut app = app_with(&provider, Duration::from_secs(1), 10).await;
+    let id = connect(&app, &provider, 3600).await;
+    // The keyring no longer holds the key the data key is wrapped under.
+    let text = provider.providers_json(REDIRECT, &["google-calendar"], &["calendar.read"], "SECRET");
+    let providers = Providers::parse(&text, |_| Some("client-secret-canary".to_owned())).expect("providers");
+    let settings = connections_api::Settings { providers, ..Default::default() };
+    app.master_key = std::sync::Arc::new(
+        connections_sealing::MasterKey::from_base64(
+            "other",
+            &connections_sealing::MasterKey::generate_base64().expect("key"),
+        )
+        .expect("key"),
+    );
+    app.use_settings(settings);
+    let revoked = app.send(Method::DELETE, format!("/v1/connections/{id}"), Some("alice"), None).await;
+    assert_eq!(
+        (revoked.status, revoked.body["status"].clone()),
+        (StatusCode::OK, json!("revoked")),
+        "{}",
+        revoked.body
+    );
+    assert_eq!(scalar::<i64>(&app, "SELECT count(*) FROM data_keys").await, 0, "the key is destroyed all the same");
+    assert_eq!(scalar::<i64>(&app, "SELECT count(*) FROM upstream_revocations").await, 0);
+}
