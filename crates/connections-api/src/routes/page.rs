@@ -6,7 +6,7 @@
 //! client of the documented API (read models, commands, SSE), small enough
 //! to read in one sitting, and the binary builds without node.
 
-use axum::extract::{Path, State};
+use axum::extract::Path;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -14,7 +14,6 @@ use serde_json::json;
 
 use crate::auth::{UserSession, SESSION_COOKIE};
 use crate::problem::ApiError;
-use crate::state::AppState;
 
 /// What the page may load and do: only this server's own scripts, styles,
 /// connections and images; no inline script or style, no framing, no plugins.
@@ -87,7 +86,7 @@ pub async fn show(session: UserSession) -> Response {
 
 /// `DELETE /v1/session`: signs out (the cookie is cleared; the token itself
 /// stays valid until it expires, as bearer tokens do).
-pub async fn delete(State(_): State<AppState>, headers: HeaderMap) -> Response {
+pub async fn delete(headers: HeaderMap) -> Response {
     let cookie = format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{}", secure(&headers));
     let mut response = StatusCode::NO_CONTENT.into_response();
     if let Ok(value) = HeaderValue::from_str(&cookie) {

@@ -147,3 +147,18 @@ fn stored_data_that_breaks_the_contract_is_corrupt_not_a_panic() {
     assert!(decode("agent_assigned", 2, &serde_json::json!({})).is_err());
     assert!(decode("no_such_event", 1, &serde_json::json!({})).is_err());
 }
+
+#[test]
+fn the_nats_envelope_schema_names_every_event_type() {
+    let path = schemas_dir().join("../nats/envelope.v1.json");
+    let envelope: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("read envelope.v1.json")).expect("JSON");
+    let listed: std::collections::BTreeSet<&str> = envelope["properties"]["event_type"]["enum"]
+        .as_array()
+        .expect("an enum")
+        .iter()
+        .map(|t| t.as_str().expect("a name"))
+        .collect();
+    let emitted: std::collections::BTreeSet<&str> = EVENT_TYPES.iter().map(|(t, _)| *t).collect();
+    assert_eq!(listed, emitted);
+}
