@@ -6,6 +6,7 @@ mod cli;
 mod fanout;
 mod nats_security;
 mod oauth;
+mod operations;
 mod page;
 mod readme;
 mod rekey;

@@ -67,6 +67,9 @@ pub struct Server {
     database_name: String,
     env: Vec<(String, String)>,
     output: Arc<Mutex<String>>,
+    /// Whether dropping this server drops its database (not for instances
+    /// started [`Server::beside`] another).
+    owns_database: bool,
 }
 
 impl Server {
@@ -77,7 +80,45 @@ impl Server {
         let env: Vec<(String, String)> = extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let output = Arc::new(Mutex::new(String::new()));
         let (child, base) = spawn(&database_url, &env, &output);
-        Self { child, base, database_url, database_name, env, output }
+        Self { child, base, database_url, database_name, env, output, owns_database: true }
+    }
+
+    /// Starts another instance on this one's database, with this one's
+    /// environment and `extra_env` (give both the same
+    /// `CONNECTIONS_NATS_PREFIX` for a cluster). Its output is its own; the
+    /// database is dropped with the first instance.
+    pub fn beside(&self, extra_env: &[(&str, &str)]) -> Self {
+        let mut env = self.env.clone();
+        env.extend(extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let output = Arc::new(Mutex::new(String::new()));
+        let (child, base) = spawn(&self.database_url, &env, &output);
+        Self {
+            child,
+            base,
+            database_url: self.database_url.clone(),
+            database_name: self.database_name.clone(),
+            env,
+            output,
+            owns_database: false,
+        }
+    }
+
+    /// Sends `signal` (`TERM`, `KILL`, ...) to the server process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill").args([&format!("-{signal}"), &self.child.id().to_string()]).status();
+        assert!(status.is_ok_and(|s| s.success()), "kill -{signal} failed");
+    }
+
+    /// Waits (at most `timeout`) for the process to exit; its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let started = Instant::now();
+        while started.elapsed() < timeout {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
     }
 
     /// Kills the server with SIGKILL (no shutdown at all) and starts it again
@@ -207,7 +248,9 @@ fn spawn(database_url: &str, env: &[(String, String)], output: &Arc<Mutex<String
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
-        drop_database(&self.database_name);
+        if self.owns_database {
+            drop_database(&self.database_name);
+        }
     }
 }
 

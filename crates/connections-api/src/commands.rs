@@ -112,7 +112,25 @@ pub async fn execute_for_owner(
     execute_as(app, input, Some(component), |_| (StatusCode::OK, Value::Null)).await
 }
 
+/// Runs the command in a `command` span and records its duration and
+/// outcome in `connections_command_duration_seconds`.
 async fn execute_as(
+    app: &AppState,
+    input: CommandInput,
+    component: Option<&'static str>,
+    respond: impl Fn(&Decided) -> (StatusCode, Value),
+) -> Result<(StatusCode, Value), ApiError> {
+    use tracing::Instrument;
+    let command = input.command.name();
+    let started = std::time::Instant::now();
+    let span = tracing::info_span!("command", command, actor = %input.actor);
+    let answer = execute_attempts(app, input, component, respond).instrument(span).await;
+    let outcome = answer.as_ref().map_or_else(ApiError::outcome, |_| "accepted");
+    connections_metrics::COMMAND_SECONDS.observe_duration(&[command, outcome], started.elapsed());
+    answer
+}
+
+async fn execute_attempts(
     app: &AppState,
     input: CommandInput,
     component: Option<&'static str>,
@@ -125,7 +143,7 @@ async fn execute_as(
     let command_id = uuid::Uuid::now_v7();
     let mut transient = None;
     for attempt in 1..=MAX_ATTEMPTS {
-        let client = match app.database.pool().get().await.map_err(StoreError::from) {
+        let client = match app.database.client().await {
             Ok(client) => client,
             Err(error) if error.is_transient() => {
                 after_transient(attempt, &error).await;

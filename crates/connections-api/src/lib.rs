@@ -18,9 +18,10 @@ pub mod resolution;
 pub mod routes;
 pub mod runtime_nats;
 pub mod state;
+pub mod telemetry;
 pub mod upkeep;
 pub mod upstream;
 mod views;
 
 pub use routes::{router, ROUTES};
-pub use state::{AppState, ReportLimit, Settings, StreamLimit, UpkeepSettings};
+pub use state::{AppState, Lifecycle, ReportLimit, Settings, StreamLimit, UpkeepSettings};

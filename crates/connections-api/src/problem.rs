@@ -123,6 +123,16 @@ impl ApiError {
         }
     }
 
+    /// The outcome label of an answer in metrics: `refused` for a 4xx,
+    /// `failed` for a 5xx.
+    pub fn outcome(&self) -> &'static str {
+        if self.status_and_type().0.is_server_error() {
+            "failed"
+        } else {
+            "refused"
+        }
+    }
+
     /// The problem body and status, for storing as an idempotent answer too.
     pub fn to_problem(&self) -> (StatusCode, serde_json::Value) {
         let (status, slug) = self.status_and_type();

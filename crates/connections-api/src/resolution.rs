@@ -49,13 +49,27 @@ pub async fn resolve(
     agent: &AuthenticatedAgent,
     service: &ServiceName,
 ) -> Result<Resolution, ApiError> {
+    use tracing::Instrument;
+    let started = std::time::Instant::now();
+    let span = tracing::info_span!("resolve", owner = %agent.owner, agent = %agent.agent, %service);
+    let resolution = resolve_attempts(app, agent, service).instrument(span).await;
+    let outcome = resolution.as_ref().map_or_else(ApiError::outcome, |_| "granted");
+    connections_metrics::RESOLVE_SECONDS.observe_duration(&[outcome], started.elapsed());
+    resolution
+}
+
+async fn resolve_attempts(
+    app: &AppState,
+    agent: &AuthenticatedAgent,
+    service: &ServiceName,
+) -> Result<Resolution, ApiError> {
     let request_id = uuid::Uuid::now_v7();
     let stream_id = StreamId::owner_service(&agent.owner, service);
     // At most one refresh per resolve: after it, the answer is whatever the
     // stream holds (never a token known to have expired).
     let mut may_refresh = true;
     for attempt in 1..=MAX_ATTEMPTS {
-        let transaction = PipelinedTransaction::new(app.database.pool().get().await.map_err(StoreError::from)?);
+        let transaction = PipelinedTransaction::new(app.database.client().await?);
         // Most resolves only read. One that lost a race to append (binding
         // the default) queues behind the stream's writers when it tries again.
         let lock = async {

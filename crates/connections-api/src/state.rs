@@ -32,6 +32,49 @@ pub struct AppState {
     pub runtime_nats: Arc<RuntimeNats>,
     /// Limits and lifetimes.
     pub settings: Arc<Settings>,
+    /// This instance: its name, whether it is stopping, its NATS link.
+    pub lifecycle: Lifecycle,
+}
+
+/// What `/health`, `/ready` and `/metrics` report about this instance, and
+/// the shutdown every long-lived answer (change streams) ends with.
+#[derive(Clone)]
+pub struct Lifecycle {
+    /// The instance's name (`CONNECTIONS_INSTANCE`, by default its listen address).
+    pub instance: Arc<str>,
+    /// Turns true when the instance begins to shut down.
+    pub stopping: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Whether the instance's own NATS connection is up; `None` where the
+    /// instance has none (in-process tests).
+    pub nats_connected: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
+}
+
+impl Lifecycle {
+    /// An instance named `instance`, not stopping, without a NATS probe.
+    pub fn new(instance: &str) -> Self {
+        Self {
+            instance: instance.into(),
+            stopping: Arc::new(tokio::sync::watch::channel(false).0),
+            nats_connected: None,
+        }
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_stopping(&self) -> bool {
+        *self.stopping.borrow()
+    }
+
+    /// Resolves once shutdown has begun.
+    pub async fn stopped(&self) {
+        let mut stopping = self.stopping.subscribe();
+        let _ = stopping.wait_for(|stopping| *stopping).await;
+    }
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Self::new("local")
+    }
 }
 
 /// Limits, lifetimes and configured providers, with their defaults.

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use connections_domain::{OwnerId, ServiceName};
+use connections_fanout::{LogListener, Signals};
 use connections_store::{ConnectionLocation, RefreshDue, RefreshSchedule, StoreError, UpstreamRevocations};
 use futures::StreamExt;
 use tokio::sync::watch;
@@ -51,36 +52,26 @@ async fn lead(
     lock_key: i64,
     stopping: &mut watch::Receiver<bool>,
 ) -> Result<(), StoreError> {
-    let (client, connection) =
-        deadpool_postgres::tokio_postgres::connect(database_url, deadpool_postgres::tokio_postgres::NoTls).await?;
-    let driver = tokio::spawn(connection);
-    let result = async {
-        loop {
-            let locked: bool = client.query_one("SELECT pg_try_advisory_lock($1)", &[&lock_key]).await?.get(0);
-            if locked {
-                break;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(POLL * 2) => {}
-                _ = stopping.changed() => return Ok(()),
-            }
+    // A listener of its own (with signals nobody waits on), so that its
+    // notifications do not wake this instance's relay.
+    let mut listener = LogListener::connect(database_url, Signals::new()).await?;
+    let Some(_role) = listener.lead(lock_key, "upkeep", &app.signals.roles, stopping).await? else {
+        return Ok(());
+    };
+    loop {
+        let worked = round(app).await?;
+        // Still leading? (The lock lives as long as the listener's connection.)
+        if !listener.is_alive() {
+            tracing::warn!("token upkeep: the lock connection closed; leadership lost");
+            return Ok(());
         }
-        tracing::info!("token upkeep: leading");
-        loop {
-            let worked = round(app).await?;
-            // Still leading? (The lock lives as long as this connection.)
-            client.query_one("SELECT 1", &[]).await?;
-            let wait = if worked { Duration::ZERO } else { next_wait(app).await? };
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = stopping.changed() => return Ok(()),
-            }
+        let wait = if worked { Duration::ZERO } else { next_wait(app).await? };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = listener.closed() => {}
+            _ = stopping.changed() => return Ok(()),
         }
     }
-    .await;
-    drop(client);
-    let _ = driver.await;
-    result
 }
 
 /// How long until something may be due (at most [`POLL`]).

@@ -163,6 +163,27 @@ pub enum Command {
 }
 
 impl Command {
+    /// The command's name in snake case, for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::CreateConnection { .. } => "create_connection",
+            Command::ConnectThroughProvider { .. } => "connect_through_provider",
+            Command::AssignToAgent { .. } => "assign_to_agent",
+            Command::UnassignFromAgent { .. } => "unassign_from_agent",
+            Command::RevokeConnection { .. } => "revoke_connection",
+            Command::SetDefault { .. } => "set_default",
+            Command::ClearDefault => "clear_default",
+            Command::ResolveForAgent { .. } => "resolve_for_agent",
+            Command::ReplaceConnection { .. } => "replace_connection",
+            Command::ReportRejected { .. } => "report_rejected",
+            Command::RefreshCredential { .. } => "refresh_credential",
+            Command::ReconnectThroughProvider { .. } => "reconnect_through_provider",
+            Command::RecordUpstreamRevocation { .. } => "record_upstream_revocation",
+            Command::RewrapDataKey { .. } => "rewrap_data_key",
+            Command::RotateCredential { .. } => "rotate_credential",
+        }
+    }
+
     /// Whether deciding this command needs the stream's current state.
     ///
     /// Creating a connection that is not assigned to an agent yields the same

@@ -14,6 +14,7 @@ mod listener;
 pub mod nats;
 pub mod relay;
 mod restarts;
+mod roles;
 
 pub use connections_wire::{Envelope, EnvelopeCursor, Names, NamesError, Notice, NoticeKind};
 pub use envelope::{envelope_cursor, envelope_of, log_cursor};
@@ -22,3 +23,4 @@ pub use listener::{
     PROJECTED_CHANNEL,
 };
 pub use restarts::Restarts;
+pub use roles::{RoleGuard, Roles};

@@ -24,6 +24,8 @@ pub struct Signals {
     /// Whose read models each projected batch changed (`Changed::All` when
     /// the projector did not say, or too many to name).
     pub changed: broadcast::Sender<Changed>,
+    /// The single-leader roles this instance holds.
+    pub roles: crate::Roles,
 }
 
 /// The owners a projected batch touched.
@@ -52,6 +54,7 @@ impl Signals {
             appended: Arc::new(Notify::new()),
             projected: watch::channel(None).0,
             changed: broadcast::channel(1024).0,
+            roles: crate::Roles::default(),
         }
     }
 }
@@ -139,22 +142,41 @@ impl LogListener {
         Ok(Self { client, alive })
     }
 
-    /// Takes the session-level advisory lock `key` if it is free. It is held
-    /// until this listener is dropped or its connection breaks.
-    pub async fn try_lock(&self, key: i64) -> Result<bool, tokio_postgres::Error> {
-        Ok(self.client.query_one("SELECT pg_try_advisory_lock($1)", &[&key]).await?.get(0))
-    }
-
-    /// Waits until this listener holds the lock `key` (true), checking every
-    /// 500 ms, or until shutdown (false).
-    pub async fn lead(&self, key: i64, shutdown: &mut watch::Receiver<bool>) -> Result<bool, tokio_postgres::Error> {
-        while !self.try_lock(key).await? {
+    /// Waits until this listener holds the session-level advisory lock
+    /// `key`, then records `role` as held in `roles` (until the guard is
+    /// dropped), or returns `None` at shutdown. The lock is held until this
+    /// listener is dropped or its connection breaks.
+    ///
+    /// The wait is a blocking `pg_advisory_lock` in slices of half a second
+    /// (`lock_timeout`), not a poll: when the holder lets go (shutdown) or
+    /// dies (its connection closes), a waiter takes over within
+    /// milliseconds.
+    pub async fn lead(
+        &self,
+        key: i64,
+        role: &str,
+        roles: &crate::Roles,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<Option<crate::RoleGuard>, tokio_postgres::Error> {
+        self.client.batch_execute("SET lock_timeout = '500ms'").await?;
+        loop {
+            if *shutdown.borrow() {
+                return Ok(None);
+            }
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&key];
             tokio::select! {
-                _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
-                _ = shutdown.changed() => return Ok(false),
+                locked = self.client.execute("SELECT pg_advisory_lock($1)", &params) => match locked {
+                    Ok(_) => break,
+                    Err(error) if error.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {}
+                    Err(error) => return Err(error),
+                },
+                // The caller drops this listener, which closes the connection
+                // and with it the pending wait.
+                _ = shutdown.changed() => return Ok(None),
             }
         }
-        Ok(true)
+        self.client.batch_execute("RESET lock_timeout").await?;
+        Ok(Some(roles.hold(role)))
     }
 
     /// Whether the connection (and so any lock it holds) is still up.

@@ -48,6 +48,30 @@ pub async fn connect_as(
     inbox: &str,
     name: &str,
 ) -> Result<async_nats::Client, ConnectError> {
+    options(access, grant, inbox, name)?.connect(access.url.as_str()).await.map_err(ConnectError::Nats)
+}
+
+/// Like [`connect`], but returns at once even when NATS is down, and keeps
+/// trying in the background: for a connection whose state is reported
+/// (readiness) rather than needed to start.
+pub async fn connect_in_background(
+    access: &NatsAccess,
+    names: &Names,
+    name: &str,
+) -> Result<async_nats::Client, ConnectError> {
+    options(access, &Grant::service(names), &names.service_inbox(), name)?
+        .retry_on_initial_connect()
+        .connect(access.url.as_str())
+        .await
+        .map_err(ConnectError::Nats)
+}
+
+fn options(
+    access: &NatsAccess,
+    grant: &Grant,
+    inbox: &str,
+    name: &str,
+) -> Result<async_nats::ConnectOptions, ConnectError> {
     let mut options = async_nats::ConnectOptions::new();
     if let Some(issuer) = &access.issuer {
         let (public_key, seed) = new_user_key();
@@ -61,14 +85,11 @@ pub async fn connect_as(
             })
             .custom_inbox_prefix(inbox);
     }
-    options
+    Ok(options
         .name(name)
         .ping_interval(Duration::from_secs(1))
         .connection_timeout(Duration::from_secs(2))
-        .request_timeout(Some(Duration::from_secs(5)))
-        .connect(access.url.as_str())
-        .await
-        .map_err(ConnectError::Nats)
+        .request_timeout(Some(Duration::from_secs(5))))
 }
 
 /// Why the service could not connect.

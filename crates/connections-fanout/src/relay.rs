@@ -48,12 +48,14 @@ pub struct RelayConfig {
     pub poll_interval: Duration,
     /// If set, receives (position, instant acknowledged) for every event (benchmarks).
     pub acked: Option<mpsc::UnboundedSender<(i64, Instant)>>,
+    /// Replicas of the streams the relay creates (1; 3 in a JetStream cluster).
+    pub replicas: usize,
 }
 
 impl RelayConfig {
-    /// Defaults: batches of 512, a 1-second fallback poll.
+    /// Defaults: batches of 512, a 1-second fallback poll, one replica.
     pub fn new(names: Names, database_url: String, nats: nats::NatsAccess) -> Self {
-        Self { names, database_url, nats, batch: 512, poll_interval: Duration::from_secs(1), acked: None }
+        Self { names, database_url, nats, batch: 512, poll_interval: Duration::from_secs(1), acked: None, replicas: 1 }
     }
 }
 
@@ -104,15 +106,15 @@ async fn session(
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), RelayError> {
     let listener = LogListener::connect(&config.database_url, signals.clone()).await?;
-    if !listener.lead(config.names.lock_key("relay"), shutdown).await? {
+    let Some(_role) = listener.lead(config.names.lock_key("relay"), "relay", &signals.roles, shutdown).await? else {
         return Ok(());
-    }
+    };
     let client = nats::connect(&config.nats, &config.names, "connections-relay").await.map_err(nats_error)?;
     let context = jetstream::new(client);
-    let mut stream = ensure_stream(&context, &config.names).await?;
-    ensure_notices_stream(&context, &config.names).await?;
+    let mut stream = ensure_stream(&context, &config.names, config.replicas).await?;
+    ensure_notices_stream(&context, &config.names, config.replicas).await?;
     let (mut cursor, mut last_sequence, mut last_event_id) =
-        resume_point(database, &context, &mut stream, &config.names).await?;
+        resume_point(database, &context, &mut stream, config).await?;
     tracing::info!(?cursor, last_sequence, "relay leading");
     let connection = database.pool().get().await.map_err(StoreError::from)?;
     let mut noticed_early = HashSet::new();
@@ -177,11 +179,18 @@ async fn session(
             if let Some(acked) = &config.acked {
                 let _ = acked.send((position, Instant::now()));
             }
+            connections_metrics::RELAY_PUBLISHED.inc(&[]);
+            connections_metrics::RELAY_LAG_SECONDS.observe(&[], seconds_since(event.recorded_at));
             last_sequence = ack.sequence;
             last_event_id = Some(event.event_id);
             cursor = event.cursor();
         }
     }
+}
+
+/// Seconds from `then` (an event's `recorded_at`) to now, by the wall clock.
+fn seconds_since(then: chrono::DateTime<chrono::Utc>) -> f64 {
+    (chrono::Utc::now() - then).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6
 }
 
 fn publish_message(
@@ -237,7 +246,7 @@ async fn publish_notices(
             continue;
         }
         if let Some((subject, notice)) = Notice::for_event(&envelope, names) {
-            notices.push((subject, notice));
+            notices.push((subject, notice, event.recorded_at));
         }
     }
     // Each full batch of the transaction looks ahead: notice once.
@@ -249,27 +258,37 @@ async fn publish_notices(
         let envelope = envelope_of(event, None).ok_or(RelayError::Unroutable(event.position))?;
         if let Some((subject, notice)) = Notice::for_event(&envelope, names) {
             noticed_early.insert(event.event_id);
-            notices.push((subject, notice));
+            notices.push((subject, notice, event.recorded_at));
         }
     }
     // Revocations first: revoking a connection used by many agents also ends
     // every binding, and those notices must not delay the one that matters
     // most. Notices only invalidate, so their relative order is free.
-    notices.sort_by_key(|(_, notice)| match notice.kind {
+    notices.sort_by_key(|(_, notice, _)| match notice.kind {
         NoticeKind::Revoked => 0,
         NoticeKind::Rotated => 1,
         NoticeKind::Rejected => 2,
         NoticeKind::BindingChanged => 3,
     });
     let mut acks = Vec::with_capacity(notices.len());
-    for (subject, notice) in notices {
+    for (subject, notice, recorded_at) in notices {
         let payload = serde_json::to_vec(&notice).expect("a notice always serializes");
         let message =
             PublishMessage::build().payload(Bytes::from(payload)).message_id(format!("notice-{}", notice.event_id));
-        acks.push(context.send_publish(subject, message).await.map_err(nats_error)?);
+        acks.push((notice.kind, recorded_at, context.send_publish(subject, message).await.map_err(nats_error)?));
     }
-    for ack in acks {
+    for (kind, recorded_at, ack) in acks {
         ack.await.map_err(nats_error)?;
+        let label = match kind {
+            NoticeKind::Revoked => "revoked",
+            NoticeKind::Rotated => "rotated",
+            NoticeKind::Rejected => "rejected",
+            NoticeKind::BindingChanged => "binding_changed",
+        };
+        connections_metrics::NOTICES_PUBLISHED.inc(&[label]);
+        if kind == NoticeKind::Revoked {
+            connections_metrics::REVOCATION_NOTICE_SECONDS.observe(&[], seconds_since(recorded_at));
+        }
     }
     Ok(())
 }
@@ -277,37 +296,50 @@ async fn publish_notices(
 /// The notices stream, created if missing: a catch-up feed for runtimes
 /// that were away (limited to a day; runtimes that were away longer
 /// revalidate what they hold).
-async fn ensure_notices_stream(context: &jetstream::Context, names: &Names) -> Result<(), RelayError> {
+async fn ensure_notices_stream(context: &jetstream::Context, names: &Names, replicas: usize) -> Result<(), RelayError> {
     let config = stream::Config {
         name: names.notices_stream(),
         subjects: vec![names.notices_wildcard()],
         storage: stream::StorageType::File,
-        num_replicas: 1,
+        num_replicas: replicas,
         max_age: Duration::from_secs(24 * 3600),
         ..Default::default()
     };
     let stream = context.get_or_create_stream(config.clone()).await.map_err(nats_error)?;
-    // A stream made for an earlier subject layout (v1) follows the current one.
-    if stream.cached_info().config.subjects != config.subjects {
+    // A stream made for an earlier subject layout (v1), or with another
+    // replica count, follows the current configuration.
+    let current = &stream.cached_info().config;
+    if current.subjects != config.subjects || current.num_replicas != replicas {
         tracing::info!(subjects = ?config.subjects, "moving the notices stream to the current subjects");
         context.update_stream(config).await.map_err(nats_error)?;
     }
     Ok(())
 }
 
-/// The events stream, created if missing (file storage, one replica, no
-/// limits; the configuration is valid for nats-server 2.9 and 2.10+).
-async fn ensure_stream(context: &jetstream::Context, names: &Names) -> Result<stream::Stream, RelayError> {
-    context
-        .get_or_create_stream(stream::Config {
-            name: names.events_stream(),
-            subjects: vec![names.events_wildcard()],
-            storage: stream::StorageType::File,
-            num_replicas: 1,
-            ..Default::default()
-        })
-        .await
-        .map_err(nats_error)
+/// The events stream, created if missing (file storage, `replicas`
+/// replicas, no limits; the configuration is valid for nats-server 2.9 and
+/// 2.10+).
+async fn ensure_stream(
+    context: &jetstream::Context,
+    names: &Names,
+    replicas: usize,
+) -> Result<stream::Stream, RelayError> {
+    let config = stream::Config {
+        name: names.events_stream(),
+        subjects: vec![names.events_wildcard()],
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        ..Default::default()
+    };
+    let mut stream = context.get_or_create_stream(config.clone()).await.map_err(nats_error)?;
+    // A stream made with another replica count (a deployment that grew into
+    // a cluster) is moved to the configured one.
+    if stream.cached_info().config.num_replicas != replicas {
+        tracing::info!(replicas, "moving the events stream to the configured replica count");
+        context.update_stream(config).await.map_err(nats_error)?;
+        stream = context.get_stream(names.events_stream()).await.map_err(nats_error)?;
+    }
+    Ok(stream)
 }
 
 /// Where to continue: the cursor of the stream's last event, the stream's
@@ -317,14 +349,15 @@ async fn resume_point(
     database: &Database,
     context: &jetstream::Context,
     stream: &mut stream::Stream,
-    names: &Names,
+    config: &RelayConfig,
 ) -> Result<ResumePoint, RelayError> {
+    let names = &config.names;
     match verify(database, stream).await? {
         Ok(resume) => Ok(resume),
         Err(reason) => {
             tracing::warn!(stream = %names.events_stream(), %reason, "stream does not match the log; rebuilding it from the log");
             context.delete_stream(names.events_stream()).await.map_err(nats_error)?;
-            *stream = ensure_stream(context, names).await?;
+            *stream = ensure_stream(context, names, config.replicas).await?;
             Ok((LogCursor::default(), 0, None))
         }
     }

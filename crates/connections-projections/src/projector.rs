@@ -95,9 +95,10 @@ async fn session(
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), ProjectorError> {
     let listener = LogListener::connect(&config.database_url, signals.clone()).await?;
-    if !listener.lead(config.names.lock_key("projector-dashboard"), shutdown).await? {
+    let lock = config.names.lock_key("projector-dashboard");
+    let Some(_role) = listener.lead(lock, "projector-dashboard", &signals.roles, shutdown).await? else {
         return Ok(());
-    }
+    };
     let client = nats::connect(&config.nats, &config.names, "connections-projector").await.map_err(nats_error)?;
     let context = jetstream::new(client);
     let stream = context.get_stream(config.names.events_stream()).await.map_err(nats_error)?;
@@ -144,6 +145,11 @@ async fn session(
         }
         match apply_batch(database, &envelopes).await {
             Ok(Some(cursor)) => {
+                let now = chrono::Utc::now();
+                for envelope in &envelopes {
+                    let lag = (now - envelope.recorded_at).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
+                    connections_metrics::PROJECTION_LAG_SECONDS.observe(&[DASHBOARD], lag);
+                }
                 signals.projected.send_if_modified(|current| {
                     let newer = current.is_none_or(|c| cursor > c);
                     if newer {

@@ -12,17 +12,37 @@ use crate::error::StoreError;
 #[derive(Clone)]
 pub struct Database {
     pool: Pool,
+    name: &'static str,
 }
 
 impl Database {
     /// Wraps an existing pool.
     pub fn new(pool: Pool) -> Self {
-        Self { pool }
+        Self { pool, name: "default" }
+    }
+
+    /// The same pool, named `name` in metrics (`commands`, `reads`, ...).
+    pub fn named(self, name: &'static str) -> Self {
+        Self { name, ..self }
     }
 
     /// The underlying pool.
     pub fn pool(&self) -> &Pool {
         &self.pool
+    }
+
+    /// The pool's name in metrics.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// A pooled connection, recording the wait in
+    /// `connections_db_pool_wait_seconds`.
+    pub async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        let started = std::time::Instant::now();
+        let client = self.pool.get().await;
+        connections_metrics::POOL_WAIT_SECONDS.observe_duration(&[self.name], started.elapsed());
+        Ok(client?)
     }
 }
 
@@ -70,5 +90,5 @@ pub fn connect_pool(url: &str, max_size: usize) -> Result<Database, StoreError> 
         .runtime(deadpool_postgres::Runtime::Tokio1)
         .build()
         .map_err(|e| StoreError::Configuration(e.to_string()))?;
-    Ok(Database { pool })
+    Ok(Database::new(pool))
 }

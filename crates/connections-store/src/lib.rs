@@ -35,7 +35,7 @@ pub use log::{
     recorded as event_from_row, stored_hash, EventLog, LogCursor, Metadata, NewEvent, RecordedEvent, StreamAppend,
     StreamId, StreamVersion, COLUMNS as EVENT_COLUMNS,
 };
-pub use migrate::migrate;
+pub use migrate::{is_current as migrations_current, migrate};
 pub use oauth_state::{Consumed, PendingFlow};
 pub use secrets::StoredCredential;
 pub use transaction::PipelinedTransaction;

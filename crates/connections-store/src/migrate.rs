@@ -51,3 +51,18 @@ pub async fn migrate(url: &str) -> Result<(), StoreError> {
     let _ = driver.await;
     Ok(())
 }
+
+/// Whether every migration this binary embeds is applied to the database
+/// `client` is connected to (readiness: a server must not serve a schema
+/// older than its code).
+pub async fn is_current(client: &tokio_postgres::Client) -> Result<bool, StoreError> {
+    let latest = embedded::migrations::runner().get_migrations().iter().map(|m| m.version()).max().unwrap_or(0);
+    let applied: Option<i32> =
+        client.query_one("SELECT max(version) FROM refinery_schema_history", &[]).await.map(|row| row.get(0)).or_else(
+            |error| match error.code() {
+                Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => Ok(None),
+                _ => Err(error),
+            },
+        )?;
+    Ok(applied.is_some_and(|applied| applied as u32 >= latest))
+}

@@ -48,6 +48,15 @@ pub struct Config {
     /// `CONNECTIONS_IDEMPOTENCY_TTL_SECS`, default 86400: how long an
     /// `Idempotency-Key`'s answer is replayed (records are deleted after).
     pub idempotency_ttl: std::time::Duration,
+    /// `CONNECTIONS_INSTANCE`, default the listen address: this instance's
+    /// name in `/health`, `/ready` and logs.
+    pub instance: Option<String>,
+    /// `CONNECTIONS_NATS_REPLICAS`, default 1 (3 in a JetStream cluster):
+    /// the replicas of the streams the server creates.
+    pub nats_replicas: usize,
+    /// `CONNECTIONS_SHUTDOWN_GRACE_SECS`, default 20: how long a stopping
+    /// instance waits for requests in flight before closing them.
+    pub shutdown_grace: std::time::Duration,
 }
 
 /// NATS authentication.
@@ -121,6 +130,19 @@ impl Config {
                     .ok()
                     .filter(|seconds| *seconds >= 60)
                     .context("CONNECTIONS_IDEMPOTENCY_TTL_SECS must be a number of seconds, at least 60")?,
+            ),
+            instance: std::env::var("CONNECTIONS_INSTANCE").ok().filter(|name| !name.is_empty()),
+            nats_replicas: env_or("CONNECTIONS_NATS_REPLICAS", "1")
+                .parse()
+                .ok()
+                .filter(|n| (1..=5).contains(n))
+                .context("CONNECTIONS_NATS_REPLICAS must be a number from 1 to 5")?,
+            shutdown_grace: std::time::Duration::from_secs(
+                env_or("CONNECTIONS_SHUTDOWN_GRACE_SECS", "20")
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|seconds| *seconds <= 3600)
+                    .context("CONNECTIONS_SHUTDOWN_GRACE_SECS must be a number of seconds, at most 3600")?,
             ),
             listen,
             database_url: database_url(),
@@ -275,6 +297,7 @@ pub fn local_state(
         master_key,
         authenticator: Arc::new(Authenticator::hs256(secret)?),
         signals: connections_fanout::Signals::new(),
+        lifecycle: connections_api::Lifecycle::default(),
         runtime_nats: Arc::new(connections_api::runtime_nats::RuntimeNats {
             names: Names::new("local")?,
             urls: Vec::new(),

@@ -82,7 +82,19 @@ async fn main() -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CONNECTIONS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
         .add_directive("tokio_postgres::query=info".parse().expect("a valid directive"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // CONNECTIONS_LOG_FORMAT=json: one JSON object per line, with the
+    // fields of the spans it happened in (the request id, the command).
+    match std::env::var("CONNECTIONS_LOG_FORMAT").as_deref() {
+        Ok("json") => tracing_subscriber::fmt()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init(),
+        Ok("text") | Err(_) => tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init(),
+        Ok(other) => anyhow::bail!("CONNECTIONS_LOG_FORMAT must be text or json, not {other:?}"),
+    }
     let cli = Cli::parse();
     match cli.command {
         CliCommand::Serve => serve::run(config::Config::from_env()?).await,

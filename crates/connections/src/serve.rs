@@ -8,7 +8,7 @@ use anyhow::Context;
 use axum::serve::ListenerExt;
 use connections_api::providers::Providers;
 use connections_api::runtime_nats::RuntimeNats;
-use connections_api::{router, AppState, ReportLimit, Settings, StreamLimit};
+use connections_api::{router, AppState, Lifecycle, ReportLimit, Settings, StreamLimit};
 use connections_fanout::nats::NatsAccess;
 use connections_fanout::relay::{self, RelayConfig};
 use connections_fanout::Signals;
@@ -42,16 +42,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Three pools, so that no kind of work can starve another: commands
     // and resolves; reads (read API, history, SSE, min_position); the
     // projector and housekeeping.
-    let database = connections_store::connect_pool(&config.database_url, config.pool_size)?;
-    let reads = connections_store::connect_pool(&config.database_url, config.read_pool_size)?;
-    let background = connections_store::connect_pool(&config.database_url, 4)?;
+    let database = connections_store::connect_pool(&config.database_url, config.pool_size)?.named("commands");
+    let reads = connections_store::connect_pool(&config.database_url, config.read_pool_size)?.named("reads");
+    let background = connections_store::connect_pool(&config.database_url, 4)?.named("background");
     let providers = match &config.providers_file {
         Some(path) => {
             Providers::load(path).with_context(|| format!("CONNECTIONS_PROVIDERS_FILE {}", path.display()))?
         }
         None => Providers::none(),
     };
+    // The instance's own NATS connection, for readiness and metrics (the
+    // relay and projector connect when they lead). It starts even when NATS
+    // is down and keeps trying: the instance then serves, but is not ready.
+    let probe = connections_fanout::nats::connect_in_background(&nats, &config.names, "connections-server").await?;
+    let instance = config.instance.clone().unwrap_or_else(|| config.listen.to_string());
+    let (shutdown, _) = watch::channel(false);
+    let lifecycle = Lifecycle {
+        instance: instance.as_str().into(),
+        stopping: Arc::new(shutdown),
+        nats_connected: Some(Arc::new(move || probe.connection_state() == async_nats::connection::State::Connected)),
+    };
     let state = AppState {
+        lifecycle: lifecycle.clone(),
         database: database.clone(),
         reads,
         master_key,
@@ -70,8 +82,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     connections_store::ensure_database(&config.database_url).await?;
     connections_store::migrate(&config.database_url).await?;
 
-    let (shutdown, stopping) = watch::channel(false);
-    let relay_config = RelayConfig::new(config.names.clone(), config.database_url.clone(), nats.clone());
+    let stopping = lifecycle.stopping.subscribe();
+    let mut relay_config = RelayConfig::new(config.names.clone(), config.database_url.clone(), nats.clone());
+    relay_config.replicas = config.nats_replicas;
     let relay = tokio::spawn(relay::run(background.clone(), relay_config, signals.clone(), stopping.clone()));
     let projector_config = ProjectorConfig::new(config.names.clone(), config.database_url.clone(), nats.clone());
     let database_for_expiry = background.clone();
@@ -95,11 +108,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let listener = listener.tap_io(|stream| {
         let _ = stream.set_nodelay(true);
     });
-    tracing::info!(%address, nats_url = %config.nats_url, nats_auth = nats.issuer.is_some(), prefix = %config.names.prefix(), "serving");
+    tracing::info!(%address, %instance, nats_url = %config.nats_url, nats_auth = nats.issuer.is_some(), prefix = %config.names.prefix(), "serving");
     println!("listening on http://{address}");
-    let served = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown_signal()).await;
-
-    let _ = shutdown.send(true);
+    // On SIGTERM or SIGINT: stop accepting, become not ready, let every
+    // background task give up its role at once (another instance takes
+    // over without waiting for a lease), and finish the requests in flight
+    // (at most `shutdown_grace`; change streams end at once).
+    let signalled = lifecycle.clone();
+    let drain = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: no new connections; finishing requests in flight");
+        signalled.stopping.send_replace(true);
+    });
+    let grace = async {
+        lifecycle.stopped().await;
+        tokio::time::sleep(config.shutdown_grace).await;
+    };
+    let served = tokio::select! {
+        served = drain => served,
+        _ = grace => {
+            tracing::warn!(grace = ?config.shutdown_grace, "requests still in flight after the grace period; closing them");
+            Ok(())
+        }
+    };
+    lifecycle.stopping.send_replace(true);
     for (name, task) in [("relay", relay), ("projector", projector), ("upkeep", upkeep)] {
         match tokio::time::timeout(Duration::from_secs(10), task).await {
             Ok(Ok(())) => tracing::info!(task = name, "stopped"),

@@ -262,10 +262,12 @@ struct StreamState {
 }
 
 impl StreamState {
-    /// The next event, or `None` when the token has expired.
+    /// The next event, or `None` when the token has expired or the
+    /// instance is shutting down (the client reconnects, to another
+    /// instance, with `Last-Event-ID`).
     async fn next(&mut self) -> Option<Event> {
         loop {
-            if tokio::time::Instant::now() >= self.ends {
+            if tokio::time::Instant::now() >= self.ends || self.app.lifecycle.is_stopping() {
                 return None;
             }
             if let Some(change) = self.queue.pop_front() {
@@ -303,6 +305,7 @@ impl StreamState {
                 },
                 _ = tokio::time::sleep(Duration::from_secs(30)) => self.dirty = true,
                 _ = tokio::time::sleep_until(self.ends) => return None,
+                _ = self.app.lifecycle.stopped() => return None,
             }
         }
     }

@@ -35,6 +35,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/session"),
     ("DELETE", "/v1/session"),
     ("GET", "/health"),
+    ("GET", "/ready"),
+    ("GET", "/metrics"),
     ("POST", "/v1/resolve"),
     ("POST", "/v1/runtime/nats-credentials"),
     ("GET", "/v1/status"),
@@ -68,6 +70,8 @@ pub fn router(state: AppState) -> Router {
         .route("/assets/{name}", get(page::asset))
         .route("/v1/session", get(page::show).post(page::create).delete(page::delete))
         .route("/health", get(health::health))
+        .route("/ready", get(health::ready))
+        .route("/metrics", get(health::metrics))
         .route("/v1/resolve", post(resolve::resolve_credential))
         .route("/v1/runtime/nats-credentials", post(runtime::nats_credentials))
         .route("/v1/status", get(dashboard::status))
@@ -90,6 +94,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { method_not_allowed() })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(crate::telemetry::observe))
         .with_state(state)
 }
 

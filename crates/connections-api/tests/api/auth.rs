@@ -111,6 +111,7 @@ async fn audience_issuer_and_not_before_are_enforced_when_configured() {
         signals: connections_fanout::Signals::new(),
         runtime_nats: crate::runtime_nats(),
         settings: Default::default(),
+        lifecycle: Default::default(),
     });
     let now = chrono::Utc::now().timestamp();
     let token = |extra: serde_json::Value| {

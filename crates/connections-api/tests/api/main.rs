@@ -9,6 +9,7 @@ mod connect;
 mod idempotency;
 mod isolation;
 mod openapi;
+mod operability;
 mod problems;
 mod providers;
 mod read_api;
@@ -154,6 +155,7 @@ impl TestApp {
             signals: connections_fanout::Signals::new(),
             runtime_nats: runtime_nats(),
             settings: Default::default(),
+            lifecycle: Default::default(),
         };
         Self { fanout: None, router: router(state.clone()), state, db, master_key, secret }
     }
@@ -192,6 +194,7 @@ impl TestApp {
             signals,
             runtime_nats: runtime_nats(),
             settings: Default::default(),
+            lifecycle: Default::default(),
         };
         app.router = router(state.clone());
         app.state = state;
@@ -228,6 +231,7 @@ impl TestApp {
             signals: connections_fanout::Signals::new(),
             runtime_nats: runtime_nats(),
             settings: Arc::new(settings),
+            lifecycle: Default::default(),
         };
         self.router = router(self.state.clone());
     }

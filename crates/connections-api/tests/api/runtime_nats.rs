@@ -159,6 +159,7 @@ async fn the_insecure_mode_answers_without_a_jwt_and_still_checks_the_key() {
         signals: connections_fanout::Signals::new(),
         runtime_nats: std::sync::Arc::new(runtime_nats),
         settings: Default::default(),
+        lifecycle: Default::default(),
     });
     let token = Some(format!("Bearer {}", app.agent_token("agent-1", "alice")));
     let answer = ask(&app, token.clone(), "{}").await;

@@ -24,6 +24,7 @@ async fn commands_reads_and_resolves_while_the_database_is_unreachable_answer_50
         signals: connections_fanout::Signals::new(),
         runtime_nats: crate::runtime_nats(),
         settings: Default::default(),
+        lifecycle: Default::default(),
     });
     let body = serde_json::json!({"service": "github", "name": "Work", "credential": {"kind": "api_key", "key": "k"}});
     let answer = app.send(Method::POST, "/v1/connections", Some("alice"), Some(body)).await;
@@ -97,6 +98,7 @@ async fn exhausted_reads_answer_503_quickly_and_never_hold_back_a_revoke() {
         signals: connections_fanout::Signals::new(),
         runtime_nats: crate::runtime_nats(),
         settings: Default::default(),
+        lifecycle: Default::default(),
     });
     let started = std::time::Instant::now();
     let read = app.send(Method::GET, "/v1/services", Some("alice"), None).await;

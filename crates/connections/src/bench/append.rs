@@ -206,6 +206,7 @@ impl HttpServer {
             master_key: Arc::new(MasterKey::from_base64("bench", &MasterKey::generate_base64()?)?),
             authenticator: Arc::new(Authenticator::hs256(&secret)?),
             signals: connections_fanout::Signals::new(),
+            lifecycle: Default::default(),
             settings: Default::default(),
             // Commands only: runtimes never ask this server for NATS credentials.
             runtime_nats: Arc::new(RuntimeNats {

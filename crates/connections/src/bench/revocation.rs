@@ -91,6 +91,7 @@ async fn run_on(url: &str, names: &Names, access: &NatsAccess, options: &Revocat
         master_key: Arc::new(MasterKey::from_base64("bench", &MasterKey::generate_base64()?)?),
         authenticator: Arc::new(Authenticator::hs256(&secret)?),
         signals: signals.clone(),
+        lifecycle: Default::default(),
         settings: Default::default(),
         runtime_nats: Arc::new(RuntimeNats {
             names: names.clone(),

@@ -1,0 +1,102 @@
+//! Every metric the server exports. Names and units follow the Prometheus
+//! conventions: `connections_` prefix, base units (seconds), `_total` for
+//! counters.
+
+use crate::family::{CounterVec, Family, HistogramVec, LATENCY_BUCKETS};
+
+/// Commands by kind (`create_connection`, `revoke_connection`, ...) and
+/// outcome (`accepted`, `refused`: a 4xx answer, `failed`: a 5xx), from
+/// the first attempt to the answer, retries included.
+pub static COMMAND_SECONDS: HistogramVec = HistogramVec::new(
+    "connections_command_duration_seconds",
+    "Time to decide and commit a command, by kind and outcome.",
+    &["command", "outcome"],
+    LATENCY_BUCKETS,
+);
+
+/// Resolves by outcome (`granted`, `refused`, `failed`).
+pub static RESOLVE_SECONDS: HistogramVec = HistogramVec::new(
+    "connections_resolve_duration_seconds",
+    "Time to resolve an agent's credential, by outcome.",
+    &["outcome"],
+    LATENCY_BUCKETS,
+);
+
+/// An event's `recorded_at` (the start of its transaction, a few
+/// milliseconds before its commit) to JetStream's acknowledgement of its
+/// publish by the relay.
+pub static RELAY_LAG_SECONDS: HistogramVec = HistogramVec::new(
+    "connections_relay_lag_seconds",
+    "Time from an event's transaction to JetStream acknowledging its publish.",
+    &[],
+    LATENCY_BUCKETS,
+);
+
+/// Events published by the relay and acknowledged by JetStream.
+pub static RELAY_PUBLISHED: CounterVec =
+    CounterVec::new("connections_relay_events_published_total", "Events the relay published to JetStream.", &[]);
+
+/// Commit of an event to its projection committing, by projection.
+pub static PROJECTION_LAG_SECONDS: HistogramVec = HistogramVec::new(
+    "connections_projection_lag_seconds",
+    "Time from an event's transaction to its projection committing, by projection.",
+    &["projection"],
+    LATENCY_BUCKETS,
+);
+
+/// Notices to runtimes published, by kind (`revoked`, `unbound`, ...).
+pub static NOTICES_PUBLISHED: CounterVec =
+    CounterVec::new("connections_notices_published_total", "Notices to agent runtimes published, by kind.", &["kind"]);
+
+/// Commit of a revocation to JetStream acknowledging its notice.
+pub static REVOCATION_NOTICE_SECONDS: HistogramVec = HistogramVec::new(
+    "connections_revocation_notice_delay_seconds",
+    "Time from a revocation's transaction to JetStream acknowledging its notice.",
+    &[],
+    LATENCY_BUCKETS,
+);
+
+/// Waiting for a pooled Postgres connection, by pool.
+pub static POOL_WAIT_SECONDS: HistogramVec = HistogramVec::new(
+    "connections_db_pool_wait_seconds",
+    "Time waited for a pooled Postgres connection, by pool.",
+    &["pool"],
+    LATENCY_BUCKETS,
+);
+
+/// HTTP responses by method and status class (`2xx`, `4xx`, ...).
+pub static HTTP_RESPONSES: CounterVec = CounterVec::new(
+    "connections_http_responses_total",
+    "HTTP responses sent, by method and status class.",
+    &["method", "class"],
+);
+
+/// HTTP request durations by status class.
+pub static HTTP_SECONDS: HistogramVec = HistogramVec::new(
+    "connections_http_request_duration_seconds",
+    "Time from an HTTP request's arrival to its answer's head, by status class.",
+    &["class"],
+    LATENCY_BUCKETS,
+);
+
+/// Leadership changes: a role taken (`taken`) or given up (`released`).
+pub static ROLE_CHANGES: CounterVec = CounterVec::new(
+    "connections_role_changes_total",
+    "Times this instance took or released a role (relay, projector, upkeep), by role and change.",
+    &["role", "change"],
+);
+
+/// Every family above, in the order they are rendered.
+pub(crate) static ALL: &[&dyn Family] = &[
+    &COMMAND_SECONDS,
+    &RESOLVE_SECONDS,
+    &RELAY_LAG_SECONDS,
+    &RELAY_PUBLISHED,
+    &PROJECTION_LAG_SECONDS,
+    &NOTICES_PUBLISHED,
+    &REVOCATION_NOTICE_SECONDS,
+    &POOL_WAIT_SECONDS,
+    &HTTP_RESPONSES,
+    &HTTP_SECONDS,
+    &ROLE_CHANGES,
+];
