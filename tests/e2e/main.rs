@@ -3,6 +3,7 @@
 mod agents;
 mod audit;
 mod cli;
+mod cluster;
 mod fanout;
 mod nats_security;
 mod oauth;

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use connections_testkit::{drop_database, unique_database};
 
+pub mod cluster;
+
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -73,6 +75,16 @@ pub struct Server {
 }
 
 impl Server {
+    /// Starts `connections serve` on port 0 against `database_url` (a
+    /// database the caller owns), with extra environment.
+    pub fn start_on(database_url: &str, extra_env: &[(&str, &str)]) -> Self {
+        let env: Vec<(String, String)> = extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let output = Arc::new(Mutex::new(String::new()));
+        let (child, base) = spawn(database_url, &env, &output);
+        let database_name = database_url.rsplit('/').next().unwrap_or_default().to_owned();
+        Self { child, base, database_url: database_url.to_owned(), database_name, env, output, owns_database: false }
+    }
+
     /// Starts `connections serve` on port 0 with a database that does not
     /// exist yet (the server creates and migrates it), with extra environment.
     pub fn start(extra_env: &[(&str, &str)]) -> Self {
@@ -278,7 +290,7 @@ pub enum NatsVersion {
 
 impl NatsVersion {
     /// The binary, checked by its `--version` output.
-    fn binary(self) -> String {
+    pub fn binary(self) -> String {
         let (candidates, wanted): (&[&str], fn(&str) -> bool) = match self {
             NatsVersion::Debian29 => (&["/usr/sbin/nats-server", "nats-server"], |v| v.contains("v2.9.")),
             NatsVersion::Current => (&["nats-server", "/usr/local/bin/nats-server"], |v| {
@@ -388,6 +400,20 @@ impl NatsServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
         self.child = spawn_nats(&self.binary, self.port, &self.directory);
+    }
+}
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port()
+}
+
+/// Waits (bounded) until something listens on loopback `port`.
+pub fn wait_for_port(port: u16, within: Duration) {
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(started.elapsed() < within, "nothing listens on port {port} after {within:?}");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

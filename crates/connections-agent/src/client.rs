@@ -570,11 +570,13 @@ async fn open_session(
             async move { key.sign(&nonce).map_err(async_nats::AuthError::new) }
         });
     }
-    let urls = match &config.nats_url {
-        Some(url) => url.clone(),
-        None => credentials.nats_urls.join(","),
+    // Every server of a cluster: the client tries them in turn (a single
+    // comma-joined string would be taken for one malformed address).
+    let urls: Vec<String> = match &config.nats_url {
+        Some(url) => url.split(',').map(|u| u.trim().to_owned()).filter(|u| !u.is_empty()).collect(),
+        None => credentials.nats_urls.clone(),
     };
-    let client = options.connect(urls.as_str()).await.map_err(|e| ConnectError::Nats(e.to_string()))?;
+    let client = options.connect(urls).await.map_err(|e| ConnectError::Nats(e.to_string()))?;
     Ok(Session { id, client, expires_at: credentials.expires_at, obtained: Instant::now(), readers: Mutex::default() })
 }
 

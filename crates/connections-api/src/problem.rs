@@ -85,6 +85,15 @@ pub enum ApiError {
     /// retry.
     #[error("the database is unavailable; retry")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The database went away while the command committed: it may or may
+    /// not have taken effect. A retry with the same `Idempotency-Key`
+    /// answers with its outcome (the key's record commits with the
+    /// command's events, or not at all).
+    #[error(
+        "the database went away while committing: whether the command took effect is unknown; retry with the same \
+         Idempotency-Key to learn its outcome, or read the resource"
+    )]
+    OutcomeUnknown(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// Something broke on our side; details go to the log only.
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -119,6 +128,7 @@ impl ApiError {
             ApiError::TooManyReports(_) => (StatusCode::TOO_MANY_REQUESTS, problem::TOO_MANY_REPORTS),
             ApiError::NotYetProjected(_) => (StatusCode::SERVICE_UNAVAILABLE, "not-yet-projected"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, problem::UNAVAILABLE),
+            ApiError::OutcomeUnknown(_) => (StatusCode::SERVICE_UNAVAILABLE, "outcome-unknown"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -181,13 +191,13 @@ impl ApiError {
     /// A failed COMMIT: whether it took effect is unknown, so it is never
     /// reported as "retry, nothing was stored".
     pub fn outcome_unknown(error: StoreError) -> Self {
-        ApiError::Internal(Box::new(error))
+        ApiError::OutcomeUnknown(Box::new(error))
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let ApiError::Internal(cause) | ApiError::Unavailable(cause) = &self {
+        if let ApiError::Internal(cause) | ApiError::Unavailable(cause) | ApiError::OutcomeUnknown(cause) = &self {
             tracing::error!(error = %cause, cause = ?std::error::Error::source(&**cause), "request failed");
         }
         let (status, body) = self.to_problem();

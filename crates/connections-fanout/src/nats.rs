@@ -48,7 +48,7 @@ pub async fn connect_as(
     inbox: &str,
     name: &str,
 ) -> Result<async_nats::Client, ConnectError> {
-    options(access, grant, inbox, name)?.connect(access.url.as_str()).await.map_err(ConnectError::Nats)
+    options(access, grant, inbox, name)?.connect(servers(&access.url)).await.map_err(ConnectError::Nats)
 }
 
 /// Like [`connect`], but returns at once even when NATS is down, and keeps
@@ -61,9 +61,15 @@ pub async fn connect_in_background(
 ) -> Result<async_nats::Client, ConnectError> {
     options(access, &Grant::service(names), &names.service_inbox(), name)?
         .retry_on_initial_connect()
-        .connect(access.url.as_str())
+        .connect(servers(&access.url))
         .await
         .map_err(ConnectError::Nats)
+}
+
+/// The servers of a comma-separated list (the client tries each, and
+/// learns the rest of a cluster from the one it reaches).
+fn servers(urls: &str) -> Vec<&str> {
+    urls.split(',').map(str::trim).filter(|url| !url.is_empty()).collect()
 }
 
 fn options(

@@ -55,13 +55,30 @@ pub async fn ensure_database(url: &str) -> Result<(), StoreError> {
     maintenance.dbname("postgres");
     let (client, connection) = maintenance.connect(NoTls).await?;
     let driver = tokio::spawn(connection);
-    let exists = client.query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name]).await?.is_some();
-    if !exists {
+    // Instances started together race to create it: a loser gets
+    // duplicate_database, or object_in_use (template1 is being copied by the
+    // winner). Either way, look again until it exists (bounded).
+    for attempt in 0..50 {
+        if client.query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name]).await?.is_some() {
+            break;
+        }
         let quoted = name.replace('"', "\"\"");
         match client.batch_execute(&format!("CREATE DATABASE \"{quoted}\"")).await {
-            Ok(()) => tracing::info!(database = %name, "created database"),
-            // Another process created it between our check and our CREATE.
-            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) => {}
+            Ok(()) => {
+                tracing::info!(database = %name, "created database");
+                break;
+            }
+            Err(e)
+                if attempt < 49
+                    && matches!(
+                        e.code(),
+                        Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE)
+                            | Some(&tokio_postgres::error::SqlState::OBJECT_IN_USE)
+                            | Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+                    ) =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
             Err(e) => return Err(e.into()),
         }
     }

@@ -41,7 +41,11 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         use tokio_postgres::error::SqlState;
         let database = |error: &tokio_postgres::Error| {
+            // The connection broke (closed, reset, a server that went away
+            // mid-query): nothing was committed on it.
+            let broken = std::error::Error::source(error).is_some_and(|source| source.is::<std::io::Error>());
             error.is_closed()
+                || broken
                 || error.code().is_some_and(|code| {
                     code.code().starts_with("40")
                         || code.code().starts_with("08")
