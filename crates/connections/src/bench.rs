@@ -3,6 +3,7 @@
 
 mod append;
 mod audit;
+mod failover;
 mod fanout;
 mod generate;
 mod load;
@@ -40,6 +41,11 @@ pub enum BenchCommand {
     /// Master key rotation: re-wrapping every data key against a raw UPDATE
     /// of the same rows, and resolve latency during it against without it.
     Rewrap(rewrap::RewrapOptions),
+    /// Relay failover: instances on one database under a steady command
+    /// rate, the relay's leader killed with SIGKILL again and again; the
+    /// takeover time and the gap on the events stream, against the longest
+    /// silence without a kill.
+    Failover(failover::FailoverOptions),
     /// Audit over a generated million-event log: export, verify and as-of
     /// from Postgres and offline from the file, against raw reads of the
     /// same rows and the same file.
@@ -53,6 +59,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Fanout(options) => fanout::run(options).await,
         BenchCommand::Revocation(options) => revocation::run(options).await,
         BenchCommand::Audit(options) => audit::run(options).await,
+        BenchCommand::Failover(options) => failover::run(options).await,
         BenchCommand::Load(options) => load::run(options).await,
         BenchCommand::Refresh(options) => refresh::run(options).await,
         BenchCommand::Rewrap(options) => rewrap::run(options).await,

@@ -36,9 +36,14 @@ pub struct RevocationOptions {
     /// The Postgres server (a fresh database is created on it and dropped after).
     #[arg(long, env = "CONNECTIONS_BENCH_SERVER", default_value = "postgres://postgres@127.0.0.1:5432")]
     server: String,
-    /// The NATS server.
+    /// The NATS server, or the nodes of a cluster (comma-separated): the
+    /// runtimes, and the raw fan-out's subscribers, are spread over them in
+    /// turn.
     #[arg(long, env = "CONNECTIONS_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     nats_url: String,
+    /// Replicas of the streams the relay creates (3 on a 3-node cluster).
+    #[arg(long, env = "CONNECTIONS_NATS_REPLICAS", default_value_t = 1)]
+    replicas: usize,
     /// Also measure the raw fan-out on this unauthenticated NATS server (for
     /// the cost of authentication and permissions themselves).
     #[arg(long)]
@@ -79,12 +84,9 @@ async fn run_on(url: &str, names: &Names, access: &NatsAccess, options: &Revocat
     let secret = MasterKey::generate_base64()?.into_bytes();
     let signals = Signals::new();
     let (stop, stopping) = watch::channel(false);
-    let relay = tokio::spawn(relay::run(
-        database.clone(),
-        RelayConfig::new(names.clone(), url.to_owned(), access.clone()),
-        signals.clone(),
-        stopping,
-    ));
+    let mut relay_config = RelayConfig::new(names.clone(), url.to_owned(), access.clone());
+    relay_config.replicas = options.replicas;
+    let relay = tokio::spawn(relay::run(database.clone(), relay_config, signals.clone(), stopping));
     let state = AppState {
         database: database.clone(),
         reads: database.clone(),
@@ -95,7 +97,7 @@ async fn run_on(url: &str, names: &Names, access: &NatsAccess, options: &Revocat
         settings: Default::default(),
         runtime_nats: Arc::new(RuntimeNats {
             names: names.clone(),
-            urls: vec![options.nats_url.clone()],
+            urls: nodes(&options.nats_url),
             issuer: access.issuer.clone(),
             ttl: Duration::from_secs(options.runtime_ttl),
         }),
@@ -110,10 +112,12 @@ async fn run_on(url: &str, names: &Names, access: &NatsAccess, options: &Revocat
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     println!(
-        "bench revocation: {} {} per client count, one every 200 ms; NATS {} ({})",
+        "bench revocation: {} {} per client count, one every 200 ms; NATS {} ({} node(s), streams R{}; {})",
         options.rounds,
         if options.replace { "replacements (every agent moved to a new connection)" } else { "revocations" },
         options.nats_url,
+        nodes(&options.nats_url).len(),
+        options.replicas,
         if access.issuer.is_some() {
             "JWT authentication, runtimes with scoped credentials"
         } else {
@@ -204,10 +208,17 @@ async fn revocations(
     }
     // Every runtime obtains its NATS credentials and connects, 8 at a time.
     let started = Instant::now();
-    let connected = futures_util::stream::iter(tokens)
-        .map(|token| async move {
-            let began = Instant::now();
-            AgentClient::connect(AgentConfig::new(base, token)).await.map(|client| (client, began.elapsed()))
+    let nodes = nodes(&options.nats_url);
+    let connected = futures_util::stream::iter(tokens.into_iter().enumerate())
+        .map(|(index, token)| {
+            let mut config = AgentConfig::new(base, token);
+            if nodes.len() > 1 {
+                config.nats_url = Some(nodes[index % nodes.len()].clone());
+            }
+            async move {
+                let began = Instant::now();
+                AgentClient::connect(config).await.map(|client| (client, began.elapsed()))
+            }
         })
         .buffer_unordered(8)
         .collect::<Vec<_>>()
@@ -368,13 +379,21 @@ impl CommitWatch {
 /// until the last one has it. With authentication, the subscribers hold
 /// runtime credentials (for one owner's connection notices) and the
 /// publisher the service's, as in the product.
+/// The servers of a comma-separated list.
+fn nodes(urls: &str) -> Vec<String> {
+    urls.split(',').map(|url| url.trim().to_owned()).filter(|url| !url.is_empty()).collect()
+}
+
 async fn raw_fanout(access: &NatsAccess, names: &Names, n: usize, rounds: usize) -> anyhow::Result<Summary> {
     let subject = names.connection_notices("rawbench", &uuid::Uuid::now_v7().simple().to_string());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut subscribers = Vec::with_capacity(n);
+    let nodes = nodes(&access.url);
     for i in 0..n {
         let grant = Grant::runtime(names, "rawbench", &format!("raw-{i}"));
-        let client = connect_as(access, &grant, "_INBOX_unused", "raw subscriber").await?;
+        // Spread over the nodes like the runtimes.
+        let node = NatsAccess { url: nodes[i % nodes.len()].clone(), issuer: access.issuer.clone() };
+        let client = connect_as(&node, &grant, "_INBOX_unused", "raw subscriber").await?;
         let mut subscription = client.subscribe(subject.clone()).await?;
         client.flush().await?;
         let tx = tx.clone();
