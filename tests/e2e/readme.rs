@@ -45,7 +45,11 @@ fn health_answers_without_a_token() {
     let server = Server::start(&[]);
     let output = Command::new("curl").args(["-sf", &format!("{}/health", server.base)]).output().expect("curl");
     assert!(output.status.success());
-    assert_eq!(String::from_utf8_lossy(&output.stdout), r#"{"status":"ok"}"#);
+    let health: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(health["status"], "ok");
+    // Named after the address it listens on; its roles are listed.
+    assert_eq!(health["instance"].as_str(), server.base.strip_prefix("http://"));
+    assert!(health["roles"].is_array(), "{health}");
 }
 
 #[test]

@@ -91,7 +91,10 @@ fn nats_error(error: impl std::fmt::Display) -> RelayError {
 pub async fn run(database: Database, config: RelayConfig, signals: Signals, mut shutdown: watch::Receiver<bool>) {
     let mut restarts = Restarts::new();
     while !*shutdown.borrow() {
-        match session(&database, &config, &signals, &mut shutdown).await {
+        // Everything a session logs carries the relay span (and the prefix).
+        let span = tracing::info_span!("relay", prefix = %config.names.prefix());
+        let ended = tracing::Instrument::instrument(session(&database, &config, &signals, &mut shutdown), span).await;
+        match ended {
             Ok(()) => break,
             Err(error) => restarts.after_failure("relay", &error, &mut shutdown).await,
         }

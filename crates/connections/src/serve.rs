@@ -20,6 +20,10 @@ use crate::config::{self, Config, NatsAuth};
 /// Runs the server. Prints `listening on http://ADDR` on stdout once bound,
 /// so that scripts and tests using port 0 can find it.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    // Bound first: the instance is named after the address it really has
+    // (with port 0, the one picked).
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let address = listener.local_addr()?;
     let signals = Signals::new();
     let master_key = config::master_key()?;
     let authenticator = config::authenticator()?;
@@ -55,7 +59,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // relay and projector connect when they lead). It starts even when NATS
     // is down and keeps trying: the instance then serves, but is not ready.
     let probe = connections_fanout::nats::connect_in_background(&nats, &config.names, "connections-server").await?;
-    let instance = config.instance.clone().unwrap_or_else(|| config.listen.to_string());
+    let instance = config.instance.clone().unwrap_or_else(|| address.to_string());
     let (shutdown, _) = watch::channel(false);
     let lifecycle = Lifecycle {
         instance: instance.as_str().into(),
@@ -102,8 +106,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         stopping.clone(),
     ));
 
-    let listener = tokio::net::TcpListener::bind(config.listen).await?;
-    let address = listener.local_addr()?;
     // Answers are small: send them at once instead of waiting on Nagle.
     let listener = listener.tap_io(|stream| {
         let _ = stream.set_nodelay(true);
