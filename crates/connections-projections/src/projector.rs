@@ -29,12 +29,15 @@ pub struct ProjectorConfig {
     pub nats: nats::NatsAccess,
     /// Messages per fetch (and per transaction).
     pub batch: usize,
+    /// If set, receives every applied event's lag (from its transaction's
+    /// start to its batch committing; benchmarks).
+    pub lags: Option<tokio::sync::mpsc::UnboundedSender<Duration>>,
 }
 
 impl ProjectorConfig {
     /// Defaults: batches of 256.
     pub fn new(names: Names, database_url: String, nats: nats::NatsAccess) -> Self {
-        Self { names, database_url, nats, batch: 256 }
+        Self { names, database_url, nats, batch: 256, lags: None }
     }
 }
 
@@ -149,6 +152,9 @@ async fn session(
                 for envelope in &envelopes {
                     let lag = (now - envelope.recorded_at).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
                     connections_metrics::PROJECTION_LAG_SECONDS.observe(&[DASHBOARD], lag);
+                    if let Some(lags) = &config.lags {
+                        let _ = lags.send(Duration::from_secs_f64(lag));
+                    }
                 }
                 signals.projected.send_if_modified(|current| {
                     let newer = current.is_none_or(|c| cursor > c);

@@ -3,6 +3,7 @@
 
 mod append;
 mod audit;
+mod commands;
 mod failover;
 mod fanout;
 mod generate;
@@ -41,6 +42,11 @@ pub enum BenchCommand {
     /// Master key rotation: re-wrapping every data key against a raw UPDATE
     /// of the same rows, and resolve latency during it against without it.
     Rewrap(rewrap::RewrapOptions),
+    /// The command mix users run (create, 3 × assign, set default, revoke
+    /// per new stream) over HTTP with the relay and projector running,
+    /// against a raw append interleaved, with Postgres's transactions, rows
+    /// and CPU per command and the projection lag.
+    Commands(commands::CommandsOptions),
     /// Relay failover: instances on one database under a steady command
     /// rate, the relay's leader killed with SIGKILL again and again; the
     /// takeover time and the gap on the events stream, against the longest
@@ -60,6 +66,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Revocation(options) => revocation::run(options).await,
         BenchCommand::Audit(options) => audit::run(options).await,
         BenchCommand::Failover(options) => failover::run(options).await,
+        BenchCommand::Commands(options) => commands::run(options).await,
         BenchCommand::Load(options) => load::run(options).await,
         BenchCommand::Refresh(options) => refresh::run(options).await,
         BenchCommand::Rewrap(options) => rewrap::run(options).await,

@@ -151,7 +151,8 @@ async fn measure(
     Ok(Summary::new(samples, started.elapsed()))
 }
 
-async fn raw_append(database: &Database, stream: &str) -> anyhow::Result<()> {
+/// The raw floor: one transaction reading a stream's version and inserting one row.
+pub(super) async fn raw_append(database: &Database, stream: &str) -> anyhow::Result<()> {
     let mut client = database.pool().get().await?;
     let transaction = client.transaction().await?;
     let read =

@@ -1,0 +1,326 @@
+//! The mix benchmark: the HTTP API on the command mix users run, with the
+//! relay and the projector running, against the raw append floor in the
+//! same run, interleaved.
+//!
+//! The mix, per (new user, service) stream, in order: create, 3 × assign
+//! to a new agent, set default, revoke (one command = one HTTP request;
+//! `concurrency` streams in flight). The floor: one transaction per command,
+//! `SELECT max(version)` + `INSERT`, at the same concurrency. For each
+//! phase: commands/s, latency, and from Postgres's own counters the
+//! transactions, rows inserted and rows updated per command and Postgres's
+//! CPU per command; for the product, the projection lag of every event
+//! applied during the phase.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use connections_api::auth::mint_user_token;
+use connections_domain::OwnerId;
+use connections_fanout::relay::{self, RelayConfig};
+use connections_fanout::{Names, Signals};
+use connections_projections::projector::{self, ProjectorConfig};
+use connections_sealing::MasterKey;
+use connections_store::{connect_pool, ensure_database, migrate, Database};
+use serde_json::json;
+use tokio::sync::{mpsc, watch};
+
+use super::stats::{ms, Summary};
+
+/// Options of `connections bench commands`.
+#[derive(clap::Args)]
+pub struct CommandsOptions {
+    /// The Postgres server (a fresh database is created on it and dropped after).
+    #[arg(long, env = "CONNECTIONS_BENCH_SERVER", default_value = "postgres://postgres@127.0.0.1:5432")]
+    server: String,
+    /// The NATS server (the relay and projector run against it).
+    #[arg(long, env = "CONNECTIONS_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    /// Seconds per phase.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Concurrency levels (streams in flight).
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1, 8, 32])]
+    concurrency: Vec<usize>,
+    /// Rounds of (raw, product) per concurrency level.
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Path {
+    Raw,
+    Product,
+}
+
+/// Postgres's counters for the benchmark's database, and its processes' CPU.
+#[derive(Clone, Copy, Default)]
+struct Counters {
+    transactions: i64,
+    inserted: i64,
+    updated: i64,
+    cpu: Duration,
+}
+
+/// Runs the benchmark.
+pub async fn run(options: CommandsOptions) -> anyhow::Result<()> {
+    let name = format!("connections_bench_{}", uuid::Uuid::now_v7().simple());
+    let url = format!("{}/{}", options.server.trim_end_matches('/'), name);
+    ensure_database(&url).await?;
+    migrate(&url).await?;
+    let names = Names::new(&format!("cbench{}", &uuid::Uuid::now_v7().simple().to_string()[20..]))?;
+    let access = super::nats_access(&options.nats_url)?;
+    let result = run_on(&url, &names, &access, &options).await;
+    let context = async_nats::jetstream::new(super::bench_nats(&access, &names).await?);
+    let _ = context.delete_stream(names.events_stream()).await;
+    let _ = context.delete_stream(names.notices_stream()).await;
+    super::append::drop_database(&options.server, &name).await?;
+    result
+}
+
+async fn run_on(
+    url: &str,
+    names: &Names,
+    access: &connections_fanout::nats::NatsAccess,
+    options: &CommandsOptions,
+) -> anyhow::Result<()> {
+    let max_concurrency = options.concurrency.iter().copied().max().unwrap_or(1);
+    let database = connect_pool(url, max_concurrency + 4)?.named("commands");
+    let reads = connect_pool(url, 8)?.named("reads");
+    let background = connect_pool(url, 4)?.named("background");
+    database
+        .client()
+        .await?
+        .batch_execute(
+            "CREATE TABLE bench_raw (stream_id text NOT NULL, version bigint NOT NULL, data jsonb NOT NULL, \
+             PRIMARY KEY (stream_id, version))",
+        )
+        .await?;
+    // The server as `serve` runs it: API, relay, projector.
+    let secret = MasterKey::generate_base64()?.into_bytes();
+    let master_key = Arc::new(MasterKey::from_base64("bench", &MasterKey::generate_base64()?)?);
+    let state = crate::config::local_state(database.clone(), reads, master_key, &secret, Default::default())?;
+    let base = super::serve_locally(state).await?;
+    let signals = Signals::new();
+    let (stop, stopping) = watch::channel(false);
+    let relay = tokio::spawn(relay::run(
+        background.clone(),
+        RelayConfig::new(names.clone(), url.to_owned(), access.clone()),
+        signals.clone(),
+        stopping.clone(),
+    ));
+    let (lags_tx, mut lags) = mpsc::unbounded_channel();
+    let mut projector_config = ProjectorConfig::new(names.clone(), url.to_owned(), access.clone());
+    projector_config.lags = Some(lags_tx);
+    let projector = tokio::spawn(projector::run(background.clone(), projector_config, signals, stopping));
+    let http = reqwest::Client::new();
+    // Warm up: the relay creates its streams, the projector its consumer.
+    let warm = Owner::new(&secret, "warm-up")?;
+    warm.mix(&http, &base, 0).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    while lags.try_recv().is_ok() {}
+
+    let phase = Duration::from_secs(options.seconds);
+    println!(
+        "bench commands: the mix (create, 3 × assign to a new agent, set default, revoke per new stream) over HTTP \
+         with the relay and projector running, against a raw append (SELECT max + INSERT), {} s per phase, {} round(s)",
+        options.seconds, options.rounds
+    );
+    println!(
+        "{:<8} {:>4} {:>7} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7} {:>7} {:>8} {:>10}",
+        "path",
+        "conc",
+        "cmds",
+        "cmds/s",
+        "p50 ms",
+        "p99 ms",
+        "vs raw",
+        "tx/cmd",
+        "ins/cmd",
+        "upd/cmd",
+        "pgcpu ms",
+        "lag p99 ms"
+    );
+    for &concurrency in &options.concurrency {
+        let mut ratios = Vec::new();
+        for round in 0..options.rounds {
+            let mut raw_rate = 0.0;
+            for path in [Path::Raw, Path::Product] {
+                let before = counters(&database).await?;
+                let summary = measure(path, concurrency, phase, &database, &http, &base, &secret, round).await?;
+                // Let the projector finish this phase's events, and the
+                // statistics collector see every backend's counters.
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                let after = counters(&database).await?;
+                let mut phase_lags = Vec::new();
+                while let Ok(lag) = lags.try_recv() {
+                    phase_lags.push(lag);
+                }
+                let commands = summary.operations.max(1) as f64;
+                let per = |a: i64, b: i64| (a - b) as f64 / commands;
+                let ratio = match path {
+                    Path::Raw => {
+                        raw_rate = summary.per_second;
+                        1.0
+                    }
+                    Path::Product => summary.per_second / raw_rate.max(1.0),
+                };
+                if path == Path::Product {
+                    ratios.push(ratio);
+                }
+                let lag = match path {
+                    Path::Raw => "-".to_owned(),
+                    Path::Product => ms(Summary::new(phase_lags, phase).p99),
+                };
+                println!(
+                    "{:<8} {:>4} {:>7} {:>8.0} {:>8} {:>8} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>8.3} {:>10}",
+                    if path == Path::Raw { "raw" } else { "product" },
+                    concurrency,
+                    summary.operations,
+                    summary.per_second,
+                    ms(summary.p50),
+                    ms(summary.p99),
+                    ratio,
+                    per(after.transactions, before.transactions),
+                    per(after.inserted, before.inserted),
+                    per(after.updated, before.updated),
+                    (after.cpu.saturating_sub(before.cpu)).as_secs_f64() * 1e3 / commands,
+                    lag
+                );
+            }
+        }
+        ratios.sort_by(f64::total_cmp);
+        println!(
+            "C={concurrency}: product / raw per round {:?} (goal at C=32: ≥ 0.50)",
+            ratios.iter().map(|r| (r * 100.0).round() / 100.0).collect::<Vec<_>>()
+        );
+    }
+    let _ = stop.send(true);
+    let _ = relay.await;
+    let _ = projector.await;
+    database.pool().close();
+    background.pool().close();
+    Ok(())
+}
+
+/// A closed loop at `concurrency`: each worker runs whole mixes (product) or
+/// single raw appends until the phase ends.
+#[allow(clippy::too_many_arguments)]
+async fn measure(
+    path: Path,
+    concurrency: usize,
+    phase: Duration,
+    database: &Database,
+    http: &reqwest::Client,
+    base: &str,
+    secret: &[u8],
+    round: usize,
+) -> anyhow::Result<Summary> {
+    let started = Instant::now();
+    let deadline = started + phase;
+    let mut workers = Vec::new();
+    for worker in 0..concurrency {
+        let (database, http, base) = (database.clone(), http.clone(), base.to_owned());
+        let owner = Owner::new(secret, &format!("c{concurrency}r{round}w{worker}"))?;
+        workers.push(tokio::spawn(async move {
+            let mut samples = Vec::new();
+            let mut stream = 0usize;
+            while Instant::now() < deadline {
+                stream += 1;
+                match path {
+                    Path::Raw => {
+                        let begin = Instant::now();
+                        super::append::raw_append(&database, &format!("{}-{stream}", owner.name)).await?;
+                        samples.push(begin.elapsed());
+                    }
+                    Path::Product => samples.extend(owner.mix(&http, &base, stream).await?),
+                }
+            }
+            anyhow::Ok(samples)
+        }));
+    }
+    let mut samples = Vec::new();
+    for worker in workers {
+        samples.extend(worker.await??);
+    }
+    Ok(Summary::new(samples, started.elapsed()))
+}
+
+/// A user of the product, with a token.
+struct Owner {
+    name: String,
+    token: String,
+}
+
+impl Owner {
+    fn new(secret: &[u8], name: &str) -> anyhow::Result<Self> {
+        let owner = OwnerId::parse(name.to_owned()).map_err(|e| anyhow::anyhow!("owner {e}"))?;
+        let token = mint_user_token(secret, &owner, chrono::Utc::now().timestamp() + 3600)?;
+        Ok(Self { name: name.to_owned(), token })
+    }
+
+    /// The mix on a new stream (service `s{stream}`): the latency of each
+    /// of its six commands.
+    async fn mix(&self, http: &reqwest::Client, base: &str, stream: usize) -> anyhow::Result<Vec<Duration>> {
+        let service = format!("s{stream}");
+        let mut samples = Vec::with_capacity(6);
+        let send = |request: reqwest::RequestBuilder, expected: u16| async move {
+            let begin = Instant::now();
+            let response = request.bearer_auth(&self.token).send().await?;
+            anyhow::ensure!(response.status() == expected, "answered {} (expected {expected})", response.status());
+            let body: serde_json::Value = response.json().await?;
+            anyhow::Ok((begin.elapsed(), body))
+        };
+        let (took, created) = send(
+            http.post(format!("{base}/v1/connections"))
+                .json(&json!({"service": service, "name": "mix", "credential": {"kind": "api_key", "key": "k"}})),
+            201,
+        )
+        .await?;
+        samples.push(took);
+        let id = created["connection_id"].as_str().unwrap_or_default().to_owned();
+        for agent in 0..3 {
+            let request = http
+                .post(format!("{base}/v1/connections/{id}/agents"))
+                .json(&json!({"agent_id": format!("agent-{stream}-{agent}")}));
+            samples.push(send(request, 200).await?.0);
+        }
+        let request = http.put(format!("{base}/v1/services/{service}/default")).json(&json!({"connection_id": id}));
+        samples.push(send(request, 200).await?.0);
+        samples.push(send(http.delete(format!("{base}/v1/connections/{id}")), 200).await?.0);
+        Ok(samples)
+    }
+}
+
+/// The database's transaction and row counters, and the CPU time of every
+/// Postgres process on this machine (from /proc; zero where unreadable).
+async fn counters(database: &Database) -> anyhow::Result<Counters> {
+    let row = database
+        .client()
+        .await?
+        .query_one(
+            "SELECT xact_commit + xact_rollback, tup_inserted, tup_updated FROM pg_stat_database \
+             WHERE datname = current_database()",
+            &[],
+        )
+        .await?;
+    Ok(Counters { transactions: row.get(0), inserted: row.get(1), updated: row.get(2), cpu: postgres_cpu() })
+}
+
+fn postgres_cpu() -> Duration {
+    let ticks_per_second = 100.0; // USER_HZ on Linux
+    let mut ticks = 0u64;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // pid (comm) state ... : fields after the closing parenthesis.
+        let Some((head, rest)) = stat.rsplit_once(") ") else { continue };
+        if !head.ends_with("(postgres") {
+            continue;
+        }
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of stat, 12 and 13 after comm.
+        if let (Some(user), Some(system)) = (fields.get(11), fields.get(12)) {
+            ticks += user.parse::<u64>().unwrap_or(0) + system.parse::<u64>().unwrap_or(0);
+        }
+    }
+    Duration::from_secs_f64(ticks as f64 / ticks_per_second)
+}
