@@ -55,7 +55,8 @@ async fn lead(
     // A listener of its own (with signals nobody waits on), so that its
     // notifications do not wake this instance's relay.
     let mut listener = LogListener::connect(database_url, Signals::new()).await?;
-    let Some(_role) = listener.lead(lock_key, "upkeep", &app.signals.roles, stopping).await? else {
+    let Some(_role) = listener.lead(lock_key, connections_fanout::roles::UPKEEP, &app.signals.roles, stopping).await?
+    else {
         return Ok(());
     };
     loop {

@@ -14,7 +14,7 @@ mod listener;
 pub mod nats;
 pub mod relay;
 mod restarts;
-mod roles;
+pub mod roles;
 
 pub use connections_wire::{Envelope, EnvelopeCursor, Names, NamesError, Notice, NoticeKind};
 pub use envelope::{envelope_cursor, envelope_of, log_cursor};

@@ -68,7 +68,7 @@ pub async fn connect_in_background(
 
 /// The servers of a comma-separated list (the client tries each, and
 /// learns the rest of a cluster from the one it reaches).
-fn servers(urls: &str) -> Vec<&str> {
+pub fn servers(urls: &str) -> Vec<&str> {
     urls.split(',').map(str::trim).filter(|url| !url.is_empty()).collect()
 }
 

@@ -109,7 +109,8 @@ async fn session(
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), RelayError> {
     let listener = LogListener::connect(&config.database_url, signals.clone()).await?;
-    let Some(_role) = listener.lead(config.names.lock_key("relay"), "relay", &signals.roles, shutdown).await? else {
+    let role = crate::roles::RELAY;
+    let Some(_role) = listener.lead(config.names.lock_key(role), role, &signals.roles, shutdown).await? else {
         return Ok(());
     };
     let client = nats::connect(&config.nats, &config.names, "connections-relay").await.map_err(nats_error)?;

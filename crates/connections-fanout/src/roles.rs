@@ -5,6 +5,16 @@
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
+/// The relay's role (and the name its lock key is derived from).
+pub const RELAY: &str = "relay";
+/// The dashboard projector's role.
+pub const DASHBOARD_PROJECTOR: &str = "projector-dashboard";
+/// The OAuth token upkeep's role.
+pub const UPKEEP: &str = "upkeep";
+/// Every single-leader role, so that status and metrics list each one,
+/// held or not.
+pub const ALL: &[&str] = &[RELAY, DASHBOARD_PROJECTOR, UPKEEP];
+
 /// The roles this instance holds now.
 #[derive(Clone, Default)]
 pub struct Roles(Arc<Mutex<BTreeSet<String>>>);

@@ -98,8 +98,8 @@ async fn session(
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), ProjectorError> {
     let listener = LogListener::connect(&config.database_url, signals.clone()).await?;
-    let lock = config.names.lock_key("projector-dashboard");
-    let Some(_role) = listener.lead(lock, "projector-dashboard", &signals.roles, shutdown).await? else {
+    let role = connections_fanout::roles::DASHBOARD_PROJECTOR;
+    let Some(_role) = listener.lead(config.names.lock_key(role), role, &signals.roles, shutdown).await? else {
         return Ok(());
     };
     let client = nats::connect(&config.nats, &config.names, "connections-projector").await.map_err(nats_error)?;

@@ -102,7 +102,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let upkeep = tokio::spawn(connections_api::upkeep::run(
         state.clone(),
         config.database_url.clone(),
-        config.names.lock_key("upkeep"),
+        config.names.lock_key(connections_fanout::roles::UPKEEP),
         stopping.clone(),
     ));
 

@@ -72,7 +72,7 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
     let mut out = String::with_capacity(16 * 1024);
     connections_metrics::render(&mut out);
     let held = app.signals.roles.held();
-    let roles: Vec<(Vec<String>, f64)> = ROLES
+    let roles: Vec<(Vec<String>, f64)> = connections_fanout::roles::ALL
         .iter()
         .map(|role| (vec![(*role).to_owned()], f64::from(u8::from(held.iter().any(|h| h == role)))))
         .collect();
@@ -117,7 +117,3 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out).into_response()
 }
-
-/// Every single-leader role, so that `connections_role_held` lists each
-/// one, held or not.
-pub const ROLES: &[&str] = &["relay", "projector-dashboard", "upkeep"];

@@ -66,15 +66,7 @@ pub async fn run(options: AppendOptions) -> anyhow::Result<()> {
 async fn run_on(url: &str, options: &AppendOptions) -> anyhow::Result<()> {
     let max_concurrency = options.concurrency.iter().copied().max().unwrap_or(1);
     let database = connect_pool(url, max_concurrency + 4)?;
-    database
-        .pool()
-        .get()
-        .await?
-        .batch_execute(
-            "CREATE TABLE bench_raw (stream_id text NOT NULL, version bigint NOT NULL, data jsonb NOT NULL, \
-             PRIMARY KEY (stream_id, version))",
-        )
-        .await?;
+    create_raw_table(&database).await?;
     let server = HttpServer::start(database.clone()).await?;
     let phase = Duration::from_secs(options.seconds);
     println!("bench append: {}s per phase, Postgres {}", options.seconds, server_version(&database).await?);
@@ -149,6 +141,19 @@ async fn measure(
         samples.extend(worker.await??);
     }
     Ok(Summary::new(samples, started.elapsed()))
+}
+
+/// The raw floor's table: a stream id and version per row.
+pub(super) async fn create_raw_table(database: &Database) -> anyhow::Result<()> {
+    database
+        .client()
+        .await?
+        .batch_execute(
+            "CREATE TABLE bench_raw (stream_id text NOT NULL, version bigint NOT NULL, data jsonb NOT NULL, \
+             PRIMARY KEY (stream_id, version))",
+        )
+        .await?;
+    Ok(())
 }
 
 /// The raw floor: one transaction reading a stream's version and inserting one row.

@@ -87,14 +87,7 @@ async fn run_on(
     let database = connect_pool(url, max_concurrency + 4)?.named("commands");
     let reads = connect_pool(url, 8)?.named("reads");
     let background = connect_pool(url, 4)?.named("background");
-    database
-        .client()
-        .await?
-        .batch_execute(
-            "CREATE TABLE bench_raw (stream_id text NOT NULL, version bigint NOT NULL, data jsonb NOT NULL, \
-             PRIMARY KEY (stream_id, version))",
-        )
-        .await?;
+    super::append::create_raw_table(&database).await?;
     // The server as `serve` runs it: API, relay, projector.
     let secret = MasterKey::generate_base64()?.into_bytes();
     let master_key = Arc::new(MasterKey::from_base64("bench", &MasterKey::generate_base64()?)?);

@@ -227,7 +227,10 @@ async fn holder(http: &reqwest::Client, instances: &[Instance], within: Duration
         for (index, instance) in instances.iter().enumerate() {
             if let Ok(response) = http.get(format!("{}/health", instance.base)).send().await {
                 if let Ok(body) = response.json::<serde_json::Value>().await {
-                    if body["roles"].as_array().is_some_and(|roles| roles.iter().any(|r| r == "relay")) {
+                    if body["roles"]
+                        .as_array()
+                        .is_some_and(|roles| roles.iter().any(|r| r == connections_fanout::roles::RELAY))
+                    {
                         return Ok(index);
                     }
                 }

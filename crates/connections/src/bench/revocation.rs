@@ -381,7 +381,7 @@ impl CommitWatch {
 /// publisher the service's, as in the product.
 /// The servers of a comma-separated list.
 fn nodes(urls: &str) -> Vec<String> {
-    urls.split(',').map(|url| url.trim().to_owned()).filter(|url| !url.is_empty()).collect()
+    connections_fanout::nats::servers(urls).into_iter().map(str::to_owned).collect()
 }
 
 async fn raw_fanout(access: &NatsAccess, names: &Names, n: usize, rounds: usize) -> anyhow::Result<Summary> {
