@@ -3,15 +3,27 @@
 
 use connections_store::{LogCursor, StoreError};
 use deadpool_postgres::GenericClient;
+use tokio_postgres::Row;
+
+/// Reads a checkpoint: `$1` the projector's name.
+pub const LOAD: &str = "SELECT transaction_id::text, position FROM projector_checkpoints WHERE name = $1";
+/// Reads a checkpoint and locks it for the transaction: `$1` the projector's name.
+pub const LOAD_FOR_UPDATE: &str =
+    "SELECT transaction_id::text, position FROM projector_checkpoints WHERE name = $1 FOR UPDATE";
+/// Stores a checkpoint: `$1` the name, `$2` the transaction id (text), `$3` the position.
+pub const STORE: &str =
+    "INSERT INTO projector_checkpoints (name, transaction_id, position) VALUES ($1, $2::text::xid8, $3) \
+     ON CONFLICT (name) DO UPDATE SET transaction_id = excluded.transaction_id, position = excluded.position, \
+     updated_at = now()";
 
 /// Reads a projector's checkpoint (locking it for the transaction when `for_update`).
 pub async fn load(client: &impl GenericClient, name: &str, for_update: bool) -> Result<LogCursor, StoreError> {
-    let sql = if for_update {
-        "SELECT transaction_id::text, position FROM projector_checkpoints WHERE name = $1 FOR UPDATE"
-    } else {
-        "SELECT transaction_id::text, position FROM projector_checkpoints WHERE name = $1"
-    };
-    let row = client.query_opt(sql, &[&name]).await?;
+    let statement = client.prepare_cached(if for_update { LOAD_FOR_UPDATE } else { LOAD }).await?;
+    from_row(client.query_opt(&statement, &[&name]).await?)
+}
+
+/// The cursor of a row read by [`LOAD`] (the start of the log when there is none).
+pub fn from_row(row: Option<Row>) -> Result<LogCursor, StoreError> {
     row.map(|row| {
         let transaction_id: String = row.get(0);
         Ok(LogCursor {
@@ -26,13 +38,7 @@ pub async fn load(client: &impl GenericClient, name: &str, for_update: bool) -> 
 
 /// Stores a projector's checkpoint.
 pub async fn store(client: &impl GenericClient, name: &str, cursor: LogCursor) -> Result<(), StoreError> {
-    client
-        .execute(
-            "INSERT INTO projector_checkpoints (name, transaction_id, position) VALUES ($1, $2::text::xid8, $3) \
-             ON CONFLICT (name) DO UPDATE SET transaction_id = excluded.transaction_id, position = excluded.position, \
-             updated_at = now()",
-            &[&name, &cursor.transaction_id.to_string(), &cursor.position],
-        )
-        .await?;
+    let statement = client.prepare_cached(STORE).await?;
+    client.execute(&statement, &[&name, &cursor.transaction_id.to_string(), &cursor.position]).await?;
     Ok(())
 }

@@ -1,211 +1,316 @@
-//! The dashboard read models, kept current one event at a time:
+//! The dashboard read models, kept current a batch at a time:
 //! `rm_connections` (one row per connection), `rm_services` (the cards),
 //! `rm_connection_agents` (the usage overview) and `rm_changes` (the change
 //! feed behind `GET /v1/stream`).
 //!
-//! Each event becomes a short list of statements; the projector pipelines
-//! the statements of a whole batch on one connection, where the server runs
-//! them in order.
+//! A batch costs the same few statements whatever its size: the rows its
+//! events touch are read (three SELECTs), the batch is folded into them in
+//! memory by the same fold a rebuild uses (`crate::model`), and each table's
+//! touched rows are written back with one statement over arrays. A row that
+//! several events of the batch change is written once, in its final state.
+
+use std::collections::BTreeSet;
 
 use connections_domain::Event;
-use connections_fanout::Envelope;
-use connections_store::codec::{binding_source_name, decode};
+use connections_fanout::{log_cursor, Envelope};
+use connections_store::codec::decode;
 use connections_store::StoreError;
 use deadpool_postgres::GenericClient;
 use tokio_postgres::types::ToSql;
+use uuid::Uuid;
 
-/// One SQL statement with owned parameters.
-pub struct Statement {
-    sql: &'static str,
-    params: Vec<Box<dyn ToSql + Sync + Send>>,
+type Param<'a> = dyn ToSql + Sync + 'a;
+
+use crate::model::{AgentKey, AgentRow, ConnectionKey, ConnectionRow, Fact, Model, ServiceKey, ServiceRow};
+
+/// The events of `envelopes`, decoded.
+pub(crate) fn decode_all(envelopes: &[Envelope]) -> Result<Vec<Event>, StoreError> {
+    envelopes.iter().map(|e| decode(&e.event_type, e.schema_version, &e.data)).collect()
 }
 
-impl Statement {
-    fn new(sql: &'static str, params: Vec<Box<dyn ToSql + Sync + Send>>) -> Self {
-        Self { sql, params }
-    }
-
-    /// The SQL text.
-    pub fn sql(&self) -> &'static str {
-        self.sql
-    }
-
-    /// Runs it as the already-prepared `statement`. Execution must not need
-    /// a preparation round trip, or pipelined statements could overtake it.
-    pub async fn execute(
-        &self,
-        client: &impl GenericClient,
-        statement: &tokio_postgres::Statement,
-    ) -> Result<u64, StoreError> {
-        let params: Vec<&(dyn ToSql + Sync)> = self.params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect();
-        Ok(client.execute(statement, &params).await?)
-    }
+/// The envelopes with their decoded events, as the fold takes them.
+pub(crate) fn facts<'a>(envelopes: &'a [Envelope], events: &'a [Event]) -> Vec<Fact<'a>> {
+    envelopes
+        .iter()
+        .zip(events)
+        .map(|(envelope, event)| Fact {
+            owner: &envelope.owner,
+            service: &envelope.service,
+            cursor: log_cursor(envelope.cursor),
+            recorded_at: envelope.recorded_at,
+            event_type: &envelope.event_type,
+            event,
+        })
+        .collect()
 }
 
-/// Runs `statements` pipelined, in order: each distinct statement is
-/// prepared first (cached after the first batch), then all are sent back to
-/// back and the server executes them in sending order.
-pub async fn execute_pipelined(client: &impl GenericClient, statements: &[Statement]) -> Result<(), StoreError> {
-    let mut prepared = std::collections::HashMap::new();
-    for statement in statements {
-        if !prepared.contains_key(statement.sql) {
-            prepared.insert(statement.sql, client.prepare_cached(statement.sql).await?);
-        }
+/// Prepares (or finds in the connection's cache) every statement of
+/// [`load`] and [`store`], so that they can be pipelined in order.
+pub(crate) async fn prepare(client: &impl GenericClient) -> Result<(), StoreError> {
+    for sql in [
+        LOAD_CONNECTIONS,
+        LOAD_SERVICES,
+        LOAD_AGENTS,
+        STORE_CONNECTIONS,
+        STORE_SERVICES,
+        STORE_AGENTS,
+        FORGET_AGENTS,
+        STORE_CHANGES,
+    ] {
+        client.prepare_cached(sql).await?;
     }
-    futures_util::future::try_join_all(statements.iter().map(|s| s.execute(client, &prepared[s.sql]))).await?;
     Ok(())
 }
 
-/// The statements that apply one event to the live read models.
-pub fn statements(envelope: &Envelope) -> Result<Vec<Statement>, StoreError> {
-    let event = decode(&envelope.event_type, envelope.schema_version, &envelope.data)?;
-    let owner = || Box::new(envelope.owner.clone()) as Box<dyn ToSql + Sync + Send>;
-    let service = || Box::new(envelope.service.clone()) as Box<dyn ToSql + Sync + Send>;
-    let at = envelope.recorded_at;
-    let position = envelope.cursor.position;
-    let id = event.connection_id().as_uuid();
-    let mut out = Vec::with_capacity(5);
-    match &event {
-        Event::ConnectionCreated { name, credential_kind, skill, .. } => {
-            out.push(Statement::new(
-                "INSERT INTO rm_connections (owner_id, connection_id, service, name, skill, credential_kind, \
-                 credential_version, status, created_at, last_changed_at, last_position) \
-                 VALUES ($1, $2, $3, $4, $5, $6, 1, 'active', $7, $7, $8) ON CONFLICT DO NOTHING",
-                vec![
-                    owner(),
-                    Box::new(id),
-                    service(),
-                    Box::new(name.to_string()),
-                    Box::new(skill.as_ref().map(|s| s.to_string())),
-                    Box::new(credential_kind.as_str()),
-                    Box::new(at),
-                    Box::new(position),
-                ],
-            ));
-            out.push(Statement::new(
-                "INSERT INTO rm_services (owner_id, service, active_connections) VALUES ($1, $2, 1) \
-                 ON CONFLICT (owner_id, service) DO UPDATE SET active_connections = rm_services.active_connections + 1",
-                vec![owner(), service()],
-            ));
-        }
-        Event::AgentAssigned { agent_id, source, .. } => {
-            out.push(Statement::new(
-                "INSERT INTO rm_connection_agents (owner_id, connection_id, agent_id, service, source, since) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-                vec![
-                    owner(),
-                    Box::new(id),
-                    Box::new(agent_id.to_string()),
-                    service(),
-                    Box::new(binding_source_name(*source)),
-                    Box::new(at),
-                ],
-            ));
-            out.extend(bump_agents(owner, service, id, 1));
-        }
-        Event::AgentUnassigned { agent_id, .. } => {
-            out.push(Statement::new(
-                "DELETE FROM rm_connection_agents WHERE owner_id = $1 AND connection_id = $2 AND agent_id = $3",
-                vec![owner(), Box::new(id), Box::new(agent_id.to_string())],
-            ));
-            out.extend(bump_agents(owner, service, id, -1));
-        }
-        Event::CredentialRotated { credential_version, credential_kind, .. } => {
-            out.push(Statement::new(
-                "UPDATE rm_connections SET credential_version = $3, credential_kind = $4, needs_attention = false \
-                 WHERE owner_id = $1 AND connection_id = $2",
-                vec![owner(), Box::new(id), Box::new(*credential_version as i32), Box::new(credential_kind.as_str())],
-            ));
-        }
-        // The scopes live in the log (and the sealed credential); the
-        // dashboard shows none of them yet.
-        Event::OauthGranted { .. } | Event::UpstreamRevoked { .. } | Event::DataKeyRewrapped { .. } => {}
-        Event::CredentialRefreshed { credential_version, .. } => {
-            out.push(Statement::new(
-                "UPDATE rm_connections SET credential_version = $3, needs_attention = false \
-                 WHERE owner_id = $1 AND connection_id = $2",
-                vec![owner(), Box::new(id), Box::new(*credential_version as i32)],
-            ));
-        }
-        Event::CredentialRejected { .. } => {
-            out.push(Statement::new(
-                "UPDATE rm_connections SET needs_attention = true WHERE owner_id = $1 AND connection_id = $2",
-                vec![owner(), Box::new(id)],
-            ));
-        }
-        Event::DefaultSet { previous, .. } => {
-            if let Some(previous) = previous {
-                out.push(Statement::new(
-                    "UPDATE rm_connections SET is_default = false, last_changed_at = $3, last_position = $4 \
-                     WHERE owner_id = $1 AND connection_id = $2",
-                    vec![owner(), Box::new(previous.as_uuid()), Box::new(at), Box::new(position)],
-                ));
-            }
-            out.push(Statement::new(
-                "UPDATE rm_connections SET is_default = true WHERE owner_id = $1 AND connection_id = $2",
-                vec![owner(), Box::new(id)],
-            ));
-            out.push(Statement::new(
-                "UPDATE rm_services SET default_connection_id = $3 WHERE owner_id = $1 AND service = $2",
-                vec![owner(), service(), Box::new(id)],
-            ));
-        }
-        Event::DefaultCleared { .. } => {
-            out.push(Statement::new(
-                "UPDATE rm_connections SET is_default = false WHERE owner_id = $1 AND connection_id = $2",
-                vec![owner(), Box::new(id)],
-            ));
-            out.push(Statement::new(
-                "UPDATE rm_services SET default_connection_id = NULL WHERE owner_id = $1 AND service = $2",
-                vec![owner(), service()],
-            ));
-        }
-        Event::ConnectionRevoked { .. } => {
-            out.push(Statement::new(
-                "UPDATE rm_connections SET status = 'revoked', needs_attention = false \
-                 WHERE owner_id = $1 AND connection_id = $2",
-                vec![owner(), Box::new(id)],
-            ));
-            out.push(Statement::new(
-                "UPDATE rm_services SET active_connections = active_connections - 1 WHERE owner_id = $1 AND service = $2",
-                vec![owner(), service()],
-            ));
-        }
-    }
-    out.push(Statement::new(
-        "UPDATE rm_connections SET last_changed_at = $3, last_position = $4 WHERE owner_id = $1 AND connection_id = $2",
-        vec![owner(), Box::new(id), Box::new(at), Box::new(position)],
-    ));
-    out.push(Statement::new(
-        "INSERT INTO rm_changes (owner_id, transaction_id, position, event_type, connection_id, service, occurred_at) \
-         VALUES ($1, $2::text::xid8, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-        vec![
-            owner(),
-            Box::new(envelope.cursor.transaction_id.to_string()),
-            Box::new(position),
-            Box::new(envelope.event_type.clone()),
-            Box::new(id),
-            service(),
-            Box::new(at),
-        ],
-    ));
-    Ok(out)
+/// The keys of the rows a batch may change.
+#[derive(Default)]
+pub(crate) struct Touched {
+    connections: BTreeSet<ConnectionKey>,
+    services: BTreeSet<ServiceKey>,
+    agents: BTreeSet<AgentKey>,
 }
 
-fn bump_agents(
-    owner: impl Fn() -> Box<dyn ToSql + Sync + Send>,
-    service: impl Fn() -> Box<dyn ToSql + Sync + Send>,
-    connection_id: uuid::Uuid,
-    delta: i32,
-) -> [Statement; 2] {
-    [
-        Statement::new(
-            "UPDATE rm_connections SET agent_count = agent_count + $3 WHERE owner_id = $1 AND connection_id = $2",
-            vec![owner(), Box::new(connection_id), Box::new(delta)],
-        ),
-        Statement::new(
-            "UPDATE rm_services SET agent_count = agent_count + $3 WHERE owner_id = $1 AND service = $2",
-            vec![owner(), service(), Box::new(delta)],
-        ),
-    ]
+impl Touched {
+    /// The rows `facts` may change.
+    pub(crate) fn of<'a>(facts: impl IntoIterator<Item = &'a Fact<'a>>) -> Self {
+        let mut touched = Touched::default();
+        for fact in facts {
+            let (connections, service, agent) = fact.keys();
+            touched.connections.extend(connections);
+            touched.services.insert(service);
+            touched.agents.extend(agent);
+        }
+        touched
+    }
+
+    fn connection_columns(&self) -> (Vec<&str>, Vec<Uuid>) {
+        self.connections.iter().map(|(owner, id)| (owner.as_str(), *id)).unzip()
+    }
+
+    fn service_columns(&self) -> (Vec<&str>, Vec<&str>) {
+        self.services.iter().map(|(owner, service)| (owner.as_str(), service.as_str())).unzip()
+    }
+
+    fn agent_columns(&self) -> (Vec<&str>, Vec<Uuid>, Vec<&str>) {
+        let mut columns = (Vec::new(), Vec::new(), Vec::new());
+        for (owner, id, agent) in &self.agents {
+            columns.0.push(owner.as_str());
+            columns.1.push(*id);
+            columns.2.push(agent.as_str());
+        }
+        columns
+    }
+}
+
+const LOAD_CONNECTIONS: &str = "SELECT owner_id, connection_id, service, name, skill, credential_kind, \
+    credential_version, status, is_default, needs_attention, agent_count, created_at, last_changed_at, last_position \
+    FROM rm_connections WHERE (owner_id, connection_id) IN (SELECT * FROM unnest($1::text[], $2::uuid[]))";
+const LOAD_SERVICES: &str = "SELECT owner_id, service, active_connections, default_connection_id, agent_count \
+    FROM rm_services WHERE (owner_id, service) IN (SELECT * FROM unnest($1::text[], $2::text[]))";
+const LOAD_AGENTS: &str = "SELECT owner_id, connection_id, agent_id, service, source, since FROM rm_connection_agents \
+    WHERE (owner_id, connection_id, agent_id) IN (SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[]))";
+
+/// The touched rows as they are now (pipelined).
+pub(crate) async fn load(client: &impl GenericClient, touched: &Touched) -> Result<Model, StoreError> {
+    let (connections, services, agents) = futures_util::try_join!(
+        client.prepare_cached(LOAD_CONNECTIONS),
+        client.prepare_cached(LOAD_SERVICES),
+        client.prepare_cached(LOAD_AGENTS)
+    )?;
+    let (connection_owners, connection_ids) = touched.connection_columns();
+    let (service_owners, service_names) = touched.service_columns();
+    let (agent_owners, agent_connections, agent_ids) = touched.agent_columns();
+    let connection_keys: [&Param<'_>; 2] = [&connection_owners, &connection_ids];
+    let service_keys: [&Param<'_>; 2] = [&service_owners, &service_names];
+    let agent_keys: [&Param<'_>; 3] = [&agent_owners, &agent_connections, &agent_ids];
+    let (connection_rows, service_rows, agent_rows) = futures_util::try_join!(
+        client.query(&connections, &connection_keys),
+        client.query(&services, &service_keys),
+        client.query(&agents, &agent_keys),
+    )?;
+    let mut model = Model::default();
+    for row in connection_rows {
+        model.connections.insert(
+            (row.get(0), row.get(1)),
+            ConnectionRow {
+                service: row.get(2),
+                name: row.get(3),
+                skill: row.get(4),
+                credential_kind: row.get(5),
+                credential_version: row.get(6),
+                status: row.get(7),
+                is_default: row.get(8),
+                needs_attention: row.get(9),
+                agent_count: row.get(10),
+                created_at: row.get(11),
+                last_changed_at: row.get(12),
+                last_position: row.get(13),
+            },
+        );
+    }
+    for row in service_rows {
+        model.services.insert(
+            (row.get(0), row.get(1)),
+            ServiceRow { active_connections: row.get(2), default_connection_id: row.get(3), agent_count: row.get(4) },
+        );
+    }
+    for row in agent_rows {
+        model.agents.insert(
+            (row.get(0), row.get(1), row.get(2)),
+            AgentRow { service: row.get(3), source: row.get(4), since: row.get(5) },
+        );
+    }
+    Ok(model)
+}
+
+const STORE_CONNECTIONS: &str = "INSERT INTO rm_connections (owner_id, connection_id, service, name, skill, \
+    credential_kind, credential_version, status, is_default, needs_attention, agent_count, created_at, \
+    last_changed_at, last_position) \
+    SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int4[], \
+        $8::text[], $9::bool[], $10::bool[], $11::int4[], $12::timestamptz[], $13::timestamptz[], $14::int8[]) \
+    ON CONFLICT (owner_id, connection_id) DO UPDATE SET name = excluded.name, skill = excluded.skill, \
+        credential_kind = excluded.credential_kind, credential_version = excluded.credential_version, \
+        status = excluded.status, is_default = excluded.is_default, needs_attention = excluded.needs_attention, \
+        agent_count = excluded.agent_count, last_changed_at = excluded.last_changed_at, \
+        last_position = excluded.last_position";
+const STORE_SERVICES: &str = "INSERT INTO rm_services (owner_id, service, active_connections, \
+    default_connection_id, agent_count) \
+    SELECT * FROM unnest($1::text[], $2::text[], $3::int4[], $4::uuid[], $5::int4[]) \
+    ON CONFLICT (owner_id, service) DO UPDATE SET active_connections = excluded.active_connections, \
+        default_connection_id = excluded.default_connection_id, agent_count = excluded.agent_count";
+const STORE_AGENTS: &str = "INSERT INTO rm_connection_agents (owner_id, connection_id, agent_id, service, source, \
+    since) SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::timestamptz[]) \
+    ON CONFLICT (owner_id, connection_id, agent_id) DO UPDATE SET service = excluded.service, \
+        source = excluded.source, since = excluded.since";
+const FORGET_AGENTS: &str = "DELETE FROM rm_connection_agents \
+    WHERE (owner_id, connection_id, agent_id) IN (SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[]))";
+const STORE_CHANGES: &str = "INSERT INTO rm_changes (owner_id, transaction_id, position, event_type, \
+    connection_id, service, occurred_at) \
+    SELECT o, t::xid8, p, e, c, s, at FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::uuid[], \
+        $6::text[], $7::timestamptz[]) AS u(o, t, p, e, c, s, at) \
+    ON CONFLICT DO NOTHING";
+
+/// Writes the touched rows back in their final state (pipelined): those the
+/// model holds are upserted, touched agent rows it no longer holds are
+/// deleted, and the batch's changes are appended to the feed.
+pub(crate) async fn store(client: &impl GenericClient, touched: &Touched, model: &Model) -> Result<(), StoreError> {
+    let (connections, services, agents, forget, changes) = futures_util::try_join!(
+        client.prepare_cached(STORE_CONNECTIONS),
+        client.prepare_cached(STORE_SERVICES),
+        client.prepare_cached(STORE_AGENTS),
+        client.prepare_cached(FORGET_AGENTS),
+        client.prepare_cached(STORE_CHANGES)
+    )?;
+
+    let mut c = ConnectionColumns::default();
+    for key in &touched.connections {
+        if let Some(row) = model.connections.get(key) {
+            c.push(key, row);
+        }
+    }
+    let mut s = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for key in &touched.services {
+        if let Some(row) = model.services.get(key) {
+            s.0.push(key.0.as_str());
+            s.1.push(key.1.as_str());
+            s.2.push(row.active_connections);
+            s.3.push(row.default_connection_id);
+            s.4.push(row.agent_count);
+        }
+    }
+    let mut kept = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut gone = (Vec::new(), Vec::new(), Vec::new());
+    for key @ (owner, id, agent) in &touched.agents {
+        match model.agents.get(key) {
+            Some(row) => {
+                kept.0.push(owner.as_str());
+                kept.1.push(*id);
+                kept.2.push(agent.as_str());
+                kept.3.push(row.service.as_str());
+                kept.4.push(row.source.as_str());
+                kept.5.push(row.since);
+            }
+            None => {
+                gone.0.push(owner.as_str());
+                gone.1.push(*id);
+                gone.2.push(agent.as_str());
+            }
+        }
+    }
+    let mut f = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for change in &model.changes {
+        f.0.push(change.owner.as_str());
+        f.1.push(change.cursor.transaction_id.to_string());
+        f.2.push(change.cursor.position);
+        f.3.push(change.event_type.as_str());
+        f.4.push(change.connection_id);
+        f.5.push(change.service.as_str());
+        f.6.push(change.occurred_at);
+    }
+    let connection_rows: [&Param<'_>; 14] = [
+        &c.owners,
+        &c.ids,
+        &c.services,
+        &c.names,
+        &c.skills,
+        &c.kinds,
+        &c.versions,
+        &c.statuses,
+        &c.defaults,
+        &c.attention,
+        &c.agent_counts,
+        &c.created,
+        &c.changed,
+        &c.positions,
+    ];
+    let service_rows: [&Param<'_>; 5] = [&s.0, &s.1, &s.2, &s.3, &s.4];
+    let kept_rows: [&Param<'_>; 6] = [&kept.0, &kept.1, &kept.2, &kept.3, &kept.4, &kept.5];
+    let gone_keys: [&Param<'_>; 3] = [&gone.0, &gone.1, &gone.2];
+    let change_rows: [&Param<'_>; 7] = [&f.0, &f.1, &f.2, &f.3, &f.4, &f.5, &f.6];
+    futures_util::try_join!(
+        client.execute(&connections, &connection_rows),
+        client.execute(&services, &service_rows),
+        client.execute(&agents, &kept_rows),
+        client.execute(&forget, &gone_keys),
+        client.execute(&changes, &change_rows),
+    )?;
+    Ok(())
+}
+
+/// `rm_connections` rows as column arrays.
+#[derive(Default)]
+struct ConnectionColumns<'a> {
+    owners: Vec<&'a str>,
+    ids: Vec<Uuid>,
+    services: Vec<&'a str>,
+    names: Vec<&'a str>,
+    skills: Vec<Option<&'a str>>,
+    kinds: Vec<&'a str>,
+    versions: Vec<i32>,
+    statuses: Vec<&'a str>,
+    defaults: Vec<bool>,
+    attention: Vec<bool>,
+    agent_counts: Vec<i32>,
+    created: Vec<chrono::DateTime<chrono::Utc>>,
+    changed: Vec<chrono::DateTime<chrono::Utc>>,
+    positions: Vec<i64>,
+}
+
+impl<'a> ConnectionColumns<'a> {
+    fn push(&mut self, (owner, id): &'a ConnectionKey, row: &'a ConnectionRow) {
+        self.owners.push(owner);
+        self.ids.push(*id);
+        self.services.push(&row.service);
+        self.names.push(&row.name);
+        self.skills.push(row.skill.as_deref());
+        self.kinds.push(&row.credential_kind);
+        self.versions.push(row.credential_version);
+        self.statuses.push(&row.status);
+        self.defaults.push(row.is_default);
+        self.attention.push(row.needs_attention);
+        self.agent_counts.push(row.agent_count);
+        self.created.push(row.created_at);
+        self.changed.push(row.last_changed_at);
+        self.positions.push(row.last_position);
+    }
 }

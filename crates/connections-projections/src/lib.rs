@@ -1,6 +1,7 @@
 //! The dashboard read models and everything that keeps them current.
 //!
-//! - [`dashboard`]: the statements by which one event changes the read models.
+//! - `model`: the read models in memory and the one fold of events into them.
+//! - [`dashboard`]: a batch of events applied to the live read models.
 //! - [`projector::run`]: a durable JetStream consumer applying events in log
 //!   order, with its checkpoint in the same transaction as its writes.
 //! - [`rebuild`]: the same read models from the start of the log, folded in
@@ -9,6 +10,7 @@
 
 pub mod checkpoint;
 pub mod dashboard;
+mod model;
 pub mod projector;
 pub mod queries;
 pub mod rebuild;

@@ -1,7 +1,8 @@
 //! The dashboard projector: a durable JetStream pull consumer applying events
 //! to the read models in log order, exactly once in effect.
 //!
-//! Each fetched batch is applied in one Postgres transaction together with
+//! Each fetched batch is applied in one Postgres transaction (a few
+//! statements whatever its size, see [`crate::dashboard`]) together with
 //! the projector's checkpoint; a redelivered event at or before the
 //! checkpoint changes nothing. Every envelope names the previous event's
 //! cursor, so a gap (an event that never arrived) is detected, never papered
@@ -12,10 +13,11 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
 use connections_fanout::{nats, Envelope, LogListener, Names, Restarts, Signals, PROJECTED_CHANNEL};
-use connections_store::{Database, LogCursor, StoreError};
-use futures_util::StreamExt;
+use connections_store::{Database, EventLog, LogCursor, StoreError};
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::watch;
 
+use crate::model::Fact;
 use crate::{checkpoint, dashboard, DASHBOARD};
 
 /// How the projector runs.
@@ -35,9 +37,9 @@ pub struct ProjectorConfig {
 }
 
 impl ProjectorConfig {
-    /// Defaults: batches of 256.
+    /// Defaults: batches of up to 1,000.
     pub fn new(names: Names, database_url: String, nats: nats::NatsAccess) -> Self {
-        Self { names, database_url, nats, batch: 256, lags: None }
+        Self { names, database_url, nats, batch: 1000, lags: None }
     }
 }
 
@@ -122,7 +124,15 @@ async fn session(
         .map_err(nats_error)?;
     // A continuous pull (with server heartbeats: a deleted consumer ends it
     // with an error), consumed in micro-batches of whatever is ready.
-    let mut messages = consumer.messages().await.map_err(nats_error)?.ready_chunks(config.batch);
+    // Pulls as large as a batch, so that a backlog is applied in few
+    // transactions (a batch costs a few statements whatever its size).
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(config.batch)
+        .messages()
+        .await
+        .map_err(nats_error)?
+        .ready_chunks(config.batch);
     let mut alive = tokio::time::interval(Duration::from_secs(1));
     loop {
         let chunk = tokio::select! {
@@ -135,7 +145,17 @@ async fn session(
             }
             _ = shutdown.changed() => return Ok(()),
         };
-        let Some(chunk) = chunk else { return Err(ProjectorError::Nats("the message stream ended".into())) };
+        let Some(mut chunk) = chunk else { return Err(ProjectorError::Nats("the message stream ended".into())) };
+        // A chunk is what one read from the socket held (about 64 KiB); a
+        // backlog arrives in more of them, ready one yield later. Gather them
+        // up to a batch, so that the transaction's cost is shared by more.
+        while chunk.len() < config.batch {
+            tokio::task::yield_now().await;
+            match messages.next().now_or_never() {
+                Some(Some(more)) => chunk.extend(more),
+                _ => break,
+            }
+        }
         let batch = chunk.into_iter().collect::<Result<Vec<_>, _>>().map_err(nats_error)?;
         let Some(last) = batch.last() else { continue };
         let mut envelopes = Vec::with_capacity(batch.len());
@@ -178,31 +198,83 @@ async fn session(
 
 /// Applies a batch in one transaction with the checkpoint. Returns the new
 /// checkpoint if anything was applied.
+///
+/// Two round trips whatever the batch's size: the checks, the checkpoint and
+/// the rows the batch touches are read in one pipeline; the batch is folded
+/// into those rows in memory; the writes, the new checkpoint, the
+/// notification and the commit go in a second. Under load each round trip
+/// waits for the server to be scheduled, so their number, more than the
+/// rows, sets the projection's lag.
 pub async fn apply_batch(database: &Database, envelopes: &[Envelope]) -> Result<Option<LogCursor>, ProjectorError> {
-    let mut client = database.pool().get().await.map_err(StoreError::from)?;
-    let transaction = client.transaction().await.map_err(StoreError::from)?;
+    let events = dashboard::decode_all(envelopes)?;
+    let facts = dashboard::facts(envelopes, &events);
+    let client = database.pool().get().await.map_err(StoreError::from)?;
+    // Prepared first (cached after the first batch): a statement prepared
+    // inside a pipeline would run after the ones polled after it.
+    let statements = Prepared::new(&client).await?;
+    let outcome = apply_pipelined(&client, &statements, envelopes, &facts).await;
+    if outcome.is_err() {
+        // The connection may be mid-transaction: close it rather than
+        // return it to the pool.
+        drop(deadpool_postgres::Object::take(client));
+    }
+    outcome
+}
+
+/// The statements [`apply_batch`] runs besides the read models' own.
+struct Prepared {
+    known: tokio_postgres::Statement,
+    set_role: tokio_postgres::Statement,
+    load_checkpoint: tokio_postgres::Statement,
+    store_checkpoint: tokio_postgres::Statement,
+    notify: tokio_postgres::Statement,
+}
+
+impl Prepared {
+    async fn new(client: &deadpool_postgres::Client) -> Result<Self, StoreError> {
+        dashboard::prepare(client).await?;
+        Ok(Self {
+            known: EventLog::prepare_count_known(client).await?,
+            set_role: client.prepare_cached("SET LOCAL ROLE connections_projector").await?,
+            load_checkpoint: client.prepare_cached(checkpoint::LOAD_FOR_UPDATE).await?,
+            store_checkpoint: client.prepare_cached(checkpoint::STORE).await?,
+            notify: client.prepare_cached("SELECT pg_notify($1, $2)").await?,
+        })
+    }
+}
+
+async fn apply_pipelined(
+    client: &deadpool_postgres::Client,
+    statements: &Prepared,
+    envelopes: &[Envelope],
+    facts: &[Fact<'_>],
+) -> Result<Option<LogCursor>, ProjectorError> {
     // Trust nothing the stream says about this log: every envelope must be
     // an event of this log at the same place (a stream left by another
     // deployment under the same prefix is refused before the relay rebuilds it).
     let ids: Vec<uuid::Uuid> = envelopes.iter().map(|e| e.event_id).collect();
     let positions: Vec<i64> = envelopes.iter().map(|e| e.cursor.position).collect();
-    let known: i64 = transaction
-        .query_one(
-            "SELECT count(*) FROM events e JOIN unnest($1::uuid[], $2::int8[]) AS b(event_id, position) \
-             ON e.event_id = b.event_id AND e.position = b.position",
-            &[&ids, &positions],
-        )
-        .await
-        .map_err(StoreError::from)?
-        .get(0);
+    let everything = dashboard::Touched::of(facts);
+    // Round trip 1, in this order: BEGIN, the check (as the owner of
+    // `events`), the role for the read models, the checkpoint (locked), the rows.
+    let (begun, known, role, checkpoint, model) = futures_util::join!(
+        client.batch_execute("BEGIN"),
+        EventLog::count_known(client, &statements.known, &ids, &positions),
+        client.execute(&statements.set_role, &[]),
+        client.query_opt(&statements.load_checkpoint, &[&DASHBOARD]),
+        dashboard::load(client, &everything),
+    );
+    begun.map_err(StoreError::from)?;
+    let known = known?;
+    role.map_err(StoreError::from)?;
+    let mut model = model?;
     if known != envelopes.len() as i64 {
         return Err(ProjectorError::ForeignStream);
     }
-    transaction.batch_execute("SET LOCAL ROLE connections_projector").await.map_err(StoreError::from)?;
-    let mut cursor = checkpoint::load(&transaction, DASHBOARD, true).await?;
+    let mut cursor = checkpoint::from_row(checkpoint.map_err(StoreError::from)?)?;
     let start = cursor;
-    let mut statements = Vec::new();
-    for envelope in envelopes {
+    let mut fresh = Vec::with_capacity(facts.len());
+    for (envelope, fact) in envelopes.iter().zip(facts) {
         let got = connections_fanout::log_cursor(envelope.cursor);
         if got <= cursor {
             continue; // redelivered: already applied
@@ -211,20 +283,36 @@ pub async fn apply_batch(database: &Database, envelopes: &[Envelope]) -> Result<
         if expected != cursor {
             return Err(ProjectorError::Gap { got, expected, checkpoint: cursor });
         }
-        statements.extend(dashboard::statements(envelope)?);
+        fresh.push(fact);
         cursor = got;
     }
-    // Pipelined: sent back to back, executed in order by the server.
-    dashboard::execute_pipelined(&transaction, &statements).await?;
     if cursor == start {
+        client.batch_execute("ROLLBACK").await.map_err(StoreError::from)?;
         return Ok(None);
     }
-    checkpoint::store(&transaction, DASHBOARD, cursor).await?;
+    for fact in &fresh {
+        model.apply(fact);
+    }
+    let touched = dashboard::Touched::of(fresh.iter().copied());
     // The payload names the owners whose read models changed, so that
     // servers wake only those owners' change streams.
-    let owners: std::collections::BTreeSet<&str> = envelopes.iter().map(|e| e.owner.as_str()).collect();
+    let owners: std::collections::BTreeSet<&str> = fresh.iter().map(|f| f.owner).collect();
     let payload = connections_fanout::projected_payload(cursor, owners);
-    transaction.execute("SELECT pg_notify($1, $2)", &[&PROJECTED_CHANNEL, &payload]).await.map_err(StoreError::from)?;
-    transaction.commit().await.map_err(StoreError::from)?;
+    let transaction_id = cursor.transaction_id.to_string();
+    // Round trip 2: the rows, the checkpoint, the notification, COMMIT (which
+    // rolls back instead if any of them failed; that error is returned).
+    let checkpoint_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+        [&DASHBOARD, &transaction_id, &cursor.position];
+    let notify_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&PROJECTED_CHANNEL, &payload];
+    let (stored, checkpointed, notified, committed) = futures_util::join!(
+        dashboard::store(client, &touched, &model),
+        client.execute(&statements.store_checkpoint, &checkpoint_params),
+        client.execute(&statements.notify, &notify_params),
+        client.batch_execute("COMMIT"),
+    );
+    stored?;
+    checkpointed.map_err(StoreError::from)?;
+    notified.map_err(StoreError::from)?;
+    committed.map_err(StoreError::from)?;
     Ok(Some(cursor))
 }

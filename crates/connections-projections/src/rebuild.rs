@@ -5,19 +5,16 @@
 //! projector's checkpoint row, so the live projector pauses and resumes from
 //! exactly where the rebuilt tables are.
 //!
-//! The fold here must agree with [`crate::dashboard::apply`] event for
-//! event; the end-to-end tests compare a live projection with a rebuild.
+//! The fold is the live projector's (`crate::model`); the end-to-end tests
+//! compare a live projection with a rebuild.
 
-use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
-use connections_domain::Event;
-use connections_store::codec::{binding_source_name, decode};
+use connections_store::codec::decode;
 use connections_store::{Database, EventLog, LogCursor, RecordedEvent, StoreError};
 use deadpool_postgres::GenericClient;
-use uuid::Uuid;
 
+use crate::model::{Fact, Model};
 use crate::{checkpoint, DASHBOARD};
 
 /// The projections that can be rebuilt.
@@ -36,165 +33,7 @@ pub struct RebuildReport {
     pub write: Duration,
 }
 
-#[derive(Default)]
-struct ConnectionRow {
-    service: String,
-    name: String,
-    skill: Option<String>,
-    credential_kind: String,
-    credential_version: i32,
-    status: &'static str,
-    is_default: bool,
-    needs_attention: bool,
-    agent_count: i32,
-    created_at: Option<DateTime<Utc>>,
-    last_changed_at: Option<DateTime<Utc>>,
-    last_position: i64,
-}
-
-#[derive(Default)]
-struct ServiceRow {
-    active_connections: i32,
-    default_connection_id: Option<Uuid>,
-    agent_count: i32,
-}
-
-struct AgentRow {
-    service: String,
-    source: &'static str,
-    since: DateTime<Utc>,
-}
-
-struct ChangeRow {
-    owner: String,
-    cursor: LogCursor,
-    event_type: String,
-    connection_id: Uuid,
-    service: String,
-    occurred_at: DateTime<Utc>,
-}
-
-/// The dashboard read models, in memory.
-#[derive(Default)]
-struct Model {
-    connections: HashMap<(String, Uuid), ConnectionRow>,
-    services: HashMap<(String, String), ServiceRow>,
-    agents: BTreeMap<(String, Uuid, String), AgentRow>,
-    changes: Vec<ChangeRow>,
-}
-
-impl Model {
-    fn apply(&mut self, recorded: &RecordedEvent) -> Result<(), StoreError> {
-        let Some((owner, service)) = owner_service(&recorded.stream_id) else {
-            return Ok(());
-        };
-        let event = decode(&recorded.event_type, recorded.schema_version, &recorded.data)?;
-        let id = event.connection_id().as_uuid();
-        let at = recorded.recorded_at;
-        let key = (owner.to_owned(), id);
-        let service_key = (owner.to_owned(), service.to_owned());
-        match &event {
-            Event::ConnectionCreated { name, credential_kind, skill, .. } => {
-                self.connections.entry(key.clone()).or_insert_with(|| ConnectionRow {
-                    service: service.to_owned(),
-                    name: name.to_string(),
-                    skill: skill.as_ref().map(|s| s.to_string()),
-                    credential_kind: credential_kind.as_str().to_owned(),
-                    credential_version: 1,
-                    status: "active",
-                    created_at: Some(at),
-                    ..Default::default()
-                });
-                self.services.entry(service_key).or_default().active_connections += 1;
-            }
-            Event::AgentAssigned { agent_id, source, .. } => {
-                self.agents.insert(
-                    (owner.to_owned(), id, agent_id.to_string()),
-                    AgentRow { service: service.to_owned(), source: binding_source_name(*source), since: at },
-                );
-                self.bump_agents(&key, &service_key, 1);
-            }
-            Event::AgentUnassigned { agent_id, .. } => {
-                self.agents.remove(&(owner.to_owned(), id, agent_id.to_string()));
-                self.bump_agents(&key, &service_key, -1);
-            }
-            Event::CredentialRotated { credential_version, credential_kind, .. } => {
-                if let Some(row) = self.connections.get_mut(&key) {
-                    row.credential_version = *credential_version as i32;
-                    row.credential_kind = credential_kind.as_str().to_owned();
-                    row.needs_attention = false;
-                }
-            }
-            Event::OauthGranted { .. } | Event::UpstreamRevoked { .. } | Event::DataKeyRewrapped { .. } => {}
-            Event::CredentialRefreshed { credential_version, .. } => {
-                if let Some(row) = self.connections.get_mut(&key) {
-                    row.credential_version = *credential_version as i32;
-                    row.needs_attention = false;
-                }
-            }
-            Event::CredentialRejected { .. } => {
-                if let Some(row) = self.connections.get_mut(&key) {
-                    row.needs_attention = true;
-                }
-            }
-            Event::DefaultSet { previous, .. } => {
-                if let Some(previous) = previous {
-                    if let Some(row) = self.connections.get_mut(&(owner.to_owned(), previous.as_uuid())) {
-                        row.is_default = false;
-                        row.last_changed_at = Some(at);
-                        row.last_position = recorded.position;
-                    }
-                }
-                if let Some(row) = self.connections.get_mut(&key) {
-                    row.is_default = true;
-                }
-                if let Some(row) = self.services.get_mut(&service_key) {
-                    row.default_connection_id = Some(id);
-                }
-            }
-            Event::DefaultCleared { .. } => {
-                if let Some(row) = self.connections.get_mut(&key) {
-                    row.is_default = false;
-                }
-                if let Some(row) = self.services.get_mut(&service_key) {
-                    row.default_connection_id = None;
-                }
-            }
-            Event::ConnectionRevoked { .. } => {
-                if let Some(row) = self.connections.get_mut(&key) {
-                    row.status = "revoked";
-                    row.needs_attention = false;
-                }
-                if let Some(row) = self.services.get_mut(&service_key) {
-                    row.active_connections -= 1;
-                }
-            }
-        }
-        if let Some(row) = self.connections.get_mut(&key) {
-            row.last_changed_at = Some(at);
-            row.last_position = recorded.position;
-        }
-        self.changes.push(ChangeRow {
-            owner: owner.to_owned(),
-            cursor: recorded.cursor(),
-            event_type: recorded.event_type.clone(),
-            connection_id: id,
-            service: service.to_owned(),
-            occurred_at: at,
-        });
-        Ok(())
-    }
-
-    fn bump_agents(&mut self, key: &(String, Uuid), service_key: &(String, String), delta: i32) {
-        if let Some(row) = self.connections.get_mut(key) {
-            row.agent_count += delta;
-        }
-        if let Some(row) = self.services.get_mut(service_key) {
-            row.agent_count += delta;
-        }
-    }
-}
-
+/// The stream's owner and service, from its id (`owner-service/<owner>/<service>`).
 fn owner_service(stream_id: &str) -> Option<(&str, &str)> {
     stream_id.strip_prefix("owner-service/")?.split_once('/')
 }
@@ -259,7 +98,17 @@ async fn fold(
             if until.is_some_and(|until| recorded.cursor() > until) {
                 return Ok(cursor);
             }
-            model.apply(recorded)?;
+            if let Some((owner, service)) = owner_service(&recorded.stream_id) {
+                let event = decode(&recorded.event_type, recorded.schema_version, &recorded.data)?;
+                model.apply(&Fact {
+                    owner,
+                    service,
+                    cursor: recorded.cursor(),
+                    recorded_at: recorded.recorded_at,
+                    event_type: &recorded.event_type,
+                    event: &event,
+                });
+            }
             cursor = recorded.cursor();
             *events += 1;
         }
@@ -279,12 +128,12 @@ async fn write(transaction: &deadpool_postgres::Transaction<'_>, model: &Model) 
             r.skill.as_deref(),
             Some(&r.credential_kind),
             Some(&r.credential_version.to_string()),
-            Some(r.status),
+            Some(&r.status),
             Some(if r.is_default { "t" } else { "f" }),
             Some(if r.needs_attention { "t" } else { "f" }),
             Some(&r.agent_count.to_string()),
-            Some(&r.created_at.unwrap_or_default().to_rfc3339()),
-            Some(&r.last_changed_at.unwrap_or_default().to_rfc3339()),
+            Some(&r.created_at.to_rfc3339()),
+            Some(&r.last_changed_at.to_rfc3339()),
             Some(&r.last_position.to_string()),
         ]);
     }
@@ -316,7 +165,7 @@ async fn write(transaction: &deadpool_postgres::Transaction<'_>, model: &Model) 
             Some(&id.to_string()),
             Some(agent),
             Some(&r.service),
-            Some(r.source),
+            Some(&r.source),
             Some(&r.since.to_rfc3339()),
         ]);
     }

@@ -344,6 +344,29 @@ impl EventLog {
         Ok(client.query_one(&statement, &[&cursor.transaction_id.to_string(), &cursor.position]).await?.get(0))
     }
 
+    /// Prepares [`EventLog::count_known`]'s statement (cached per connection).
+    pub async fn prepare_count_known(client: &impl GenericClient) -> Result<tokio_postgres::Statement, StoreError> {
+        Ok(client
+            .prepare_cached(
+                "SELECT count(*) FROM events e JOIN unnest($1::uuid[], $2::int8[]) AS b(event_id, position) \
+                 ON e.event_id = b.event_id AND e.position = b.position",
+            )
+            .await?)
+    }
+
+    /// How many of the (event id, position) pairs are events of this log at
+    /// that position: a reader of a copy of the log (a JetStream stream)
+    /// checks that the copy is of this log. `statement` is
+    /// [`EventLog::prepare_count_known`]'s, so that the call can be pipelined.
+    pub async fn count_known(
+        client: &impl GenericClient,
+        statement: &tokio_postgres::Statement,
+        event_ids: &[Uuid],
+        positions: &[i64],
+    ) -> Result<i64, StoreError> {
+        Ok(client.query_one(statement, &[&event_ids, &positions]).await?.get(0))
+    }
+
     /// The position of the newest event, if any (for status and tests).
     pub async fn head_position(client: &impl GenericClient) -> Result<Option<i64>, StoreError> {
         Ok(client.query_one("SELECT max(position) FROM events", &[]).await?.get(0))

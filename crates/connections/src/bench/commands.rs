@@ -91,7 +91,9 @@ async fn run_on(
     // The server as `serve` runs it: API, relay, projector.
     let secret = MasterKey::generate_base64()?.into_bytes();
     let master_key = Arc::new(MasterKey::from_base64("bench", &MasterKey::generate_base64()?)?);
-    let state = crate::config::local_state(database.clone(), reads, master_key, &secret, Default::default())?;
+    // The server's pool as `serve` sizes it by default.
+    let product_database = connect_pool(url, crate::config::default_pool_size())?.named("commands");
+    let state = crate::config::local_state(product_database, reads, master_key, &secret, Default::default())?;
     let base = super::serve_locally(state).await?;
     let signals = Signals::new();
     let (stop, stopping) = watch::channel(false);
