@@ -336,12 +336,16 @@ impl EventLog {
     /// follower that sees this should look again soon rather than wait for
     /// the next notification.
     pub async fn held_back_after(client: &impl GenericClient, cursor: LogCursor) -> Result<bool, StoreError> {
+        // Not EXISTS (...): its generic plan scans the whole table from the
+        // start (2.5-6 ms per call in `bench commands`); ORDER BY ... LIMIT 1
+        // keeps to the log-order index.
         let statement = client
             .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM events WHERE (transaction_id, position) > ($1::text::xid8, $2))",
+                "SELECT 1 FROM events WHERE (transaction_id, position) > ($1::text::xid8, $2) \
+                 ORDER BY transaction_id, position LIMIT 1",
             )
             .await?;
-        Ok(client.query_one(&statement, &[&cursor.transaction_id.to_string(), &cursor.position]).await?.get(0))
+        Ok(client.query_opt(&statement, &[&cursor.transaction_id.to_string(), &cursor.position]).await?.is_some())
     }
 
     /// Prepares [`EventLog::count_known`]'s statement (cached per connection).

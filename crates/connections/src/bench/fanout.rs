@@ -165,9 +165,12 @@ async fn relay_and_projection(
     let (acked_tx, mut acked_rx) = mpsc::unbounded_channel();
     let mut relay_config = RelayConfig::new(names.clone(), url.to_owned(), super::nats_access(&options.nats_url)?);
     relay_config.acked = Some(acked_tx);
-    let relay = tokio::spawn(relay::run(database.clone(), relay_config, signals.clone(), stopping.clone()));
+    // The relay and projector have their own pool, as under `serve`: the
+    // load's appends must not queue ahead of them for a connection.
+    let background = connect_pool(url, 4)?.named("background");
+    let relay = tokio::spawn(relay::run(background.clone(), relay_config, signals.clone(), stopping.clone()));
     let projector_config = ProjectorConfig::new(names.clone(), url.to_owned(), super::nats_access(&options.nats_url)?);
-    let projector = tokio::spawn(projector::run(database.clone(), projector_config, signals.clone(), stopping));
+    let projector = tokio::spawn(projector::run(background, projector_config, signals.clone(), stopping));
 
     // Record when each projected cursor was announced.
     let projected_at = Arc::new(Mutex::new(Vec::<(LogCursor, Instant)>::new()));
