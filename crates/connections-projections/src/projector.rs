@@ -75,6 +75,10 @@ pub enum ProjectorError {
     /// Leadership was lost.
     #[error("lost leadership")]
     LostLeadership,
+    /// The checkpoint moved while a batch was applied (a rebuild swapped
+    /// its tables in, or another projector ran); the batch was rolled back.
+    #[error("the checkpoint moved under the projector")]
+    CheckpointMoved,
 }
 
 fn nats_error(error: impl std::fmt::Display) -> ProjectorError {
@@ -226,7 +230,7 @@ struct Prepared {
     known: tokio_postgres::Statement,
     set_role: tokio_postgres::Statement,
     load_checkpoint: tokio_postgres::Statement,
-    store_checkpoint: tokio_postgres::Statement,
+    advance_checkpoint: tokio_postgres::Statement,
     notify: tokio_postgres::Statement,
 }
 
@@ -236,8 +240,8 @@ impl Prepared {
         Ok(Self {
             known: EventLog::prepare_count_known(client).await?,
             set_role: client.prepare_cached("SET LOCAL ROLE connections_projector").await?,
-            load_checkpoint: client.prepare_cached(checkpoint::LOAD_FOR_UPDATE).await?,
-            store_checkpoint: client.prepare_cached(checkpoint::STORE).await?,
+            load_checkpoint: client.prepare_cached(checkpoint::LOAD).await?,
+            advance_checkpoint: client.prepare_cached(checkpoint::ADVANCE).await?,
             notify: client.prepare_cached("SELECT pg_notify($1, $2)").await?,
         })
     }
@@ -256,7 +260,11 @@ async fn apply_pipelined(
     let positions: Vec<i64> = envelopes.iter().map(|e| e.cursor.position).collect();
     let everything = dashboard::Touched::of(facts);
     // Round trip 1, in this order: BEGIN, the check (as the owner of
-    // `events`), the role for the read models, the checkpoint (locked), the rows.
+    // `events`), the role for the read models, the checkpoint, the rows.
+    // Nothing here writes or locks a row, so the transaction has no id yet:
+    // an open transaction id holds back the relay's horizon for every
+    // later commit (see EventLog::read_after), so it is held only for the
+    // second round trip.
     let (begun, known, role, checkpoint, model) = futures_util::join!(
         client.batch_execute("BEGIN"),
         EventLog::count_known(client, &statements.known, &ids, &positions),
@@ -299,19 +307,25 @@ async fn apply_pipelined(
     let owners: std::collections::BTreeSet<&str> = fresh.iter().map(|f| f.owner).collect();
     let payload = connections_fanout::projected_payload(cursor, owners);
     let transaction_id = cursor.transaction_id.to_string();
+    let start_transaction_id = start.transaction_id.to_string();
     // Round trip 2: the rows, the checkpoint, the notification, COMMIT (which
     // rolls back instead if any of them failed; that error is returned).
-    let checkpoint_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
-        [&DASHBOARD, &transaction_id, &cursor.position];
+    let checkpoint_params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+        [&DASHBOARD, &transaction_id, &cursor.position, &start_transaction_id, &start.position];
     let notify_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&PROJECTED_CHANNEL, &payload];
-    let (stored, checkpointed, notified, committed) = futures_util::join!(
+    // The checkpoint first: it locks the row (and waits for a rebuild's swap
+    // holding it), and a moved checkpoint aborts everything after it.
+    let (checkpointed, stored, notified, committed) = futures_util::join!(
+        client.execute(&statements.advance_checkpoint, &checkpoint_params),
         dashboard::store(client, &touched, &model),
-        client.execute(&statements.store_checkpoint, &checkpoint_params),
         client.execute(&statements.notify, &notify_params),
         client.batch_execute("COMMIT"),
     );
+    match checkpointed {
+        Err(error) if checkpoint::moved(&error) => return Err(ProjectorError::CheckpointMoved),
+        other => other.map_err(StoreError::from)?,
+    };
     stored?;
-    checkpointed.map_err(StoreError::from)?;
     notified.map_err(StoreError::from)?;
     committed.map_err(StoreError::from)?;
     Ok(Some(cursor))
