@@ -3,7 +3,7 @@
 
 use std::io::BufRead;
 
-use connections_store::{event_from_row, stored_hash, LogCursor, EVENT_COLUMNS};
+use connections_store::{event_from_row, stored_hash, EventLog, LogCursor};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, IsolationLevel, Portal, Row, Transaction};
 use uuid::Uuid;
@@ -45,16 +45,7 @@ pub async fn read_log(client: &mut Client, filter: &LogFilter, sink: &mut impl S
     }
     let transaction =
         client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start().await?;
-    let statement = transaction
-        .prepare(&format!(
-            "SELECT {EVENT_COLUMNS} FROM events \
-             WHERE (NOT $5 OR transaction_id < pg_snapshot_xmin(pg_current_snapshot())) \
-               AND ($1::text IS NULL OR split_part(stream_id, '/', 2) = $1) \
-               AND ($2::text IS NULL OR stream_id = $2) \
-               AND ($3::text IS NULL OR (transaction_id, position) > ($3::text::xid8, $4::int8)) \
-             ORDER BY events.transaction_id, events.position"
-        ))
-        .await?;
+    let statement = EventLog::prepare_scan(&transaction).await?;
     let from_tx = filter.from.map(|c| c.transaction_id.to_string());
     let from_position = filter.from.map(|c| c.position);
     let params: [&(dyn ToSql + Sync); 5] =
@@ -116,8 +107,8 @@ async fn each_row(
 /// before it started. A transaction running longer than that anywhere in the
 /// cluster makes the pass end earlier, at a cursor that is still safe.
 async fn wait_for_horizon(client: &Client) -> Result<(), AuditError> {
-    let newest: Option<String> = client.query_one("SELECT max(transaction_id)::text FROM events", &[]).await?.get(0);
-    let Some(newest) = newest else { return Ok(()) };
+    let Some(newest) = EventLog::newest_transaction(client).await? else { return Ok(()) };
+    let newest = newest.to_string();
     let started = std::time::Instant::now();
     while started.elapsed() < std::time::Duration::from_secs(30) {
         let passed: bool = client

@@ -408,17 +408,8 @@ async fn verify(database: &Database, stream: &mut stream::Stream) -> Result<Resu
         }
     }
     let last_cursor = log_cursor(last.cursor);
-    let row = client
-        .query_one(
-            "SELECT count(*) FILTER (WHERE (transaction_id, position) <= ($1::text::xid8, $2)), \
-                    bool_or(event_id = $3 AND transaction_id = $1::text::xid8 AND position = $2) \
-             FROM events",
-            &[&last_cursor.transaction_id.to_string(), &last_cursor.position, &last.event_id],
-        )
-        .await
-        .map_err(StoreError::from)?;
-    let (count, last_is_ours): (i64, Option<bool>) = (row.get(0), row.get(1));
-    if last_is_ours != Some(true) {
+    let (count, last_is_ours) = EventLog::count_through(&client, last_cursor, last.event_id).await?;
+    if !last_is_ours {
         return Ok(Err("the stream's last event is not in the log (is the stream ahead of the log?)".into()));
     }
     if count as u64 != state.messages {

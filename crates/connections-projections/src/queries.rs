@@ -6,7 +6,7 @@
 //! clauses below are for the indexes, not for isolation.
 
 use chrono::{DateTime, Utc};
-use connections_store::{Database, LogCursor, StoreError};
+use connections_store::{Database, EventLog, LogCursor, StoreError};
 use deadpool_postgres::Transaction;
 use serde::Serialize;
 use tokio_postgres::Row;
@@ -263,19 +263,8 @@ pub struct Lag {
 pub async fn lag(database: &Database) -> Result<Lag, StoreError> {
     let client = database.pool().get().await?;
     let cursor = crate::checkpoint::load(&client, crate::DASHBOARD, false).await?;
-    let row = client
-        .query_one(
-            "SELECT count(*), coalesce((extract(epoch FROM now() - min(recorded_at)) * 1000)::bigint, 0) FROM events \
-             WHERE (transaction_id, position) > ($1::text::xid8, $2) \
-               AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())",
-            &[&cursor.transaction_id.to_string(), &cursor.position],
-        )
-        .await?;
-    Ok(Lag {
-        checkpoint: format!("{}:{}", cursor.transaction_id, cursor.position),
-        events: row.get(0),
-        milliseconds: row.get(1),
-    })
+    let (events, milliseconds) = EventLog::backlog_after(&client, cursor).await?;
+    Ok(Lag { checkpoint: format!("{}:{}", cursor.transaction_id, cursor.position), events, milliseconds })
 }
 
 /// Where the event at a position stands for the dashboard projection.
@@ -299,23 +288,11 @@ pub enum PositionStatus {
 pub async fn position_status(database: &Database, position: i64) -> Result<PositionStatus, StoreError> {
     let client = database.pool().get().await?;
     let checkpoint = crate::checkpoint::load(&client, crate::DASHBOARD, false).await?;
-    let row = client
-        .query_one(
-            "SELECT (SELECT transaction_id::text FROM events WHERE position = $1), \
-                    (SELECT coalesce(max(position), 0) FROM events)",
-            &[&position],
-        )
-        .await?;
-    let transaction_id: Option<String> = row.get(0);
-    let head: i64 = row.get(1);
-    Ok(match transaction_id {
+    let (cursor, head) = EventLog::cursor_at(&client, position).await?;
+    Ok(match cursor {
         None if position > head => PositionStatus::BeyondHead,
         None => PositionStatus::NoSuchEvent,
-        Some(transaction_id) => {
-            let target = LogCursor {
-                transaction_id: transaction_id.parse().map_err(|_| StoreError::Corrupt("transaction id".into()))?,
-                position,
-            };
+        Some(target) => {
             if target <= checkpoint {
                 PositionStatus::Applied
             } else {

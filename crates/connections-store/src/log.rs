@@ -371,6 +371,87 @@ impl EventLog {
         Ok(client.query_one(statement, &[&event_ids, &positions]).await?.get(0))
     }
 
+    /// For a reader checking a copy of the log that ends at `cursor` with
+    /// `event_id`: how many events the log holds up to and including
+    /// `cursor`, and whether its event there is `event_id`.
+    pub async fn count_through(
+        client: &impl GenericClient,
+        cursor: LogCursor,
+        event_id: Uuid,
+    ) -> Result<(i64, bool), StoreError> {
+        let row = client
+            .query_one(
+                "SELECT count(*) FILTER (WHERE (transaction_id, position) <= ($1::text::xid8, $2)), \
+                        coalesce(bool_or(event_id = $3 AND transaction_id = $1::text::xid8 AND position = $2), false) \
+                 FROM events",
+                &[&cursor.transaction_id.to_string(), &cursor.position, &event_id],
+            )
+            .await?;
+        Ok((row.get(0), row.get(1)))
+    }
+
+    /// The events after `cursor` that a follower of the log could read now
+    /// (below the horizon, as [`EventLog::read_after`] returns them): how
+    /// many, and the age of the oldest in milliseconds (0 when none).
+    pub async fn backlog_after(client: &impl GenericClient, cursor: LogCursor) -> Result<(i64, i64), StoreError> {
+        let row = client
+            .query_one(
+                "SELECT count(*), coalesce((extract(epoch FROM now() - min(recorded_at)) * 1000)::bigint, 0) \
+                 FROM events WHERE (transaction_id, position) > ($1::text::xid8, $2) \
+                   AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())",
+                &[&cursor.transaction_id.to_string(), &cursor.position],
+            )
+            .await?;
+        Ok((row.get(0), row.get(1)))
+    }
+
+    /// The cursor of the event at `position` (`None` if there is none), and
+    /// the newest position (0 for an empty log).
+    pub async fn cursor_at(client: &impl GenericClient, position: i64) -> Result<(Option<LogCursor>, i64), StoreError> {
+        let row = client
+            .query_one(
+                "SELECT (SELECT transaction_id::text FROM events WHERE position = $1), \
+                        (SELECT coalesce(max(position), 0) FROM events)",
+                &[&position],
+            )
+            .await?;
+        let transaction_id: Option<String> = row.get(0);
+        let cursor = transaction_id
+            .map(|t| {
+                t.parse()
+                    .map(|transaction_id| LogCursor { transaction_id, position })
+                    .map_err(|_| StoreError::Corrupt(format!("transaction id {t:?}")))
+            })
+            .transpose()?;
+        Ok((cursor, row.get(1)))
+    }
+
+    /// The id of the newest transaction that appended, if any.
+    pub async fn newest_transaction(client: &impl tokio_postgres::GenericClient) -> Result<Option<u64>, StoreError> {
+        let newest: Option<String> =
+            client.query_one("SELECT max(transaction_id)::text FROM events", &[]).await?.get(0);
+        newest.map(|t| t.parse().map_err(|_| StoreError::Corrupt(format!("transaction id {t:?}")))).transpose()
+    }
+
+    /// Prepares the audit's scan of the log, in the global order, to bind
+    /// with: `$1` an owner or NULL, `$2` a stream id or NULL, `$3` and `$4` a
+    /// cursor (transaction id as text, position) or NULLs, `$5` whether to
+    /// stop at the horizon. Rows are [`COLUMNS`] (read them with [`recorded`]).
+    pub async fn prepare_scan(
+        client: &impl tokio_postgres::GenericClient,
+    ) -> Result<tokio_postgres::Statement, StoreError> {
+        Ok(client
+            .prepare(&format!(
+                "SELECT {COLUMNS} FROM events \
+                 WHERE (NOT $5 OR transaction_id < pg_snapshot_xmin(pg_current_snapshot())) \
+                   AND ($1::text IS NULL OR split_part(stream_id, '/', 2) = $1) \
+                   AND ($2::text IS NULL OR stream_id = $2) \
+                   AND ($3::text IS NULL OR (transaction_id, position) > ($3::text::xid8, $4::int8)) \
+                 ORDER BY events.transaction_id, events.position"
+            ))
+            .await?)
+    }
+
     /// The position of the newest event, if any (for status and tests).
     pub async fn head_position(client: &impl GenericClient) -> Result<Option<i64>, StoreError> {
         Ok(client.query_one("SELECT max(position) FROM events", &[]).await?.get(0))
