@@ -14,10 +14,9 @@ use crate::record::{AccessRecord, At};
 use crate::time::Window;
 use crate::{AuditError, Sink};
 
-/// The owner of an owner-service stream (`owner-service/<owner>/<service>`).
+/// The owner of an owner-service stream, from its stored id.
 pub fn stream_owner(stream_id: &str) -> Option<&str> {
-    let mut parts = stream_id.split('/');
-    (parts.next() == Some("owner-service")).then(|| parts.next()).flatten()
+    connections_store::StreamId::split(stream_id).map(|(owner, _)| owner)
 }
 
 /// The connection an event is about, read from its stored data.

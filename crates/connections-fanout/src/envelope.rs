@@ -7,9 +7,8 @@ use connections_wire::{Envelope, EnvelopeCursor};
 /// The envelope of a recorded event of an `owner-service/<owner>/<service>`
 /// stream; `None` for any other stream.
 pub fn envelope_of(event: &RecordedEvent, previous: Option<LogCursor>) -> Option<Envelope> {
-    let mut parts = event.stream_id.strip_prefix("owner-service/")?.splitn(2, '/');
-    let owner = parts.next()?.to_owned();
-    let service = parts.next()?.to_owned();
+    let stream = event.stream()?;
+    let (owner, service) = (stream.owner().to_string(), stream.service().to_string());
     Some(Envelope {
         envelope_version: 1,
         event_id: event.event_id,

@@ -33,11 +33,6 @@ pub struct RebuildReport {
     pub write: Duration,
 }
 
-/// The stream's owner and service, from its id (`owner-service/<owner>/<service>`).
-fn owner_service(stream_id: &str) -> Option<(&str, &str)> {
-    stream_id.strip_prefix("owner-service/")?.split_once('/')
-}
-
 /// Rebuilds the projection `name` and swaps it in.
 pub async fn rebuild(database: &Database, name: &str) -> Result<RebuildReport, StoreError> {
     if !PROJECTIONS.contains(&name) {
@@ -98,11 +93,11 @@ async fn fold(
             if until.is_some_and(|until| recorded.cursor() > until) {
                 return Ok(cursor);
             }
-            if let Some((owner, service)) = owner_service(&recorded.stream_id) {
+            if let Some(stream) = recorded.stream() {
                 let event = decode(&recorded.event_type, recorded.schema_version, &recorded.data)?;
                 model.apply(&Fact {
-                    owner,
-                    service,
+                    owner: stream.owner().as_str(),
+                    service: stream.service().as_str(),
                     cursor: recorded.cursor(),
                     recorded_at: recorded.recorded_at,
                     event_type: &recorded.event_type,

@@ -4,11 +4,11 @@ use connections_domain::{ConnectionId, OwnerId};
 use deadpool_postgres::GenericClient;
 
 use crate::error::StoreError;
-use crate::log::{recorded, RecordedEvent, COLUMNS};
+use crate::log::{recorded, RecordedEvent, StreamId, COLUMNS};
 
 /// Every event of `owner`'s streams, in the log's global order.
 pub async fn owner_history(client: &impl GenericClient, owner: &OwnerId) -> Result<Vec<RecordedEvent>, StoreError> {
-    let pattern = format!("owner-service/{owner}/%");
+    let pattern = StreamId::owner_pattern(owner);
     let rows = client
         .query(
             &format!(

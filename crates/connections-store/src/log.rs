@@ -2,6 +2,7 @@
 //! reads, and the gap-safe reader of the global order.
 
 use chrono::{DateTime, Utc};
+use connections_domain::{OwnerId, ServiceName};
 use deadpool_postgres::GenericClient;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -11,26 +12,65 @@ use uuid::Uuid;
 use crate::chain::{self, ChainHash};
 use crate::error::StoreError;
 
-/// A stream's id. Streams are the unit of optimistic concurrency.
+/// A stream's id: one owner's connections for one service (the domain's
+/// consistency boundary, and the unit of optimistic concurrency). Stored as
+/// `owner-service/<owner>/<service>`; neither id can contain `/`, so the
+/// form is unambiguous and [`StreamId::parse`] is its one parse.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct StreamId(String);
+pub struct StreamId {
+    owner: OwnerId,
+    service: ServiceName,
+    stored: String,
+}
+
+/// The start of every stream id's stored form.
+const STREAM_PREFIX: &str = "owner-service/";
 
 impl StreamId {
-    /// The stream of one owner's connections for one service (the domain's
-    /// consistency boundary). Neither id can contain `/`, so the form is
-    /// unambiguous.
-    pub fn owner_service(owner: &connections_domain::OwnerId, service: &connections_domain::ServiceName) -> Self {
-        Self(format!("owner-service/{owner}/{service}"))
+    /// The stream of `owner`'s connections for `service`.
+    pub fn owner_service(owner: &OwnerId, service: &ServiceName) -> Self {
+        Self { owner: owner.clone(), service: service.clone(), stored: format!("{STREAM_PREFIX}{owner}/{service}") }
     }
 
-    /// A stream id from its stored form (tests and tools).
-    pub fn from_raw(raw: impl Into<String>) -> Self {
-        Self(raw.into())
+    /// A stream id from its stored form; `None` if it is not one (a row
+    /// written by something else).
+    pub fn parse(stored: &str) -> Option<Self> {
+        let (owner, service) = Self::split(stored)?;
+        let owner = OwnerId::parse(owner.to_owned()).ok()?;
+        let service = ServiceName::parse(service.to_owned()).ok()?;
+        Some(Self::owner_service(&owner, &service))
+    }
+
+    /// The owner and service parts of a stored id, unchecked (for a reader
+    /// that only compares them; [`StreamId::parse`] checks them).
+    pub fn split(stored: &str) -> Option<(&str, &str)> {
+        stored.strip_prefix(STREAM_PREFIX)?.split_once('/')
+    }
+
+    /// The `LIKE` pattern of every stream of `owner`.
+    pub fn owner_pattern(owner: &OwnerId) -> String {
+        format!("{STREAM_PREFIX}{owner}/%")
+    }
+
+    /// The owner.
+    pub fn owner(&self) -> &OwnerId {
+        &self.owner
+    }
+
+    /// The service.
+    pub fn service(&self) -> &ServiceName {
+        &self.service
     }
 
     /// The stored form.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.stored
+    }
+}
+
+impl std::fmt::Display for StreamId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.stored)
     }
 }
 
@@ -107,6 +147,11 @@ pub struct RecordedEvent {
 }
 
 impl RecordedEvent {
+    /// Its stream, parsed (`None` for a row not written by this service).
+    pub fn stream(&self) -> Option<StreamId> {
+        StreamId::parse(&self.stream_id)
+    }
+
     /// Where a reader that has handled this event continues from.
     pub fn cursor(&self) -> LogCursor {
         LogCursor { transaction_id: self.transaction_id, position: self.position }
@@ -222,7 +267,7 @@ impl EventLog {
                         )
                     })
                     .collect();
-                let conflict = || StoreError::Conflict { stream_id: append.stream_id.0.clone() };
+                let conflict = || StoreError::Conflict { stream_id: append.stream_id.as_str().to_owned() };
                 let rows = transaction
                     .query(
                         statement,

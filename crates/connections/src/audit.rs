@@ -364,11 +364,16 @@ async fn connection_filter(
     let client = connect(&database_url()).await?;
     let row = client
         .query_opt(
-            "SELECT 'owner-service/' || owner_id || '/' || service FROM connection_locator WHERE connection_id = $1",
+            "SELECT owner_id, service FROM connection_locator WHERE connection_id = $1",
             &[&connection.as_uuid()],
         )
         .await?;
-    Ok(row.map(|row| LogFilter { stream_id: Some(row.get(0)), ..LogFilter::default() }))
+    let Some(row) = row else { return Ok(None) };
+    let owner = connections_domain::OwnerId::parse(row.get::<_, String>(0)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let service =
+        connections_domain::ServiceName::parse(row.get::<_, String>(1)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let stream_id = connections_store::StreamId::owner_service(&owner, &service);
+    Ok(Some(LogFilter { stream_id: Some(stream_id.to_string()), ..LogFilter::default() }))
 }
 
 async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {

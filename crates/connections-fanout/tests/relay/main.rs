@@ -88,7 +88,7 @@ impl Harness {
         let mut client = self.db.database.pool().get().await.expect("pool");
         let mut n = 0;
         while n < count {
-            let stream_id = StreamId::from_raw(format!("owner-service/owner{}/svc", n % streams));
+            let stream_id = StreamId::parse(&format!("owner-service/owner{}/svc", n % streams)).expect("stream id");
             let transaction = client.transaction().await.expect("begin");
             let (_, version) = EventLog::read_stream(&transaction, &stream_id).await.expect("read");
             let event = NewEvent {

@@ -126,7 +126,7 @@ async fn a_revocation_last_in_a_transaction_larger_than_a_batch_is_noticed_first
         let mut pooled = harness.db.database.pool().get().await.expect("pool");
         let transaction = pooled.transaction().await.expect("begin");
         let append = StreamAppend {
-            stream_id: StreamId::from_raw("owner-service/alice/github"),
+            stream_id: StreamId::parse("owner-service/alice/github").expect("stream id"),
             expected_version: None,
             events,
         };

@@ -1,6 +1,6 @@
 //! Appends: optimistic concurrency, atomicity, append-only, durability setting.
 
-use connections_store::{EventLog, StoreError, StreamId, StreamVersion};
+use connections_store::{EventLog, StoreError, StreamVersion};
 use connections_testkit::TestDatabase;
 
 use crate::{append_to, event, metadata};
@@ -15,7 +15,7 @@ async fn appends_are_read_back_in_stream_order_with_versions() {
         .expect("first append");
     tx.commit().await.expect("commit");
     assert_eq!(positions.len(), 2);
-    let (events, version) = EventLog::read_stream(&client, &StreamId::from_raw("s-1")).await.expect("read stream");
+    let (events, version) = EventLog::read_stream(&client, &crate::stream("s-1")).await.expect("read stream");
     assert_eq!(version, StreamVersion(2));
     assert_eq!(events.iter().map(|e| e.stream_version).collect::<Vec<_>>(), vec![1, 2]);
     assert_eq!(events[0].data["n"], 1);
@@ -34,7 +34,7 @@ async fn a_stale_expected_version_is_a_typed_conflict_and_writes_nothing() {
     let stale = EventLog::append(&tx, &[append_to("s-1", 0, vec![event(2)])], &metadata()).await;
     assert!(matches!(stale, Err(StoreError::Conflict { .. })), "expected a conflict, got {stale:?}");
     drop(tx);
-    let (events, _) = EventLog::read_stream(&client, &StreamId::from_raw("s-1")).await.expect("read stream");
+    let (events, _) = EventLog::read_stream(&client, &crate::stream("s-1")).await.expect("read stream");
     assert_eq!(events.len(), 1, "a conflicting append must write nothing");
 }
 
@@ -79,7 +79,7 @@ async fn a_multi_stream_append_is_all_or_nothing() {
             .await;
     assert!(matches!(result, Err(StoreError::Conflict { .. })));
     drop(tx);
-    let (a, _) = EventLog::read_stream(&client, &StreamId::from_raw("a")).await.expect("read a");
+    let (a, _) = EventLog::read_stream(&client, &crate::stream("a")).await.expect("read a");
     assert!(a.is_empty(), "stream a must not keep half of a failed command");
 
     let tx = client.transaction().await.expect("begin");
@@ -190,7 +190,7 @@ async fn an_append_without_an_expected_version_goes_after_whatever_the_stream_ho
         EventLog::append(&tx, &[append], &metadata()).await.expect("blind append");
         tx.commit().await.expect("commit");
     }
-    let (events, version) = EventLog::read_stream(&client, &StreamId::from_raw("blind")).await.expect("read");
+    let (events, version) = EventLog::read_stream(&client, &crate::stream("blind")).await.expect("read");
     assert_eq!(version, StreamVersion(3));
     assert_eq!(events.iter().map(|e| e.stream_version).collect::<Vec<_>>(), vec![1, 2, 3]);
 }

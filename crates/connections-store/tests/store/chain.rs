@@ -18,7 +18,7 @@ async fn every_appended_event_links_to_the_previous_one_in_its_stream() {
         EventLog::append(&tx, &appends, &metadata()).await.expect("append");
         tx.commit().await.expect("commit");
     }
-    let (events, _) = EventLog::read_stream(&client, &StreamId::from_raw("s-1")).await.expect("read");
+    let (events, _) = EventLog::read_stream(&client, &crate::stream("s-1")).await.expect("read");
     assert_eq!(events.len(), 6);
     let mut previous = ChainHash::GENESIS;
     for e in &events {
@@ -39,7 +39,7 @@ async fn an_append_by_a_transaction_older_than_the_streams_head_is_a_conflict() 
     let old_tx = older.transaction().await.expect("begin");
     old_tx.query_one("SELECT pg_current_xact_id()", &[]).await.expect("take a transaction id first");
     let new_tx = newer.transaction().await.expect("begin");
-    let unchecked = |events| StreamAppend { stream_id: StreamId::from_raw("s"), expected_version: None, events };
+    let unchecked = |events| StreamAppend { stream_id: crate::stream("s"), expected_version: None, events };
     EventLog::append(&new_tx, &[unchecked(vec![event(1)])], &metadata()).await.expect("newer append");
     new_tx.commit().await.expect("commit");
     let late = EventLog::append(&old_tx, &[unchecked(vec![event(2)])], &metadata()).await;
@@ -98,8 +98,8 @@ async fn migrate_seals_rows_written_before_chaining_and_later_appends_chain_onto
         "ALTER TABLE events DROP CONSTRAINT events_chained; \
          ALTER TABLE access_log DROP CONSTRAINT access_log_chained; \
          INSERT INTO events (event_id, stream_id, stream_version, event_type, schema_version, data, metadata) VALUES \
-           (gen_random_uuid(), 'old', 1, 'test_event', 1, '{\"n\": 1}', '{\"actor\": \"a\"}'), \
-           (gen_random_uuid(), 'old', 2, 'test_event', 1, '{\"n\": 2}', '{\"actor\": \"a\"}'); \
+           (gen_random_uuid(), 'owner-service/old/svc', 1, 'test_event', 1, '{\"n\": 1}', '{\"actor\": \"a\"}'), \
+           (gen_random_uuid(), 'owner-service/old/svc', 2, 'test_event', 1, '{\"n\": 2}', '{\"actor\": \"a\"}'); \
          INSERT INTO access_log (connection_id, credential_version, agent_id, owner_id, request_id) VALUES \
            (gen_random_uuid(), 1, 'agent', 'owner', gen_random_uuid());",
     )
@@ -119,7 +119,7 @@ async fn migrate_seals_rows_written_before_chaining_and_later_appends_chain_onto
     let tx = client.transaction().await.expect("begin");
     EventLog::append(&tx, &[append_to("old", 2, vec![event(3)])], &metadata()).await.expect("append after sealing");
     tx.commit().await.expect("commit");
-    let (events, _) = EventLog::read_stream(&client, &StreamId::from_raw("old")).await.expect("read");
+    let (events, _) = EventLog::read_stream(&client, &crate::stream("old")).await.expect("read");
     let mut previous = ChainHash::GENESIS;
     for e in &events {
         previous = chain::recorded_event_hash(&previous, e);
@@ -137,7 +137,10 @@ async fn a_transaction_that_began_first_but_queued_on_the_stream_lock_appends_af
     // Queued on the lock, the waiter reads the holder's commit and appends
     // after it without a conflict, in version, transaction-id and time order.
     let db = TestDatabase::new().await;
-    let stream = StreamId::from_raw("owner-service/alice/github");
+    let stream = StreamId::owner_service(
+        &connections_domain::OwnerId::parse("alice").expect("owner"),
+        &connections_domain::ServiceName::parse("github").expect("service"),
+    );
     let mut waiter_client = db.database.pool().get().await.expect("pool connection");
     let mut holder_client = db.database.pool().get().await.expect("pool connection");
     let waiter = waiter_client.transaction().await.expect("begin");

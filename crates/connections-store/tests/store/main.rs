@@ -18,6 +18,12 @@ fn event(n: u64) -> NewEvent {
     NewEvent { event_id: uuid::Uuid::now_v7(), event_type: "test_event", schema_version: 1, data: json!({ "n": n }) }
 }
 
-fn append_to(stream: &str, expected: u64, events: Vec<NewEvent>) -> StreamAppend {
-    StreamAppend { stream_id: StreamId::from_raw(stream), expected_version: Some(StreamVersion(expected)), events }
+/// The stream of owner `name`'s connections for service `svc`.
+fn stream(name: &str) -> StreamId {
+    let owner = connections_domain::OwnerId::parse(name).expect("owner id");
+    StreamId::owner_service(&owner, &connections_domain::ServiceName::parse("svc").expect("service name"))
+}
+
+fn append_to(name: &str, expected: u64, events: Vec<NewEvent>) -> StreamAppend {
+    StreamAppend { stream_id: stream(name), expected_version: Some(StreamVersion(expected)), events }
 }

@@ -175,7 +175,8 @@ async fn store_append(database: &Database, stream: &str, version: u64) -> anyhow
     // then COMMIT followed by the relay's wake-up notification.
     let transaction = PipelinedTransaction::new(database.pool().get().await?);
     let append = StreamAppend {
-        stream_id: StreamId::from_raw(stream),
+        stream_id: StreamId::parse(&format!("owner-service/{stream}/bench"))
+            .context("a bench stream name is an owner id")?,
         expected_version: Some(StreamVersion(version)),
         events: vec![NewEvent {
             event_id: uuid::Uuid::now_v7(),

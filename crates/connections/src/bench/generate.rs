@@ -54,7 +54,11 @@ pub async fn generate_log(url: &str, events: u64) -> anyhow::Result<(u64, u64)> 
         let (owner_n, service_n) = (s % OWNERS, s / OWNERS % SERVICES);
         let owner = owner(owner_n);
         let service = format!("svc{service_n}");
-        let stream_id = format!("owner-service/{owner}/{service}");
+        let stream_id = connections_store::StreamId::owner_service(
+            &connections_domain::OwnerId::parse(owner.clone()).map_err(|e| anyhow::anyhow!("{e}"))?,
+            &connections_domain::ServiceName::parse(&service).map_err(|e| anyhow::anyhow!("{e}"))?,
+        )
+        .to_string();
         // Distinct ids: the stream number in the high bits, a tag below.
         let id = |tag: u64| {
             Uuid::from_u128(0x7000_0000_0000_0000_0000_0000_0000_0000 | u128::from(s) << 16 | u128::from(tag))
