@@ -341,13 +341,7 @@ async fn decide_and_append(
         state.apply(event);
     }
     let side_writes = side_writes(app, transaction, location, &state, &events, input.credential.as_ref()).await?;
-    let new_events = events
-        .iter()
-        .map(|event| {
-            let (event_type, schema_version, data) = encode(event);
-            NewEvent { event_id: uuid::Uuid::now_v7(), event_type, schema_version, data }
-        })
-        .collect();
+    let new_events = new_events(&events);
     let metadata = Metadata { actor: recorded_actor.to_owned(), command_id, correlation_id: command_id };
     let append = [StreamAppend { stream_id: stream_id.clone(), expected_version: version, events: new_events }];
     // The side-table writes and the append are independent statements of one
@@ -364,6 +358,17 @@ async fn decide_and_append(
         IdempotencyClaim::record(transaction, input.actor.as_str(), &idempotency.key, &stored).await?;
     }
     Ok((status, body))
+}
+
+/// Events in their stored form, each with a new id, ready to append.
+pub fn new_events(events: &[Event]) -> Vec<NewEvent> {
+    events
+        .iter()
+        .map(|event| {
+            let (event_type, schema_version, data) = encode(event);
+            NewEvent { event_id: uuid::Uuid::now_v7(), event_type, schema_version, data }
+        })
+        .collect()
 }
 
 /// Folds a stream's recorded events into state.

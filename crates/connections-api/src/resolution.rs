@@ -10,15 +10,14 @@
 //! key gone reads the stream again: across a replacement it answers the new
 //! connection, never an error.
 
-use connections_domain::{decide, BindingSource, Command, ConnectionId, Event, Request, ServiceName};
+use connections_domain::{decide, BindingSource, Command, ConnectionId, Request, ServiceName};
 use connections_sealing::{open, Credential};
-use connections_store::codec::encode;
 use connections_store::{
-    Access, EventLog, Metadata, NewEvent, PipelinedTransaction, StoreError, StoredCredential, StreamAppend, StreamId,
+    Access, EventLog, Metadata, PipelinedTransaction, StoreError, StoredCredential, StreamAppend, StreamId,
 };
 
 use crate::auth::AuthenticatedAgent;
-use crate::commands::{backoff, fold, MAX_ATTEMPTS};
+use crate::commands::{backoff, fold, new_events, MAX_ATTEMPTS};
 use crate::problem::ApiError;
 use crate::refresh;
 use crate::state::AppState;
@@ -110,7 +109,7 @@ async fn resolve_attempts(
             let append = StreamAppend {
                 stream_id: stream_id.clone(),
                 expected_version: Some(version),
-                events: encoded(&events),
+                events: new_events(&events),
             };
             match EventLog::append(transaction.client(), &[append], &metadata).await {
                 Ok(positions) => position = positions.last().copied().unwrap_or(position),
@@ -198,16 +197,6 @@ async fn resolve_attempts(
         });
     }
     Err(ApiError::ConcurrencyExhausted)
-}
-
-fn encoded(events: &[Event]) -> Vec<NewEvent> {
-    events
-        .iter()
-        .map(|event| {
-            let (event_type, schema_version, data) = encode(event);
-            NewEvent { event_id: uuid::Uuid::now_v7(), event_type, schema_version, data }
-        })
-        .collect()
 }
 
 fn internal(what: &'static str) -> ApiError {
