@@ -4,17 +4,19 @@ use std::collections::BTreeMap;
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use connections_domain::{AgentId, Command, ConnectionId, ConnectionName, ConnectionStatus, ServiceName, SkillName};
+use connections_domain::{
+    AgentId, Command, ConnectionId, ConnectionName, ConnectionStatus, OwnerId, ServiceName, SkillName,
+};
 use connections_sealing::{Credential, CredentialError};
 use serde_json::{json, Value};
 
-use super::{answer, idempotency};
+use super::{run_command, CommandRoute, Idempotent};
 use crate::auth::AuthenticatedUser;
 use crate::body::{path_param, JsonObject};
-use crate::commands::{execute, load_connection_stream, CommandInput, Decided, Target};
+use crate::commands::{load_connection_stream, Decided, Target};
 use crate::problem::ApiError;
 use crate::state::AppState;
 use crate::views;
@@ -23,7 +25,7 @@ use crate::views;
 pub async fn create(
     State(app): State<AppState>,
     AuthenticatedUser(actor): AuthenticatedUser,
-    headers: HeaderMap,
+    idempotent: Idempotent,
     body: JsonObject,
 ) -> Result<Response, ApiError> {
     body.only(&["service", "name", "credential", "agent_id", "skill"])?;
@@ -32,9 +34,8 @@ pub async fn create(
     let agent_id = body.optional("agent_id", AgentId::parse)?;
     let skill = body.optional("skill", SkillName::parse)?;
     let credential = parse_credential(body.value("credential")?)?;
-    let idempotency = idempotency(&app, &headers, "POST", "/v1/connections", &body.raw)?;
     let connection_id = ConnectionId::from_uuid(uuid::Uuid::now_v7());
-    let input = CommandInput {
+    let route = CommandRoute {
         actor,
         target: Target::Service(service.clone()),
         command: Command::CreateConnection {
@@ -46,9 +47,10 @@ pub async fn create(
             skill,
         },
         credential: Some(credential),
-        idempotency,
+        idempotent,
+        body: &body.raw,
     };
-    Ok(answer(execute(&app, input, |d| (StatusCode::CREATED, with_position(d, connection_id))).await?))
+    run_command(&app, route, |d| (StatusCode::CREATED, with_position(d, connection_id))).await
 }
 
 /// `GET /v1/connections/{id}`: status, default flag, agents and since when.
@@ -74,18 +76,11 @@ pub async fn revoke(
     State(app): State<AppState>,
     AuthenticatedUser(actor): AuthenticatedUser,
     id: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
+    idempotent: Idempotent,
 ) -> Result<Response, ApiError> {
     let connection_id = connection_id(id)?;
-    let idempotency = idempotency(&app, &headers, "DELETE", &format!("/v1/connections/{connection_id}"), b"")?;
-    let input = CommandInput {
-        actor,
-        target: Target::Connection(connection_id),
-        command: Command::RevokeConnection { connection_id },
-        credential: None,
-        idempotency,
-    };
-    Ok(answer(execute(&app, input, |d| (StatusCode::OK, with_position(d, connection_id))).await?))
+    let command = Command::RevokeConnection { connection_id };
+    on_connection(&app, actor, connection_id, command, None, idempotent, b"").await
 }
 
 /// `POST /v1/connections/{id}/agents` {agent_id}.
@@ -93,22 +88,14 @@ pub async fn assign(
     State(app): State<AppState>,
     AuthenticatedUser(actor): AuthenticatedUser,
     id: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
+    idempotent: Idempotent,
     body: JsonObject,
 ) -> Result<Response, ApiError> {
     let connection_id = connection_id(id)?;
     body.only(&["agent_id"])?;
     let agent_id = body.required("agent_id", AgentId::parse)?;
-    let idempotency =
-        idempotency(&app, &headers, "POST", &format!("/v1/connections/{connection_id}/agents"), &body.raw)?;
-    let input = CommandInput {
-        actor,
-        target: Target::Connection(connection_id),
-        command: Command::AssignToAgent { connection_id, agent_id },
-        credential: None,
-        idempotency,
-    };
-    Ok(answer(execute(&app, input, |d| (StatusCode::OK, with_position(d, connection_id))).await?))
+    let command = Command::AssignToAgent { connection_id, agent_id };
+    on_connection(&app, actor, connection_id, command, None, idempotent, &body.raw).await
 }
 
 /// `DELETE /v1/connections/{id}/agents/{agent_id}`.
@@ -116,21 +103,13 @@ pub async fn unassign(
     State(app): State<AppState>,
     AuthenticatedUser(actor): AuthenticatedUser,
     ids: Result<Path<(String, String)>, PathRejection>,
-    headers: HeaderMap,
+    idempotent: Idempotent,
 ) -> Result<Response, ApiError> {
     let Path((id, agent)) = ids.map_err(|_| ApiError::invalid("path", "is malformed"))?;
     let connection_id = path_param("id", &id, ConnectionId::parse)?;
     let agent_id = path_param("agent_id", &agent, |raw| AgentId::parse(raw))?;
-    let path = format!("/v1/connections/{connection_id}/agents/{agent_id}");
-    let idempotency = idempotency(&app, &headers, "DELETE", &path, b"")?;
-    let input = CommandInput {
-        actor,
-        target: Target::Connection(connection_id),
-        command: Command::UnassignFromAgent { connection_id, agent_id },
-        credential: None,
-        idempotency,
-    };
-    Ok(answer(execute(&app, input, |d| (StatusCode::OK, with_position(d, connection_id))).await?))
+    let command = Command::UnassignFromAgent { connection_id, agent_id };
+    on_connection(&app, actor, connection_id, command, None, idempotent, b"").await
 }
 
 /// `PUT /v1/connections/{id}/credential` {credential}: rotate.
@@ -138,22 +117,14 @@ pub async fn rotate(
     State(app): State<AppState>,
     AuthenticatedUser(actor): AuthenticatedUser,
     id: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
+    idempotent: Idempotent,
     body: JsonObject,
 ) -> Result<Response, ApiError> {
     let connection_id = connection_id(id)?;
     body.only(&["credential"])?;
     let credential = parse_credential(body.value("credential")?)?;
-    let path = format!("/v1/connections/{connection_id}/credential");
-    let idempotency = idempotency(&app, &headers, "PUT", &path, &body.raw)?;
-    let input = CommandInput {
-        actor,
-        target: Target::Connection(connection_id),
-        command: Command::RotateCredential { connection_id, credential_kind: credential.kind() },
-        credential: Some(credential),
-        idempotency,
-    };
-    Ok(answer(execute(&app, input, |d| (StatusCode::OK, with_position(d, connection_id))).await?))
+    let command = Command::RotateCredential { connection_id, credential_kind: credential.kind() };
+    on_connection(&app, actor, connection_id, command, Some(credential), idempotent, &body.raw).await
 }
 
 /// `POST /v1/connections/{id}/replace` {credential, name?}: a new connection
@@ -164,17 +135,15 @@ pub async fn replace(
     State(app): State<AppState>,
     AuthenticatedUser(actor): AuthenticatedUser,
     id: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
+    idempotent: Idempotent,
     body: JsonObject,
 ) -> Result<Response, ApiError> {
     let connection_id = connection_id(id)?;
     body.only(&["credential", "name"])?;
     let name = body.optional("name", ConnectionName::parse)?;
     let credential = parse_credential(body.value("credential")?)?;
-    let path = format!("/v1/connections/{connection_id}/replace");
-    let idempotency = idempotency(&app, &headers, "POST", &path, &body.raw)?;
     let new_connection_id = ConnectionId::from_uuid(uuid::Uuid::now_v7());
-    let input = CommandInput {
+    let route = CommandRoute {
         actor,
         target: Target::Connection(connection_id),
         command: Command::ReplaceConnection {
@@ -184,20 +153,35 @@ pub async fn replace(
             credential_kind: credential.kind(),
         },
         credential: Some(credential),
-        idempotency,
+        idempotent,
+        body: &body.raw,
     };
-    Ok(answer(
-        execute(&app, input, |decided| {
-            let mut view = with_position(decided, new_connection_id);
-            let moved = match decided.state.connections.get(&connection_id).map(|c| &c.status) {
-                Some(ConnectionStatus::Revoked { affected_agents, .. }) => json!(affected_agents),
-                _ => json!([]),
-            };
-            view["moved_agents"] = moved;
-            (StatusCode::CREATED, view)
-        })
-        .await?,
-    ))
+    run_command(&app, route, |decided| {
+        let mut view = with_position(decided, new_connection_id);
+        let moved = match decided.state.connections.get(&connection_id).map(|c| &c.status) {
+            Some(ConnectionStatus::Revoked { affected_agents, .. }) => json!(affected_agents),
+            _ => json!([]),
+        };
+        view["moved_agents"] = moved;
+        (StatusCode::CREATED, view)
+    })
+    .await
+}
+
+/// Runs a command on an existing connection and answers with the
+/// connection's view and the command's position.
+async fn on_connection(
+    app: &AppState,
+    actor: OwnerId,
+    connection_id: ConnectionId,
+    command: Command,
+    credential: Option<Credential>,
+    idempotent: Idempotent,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let route =
+        CommandRoute { actor, target: Target::Connection(connection_id), command, credential, idempotent, body };
+    run_command(app, route, |d| (StatusCode::OK, with_position(d, connection_id))).await
 }
 
 /// The `{id}` path parameter as a connection id; a malformed one is a 400 naming `id`.

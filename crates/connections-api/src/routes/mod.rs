@@ -15,14 +15,17 @@ mod runtime;
 mod services;
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::Router;
 use serde_json::Value;
 
 use crate::body::MAX_BODY_BYTES;
-use crate::commands::IdempotencyRequest;
+use connections_domain::{Command, OwnerId};
+use connections_sealing::Credential;
+
+use crate::commands::{execute, CommandInput, Decided, IdempotencyRequest, Target};
 use crate::problem::ApiError;
 use crate::state::AppState;
 
@@ -115,31 +118,79 @@ fn method_not_allowed() -> Response {
 /// What the idempotency fingerprint key is derived for.
 pub const IDEMPOTENCY_PURPOSE: &str = "idempotency";
 
-/// The `Idempotency-Key` header, if present: 1–255 visible ASCII characters.
-fn idempotency(
+/// A command request's `Idempotency-Key` header (if any), with the method
+/// and path it came on, as the request line has them: the fingerprint that
+/// tells a replay from a different request under the same key.
+pub(crate) struct Idempotent {
+    key: Option<axum::http::HeaderValue>,
+    method: axum::http::Method,
+    path: String,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Idempotent {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self {
+            key: parts.headers.get("idempotency-key").cloned(),
+            method: parts.method.clone(),
+            path: parts.uri.path().to_owned(),
+        })
+    }
+}
+
+impl Idempotent {
+    /// The key (1–255 visible ASCII characters) and the request's
+    /// fingerprint over method, path and `body`; `None` without a key.
+    fn request(&self, app: &AppState, body: &[u8]) -> Result<Option<IdempotencyRequest>, ApiError> {
+        let Some(value) = &self.key else {
+            return Ok(None);
+        };
+        let key = value
+            .to_str()
+            .ok()
+            .filter(|key| !key.is_empty() && key.len() <= 255 && key.chars().all(|c| c.is_ascii_graphic()))
+            .ok_or_else(|| ApiError::invalid("Idempotency-Key", "must be 1-255 visible ASCII characters"))?;
+        let fingerprint_key = app.master_key.fingerprint_key(IDEMPOTENCY_PURPOSE);
+        Ok(Some(IdempotencyRequest::new(
+            key.to_owned(),
+            &fingerprint_key,
+            app.settings.idempotency_ttl,
+            self.method.as_str(),
+            &self.path,
+            body,
+        )))
+    }
+}
+
+/// What a command route hands to [`run_command`]: the handlers differ only
+/// in how they parse the request into these.
+struct CommandRoute<'a> {
+    actor: OwnerId,
+    target: Target,
+    command: Command,
+    credential: Option<Credential>,
+    idempotent: Idempotent,
+    /// The request's body as received (empty for a body-less method).
+    body: &'a [u8],
+}
+
+/// Runs a route's command (with its idempotency key, if any) and answers
+/// with `respond`'s status and view.
+async fn run_command(
     app: &AppState,
-    headers: &HeaderMap,
-    method: &str,
-    path: &str,
-    body: &[u8],
-) -> Result<Option<IdempotencyRequest>, ApiError> {
-    let Some(value) = headers.get("idempotency-key") else {
-        return Ok(None);
+    route: CommandRoute<'_>,
+    respond: impl Fn(&Decided) -> (StatusCode, Value),
+) -> Result<Response, ApiError> {
+    let idempotency = route.idempotent.request(app, route.body)?;
+    let input = CommandInput {
+        actor: route.actor,
+        target: route.target,
+        command: route.command,
+        credential: route.credential,
+        idempotency,
     };
-    let key = value
-        .to_str()
-        .ok()
-        .filter(|key| !key.is_empty() && key.len() <= 255 && key.chars().all(|c| c.is_ascii_graphic()))
-        .ok_or_else(|| ApiError::invalid("Idempotency-Key", "must be 1-255 visible ASCII characters"))?;
-    let fingerprint_key = app.master_key.fingerprint_key(IDEMPOTENCY_PURPOSE);
-    Ok(Some(IdempotencyRequest::new(
-        key.to_owned(),
-        &fingerprint_key,
-        app.settings.idempotency_ttl,
-        method,
-        path,
-        body,
-    )))
+    Ok(answer(execute(app, input, respond).await?))
 }
 
 /// A command's answer as a JSON response.

@@ -1,15 +1,15 @@
 //! `/v1/services/{service}/default`: set and clear the owner's default.
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use connections_domain::{Command, ConnectionId, ServiceName};
 use serde_json::json;
 
-use super::{answer, idempotency};
+use super::{run_command, CommandRoute, Idempotent};
 use crate::auth::AuthenticatedUser;
 use crate::body::{path_param, JsonObject};
-use crate::commands::{execute, CommandInput, Decided, Target};
+use crate::commands::{Decided, Target};
 use crate::problem::ApiError;
 use crate::state::AppState;
 
@@ -18,21 +18,22 @@ pub async fn set_default(
     State(app): State<AppState>,
     AuthenticatedUser(actor): AuthenticatedUser,
     Path(service): Path<String>,
-    headers: HeaderMap,
+    idempotent: Idempotent,
     body: JsonObject,
 ) -> Result<Response, ApiError> {
     let service = path_param("service", &service, |s| ServiceName::parse(s))?;
     body.only(&["connection_id"])?;
     let connection_id = body.required("connection_id", |raw| ConnectionId::parse(&raw))?;
-    let idempotency = idempotency(&app, &headers, "PUT", &format!("/v1/services/{service}/default"), &body.raw)?;
-    let input = CommandInput {
+    let command = Command::SetDefault { connection_id };
+    let route = CommandRoute {
         actor,
         target: Target::Service(service.clone()),
-        command: Command::SetDefault { connection_id },
+        command,
         credential: None,
-        idempotency,
+        idempotent,
+        body: &body.raw,
     };
-    Ok(answer(execute(&app, input, |d| (StatusCode::OK, default_view(&service, d))).await?))
+    run_command(&app, route, |d| (StatusCode::OK, default_view(&service, d))).await
 }
 
 /// `DELETE /v1/services/{service}/default`.
@@ -40,18 +41,12 @@ pub async fn clear_default(
     State(app): State<AppState>,
     AuthenticatedUser(actor): AuthenticatedUser,
     Path(service): Path<String>,
-    headers: HeaderMap,
+    idempotent: Idempotent,
 ) -> Result<Response, ApiError> {
     let service = path_param("service", &service, |s| ServiceName::parse(s))?;
-    let idempotency = idempotency(&app, &headers, "DELETE", &format!("/v1/services/{service}/default"), b"")?;
-    let input = CommandInput {
-        actor,
-        target: Target::Service(service.clone()),
-        command: Command::ClearDefault,
-        credential: None,
-        idempotency,
-    };
-    Ok(answer(execute(&app, input, |d| (StatusCode::OK, default_view(&service, d))).await?))
+    let target = Target::Service(service.clone());
+    let route = CommandRoute { actor, target, command: Command::ClearDefault, credential: None, idempotent, body: b"" };
+    run_command(&app, route, |d| (StatusCode::OK, default_view(&service, d))).await
 }
 
 fn default_view(service: &ServiceName, decided: &Decided) -> serde_json::Value {
