@@ -15,6 +15,7 @@ pub mod nats;
 pub mod relay;
 mod restarts;
 pub mod roles;
+pub mod session;
 
 pub use connections_wire::{Envelope, EnvelopeCursor, Names, NamesError, Notice, NoticeKind};
 pub use envelope::{envelope_cursor, envelope_of, log_cursor};

@@ -28,9 +28,9 @@ use connections_store::{Database, EventLog, LogCursor, StoreError};
 use tokio::sync::{mpsc, watch};
 
 use crate::envelope::{envelope_of, log_cursor};
-use crate::listener::{LogListener, Signals};
+use crate::listener::Signals;
 use crate::nats;
-use crate::restarts::Restarts;
+use crate::session::{run_led, Leader, Led, SessionError};
 use connections_wire::{Envelope, Names, Notice, NoticeKind};
 
 /// How the relay runs.
@@ -65,9 +65,9 @@ pub enum RelayError {
     /// Postgres failed.
     #[error("store: {0}")]
     Store(#[from] StoreError),
-    /// The LISTEN/lock connection failed.
-    #[error("listener: {0}")]
-    Listener(#[from] tokio_postgres::Error),
+    /// The session could not start leading (the LISTEN/lock connection, or NATS).
+    #[error("{0}")]
+    Session(#[from] SessionError),
     /// NATS or JetStream failed.
     #[error("nats: {0}")]
     Nats(String),
@@ -88,32 +88,32 @@ fn nats_error(error: impl std::fmt::Display) -> RelayError {
 
 /// Runs the relay until `shutdown` turns true, restarting sessions after
 /// failures with a bounded backoff.
-pub async fn run(database: Database, config: RelayConfig, signals: Signals, mut shutdown: watch::Receiver<bool>) {
-    let mut restarts = Restarts::new();
-    while !*shutdown.borrow() {
+pub async fn run(database: Database, config: RelayConfig, signals: Signals, shutdown: watch::Receiver<bool>) {
+    let led = Led {
+        role: crate::roles::RELAY,
+        client_name: "connections-relay",
+        names: &config.names,
+        database_url: &config.database_url,
+        nats: &config.nats,
+        signals: &signals,
+    };
+    run_led(led, shutdown, |leader, shutdown| {
         // Everything a session logs carries the relay span (and the prefix).
         let span = tracing::info_span!("relay", prefix = %config.names.prefix());
-        let ended = tracing::Instrument::instrument(session(&database, &config, &signals, &mut shutdown), span).await;
-        match ended {
-            Ok(()) => break,
-            Err(error) => restarts.after_failure("relay", &error, &mut shutdown).await,
-        }
-    }
-    tracing::info!("relay stopped");
+        tracing::Instrument::instrument(session(&database, &config, &signals, leader, shutdown), span)
+    })
+    .await;
 }
 
 async fn session(
     database: &Database,
     config: &RelayConfig,
     signals: &Signals,
-    shutdown: &mut watch::Receiver<bool>,
+    leader: Leader,
+    mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), RelayError> {
-    let listener = LogListener::connect(&config.database_url, signals.clone()).await?;
-    let role = crate::roles::RELAY;
-    let Some(_role) = listener.lead(config.names.lock_key(role), role, &signals.roles, shutdown).await? else {
-        return Ok(());
-    };
-    let client = nats::connect(&config.nats, &config.names, "connections-relay").await.map_err(nats_error)?;
+    let shutdown = &mut shutdown;
+    let Leader { listener, nats: client, .. } = leader;
     let context = jetstream::new(client);
     let mut stream = ensure_stream(&context, &config.names, config.replicas).await?;
     ensure_notices_stream(&context, &config.names, config.replicas).await?;

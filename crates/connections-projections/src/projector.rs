@@ -12,7 +12,8 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
-use connections_fanout::{nats, Envelope, LogListener, Names, Restarts, Signals, PROJECTED_CHANNEL};
+use connections_fanout::session::{run_led, Leader, Led, SessionError};
+use connections_fanout::{nats, Envelope, Names, Signals, PROJECTED_CHANNEL};
 use connections_store::{Database, EventLog, LogCursor, StoreError};
 use futures_util::{FutureExt, StreamExt};
 use tokio::sync::watch;
@@ -49,9 +50,9 @@ pub enum ProjectorError {
     /// Postgres failed.
     #[error("store: {0}")]
     Store(#[from] StoreError),
-    /// The lock connection failed.
-    #[error("listener: {0}")]
-    Listener(#[from] tokio_postgres::Error),
+    /// The session could not start leading (the lock connection, or NATS).
+    #[error("{0}")]
+    Session(#[from] SessionError),
     /// NATS or JetStream failed.
     #[error("nats: {0}")]
     Nats(String),
@@ -86,29 +87,27 @@ fn nats_error(error: impl std::fmt::Display) -> ProjectorError {
 }
 
 /// Runs the dashboard projector until `shutdown` turns true.
-pub async fn run(database: Database, config: ProjectorConfig, signals: Signals, mut shutdown: watch::Receiver<bool>) {
-    let mut restarts = Restarts::new();
-    while !*shutdown.borrow() {
-        match session(&database, &config, &signals, &mut shutdown).await {
-            Ok(()) => break,
-            Err(error) => restarts.after_failure("projector", &error, &mut shutdown).await,
-        }
-    }
-    tracing::info!("projector stopped");
+pub async fn run(database: Database, config: ProjectorConfig, signals: Signals, shutdown: watch::Receiver<bool>) {
+    let led = Led {
+        role: connections_fanout::roles::DASHBOARD_PROJECTOR,
+        client_name: "connections-projector",
+        names: &config.names,
+        database_url: &config.database_url,
+        nats: &config.nats,
+        signals: &signals,
+    };
+    run_led(led, shutdown, |leader, shutdown| session(&database, &config, &signals, leader, shutdown)).await;
 }
 
 async fn session(
     database: &Database,
     config: &ProjectorConfig,
     signals: &Signals,
-    shutdown: &mut watch::Receiver<bool>,
+    leader: Leader,
+    mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), ProjectorError> {
-    let listener = LogListener::connect(&config.database_url, signals.clone()).await?;
-    let role = connections_fanout::roles::DASHBOARD_PROJECTOR;
-    let Some(_role) = listener.lead(config.names.lock_key(role), role, &signals.roles, shutdown).await? else {
-        return Ok(());
-    };
-    let client = nats::connect(&config.nats, &config.names, "connections-projector").await.map_err(nats_error)?;
+    let shutdown = &mut shutdown;
+    let Leader { listener, nats: client, .. } = leader;
     let context = jetstream::new(client);
     let stream = context.get_stream(config.names.events_stream()).await.map_err(nats_error)?;
     let durable = config.names.projector_consumer(DASHBOARD);
