@@ -14,7 +14,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer};
 use connections_fanout::session::{run_led, Leader, Led, SessionError};
 use connections_fanout::{nats, Envelope, Names, Signals, PROJECTED_CHANNEL};
-use connections_store::{Database, EventLog, LogCursor, StoreError};
+use connections_store::{Database, EventLog, LogCursor, PipelinedTransaction, StoreError};
 use futures_util::{FutureExt, StreamExt};
 use tokio::sync::watch;
 
@@ -215,13 +215,13 @@ pub async fn apply_batch(database: &Database, envelopes: &[Envelope]) -> Result<
     // Prepared first (cached after the first batch): a statement prepared
     // inside a pipeline would run after the ones polled after it.
     let statements = Prepared::new(&client).await?;
-    let outcome = apply_pipelined(&client, &statements, envelopes, &facts).await;
-    if outcome.is_err() {
-        // The connection may be mid-transaction: close it rather than
-        // return it to the pool.
-        drop(deadpool_postgres::Object::take(client));
-    }
-    outcome
+    // Until the transaction has ended, dropping this (an error, or the task
+    // cancelled mid-batch) closes the connection instead of returning it to
+    // the pool inside a transaction running as the projector's role.
+    let transaction = PipelinedTransaction::new(client);
+    let applied = apply_pipelined(transaction.client(), &statements, envelopes, &facts).await?;
+    transaction.ended();
+    Ok(applied)
 }
 
 /// The statements [`apply_batch`] runs besides the read models' own.

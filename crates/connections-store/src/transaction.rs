@@ -55,6 +55,13 @@ impl PipelinedTransaction {
         Ok(())
     }
 
+    /// Returns the connection to the pool after the caller ended the
+    /// transaction itself (a `COMMIT` or `ROLLBACK` it pipelined with its
+    /// last statements, and saw succeed).
+    pub fn ended(mut self) {
+        drop(self.client.take());
+    }
+
     /// Rolls back and returns the connection to the pool.
     pub async fn rollback(mut self) -> Result<(), StoreError> {
         let client = self.client.take().expect("present");
