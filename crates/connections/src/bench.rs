@@ -102,3 +102,35 @@ async fn bench_nats(access: &NatsAccess, names: &connections_fanout::Names) -> a
     grant.publish.allow.push("$JS.API.>".into());
     Ok(connections_fanout::nats::connect_as(access, &grant, &names.service_inbox(), "bench").await?)
 }
+
+/// A benchmark's own deployment: a fresh, migrated database on `server` and
+/// a NATS prefix of its own; [`Deployment::remove`] drops both.
+struct Deployment {
+    server: String,
+    name: String,
+    url: String,
+    names: connections_fanout::Names,
+    access: NatsAccess,
+}
+
+impl Deployment {
+    /// Creates the database and picks the prefix (`tag` and a random suffix).
+    async fn create(server: &str, nats_url: &str, tag: &str) -> anyhow::Result<Self> {
+        let name = format!("connections_bench_{}", uuid::Uuid::now_v7().simple());
+        let url = format!("{}/{}", server.trim_end_matches('/'), name);
+        connections_store::ensure_database(&url).await?;
+        connections_store::migrate(&url).await?;
+        let names =
+            connections_fanout::Names::new(&format!("{tag}{}", &uuid::Uuid::now_v7().simple().to_string()[20..]))?;
+        let access = nats_access(nats_url)?;
+        Ok(Self { server: server.to_owned(), name, url, names, access })
+    }
+
+    /// Deletes the prefix's streams and drops the database.
+    async fn remove(self) -> anyhow::Result<()> {
+        let context = async_nats::jetstream::new(bench_nats(&self.access, &self.names).await?);
+        let _ = context.delete_stream(self.names.events_stream()).await;
+        let _ = context.delete_stream(self.names.notices_stream()).await;
+        append::drop_database(&self.server, &self.name).await
+    }
+}

@@ -23,7 +23,7 @@ use connections_fanout::relay::{self, RelayConfig};
 use connections_fanout::{Names, Signals};
 use connections_natsauth::Grant;
 use connections_sealing::MasterKey;
-use connections_store::{connect_pool, ensure_database, migrate};
+use connections_store::connect_pool;
 use futures_util::StreamExt;
 use serde_json::json;
 use tokio::sync::watch;
@@ -65,17 +65,9 @@ pub struct RevocationOptions {
 
 /// Runs the benchmark.
 pub async fn run(options: RevocationOptions) -> anyhow::Result<()> {
-    let name = format!("connections_bench_{}", uuid::Uuid::now_v7().simple());
-    let url = format!("{}/{}", options.server.trim_end_matches('/'), name);
-    ensure_database(&url).await?;
-    migrate(&url).await?;
-    let names = Names::new(&format!("rbench{}", &uuid::Uuid::now_v7().simple().to_string()[20..]))?;
-    let access = super::nats_access(&options.nats_url)?;
-    let result = run_on(&url, &names, &access, &options).await;
-    let context = async_nats::jetstream::new(super::bench_nats(&access, &names).await?);
-    let _ = context.delete_stream(names.events_stream()).await;
-    let _ = context.delete_stream(names.notices_stream()).await;
-    super::append::drop_database(&options.server, &name).await?;
+    let deployment = super::Deployment::create(&options.server, &options.nats_url, "rbench").await?;
+    let result = run_on(&deployment.url, &deployment.names, &deployment.access, &options).await;
+    deployment.remove().await?;
     result
 }
 
