@@ -4,15 +4,15 @@
 
 use axum::http::StatusCode;
 use connections_domain::{
-    decide, Command, ConnectionId, CredentialKind, Event, OwnerId, OwnerService, Request, ServiceName,
+    decide, Command, ConnectionId, CredentialKind, Event, OwnerId, OwnerService, Request, ServiceName, StateChanges,
 };
 use connections_sealing::{
     open, seal, Credential, DataKey, FingerprintKey, MasterKey, SealedCredential, WrappedDataKey,
 };
-use connections_store::codec::{decode, encode};
+use connections_store::codec::encode;
 use connections_store::{
-    ConnectionLocation, CredentialHygiene, EventLog, IdempotencyClaim, Metadata, NewEvent, PipelinedTransaction,
-    RecordedEvent, RefreshSchedule, StoreError, StoredCredential, StoredResponse, StreamAppend, StreamId,
+    fold, ConnectionLocation, CredentialHygiene, EventLog, IdempotencyClaim, Metadata, NewEvent, PipelinedTransaction,
+    RecordedEvent, RefreshSchedule, StoreError, StoredCredential, StoredResponse, StreamAppend, StreamId, StreamState,
     UpstreamRevocations,
 };
 use deadpool_postgres::GenericClient;
@@ -326,17 +326,18 @@ async fn decide_and_append(
         return Ok(replayed);
     }
     let stream_id = location.stream_id();
-    // A command that does not depend on the stream skips reading it and
-    // appends after whatever is there.
-    let (history, version) = if input.command.reads_state() {
-        let (history, version) = EventLog::read_stream(transaction, &stream_id).await?;
-        (history, Some(version))
+    // The command decides on the entries of the stream's state it names
+    // (see `connections_domain::Focus`). One that does not depend on the
+    // stream skips reading it and appends after whatever is there.
+    let (before, version, last_position) = if input.command.reads_state() {
+        let loaded = StreamState::load(transaction, &stream_id, &input.command.focus()).await?;
+        (loaded.state, Some(loaded.version), loaded.last_position)
     } else {
-        (Vec::new(), None)
+        (OwnerService::default(), None, 0)
     };
-    let mut state = fold(&history)?;
     let request = Request { actor: input.actor.clone(), command: input.command.clone() };
-    let events = decide(&state, &request).map_err(|e| AttemptError::Refused(e.into()))?;
+    let events = decide(&before, &request).map_err(|e| AttemptError::Refused(e.into()))?;
+    let mut state = before.clone();
     for event in &events {
         state.apply(event);
     }
@@ -344,14 +345,24 @@ async fn decide_and_append(
     let new_events = new_events(&events);
     let metadata = Metadata { actor: recorded_actor.to_owned(), command_id, correlation_id: command_id };
     let append = [StreamAppend { stream_id: stream_id.clone(), expected_version: version, events: new_events }];
-    // The side-table writes and the append are independent statements of one
-    // transaction: pipeline them instead of paying a round trip each.
-    let (positions, _) = futures::future::try_join(
+    let changes = StateChanges::between(&before, &state);
+    let save = async {
+        match events.is_empty() {
+            true => Ok(()),
+            false => StreamState::save(transaction, &stream_id, events.len(), &changes).await,
+        }
+    };
+    // The side-table writes, the state's changes and the append are
+    // independent statements of one transaction: pipeline them instead of
+    // paying a round trip each (the append first; see `StreamState::prepare`).
+    StreamState::prepare(transaction).await?;
+    let (positions, _, _) = futures::future::try_join3(
         EventLog::append(transaction, &append, &metadata),
         futures::future::try_join_all(side_writes.iter().map(|write| write.execute(transaction, location))),
+        save,
     )
     .await?;
-    let position = positions.last().or(history.last().map(|e| &e.position)).copied().unwrap_or(0);
+    let position = positions.last().copied().unwrap_or(last_position);
     let (status, body) = respond(&Decided { state, events, position });
     if let Some(idempotency) = &input.idempotency {
         let stored = StoredResponse { status: status.as_u16(), body: body.clone() };
@@ -369,15 +380,6 @@ pub fn new_events(events: &[Event]) -> Vec<NewEvent> {
             NewEvent { event_id: uuid::Uuid::now_v7(), event_type, schema_version, data }
         })
         .collect()
-}
-
-/// Folds a stream's recorded events into state.
-pub fn fold(history: &[RecordedEvent]) -> Result<OwnerService, StoreError> {
-    let mut state = OwnerService::default();
-    for recorded in history {
-        state.apply(&decode(&recorded.event_type, recorded.schema_version, &recorded.data)?);
-    }
-    Ok(state)
 }
 
 /// A write to a side table that an event calls for, made in the event's transaction.

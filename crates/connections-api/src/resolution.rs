@@ -10,14 +10,14 @@
 //! key gone reads the stream again: across a replacement it answers the new
 //! connection, never an error.
 
-use connections_domain::{decide, BindingSource, Command, ConnectionId, Request, ServiceName};
+use connections_domain::{decide, BindingSource, Command, ConnectionId, Request, ServiceName, StateChanges};
 use connections_sealing::{open, Credential};
 use connections_store::{
-    Access, EventLog, Metadata, PipelinedTransaction, StoreError, StoredCredential, StreamAppend, StreamId,
+    Access, EventLog, Metadata, PipelinedTransaction, StoreError, StoredCredential, StreamAppend, StreamId, StreamState,
 };
 
 use crate::auth::AuthenticatedAgent;
-use crate::commands::{backoff, fold, new_events, MAX_ATTEMPTS};
+use crate::commands::{backoff, new_events, MAX_ATTEMPTS};
 use crate::problem::ApiError;
 use crate::refresh;
 use crate::state::AppState;
@@ -77,20 +77,21 @@ async fn resolve_attempts(
                 _ => EventLog::lock_stream(transaction.client(), &stream_id).await,
             }
         };
-        let (begun, locked, read) =
-            futures::join!(transaction.begin(), lock, EventLog::read_stream(transaction.client(), &stream_id));
+        let command = Command::ResolveForAgent { agent_id: agent.agent.clone() };
+        let focus = command.focus();
+        let (begun, locked, loaded) =
+            futures::join!(transaction.begin(), lock, StreamState::load(transaction.client(), &stream_id, &focus));
         begun?;
         locked?;
-        let (history, version) = read?;
-        let mut state = fold(&history)?;
-        let request =
-            Request { actor: agent.owner.clone(), command: Command::ResolveForAgent { agent_id: agent.agent.clone() } };
-        let events = decide(&state, &request).map_err(|error| match error {
+        let loaded = loaded?;
+        let request = Request { actor: agent.owner.clone(), command };
+        let events = decide(&loaded.state, &request).map_err(|error| match error {
             connections_domain::DomainError::AuthorizationRequired => {
                 ApiError::AuthorizationRequired(service.to_string())
             }
             other => other.into(),
         })?;
+        let mut state = loaded.state.clone();
         for event in &events {
             state.apply(event);
         }
@@ -99,19 +100,25 @@ async fn resolve_attempts(
             .connections
             .get(&binding.connection_id)
             .ok_or_else(|| internal("binding to an unknown connection"))?;
-        let mut position = history.last().map_or(0, |e| e.position);
+        let mut position = loaded.last_position;
         if !events.is_empty() {
             let metadata = Metadata {
                 actor: format!("agent:{}", agent.agent),
                 command_id: request_id,
                 correlation_id: request_id,
             };
-            let append = StreamAppend {
+            let append = [StreamAppend {
                 stream_id: stream_id.clone(),
-                expected_version: Some(version),
+                expected_version: Some(loaded.version),
                 events: new_events(&events),
-            };
-            match EventLog::append(transaction.client(), &[append], &metadata).await {
+            }];
+            let changes = StateChanges::between(&loaded.state, &state);
+            StreamState::prepare(transaction.client()).await?;
+            let (appended, saved) = futures::join!(
+                EventLog::append(transaction.client(), &append, &metadata),
+                StreamState::save(transaction.client(), &stream_id, events.len(), &changes)
+            );
+            match appended.and_then(|positions| saved.map(|()| positions)) {
                 Ok(positions) => position = positions.last().copied().unwrap_or(position),
                 Err(StoreError::Conflict { .. }) => {
                     transaction.rollback().await?;

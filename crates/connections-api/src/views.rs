@@ -6,7 +6,8 @@ use connections_store::codec::binding_source_name;
 use connections_store::RecordedEvent;
 use serde_json::{json, Value};
 
-/// A connection with its status, default flag and agents. With `history`,
+/// A connection with its status, default flag and (the first
+/// [`connections_domain::AGENTS_LISTED`] of its) agents. With `history`,
 /// agents carry the time they were bound and the connection its creation time.
 pub fn connection(state: &OwnerService, connection_id: ConnectionId, history: Option<&[RecordedEvent]>) -> Value {
     let Some(connection) = state.connections.get(&connection_id) else {
@@ -26,10 +27,12 @@ pub fn connection(state: &OwnerService, connection_id: ConnectionId, history: Op
     let since = |agent: &str, source: BindingSource| -> Option<String> {
         latest.get(&(agent, binding_source_name(source))).map(|e| e.recorded_at.to_rfc3339())
     };
-    let agents: Vec<Value> = state
-        .bindings
-        .iter()
-        .filter(|(_, binding)| binding.connection_id == connection_id)
+    // The first agents in id order: a command is decided on a part of the
+    // state that holds those (see `connections_domain::Focus`), and
+    // `/usage` lists them all.
+    let (listed, more) = state.agents_listed(connection_id);
+    let agents: Vec<Value> = listed
+        .into_iter()
         .map(|(agent, binding)| {
             let mut value = json!({ "agent_id": agent, "source": binding_source_name(binding.source) });
             if let Some(since) = since(agent.as_str(), binding.source) {
@@ -54,6 +57,9 @@ pub fn connection(state: &OwnerService, connection_id: ConnectionId, history: Op
         "needs_attention": connection.needs_attention,
         "agents": agents,
     });
+    if more {
+        value["agents_truncated"] = json!(true);
+    }
     if let Some(affected) = affected {
         value["affected_agents"] = json!(affected);
     }

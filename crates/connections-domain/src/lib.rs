@@ -16,6 +16,7 @@ mod command;
 mod decide;
 mod error;
 mod event;
+mod focus;
 mod ids;
 mod state;
 
@@ -23,6 +24,7 @@ pub use command::{Command, Request};
 pub use decide::decide;
 pub use error::DomainError;
 pub use event::{BindingSource, DefaultClearReason, Event, UnbindReason, UpstreamOutcome};
+pub use focus::{Focus, StateChanges, AGENTS_LISTED, AGENT_SAMPLE};
 pub use ids::{
     AgentId, ConnectionId, ConnectionName, CredentialKind, IdError, MasterKeyId, OwnerId, ProblemDetail, Scope,
     ServiceName, SkillName,

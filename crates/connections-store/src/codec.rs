@@ -332,12 +332,7 @@ pub fn decode(event_type: &str, schema_version: i32, data: &Value) -> Result<Eve
         }
         ("agent_assigned", 1) => {
             let d: AgentAssignedV1 = parse(event_type, data)?;
-            let source = match d.source.as_str() {
-                "created" => BindingSource::Created,
-                "assigned" => BindingSource::Assigned,
-                "default" => BindingSource::Default,
-                _ => return Err(unknown()),
-            };
+            let source = binding_source_from_name(&d.source).ok_or_else(unknown)?;
             Event::AgentAssigned { connection_id: d.connection_id, agent_id: d.agent_id, source }
         }
         ("agent_unassigned", 1) => {
@@ -432,6 +427,16 @@ pub fn binding_source_name(source: BindingSource) -> &'static str {
         BindingSource::Created => "created",
         BindingSource::Assigned => "assigned",
         BindingSource::Default => "default",
+    }
+}
+
+/// A binding source from its stored name.
+pub fn binding_source_from_name(name: &str) -> Option<BindingSource> {
+    match name {
+        "created" => Some(BindingSource::Created),
+        "assigned" => Some(BindingSource::Assigned),
+        "default" => Some(BindingSource::Default),
+        _ => None,
     }
 }
 

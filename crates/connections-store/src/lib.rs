@@ -22,6 +22,7 @@ mod migrate;
 mod oauth_state;
 mod seal;
 mod secrets;
+mod stream_state;
 mod transaction;
 mod upkeep;
 
@@ -38,5 +39,6 @@ pub use log::{
 pub use migrate::{is_current as migrations_current, migrate};
 pub use oauth_state::{Consumed, PendingFlow};
 pub use secrets::StoredCredential;
+pub use stream_state::{fold, Loaded, StreamState};
 pub use transaction::PipelinedTransaction;
 pub use upkeep::{PendingRevocation, RefreshDue, RefreshSchedule, UpstreamRevocations};

@@ -297,6 +297,16 @@ impl EventLog {
         Ok(positions)
     }
 
+    /// Prepares (caches on this connection) the statements of
+    /// [`EventLog::append`], so that an append pipelined with other
+    /// statements is sent when first polled: an append and the statements
+    /// after it then reach the server in that order, which keeps the order
+    /// in which writers of a stream take its rows (no deadlocks).
+    pub async fn prepare_append(client: &impl GenericClient) -> Result<(), StoreError> {
+        futures_util::future::try_join(client.prepare_cached(APPEND_ONE), client.prepare_cached(APPEND)).await?;
+        Ok(())
+    }
+
     /// Makes this transaction wait for, and then hold until it ends, the
     /// lock of `stream_id`'s writers. A command takes it before reading the
     /// stream, so that commands on one stream queue instead of racing: the

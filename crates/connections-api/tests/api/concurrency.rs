@@ -143,3 +143,39 @@ async fn first_resolutions_racing_commands_on_one_stream_all_succeed() {
     let view = app.send(Method::GET, format!("/v1/connections/{default}"), Some("alice"), None).await;
     assert_eq!(view.body["agents"].as_array().expect("agents").len(), 24, "{}", view.body);
 }
+
+/// A hundred agents of one owner ask for the same service for the first
+/// time at the same moment: each is bound to the default (one append each
+/// to the owner's stream) and every one is answered, none with 409 or 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hundred_first_resolutions_at_once_all_succeed() {
+    let app = TestApp::new().await;
+    let id = app.create("alice", "github", None).await;
+    let answer =
+        app.send(Method::PUT, "/v1/services/github/default", Some("alice"), Some(json!({"connection_id": id}))).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    let agents: Vec<String> = (0..100).map(|n| format!("agent-{n:03}")).collect();
+    let started = std::time::Instant::now();
+    let app = &app;
+    let answers = futures::future::join_all(agents.iter().map(|agent| async move {
+        let answer = app.resolve(agent, "alice", "github").await;
+        (answer, started.elapsed())
+    }))
+    .await;
+    let mut took: Vec<_> = answers.iter().map(|(_, took)| *took).collect();
+    took.sort();
+    for (answer, _) in &answers {
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        assert_eq!(answer.body["connection_id"], json!(id));
+    }
+    println!("100 first resolutions at once: p50 {:?}, p99 {:?}", took[49], took[98]);
+    let bound: i64 = app
+        .db
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM events WHERE event_type = 'agent_assigned'", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(bound, 100, "each agent is bound once");
+}

@@ -6,6 +6,7 @@ mod chain;
 mod codec;
 mod global_order;
 mod side_tables;
+mod stream_state;
 
 use connections_store::{Metadata, NewEvent, StreamAppend, StreamId, StreamVersion};
 use serde_json::json;

@@ -1,0 +1,296 @@
+//! The command side's keyed copy of each stream's state (migration V15):
+//! what a fold of the stream gives, one row per connection and per binding,
+//! written in the transaction that appends the events changing it. A
+//! command loads only the entries its [`Focus`] names, so its cost does not
+//! grow with the stream's history or with the agents bound elsewhere in it.
+//!
+//! The log stays the source of truth. Every load also reads the stream's
+//! version from the log, in the same statement (one snapshot); a copy whose
+//! version differs (a stream written before V15, or appended to by
+//! something that does not keep the copy) is rebuilt from the log under the
+//! stream's lock before the command decides on it.
+
+use connections_domain::{
+    AgentId, Binding, Connection, ConnectionId, ConnectionName, ConnectionStatus, CredentialKind, Focus, OwnerService,
+    SkillName, StateChanges, AGENT_SAMPLE,
+};
+use deadpool_postgres::GenericClient;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::codec::{binding_source_from_name, binding_source_name, decode};
+use crate::error::StoreError;
+use crate::log::{EventLog, RecordedEvent, StreamId, StreamVersion};
+
+/// The focused entries of one stream's copy, with the log's head of the
+/// stream, in one statement. `$1` stream id, `$2` named connections, `$3`
+/// focused agents, `$4` the connection all of whose agents are read (or
+/// NULL), `$5` how many agents of each named connection to carry.
+const LOAD: &str = "WITH head AS (SELECT version, default_connection FROM stream_heads WHERE stream_id = $1), \
+    logged AS (SELECT stream_version, position FROM events WHERE stream_id = $1 \
+        ORDER BY stream_version DESC LIMIT 1), \
+    bound AS ( \
+        SELECT agent_id, connection_id, source FROM stream_bindings WHERE stream_id = $1 AND agent_id = ANY($3) \
+        UNION \
+        SELECT agent_id, connection_id, source FROM stream_bindings WHERE stream_id = $1 AND connection_id = $4 \
+        UNION \
+        SELECT sample.* FROM unnest($2::uuid[]) AS named(id) CROSS JOIN LATERAL ( \
+            SELECT agent_id, connection_id, source FROM stream_bindings \
+            WHERE stream_id = $1 AND connection_id = named.id ORDER BY agent_id LIMIT $5) AS sample), \
+    wanted AS ( \
+        SELECT unnest($2::uuid[]) AS id \
+        UNION SELECT default_connection FROM head \
+        UNION SELECT connection_id FROM stream_bindings WHERE stream_id = $1 AND agent_id = ANY($3)) \
+    SELECT (SELECT version FROM head), (SELECT default_connection FROM head), \
+        coalesce((SELECT stream_version FROM logged), 0), coalesce((SELECT position FROM logged), 0), \
+        (SELECT coalesce(jsonb_agg(state), '[]') FROM stream_connections \
+            WHERE stream_id = $1 AND connection_id IN (SELECT id FROM wanted)), \
+        (SELECT coalesce(jsonb_agg(jsonb_build_array(agent_id, connection_id, source)), '[]') FROM bound)";
+
+/// Writes a command's changes: `$1` stream id, `$2` events appended (or,
+/// with `$3`, the absolute version and default of a rebuild), `$4` whether the default changed and
+/// `$5` to what, `$6`/`$7` connections, `$8` agents unbound, `$9`-`$11`
+/// agents bound. The keys of `$8` and `$9` are disjoint, so the statement's
+/// parts never touch one row twice.
+const SAVE: &str = "WITH head AS ( \
+        INSERT INTO stream_heads (stream_id, version, default_connection) VALUES ($1, $2, $5) \
+        ON CONFLICT (stream_id) DO UPDATE SET \
+            version = CASE WHEN $3 THEN excluded.version ELSE stream_heads.version + excluded.version END, \
+            default_connection = CASE WHEN $3 OR $4 THEN excluded.default_connection \
+                ELSE stream_heads.default_connection END), \
+    connections AS ( \
+        INSERT INTO stream_connections (stream_id, connection_id, state) \
+        SELECT $1, c.id, c.state FROM unnest($6::uuid[], $7::jsonb[]) AS c(id, state) \
+        ON CONFLICT (stream_id, connection_id) DO UPDATE SET state = excluded.state), \
+    unbound AS (DELETE FROM stream_bindings WHERE stream_id = $1 AND agent_id = ANY($8)), \
+    bound AS ( \
+        INSERT INTO stream_bindings (stream_id, agent_id, connection_id, source) \
+        SELECT $1, b.agent, b.connection, b.source FROM unnest($9::text[], $10::uuid[], $11::text[]) \
+            AS b(agent, connection, source) \
+        ON CONFLICT (stream_id, agent_id) DO UPDATE SET connection_id = excluded.connection_id, \
+            source = excluded.source) \
+    SELECT 1";
+
+/// A stream's state as a command decides on it.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The focused part of the state (see [`OwnerService::restricted_to`]).
+    pub state: OwnerService,
+    /// The stream's version: the events the state folds.
+    pub version: StreamVersion,
+    /// The position of the stream's last event (0 for an empty stream).
+    pub last_position: i64,
+    /// Whether the copy had to be rebuilt from the log first.
+    pub rebuilt: bool,
+}
+
+/// Loads and writes the keyed copy of streams' states.
+pub struct StreamState;
+
+impl StreamState {
+    /// The part of `stream_id`'s state that `focus` names, as a fold of the
+    /// stream would give it. A stale copy is rebuilt first, which takes the
+    /// stream's lock.
+    pub async fn load(client: &impl GenericClient, stream_id: &StreamId, focus: &Focus) -> Result<Loaded, StoreError> {
+        let statement = client.prepare_cached(LOAD).await?;
+        let named: Vec<Uuid> = focus.connections.iter().map(ConnectionId::as_uuid).collect();
+        let agents: Vec<&str> = focus.agents.iter().map(AgentId::as_str).collect();
+        let every = focus.every_agent_of.map(|c| c.as_uuid());
+        let sample = AGENT_SAMPLE as i64;
+        let row = client.query_one(&statement, &[&stream_id.as_str(), &named, &agents, &every, &sample]).await?;
+        let head_version: Option<i64> = row.get(0);
+        let logged: i64 = row.get(2);
+        let last_position: i64 = row.get(3);
+        if head_version.unwrap_or(0) != logged {
+            let (whole, version, last_position) = Self::rebuild(client, stream_id).await?;
+            return Ok(Loaded { state: whole.restricted_to(focus), version, last_position, rebuilt: true });
+        }
+        let mut state = OwnerService::default();
+        if head_version.is_some() {
+            state.owner = Some(stream_id.owner().clone());
+            state.service = Some(stream_id.service().clone());
+            state.default = row.get::<_, Option<Uuid>>(1).map(ConnectionId::from_uuid);
+            for stored in array(row.get(4))? {
+                let connection = stored_connection(stored)?;
+                state.connections.insert(connection.connection_id, connection);
+            }
+            for stored in array(row.get(5))? {
+                let (agent, binding) = stored_binding(stored)?;
+                state.bindings.insert(agent, binding);
+            }
+        }
+        Ok(Loaded { state, version: StreamVersion(logged as u64), last_position, rebuilt: false })
+    }
+
+    /// Prepares (caches on this connection) the statements of
+    /// [`StreamState::save`] and [`EventLog::append`]. Call it before
+    /// pipelining the two, append first: once both are prepared, each is
+    /// sent when first polled, so every writer of a stream inserts its
+    /// events before it updates the stream's head row, and two writers
+    /// racing on one stream (a command and a resolve that does not take the
+    /// stream's lock) cannot deadlock.
+    pub async fn prepare(client: &impl GenericClient) -> Result<(), StoreError> {
+        let save = async { client.prepare_cached(SAVE).await.map_err(StoreError::from) };
+        futures_util::future::try_join(save, EventLog::prepare_append(client)).await?;
+        Ok(())
+    }
+
+    /// Writes what a command changed, in the transaction that appends its
+    /// `appended` events (which advance the copy's version). Call it only
+    /// when events are appended, after [`StreamState::prepare`].
+    pub async fn save(
+        client: &impl GenericClient,
+        stream_id: &StreamId,
+        appended: usize,
+        changes: &StateChanges,
+    ) -> Result<(), StoreError> {
+        Self::write(client, stream_id, appended as i64, false, changes).await
+    }
+
+    /// Replaces the copy of `stream_id` with a fold of the log, under the
+    /// stream's lock (taken here; a command may already hold it). Returns
+    /// the whole state, its version and the stream's last position.
+    pub async fn rebuild(
+        client: &impl GenericClient,
+        stream_id: &StreamId,
+    ) -> Result<(OwnerService, StreamVersion, i64), StoreError> {
+        EventLog::lock_stream(client, stream_id).await?;
+        let (history, version) = EventLog::read_stream(client, stream_id).await?;
+        let whole = fold(&history)?;
+        client
+            .execute(
+                "WITH c AS (DELETE FROM stream_connections WHERE stream_id = $1) \
+                 DELETE FROM stream_bindings WHERE stream_id = $1",
+                &[&stream_id.as_str()],
+            )
+            .await?;
+        let changes = StateChanges::between(&OwnerService::default(), &whole);
+        Self::write(client, stream_id, version.0 as i64, true, &changes).await?;
+        tracing::info!(stream = %stream_id, events = version.0, "rebuilt a stream's state from the log");
+        Ok((whole, version, history.last().map_or(0, |e| e.position)))
+    }
+
+    async fn write(
+        client: &impl GenericClient,
+        stream_id: &StreamId,
+        version: i64,
+        absolute: bool,
+        changes: &StateChanges,
+    ) -> Result<(), StoreError> {
+        let statement = client.prepare_cached(SAVE).await?;
+        let default_changed = changes.default.is_some();
+        let default = changes.default.flatten().map(|c| c.as_uuid());
+        let connection_ids: Vec<Uuid> = changes.connections.iter().map(|c| c.connection_id.as_uuid()).collect();
+        let connection_states: Vec<Value> = changes.connections.iter().map(connection_value).collect();
+        let unbound: Vec<&str> = changes.unbound.iter().map(AgentId::as_str).collect();
+        let bound_agents: Vec<&str> = changes.bound.iter().map(|(agent, _)| agent.as_str()).collect();
+        let bound_connections: Vec<Uuid> = changes.bound.iter().map(|(_, b)| b.connection_id.as_uuid()).collect();
+        let bound_sources: Vec<&str> = changes.bound.iter().map(|(_, b)| binding_source_name(b.source)).collect();
+        client
+            .execute(
+                &statement,
+                &[
+                    &stream_id.as_str(),
+                    &version,
+                    &absolute,
+                    &default_changed,
+                    &default,
+                    &connection_ids,
+                    &connection_states,
+                    &unbound,
+                    &bound_agents,
+                    &bound_connections,
+                    &bound_sources,
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+/// Folds a stream's recorded events into state.
+pub fn fold(history: &[RecordedEvent]) -> Result<OwnerService, StoreError> {
+    let mut state = OwnerService::default();
+    for recorded in history {
+        state.apply(&decode(&recorded.event_type, recorded.schema_version, &recorded.data)?);
+    }
+    Ok(state)
+}
+
+/// A connection's stored form (the domain's types stay free of serde's
+/// representation, as in [`crate::codec`]).
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredConnectionV1 {
+    connection_id: ConnectionId,
+    name: ConnectionName,
+    credential_kind: CredentialKind,
+    credential_version: u32,
+    skill: Option<SkillName>,
+    revoked: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    affected_agents: Vec<AgentId>,
+    replaced_by: Option<ConnectionId>,
+    replaces: Option<ConnectionId>,
+    needs_attention: bool,
+}
+
+fn connection_value(connection: &Connection) -> Value {
+    let (revoked, affected_agents, replaced_by) = match &connection.status {
+        ConnectionStatus::Active => (false, Vec::new(), None),
+        ConnectionStatus::Revoked { affected_agents, replaced_by } => (true, affected_agents.clone(), *replaced_by),
+    };
+    serde_json::to_value(StoredConnectionV1 {
+        connection_id: connection.connection_id,
+        name: connection.name.clone(),
+        credential_kind: connection.credential_kind,
+        credential_version: connection.credential_version,
+        skill: connection.skill.clone(),
+        revoked,
+        affected_agents,
+        replaced_by,
+        replaces: connection.replaces,
+        needs_attention: connection.needs_attention,
+    })
+    .expect("a connection always serializes")
+}
+
+fn stored_connection(value: Value) -> Result<Connection, StoreError> {
+    let stored: StoredConnectionV1 =
+        serde_json::from_value(value).map_err(|e| StoreError::Corrupt(format!("a stored connection state: {e}")))?;
+    Ok(Connection {
+        connection_id: stored.connection_id,
+        name: stored.name,
+        credential_kind: stored.credential_kind,
+        credential_version: stored.credential_version,
+        skill: stored.skill,
+        status: match stored.revoked {
+            false => ConnectionStatus::Active,
+            true => {
+                ConnectionStatus::Revoked { affected_agents: stored.affected_agents, replaced_by: stored.replaced_by }
+            }
+        },
+        replaces: stored.replaces,
+        needs_attention: stored.needs_attention,
+    })
+}
+
+fn stored_binding(value: Value) -> Result<(AgentId, Binding), StoreError> {
+    let corrupt = || StoreError::Corrupt(format!("a stored binding: {value}"));
+    let (agent, connection, source) = match value.as_array().map(Vec::as_slice) {
+        Some([Value::String(agent), Value::String(connection), Value::String(source)]) => (agent, connection, source),
+        _ => return Err(corrupt()),
+    };
+    let agent = AgentId::parse(agent.clone()).map_err(|_| corrupt())?;
+    let connection_id = ConnectionId::parse(connection).map_err(|_| corrupt())?;
+    let source = binding_source_from_name(source).ok_or_else(corrupt)?;
+    Ok((agent, Binding { connection_id, source }))
+}
+
+fn array(value: Value) -> Result<Vec<Value>, StoreError> {
+    match value {
+        Value::Array(items) => Ok(items),
+        other => Err(StoreError::Corrupt(format!("expected an array, got {other}"))),
+    }
+}

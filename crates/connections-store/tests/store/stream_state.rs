@@ -1,0 +1,164 @@
+//! The keyed copy of a stream's state: what a command loads for its focus is
+//! what a fold of the whole stream restricts to, after any commands; a copy
+//! that missed appends is rebuilt from the log.
+
+use connections_domain::*;
+use connections_store::codec::encode;
+use connections_store::{fold, EventLog, NewEvent, StreamAppend, StreamId, StreamState};
+use connections_testkit::TestDatabase;
+
+use super::metadata;
+
+fn conn(n: u64) -> ConnectionId {
+    ConnectionId::from_uuid(uuid::Uuid::from_u128(u128::from(n) + 1))
+}
+
+fn agent(n: u64) -> AgentId {
+    AgentId::parse(format!("agent-{n:03}")).expect("agent id")
+}
+
+fn new_events(events: &[Event]) -> Vec<NewEvent> {
+    events
+        .iter()
+        .map(|event| {
+            let (event_type, schema_version, data) = encode(event);
+            NewEvent { event_id: uuid::Uuid::now_v7(), event_type, schema_version, data }
+        })
+        .collect()
+}
+
+/// Runs `command` as the API does: load its focus under the stream's lock,
+/// decide, append and save the changes in one transaction. With `keep_copy`
+/// false it appends only (a writer that does not keep the copy).
+async fn run(db: &TestDatabase, stream: &StreamId, command: Command, keep_copy: bool) -> bool {
+    let mut client = db.database.pool().get().await.expect("pool connection");
+    let transaction = client.transaction().await.expect("begin");
+    EventLog::lock_stream(&transaction, stream).await.expect("lock");
+    let loaded = StreamState::load(&transaction, stream, &command.focus()).await.expect("load");
+    let request = Request { actor: stream.owner().clone(), command };
+    let Ok(events) = decide(&loaded.state, &request) else {
+        return false;
+    };
+    if events.is_empty() {
+        return true;
+    }
+    let mut after = loaded.state.clone();
+    events.iter().for_each(|event| after.apply(event));
+    let append = [StreamAppend {
+        stream_id: stream.clone(),
+        expected_version: Some(loaded.version),
+        events: new_events(&events),
+    }];
+    StreamState::prepare(&transaction).await.expect("prepare");
+    EventLog::append(&transaction, &append, &metadata()).await.expect("append");
+    if keep_copy {
+        let changes = StateChanges::between(&loaded.state, &after);
+        StreamState::save(&transaction, stream, events.len(), &changes).await.expect("save");
+    }
+    transaction.commit().await.expect("commit");
+    true
+}
+
+/// Loads `focus` and compares it with the fold of the whole stream.
+async fn assert_loads_as_fold(db: &TestDatabase, stream: &StreamId, focus: &Focus, step: &str) {
+    let client = db.database.pool().get().await.expect("pool connection");
+    let (history, version) = EventLog::read_stream(&client, stream).await.expect("read");
+    let whole = fold(&history).expect("fold");
+    let loaded = StreamState::load(&client, stream, focus).await.expect("load");
+    assert!(!loaded.rebuilt, "{step}: the copy is kept with every command");
+    assert_eq!(loaded.version, version, "{step}");
+    assert_eq!(loaded.last_position, history.last().map_or(0, |e| e.position), "{step}");
+    assert_eq!(loaded.state, whole.restricted_to(focus), "{step}: {focus:?}");
+}
+
+fn command(step: u64) -> Command {
+    // A fixed pseudo-random walk over 4 connections and 6 agents.
+    let r = step.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407) >> 33;
+    let (c, a) = (conn(r % 4), agent((r / 4) % 6));
+    match (r / 24) % 9 {
+        0 | 1 => Command::CreateConnection {
+            connection_id: c,
+            service: ServiceName::parse("svc").expect("service"),
+            name: ConnectionName::parse("n").expect("name"),
+            credential_kind: CredentialKind::ApiKey,
+            agent_id: Some(a),
+            skill: None,
+        },
+        2 | 3 => Command::AssignToAgent { connection_id: c, agent_id: a },
+        4 => Command::UnassignFromAgent { connection_id: c, agent_id: a },
+        5 => Command::SetDefault { connection_id: c },
+        6 => Command::ResolveForAgent { agent_id: a },
+        7 => Command::RotateCredential { connection_id: c, credential_kind: CredentialKind::Basic },
+        _ => match r % 3 {
+            0 => Command::RevokeConnection { connection_id: c },
+            1 => Command::ReplaceConnection {
+                connection_id: c,
+                new_connection_id: conn(100 + step),
+                name: None,
+                credential_kind: CredentialKind::ApiKey,
+            },
+            _ => Command::ClearDefault,
+        },
+    }
+}
+
+#[tokio::test]
+async fn a_command_loads_what_a_fold_of_the_whole_stream_restricts_to() {
+    let db = TestDatabase::new().await;
+    let owner = OwnerId::parse("alice").expect("owner");
+    let stream = StreamId::owner_service(&owner, &ServiceName::parse("svc").expect("service"));
+    let mut accepted = 0;
+    for step in 0..120 {
+        let command = command(step);
+        accepted += usize::from(run(&db, &stream, command.clone(), true).await);
+        assert_loads_as_fold(&db, &stream, &command.focus(), &format!("step {step}")).await;
+    }
+    assert!(accepted > 30, "the walk exercises the stream ({accepted} of 120 accepted)");
+    // A connection with more agents than an answer lists: the sample.
+    run(&db, &stream, command(0), true).await;
+    let busy = conn(7);
+    let create = Command::CreateConnection {
+        connection_id: busy,
+        service: ServiceName::parse("svc").expect("service"),
+        name: ConnectionName::parse("busy").expect("name"),
+        credential_kind: CredentialKind::ApiKey,
+        agent_id: None,
+        skill: None,
+    };
+    assert!(run(&db, &stream, create, true).await);
+    for n in 200..360 {
+        assert!(run(&db, &stream, Command::AssignToAgent { connection_id: busy, agent_id: agent(n) }, true).await);
+    }
+    for focus in [
+        Command::SetDefault { connection_id: busy }.focus(),
+        Command::AssignToAgent { connection_id: busy, agent_id: agent(999) }.focus(),
+        Command::RevokeConnection { connection_id: busy }.focus(),
+        Command::ResolveForAgent { agent_id: agent(300) }.focus(),
+    ] {
+        assert_loads_as_fold(&db, &stream, &focus, "busy connection").await;
+    }
+}
+
+#[tokio::test]
+async fn a_copy_that_missed_appends_is_rebuilt_from_the_log() {
+    let db = TestDatabase::new().await;
+    let owner = OwnerId::parse("alice").expect("owner");
+    let stream = StreamId::owner_service(&owner, &ServiceName::parse("svc").expect("service"));
+    // Written as before the copy existed (or by a writer that does not keep it).
+    for step in 0..40 {
+        run(&db, &stream, command(step), false).await;
+    }
+    let focus = Command::RevokeConnection { connection_id: conn(1) }.focus();
+    let client = db.database.pool().get().await.expect("pool connection");
+    let (history, version) = EventLog::read_stream(&client, &stream).await.expect("read");
+    assert!(version.0 > 10, "the stream has a history ({version:?})");
+    let loaded = StreamState::load(&client, &stream, &focus).await.expect("load");
+    assert!(loaded.rebuilt, "a stale copy is rebuilt");
+    assert_eq!(loaded.version, version);
+    assert_eq!(loaded.state, fold(&history).expect("fold").restricted_to(&focus));
+    // Once rebuilt, it is kept again.
+    for step in 40..60 {
+        run(&db, &stream, command(step), true).await;
+        assert_loads_as_fold(&db, &stream, &command(step).focus(), &format!("step {step}")).await;
+    }
+}
