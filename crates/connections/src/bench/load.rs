@@ -54,7 +54,7 @@ pub async fn run(options: LoadOptions) -> anyhow::Result<()> {
 }
 
 /// Statuses seen, by code.
-type Statuses = Arc<Mutex<BTreeMap<u16, usize>>>;
+pub(super) type Statuses = Arc<Mutex<BTreeMap<u16, usize>>>;
 
 async fn run_on(url: &str, options: &LoadOptions) -> anyhow::Result<()> {
     let secret = MasterKey::generate_base64()?.into_bytes();
@@ -225,7 +225,7 @@ async fn timed(
 }
 
 /// Sends `request` now, recording its latency and status.
-fn spawn_timed(
+pub(super) fn spawn_timed(
     request: reqwest::RequestBuilder,
     samples: Arc<Mutex<Vec<Duration>>>,
     statuses: Statuses,
