@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use connections_domain::{
     decide, Command, ConnectionId, CredentialKind, Event, OwnerId, OwnerService, Request, ServiceName, StateChanges,
 };
+use connections_fanout::{EnvelopeCursor, NoticedEvent};
 use connections_sealing::{
     open, seal, Credential, DataKey, FingerprintKey, MasterKey, SealedCredential, WrappedDataKey,
 };
@@ -163,11 +164,14 @@ async fn execute_attempts(
             Ok(()) => outcome,
         };
         match outcome {
-            Ok(answer) => {
+            Ok(Answered { answer, urgent }) => {
                 transaction
                     .commit_and_notify(connections_fanout::EVENTS_CHANNEL)
                     .await
                     .map_err(ApiError::outcome_unknown)?;
+                if let Some(notices) = &app.lifecycle.urgent_notices {
+                    notices.publish(&urgent).await;
+                }
                 return Ok(answer);
             }
             Err(AttemptError::Conflict) => {
@@ -262,7 +266,7 @@ async fn attempt_once(
     recorded_actor: &str,
     command_id: uuid::Uuid,
     respond: &impl Fn(&Decided) -> (StatusCode, Value),
-) -> Result<(StatusCode, Value), AttemptError> {
+) -> Result<Answered, AttemptError> {
     let location = match &input.target {
         Target::Service(service) => Some(ConnectionLocation { owner: input.actor.clone(), service: service.clone() }),
         Target::Connection(connection_id) => ConnectionLocation::find(transaction, *connection_id).await?,
@@ -270,7 +274,7 @@ async fn attempt_once(
     let Some(location) = location else {
         // No stream to lock; the refusal is still the key's answer.
         if let Some(replayed) = claim(transaction, input).await? {
-            return Ok(replayed);
+            return Ok(Answered::replayed(replayed));
         }
         return Err(AttemptError::Refused(ApiError::NotFound));
     };
@@ -321,9 +325,9 @@ async fn decide_and_append(
     location: &ConnectionLocation,
     command_id: uuid::Uuid,
     respond: &impl Fn(&Decided) -> (StatusCode, Value),
-) -> Result<(StatusCode, Value), AttemptError> {
+) -> Result<Answered, AttemptError> {
     if let Some(replayed) = claim(transaction, input).await? {
-        return Ok(replayed);
+        return Ok(Answered::replayed(replayed));
     }
     let stream_id = location.stream_id();
     // The command decides on the entries of the stream's state it names
@@ -355,20 +359,66 @@ async fn decide_and_append(
     // The side-table writes, the state's changes and the append are
     // independent statements of one transaction: pipeline them instead of
     // paying a round trip each (the append first; see `StreamState::prepare`).
+    // An urgent notice (revoked, rotated) names the event's cursor, so its
+    // transaction id is asked for with the append.
+    let notices = app.lifecycle.urgent_notices.as_ref().filter(|_| events.iter().any(is_urgent));
+    let transaction_id = async {
+        match notices {
+            Some(_) => EventLog::transaction_id(transaction).await.map(Some),
+            None => Ok(None),
+        }
+    };
     StreamState::prepare(transaction).await?;
-    let (positions, _, _) = futures::future::try_join3(
+    let (positions, _, _, transaction_id) = futures::future::try_join4(
         EventLog::append(transaction, &append, &metadata),
         futures::future::try_join_all(side_writes.iter().map(|write| write.execute(transaction, location))),
         save,
+        transaction_id,
     )
     .await?;
+    let urgent = match (notices, transaction_id) {
+        (Some(notices), Some(transaction_id)) => {
+            let (owner, service) = (location.owner.as_str(), location.service.as_str());
+            notices.of(append[0].events.iter().zip(&positions).map(|(event, &position)| NoticedEvent {
+                event_id: event.event_id,
+                cursor: EnvelopeCursor { transaction_id, position },
+                owner,
+                service,
+                event_type: event.event_type,
+                data: &event.data,
+            }))
+        }
+        _ => Vec::new(),
+    };
     let position = positions.last().copied().unwrap_or(last_position);
     let (status, body) = respond(&Decided { state, events, position });
     if let Some(idempotency) = &input.idempotency {
         let stored = StoredResponse { status: status.as_u16(), body: body.clone() };
         IdempotencyClaim::record(transaction, input.actor.as_str(), &idempotency.key, &stored).await?;
     }
-    Ok((status, body))
+    Ok(Answered { answer: (status, body), urgent })
+}
+
+/// A command's answer, and the urgent notices its commit calls for.
+struct Answered {
+    answer: (StatusCode, Value),
+    urgent: Vec<(String, connections_fanout::Notice)>,
+}
+
+impl Answered {
+    /// The stored answer of an idempotency key's first request (its notices
+    /// went out then).
+    fn replayed(answer: (StatusCode, Value)) -> Self {
+        Self { answer, urgent: Vec::new() }
+    }
+}
+
+/// Whether runtimes must hear of `event` at once (see `UrgentNotices`).
+fn is_urgent(event: &Event) -> bool {
+    matches!(
+        event,
+        Event::ConnectionRevoked { .. } | Event::CredentialRotated { .. } | Event::CredentialRefreshed { .. }
+    )
 }
 
 /// Events in their stored form, each with a new id, ready to append.

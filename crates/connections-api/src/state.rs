@@ -47,6 +47,10 @@ pub struct Lifecycle {
     /// Whether the instance's own NATS connection is up; `None` where the
     /// instance has none (in-process tests).
     pub nats_connected: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
+    /// Publishes a command's urgent notices (revocations, rotations) right
+    /// after its commit, ahead of the relay's copies; `None` where the
+    /// instance has no NATS connection (the relay's copies then come alone).
+    pub urgent_notices: Option<connections_fanout::UrgentNotices>,
 }
 
 impl Lifecycle {
@@ -56,6 +60,7 @@ impl Lifecycle {
             instance: instance.into(),
             stopping: Arc::new(tokio::sync::watch::channel(false).0),
             nats_connected: None,
+            urgent_notices: None,
         }
     }
 

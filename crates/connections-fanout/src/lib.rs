@@ -8,6 +8,8 @@
 //! - [`relay::run`]: follows the log in its gap-safe order and publishes each
 //!   event exactly once, in order, fenced by `Nats-Expected-Last-Sequence`,
 //!   and, before each event, the [`Notice`] agent runtimes react to.
+//! - [`UrgentNotices`]: a command's own, earlier copy of the notices that
+//!   make runtimes drop a credential (revocations, rotations).
 
 mod envelope;
 mod listener;
@@ -16,8 +18,9 @@ pub mod relay;
 mod restarts;
 pub mod roles;
 pub mod session;
+mod urgent;
 
-pub use connections_wire::{Envelope, EnvelopeCursor, Names, NamesError, Notice, NoticeKind};
+pub use connections_wire::{Envelope, EnvelopeCursor, Names, NamesError, Notice, NoticeKind, NoticedEvent};
 pub use envelope::{envelope_cursor, envelope_of, log_cursor};
 pub use listener::{
     format_cursor, parse_cursor, parse_projected, projected_payload, Changed, LogListener, Signals, EVENTS_CHANNEL,
@@ -25,3 +28,4 @@ pub use listener::{
 };
 pub use restarts::Restarts;
 pub use roles::{RoleGuard, Roles};
+pub use urgent::UrgentNotices;

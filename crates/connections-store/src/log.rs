@@ -307,6 +307,14 @@ impl EventLog {
         Ok(())
     }
 
+    /// The id of the running transaction (assigned by its first write, or
+    /// by this call): the first half of the cursor of every event it appends.
+    pub async fn transaction_id(client: &impl GenericClient) -> Result<u64, StoreError> {
+        let statement = client.prepare_cached("SELECT pg_current_xact_id()::text").await?;
+        let id: String = client.query_one(&statement, &[]).await?.get(0);
+        id.parse().map_err(|_| StoreError::Corrupt(format!("transaction id {id:?}")))
+    }
+
     /// Makes this transaction wait for, and then hold until it ends, the
     /// lock of `stream_id`'s writers. A command takes it before reading the
     /// stream, so that commands on one stream queue instead of racing: the

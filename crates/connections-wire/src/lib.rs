@@ -17,5 +17,5 @@ mod runtime;
 
 pub use envelope::{Envelope, EnvelopeCursor};
 pub use names::{Names, NamesError};
-pub use notice::{Notice, NoticeKind};
+pub use notice::{Notice, NoticeKind, NoticedEvent};
 pub use runtime::{RuntimeCredentials, RuntimeCredentialsRequest};

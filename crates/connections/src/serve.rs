@@ -55,15 +55,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         None => Providers::none(),
     };
-    // The instance's own NATS connection, for readiness and metrics (the
-    // relay and projector connect when they lead). It starts even when NATS
-    // is down and keeps trying: the instance then serves, but is not ready.
+    // The instance's own NATS connection, for readiness, metrics and the
+    // urgent notices of its commands (the relay and projector connect when
+    // they lead). It starts even when NATS is down and keeps trying: the
+    // instance then serves, but is not ready.
     let probe = connections_fanout::nats::connect_in_background(&nats, &config.names, "connections-server").await?;
     let instance = config.instance.clone().unwrap_or_else(|| address.to_string());
     let (shutdown, _) = watch::channel(false);
     let lifecycle = Lifecycle {
         instance: instance.as_str().into(),
         stopping: Arc::new(shutdown),
+        urgent_notices: Some(connections_fanout::UrgentNotices::new(probe.clone(), config.names.clone())),
         nats_connected: Some(Arc::new(move || probe.connection_state() == async_nats::connection::State::Connected)),
     };
     let state = AppState {

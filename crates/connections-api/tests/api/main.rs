@@ -23,6 +23,7 @@ mod secrets;
 mod session;
 mod unavailable;
 mod upkeep;
+mod urgent;
 
 use std::sync::Arc;
 

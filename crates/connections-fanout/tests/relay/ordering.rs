@@ -100,10 +100,10 @@ async fn revocations_are_noticed_on_their_connections_subject_and_kept_for_catch
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revocation_last_in_a_transaction_larger_than_a_batch_is_noticed_first_and_once() {
-    // A revoke that ends 150 bindings appends 150 `agent_unassigned` events
-    // and then `connection_revoked`, in one transaction; the relay reads 64
-    // events at a time. The revocation's notice must not wait for the
-    // batches before it.
+    // A replacement that moves 150 agents appends 150 `agent_unassigned`
+    // events (each with its own notice) and then `connection_revoked`, in
+    // one transaction; the relay reads 64 events at a time. The
+    // revocation's notice must not wait for the batches before it.
     use connections_store::{EventLog, Metadata, NewEvent, StreamAppend, StreamId};
     use futures_util::StreamExt;
     let harness = Harness::new().await;
@@ -115,7 +115,7 @@ async fn a_revocation_last_in_a_transaction_larger_than_a_batch_is_noticed_first
     let mut events: Vec<NewEvent> = agents
         .iter()
         .map(|agent| {
-            let data = serde_json::json!({"connection_id": connection_id, "agent_id": agent, "reason": "revoked"});
+            let data = serde_json::json!({"connection_id": connection_id, "agent_id": agent, "reason": "replaced"});
             event("agent_unassigned", data)
         })
         .collect();

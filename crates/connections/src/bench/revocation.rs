@@ -16,11 +16,11 @@ use axum::serve::ListenerExt;
 use connections_agent::{AgentClient, AgentConfig, InvalidationReason};
 use connections_api::auth::{mint_agent_token, mint_user_token, Authenticator};
 use connections_api::runtime_nats::RuntimeNats;
-use connections_api::{router, AppState};
+use connections_api::{router, AppState, Lifecycle};
 use connections_domain::{AgentId, OwnerId};
 use connections_fanout::nats::{connect_as, NatsAccess};
 use connections_fanout::relay::{self, RelayConfig};
-use connections_fanout::{Names, Signals};
+use connections_fanout::{Names, Signals, UrgentNotices};
 use connections_natsauth::Grant;
 use connections_sealing::MasterKey;
 use connections_store::connect_pool;
@@ -85,7 +85,14 @@ async fn run_on(url: &str, names: &Names, access: &NatsAccess, options: &Revocat
         master_key: Arc::new(MasterKey::from_base64("bench", &MasterKey::generate_base64()?)?),
         authenticator: Arc::new(Authenticator::hs256(&secret)?),
         signals: signals.clone(),
-        lifecycle: Default::default(),
+        // As `serve` runs it: commands publish their urgent notices at once.
+        lifecycle: Lifecycle {
+            urgent_notices: Some(UrgentNotices::new(
+                connections_fanout::nats::connect(access, names, "bench server").await?,
+                names.clone(),
+            )),
+            ..Default::default()
+        },
         settings: Default::default(),
         runtime_nats: Arc::new(RuntimeNats {
             names: names.clone(),
@@ -101,6 +108,7 @@ async fn run_on(url: &str, names: &Names, access: &NatsAccess, options: &Revocat
     });
     tokio::spawn(async move { axum::serve(listener, router(state)).await });
     let commits = CommitWatch::start(url).await?;
+    let notices = NoticeWatch::start(access, names).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     println!(
@@ -118,7 +126,8 @@ async fn run_on(url: &str, names: &Names, access: &NatsAccess, options: &Revocat
     );
     println!("{:>6} {:<38} {:>9} {:>9} {:>9}", "N", "measurement", "p50 ms", "p99 ms", "max ms");
     for &n in &options.clients {
-        let (from_return, from_commit, connects) = revocations(&base, &secret, options, n, &commits).await?;
+        let (from_return, from_commit, to_notice, connects) =
+            revocations(&base, &secret, options, n, &commits, &notices).await?;
         let floor = raw_fanout(access, names, n, options.rounds).await?;
         println!(
             "{:>6} {:<38} {:>9} {:>9} {:>9}   all {n} in {:.2} s",
@@ -154,6 +163,7 @@ async fn run_on(url: &str, names: &Names, access: &NatsAccess, options: &Revocat
         for (label, summary) in [
             (returned, &from_return),
             ("commit → last client dropped", &from_commit),
+            ("commit → revoked notice at one watcher", &to_notice),
             ("raw core NATS publish → last of N", &floor),
         ] {
             println!("{:>6} {:<38} {:>9} {:>9} {:>9}", n, label, ms(summary.p50), ms(summary.p99), ms(summary.max));
@@ -189,7 +199,8 @@ async fn revocations(
     options: &RevocationOptions,
     n: usize,
     commits: &CommitWatch,
-) -> anyhow::Result<(Summary, Summary, Connects)> {
+    notices: &NoticeWatch,
+) -> anyhow::Result<(Summary, Summary, Summary, Connects)> {
     let owner = OwnerId::parse(format!("owner-{n}")).map_err(|e| anyhow::anyhow!("{e}"))?;
     let user_token = mint_user_token(secret, &owner, chrono::Utc::now().timestamp() + 3600)?;
     let http = reqwest::Client::new();
@@ -228,6 +239,7 @@ async fn revocations(
     let mut receivers: Vec<_> = clients.iter().map(|client| client.invalidations()).collect();
     let mut from_return = Vec::new();
     let mut from_commit = Vec::new();
+    let mut to_notice = Vec::new();
     for round in 0..options.rounds {
         // Each round on a service of its own, so that each round's stream
         // starts empty (a stream is folded whole per command).
@@ -280,6 +292,7 @@ async fn revocations(
         }
         commits.clear();
         tokio::time::sleep(Duration::from_millis(200)).await;
+        notices.clear();
 
         let response = if options.replace {
             http.post(format!("{base}/v1/connections/{id}/replace"))
@@ -320,10 +333,18 @@ async fn revocations(
         from_return.push(last.saturating_duration_since(returned));
         if let Some(committed) = commits.first_after(returned - Duration::from_secs(5)) {
             from_commit.push(last.saturating_duration_since(committed));
+            if let Some(noticed) = notices.first() {
+                to_notice.push(noticed.saturating_duration_since(committed));
+            }
         }
     }
     let window = Duration::from_secs(1);
-    Ok((Summary::new(from_return, window), Summary::new(from_commit, window), connects))
+    Ok((
+        Summary::new(from_return, window),
+        Summary::new(from_commit, window),
+        Summary::new(to_notice, window),
+        connects,
+    ))
 }
 
 /// How long runtimes took to obtain NATS credentials and connect (and how
@@ -364,6 +385,42 @@ impl CommitWatch {
 
     fn first_after(&self, after: Instant) -> Option<Instant> {
         self.seen.lock().expect("commits").iter().copied().find(|at| *at >= after)
+    }
+}
+
+/// Records when `revoked` notices reach one plain subscriber (where the
+/// time from commit to the last runtime goes: to the notice, or after it).
+struct NoticeWatch {
+    seen: Arc<std::sync::Mutex<Vec<Instant>>>,
+    _client: async_nats::Client,
+}
+
+impl NoticeWatch {
+    async fn start(access: &NatsAccess, names: &Names) -> anyhow::Result<Self> {
+        let mut grant = connections_natsauth::Grant::service(names);
+        grant.subscribe.allow.push(names.notices_wildcard());
+        let client = connect_as(access, &grant, &names.service_inbox(), "notice watcher").await?;
+        let mut subscription = client.subscribe(names.notices_wildcard()).await?;
+        client.flush().await?;
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let recorder = seen.clone();
+        tokio::spawn(async move {
+            while let Some(message) = subscription.next().await {
+                let at = Instant::now();
+                if serde_json::from_slice::<serde_json::Value>(&message.payload).is_ok_and(|n| n["kind"] == "revoked") {
+                    recorder.lock().expect("notices").push(at);
+                }
+            }
+        });
+        Ok(Self { seen, _client: client })
+    }
+
+    fn clear(&self) {
+        self.seen.lock().expect("notices").clear();
+    }
+
+    fn first(&self) -> Option<Instant> {
+        self.seen.lock().expect("notices").first().copied()
     }
 }
 
