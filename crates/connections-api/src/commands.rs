@@ -4,7 +4,8 @@
 
 use axum::http::StatusCode;
 use connections_domain::{
-    decide, Command, ConnectionId, CredentialKind, Event, OwnerId, OwnerService, Request, ServiceName, StateChanges,
+    decide, Command, ConnectionId, CredentialKind, Event, Focus, OwnerId, OwnerService, Request, ServiceName,
+    StateChanges,
 };
 use connections_fanout::{EnvelopeCursor, NoticedEvent};
 use connections_sealing::{
@@ -645,7 +646,27 @@ fn internal(what: &'static str) -> AttemptError {
     AttemptError::Fail(ApiError::Internal(what.into()))
 }
 
-/// Loads the state of the stream holding `connection_id`, for reads.
+/// The part of the state of `connection_id`'s stream that a command on
+/// that connection decides on (no history: its cost does not grow with the
+/// stream), for checks made before running one. In a transaction of its
+/// own, so that a stale copy is rebuilt under the stream's lock.
+pub async fn load_connection_state(
+    app: &AppState,
+    connection_id: ConnectionId,
+) -> Result<Option<OwnerService>, ApiError> {
+    let mut client = app.database.pool().get().await.map_err(StoreError::from)?;
+    let transaction = client.transaction().await.map_err(StoreError::from)?;
+    let Some(location) = ConnectionLocation::find(&transaction, connection_id).await? else {
+        return Ok(None);
+    };
+    let focus = Focus { connections: [connection_id].into(), ..Focus::default() };
+    let loaded = StreamState::load(&transaction, &location.stream_id(), &focus).await?;
+    transaction.commit().await.map_err(StoreError::from)?;
+    Ok(Some(loaded.state))
+}
+
+/// Loads the state of the stream holding `connection_id`, with its whole
+/// history, for the connection's view (when each agent was bound).
 pub async fn load_connection_stream(
     app: &AppState,
     connection_id: ConnectionId,

@@ -17,7 +17,7 @@ use connections_domain::{AgentId, Command, ConnectionId, OwnerId, ProblemDetail,
 use connections_sealing::{open, Credential};
 use connections_store::{RefreshSchedule, StoreError, StoredCredential};
 
-use crate::commands::{execute_for_owner, load_connection_stream, CommandInput, Target};
+use crate::commands::{execute_for_owner, load_connection_state, CommandInput, Target};
 use crate::oauth::{self, Refusal};
 use crate::problem::ApiError;
 use crate::state::AppState;
@@ -110,8 +110,8 @@ pub async fn refresh(
     let turn = flight.lock().await;
     let outcome = async {
         // Another refresh (or a rotation, or a revocation) may have come first.
-        match load_connection_stream(app, connection_id).await {
-            Ok(Some((state, _))) => match state.connections.get(&connection_id) {
+        match load_connection_state(app, connection_id).await {
+            Ok(Some(state)) => match state.connections.get(&connection_id) {
                 Some(connection) if !connection.is_active() => return Outcome::Revoked,
                 Some(connection) if connection.credential_version != from_version => return Outcome::Done,
                 Some(_) => {}

@@ -24,53 +24,17 @@ use crate::error::StoreError;
 use crate::log::{EventLog, RecordedEvent, StreamId, StreamVersion};
 
 /// The focused entries of one stream's copy, with the log's head of the
-/// stream, in one statement. `$1` stream id, `$2` named connections, `$3`
-/// focused agents, `$4` the connection all of whose agents are read (or
-/// NULL), `$5` how many agents of each named connection to carry.
-const LOAD: &str = "WITH head AS (SELECT version, default_connection FROM stream_heads WHERE stream_id = $1), \
-    logged AS (SELECT stream_version, position FROM events WHERE stream_id = $1 \
-        ORDER BY stream_version DESC LIMIT 1), \
-    bound AS ( \
-        SELECT agent_id, connection_id, source FROM stream_bindings WHERE stream_id = $1 AND agent_id = ANY($3) \
-        UNION \
-        SELECT agent_id, connection_id, source FROM stream_bindings WHERE stream_id = $1 AND connection_id = $4 \
-        UNION \
-        SELECT sample.* FROM unnest($2::uuid[]) AS named(id) CROSS JOIN LATERAL ( \
-            SELECT agent_id, connection_id, source FROM stream_bindings \
-            WHERE stream_id = $1 AND connection_id = named.id ORDER BY agent_id LIMIT $5) AS sample), \
-    wanted AS ( \
-        SELECT unnest($2::uuid[]) AS id \
-        UNION SELECT default_connection FROM head \
-        UNION SELECT connection_id FROM stream_bindings WHERE stream_id = $1 AND agent_id = ANY($3)) \
-    SELECT (SELECT version FROM head), (SELECT default_connection FROM head), \
-        coalesce((SELECT stream_version FROM logged), 0), coalesce((SELECT position FROM logged), 0), \
-        (SELECT coalesce(jsonb_agg(state), '[]') FROM stream_connections \
-            WHERE stream_id = $1 AND connection_id IN (SELECT id FROM wanted)), \
-        (SELECT coalesce(jsonb_agg(jsonb_build_array(agent_id, connection_id, source)), '[]') FROM bound)";
+/// stream, in one statement (`connections_load_state`, migration V16). `$1`
+/// stream id, `$2` named connections, `$3` focused agents, `$4` the
+/// connection all of whose agents are read (or NULL), `$5` how many agents
+/// of each named connection to carry.
+const LOAD: &str = "SELECT * FROM connections_load_state($1, $2, $3, $4, $5)";
 
-/// Writes a command's changes: `$1` stream id, `$2` events appended (or,
-/// with `$3`, the absolute version and default of a rebuild), `$4` whether the default changed and
-/// `$5` to what, `$6`/`$7` connections, `$8` agents unbound, `$9`-`$11`
-/// agents bound. The keys of `$8` and `$9` are disjoint, so the statement's
-/// parts never touch one row twice.
-const SAVE: &str = "WITH head AS ( \
-        INSERT INTO stream_heads (stream_id, version, default_connection) VALUES ($1, $2, $5) \
-        ON CONFLICT (stream_id) DO UPDATE SET \
-            version = CASE WHEN $3 THEN excluded.version ELSE stream_heads.version + excluded.version END, \
-            default_connection = CASE WHEN $3 OR $4 THEN excluded.default_connection \
-                ELSE stream_heads.default_connection END), \
-    connections AS ( \
-        INSERT INTO stream_connections (stream_id, connection_id, state) \
-        SELECT $1, c.id, c.state FROM unnest($6::uuid[], $7::jsonb[]) AS c(id, state) \
-        ON CONFLICT (stream_id, connection_id) DO UPDATE SET state = excluded.state), \
-    unbound AS (DELETE FROM stream_bindings WHERE stream_id = $1 AND agent_id = ANY($8)), \
-    bound AS ( \
-        INSERT INTO stream_bindings (stream_id, agent_id, connection_id, source) \
-        SELECT $1, b.agent, b.connection, b.source FROM unnest($9::text[], $10::uuid[], $11::text[]) \
-            AS b(agent, connection, source) \
-        ON CONFLICT (stream_id, agent_id) DO UPDATE SET connection_id = excluded.connection_id, \
-            source = excluded.source) \
-    SELECT 1";
+/// Writes a command's changes (`connections_save_state`, migration V16):
+/// `$1` stream id, `$2` events appended (or, with `$3`, the absolute version
+/// and default of a rebuild), `$4` whether the default changed and `$5` to
+/// what, `$6`/`$7` connections, `$8` agents unbound, `$9`-`$11` agents bound.
+const SAVE: &str = "SELECT connections_save_state($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
 
 /// A stream's state as a command decides on it.
 #[derive(Debug)]

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 
 use crate::auth::AuthenticatedUser;
 use crate::body::{path_param, JsonObject};
-use crate::commands::{execute, load_connection_stream, CommandInput, Target};
+use crate::commands::{execute, load_connection_state, CommandInput, Target};
 use crate::oauth::{self, Refusal, BROWSER_COOKIE, STATE_TTL};
 use crate::problem::ApiError;
 use crate::providers::valid_scope;
@@ -57,7 +57,7 @@ pub async fn reconnect(
     let connection_id = crate::routes::connections::connection_id(id)?;
     body.only(&["scopes"])?;
     let scopes = scopes_field(&body)?;
-    let Some((state, _)) = load_connection_stream(&app, connection_id).await? else {
+    let Some(state) = load_connection_state(&app, connection_id).await? else {
         return Err(ApiError::NotFound);
     };
     let connection = state.connection_for(&owner, connection_id).ok_or(ApiError::NotFound)?;

@@ -246,3 +246,38 @@ async fn history_lists_every_event_about_the_connection_in_order_with_actors() {
         assert_eq!(answer.body["field"], field, "{query}");
     }
 }
+
+#[tokio::test]
+async fn a_connection_used_by_more_agents_than_an_answer_lists_says_so() {
+    let app = TestApp::new().await;
+    let id = app.create("alice", "github", None).await;
+    let mut answer = None;
+    for n in (0..102).rev() {
+        let body = json!({"agent_id": format!("agent-{n:03}")});
+        let assigned = app.send(Method::POST, format!("/v1/connections/{id}/agents"), Some("alice"), Some(body)).await;
+        assert_eq!(assigned.status, StatusCode::OK, "{}", assigned.body);
+        answer = Some(assigned.body);
+    }
+    let expected: Vec<String> = (0..100).map(|n| format!("agent-{n:03}")).collect();
+    let listed = |view: &Value| -> Vec<String> {
+        view["agents"].as_array().expect("agents").iter().map(|a| a["agent_id"].as_str().expect("id").into()).collect()
+    };
+    let answer = answer.expect("assigned");
+    assert_eq!(listed(&answer), expected, "the first 100 agents by id");
+    assert_eq!(answer["agents_truncated"], true);
+    let shown = app.send(Method::GET, format!("/v1/connections/{id}"), Some("alice"), None).await;
+    assert_eq!((listed(&shown.body), &shown.body["agents_truncated"]), (expected, &json!(true)));
+    // 101 left: still more than listed; the 101st moves up into the list.
+    let unassigned =
+        app.send(Method::DELETE, format!("/v1/connections/{id}/agents/agent-050"), Some("alice"), None).await;
+    assert_eq!(unassigned.status, StatusCode::OK, "{}", unassigned.body);
+    let mut expected: Vec<String> = (0..101).filter(|n| *n != 50).map(|n| format!("agent-{n:03}")).collect();
+    assert_eq!((listed(&unassigned.body), &unassigned.body["agents_truncated"]), (expected.clone(), &json!(true)));
+    // 100 left: the answer lists them all, and says nothing more.
+    let unassigned =
+        app.send(Method::DELETE, format!("/v1/connections/{id}/agents/agent-051"), Some("alice"), None).await;
+    expected.retain(|agent| agent != "agent-051");
+    expected.push("agent-101".into());
+    assert_eq!(listed(&unassigned.body), expected);
+    assert!(unassigned.body.get("agents_truncated").is_none(), "{}", unassigned.body);
+}

@@ -190,6 +190,9 @@ async fn run_on(url: &str, options: &StreamsOptions) -> anyhow::Result<()> {
         "worst p99 against the fresh stream of the same round: assign {:.2}, resolve {:.2} (goal ≤ 2)",
         worst[0], worst[1]
     );
+    for round in 0..options.rounds {
+        first_resolutions_at_once(&http, &base, &secret, round).await?;
+    }
     raw.pool().close();
     database.pool().close();
     Ok(())
@@ -234,6 +237,63 @@ impl Shape {
             .error_for_status()?;
         Ok(())
     }
+}
+
+/// 100 agents of one owner resolve the same service for the first time at
+/// the same moment: each binds the default, on the owner's one stream.
+async fn first_resolutions_at_once(
+    http: &reqwest::Client,
+    base: &str,
+    secret: &[u8],
+    round: usize,
+) -> anyhow::Result<()> {
+    let label = format!("burst-{round}");
+    let owner = OwnerId::parse(label.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let expires = chrono::Utc::now().timestamp() + 3600;
+    let user_token = mint_user_token(secret, &owner, expires)?;
+    let body = json!({"service": "svc", "name": "n", "credential": {"kind": "api_key", "key": "k"}});
+    let created: serde_json::Value = http
+        .post(format!("{base}/v1/connections"))
+        .bearer_auth(&user_token)
+        .json(&body)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    http.put(format!("{base}/v1/services/svc/default"))
+        .bearer_auth(&user_token)
+        .json(&json!({"connection_id": created["connection_id"]}))
+        .send()
+        .await?
+        .error_for_status()?;
+    let mut tokens = Vec::with_capacity(100);
+    for n in 0..100 {
+        let agent = AgentId::parse(format!("agent-{n:03}")).map_err(|e| anyhow::anyhow!("{e}"))?;
+        tokens.push(mint_agent_token(secret, &agent, &owner, expires)?);
+    }
+    let statuses: Statuses = Arc::default();
+    let samples = Arc::new(Mutex::new(Vec::new()));
+    let started = Instant::now();
+    let tasks: Vec<_> = tokens
+        .iter()
+        .map(|token| {
+            let request = http.post(format!("{base}/v1/resolve")).bearer_auth(token).json(&json!({"service": "svc"}));
+            spawn_timed(request, samples.clone(), statuses.clone())
+        })
+        .collect();
+    for task in tasks {
+        let _ = task.await;
+    }
+    let summary = Summary::new(std::mem::take(&mut *samples.lock().expect("samples")), started.elapsed());
+    println!(
+        "100 first resolutions at once (round {round}): p50 {} ms, p99 {} ms, max {} ms; statuses {:?}",
+        ms(summary.p50),
+        ms(summary.p99),
+        ms(summary.max),
+        statuses.lock().expect("statuses")
+    );
+    Ok(())
 }
 
 /// Appends `history` events (agents bound and unbound in turn) and `agents`
