@@ -228,7 +228,7 @@ pub async fn backoff(attempt: usize) {
 /// after a lost race: 5 ms doubling per attempt, so that the attempts span
 /// about half a second (a restarting server or a full connection table may
 /// recover in that time).
-async fn after_transient(attempt: usize, error: &StoreError) {
+pub(crate) async fn after_transient(attempt: usize, error: &StoreError) {
     tracing::warn!(attempt, %error, cause = ?std::error::Error::source(error), "transient database failure, retrying");
     if attempt >= MAX_ATTEMPTS {
         return;

@@ -17,7 +17,7 @@ use connections_store::{
 };
 
 use crate::auth::AuthenticatedAgent;
-use crate::commands::{backoff, new_events, MAX_ATTEMPTS};
+use crate::commands::{after_transient, backoff, new_events, MAX_ATTEMPTS};
 use crate::problem::ApiError;
 use crate::refresh;
 use crate::state::AppState;
@@ -67,8 +67,20 @@ async fn resolve_attempts(
     // At most one refresh per resolve: after it, the answer is whatever the
     // stream holds (never a token known to have expired).
     let mut may_refresh = true;
+    let mut transient = None;
     for attempt in 1..=MAX_ATTEMPTS {
-        let transaction = PipelinedTransaction::new(app.database.client().await?);
+        // No connection free in time (many resolves queued on one stream's
+        // lock, say): wait and try again, as a command does.
+        let client = match app.database.client().await {
+            Ok(client) => client,
+            Err(error) if error.is_transient() => {
+                after_transient(attempt, &error).await;
+                transient = Some(error);
+                continue;
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let transaction = PipelinedTransaction::new(client);
         // Most resolves only read. One that lost a race to append (binding
         // the default) queues behind the stream's writers when it tries again.
         let lock = async {
@@ -100,8 +112,12 @@ async fn resolve_attempts(
             .connections
             .get(&binding.connection_id)
             .ok_or_else(|| internal("binding to an unknown connection"))?;
-        let mut position = loaded.last_position;
-        if !events.is_empty() {
+        // The binding's append (if any) and the reads of the credential go
+        // in one round trip: the stream's lock, when held, is held for less.
+        let binding_written = async {
+            if events.is_empty() {
+                return Ok(None);
+            }
             let metadata = Metadata {
                 actor: format!("agent:{}", agent.agent),
                 command_id: request_id,
@@ -118,22 +134,28 @@ async fn resolve_attempts(
                 EventLog::append(transaction.client(), &append, &metadata),
                 StreamState::save(transaction.client(), &stream_id, events.len(), &changes)
             );
-            match appended.and_then(|positions| saved.map(|()| positions)) {
-                Ok(positions) => position = positions.last().copied().unwrap_or(position),
-                Err(StoreError::Conflict { .. }) => {
-                    transaction.rollback().await?;
-                    backoff(attempt).await;
-                    continue;
-                }
-                Err(other) => return Err(other.into()),
+            appended.and_then(|positions| saved.map(|()| positions.last().copied()))
+        };
+        let (written, wrapped, sealed) = futures::join!(
+            binding_written,
+            StoredCredential::data_key(transaction.client(), binding.connection_id),
+            StoredCredential::sealed(transaction.client(), binding.connection_id, connection.credential_version)
+        );
+        let position = match written {
+            Ok(appended) => appended.unwrap_or(loaded.last_position),
+            Err(StoreError::Conflict { .. }) => {
+                transaction.rollback().await?;
+                backoff(attempt).await;
+                continue;
             }
-        }
+            Err(other) => return Err(other.into()),
+        };
         // No data key means the connection was revoked after we read the
         // stream: its credential is never handed out. The revoking
         // transaction has committed (the key and the events go together),
         // so a fresh read sees what replaced the binding: a replacement's
         // new connection, the default, or nothing (fail closed).
-        let Some(wrapped) = StoredCredential::data_key(transaction.client(), binding.connection_id).await? else {
+        let Some(wrapped) = wrapped? else {
             transaction.rollback().await?;
             if attempt < MAX_ATTEMPTS {
                 continue;
@@ -142,10 +164,7 @@ async fn resolve_attempts(
         };
         let data_key =
             app.master_key.unwrap(&wrapped, binding.connection_id).map_err(|e| ApiError::Internal(Box::new(e)))?;
-        let sealed =
-            StoredCredential::sealed(transaction.client(), binding.connection_id, connection.credential_version)
-                .await?
-                .ok_or_else(|| internal("active connection without its sealed credential"))?;
+        let sealed = sealed?.ok_or_else(|| internal("active connection without its sealed credential"))?;
         let credential = open(&data_key, &sealed, binding.connection_id, &agent.owner, connection.credential_version)
             .map_err(|e| ApiError::Internal(Box::new(e)))?;
         // OAuth tokens expiring within the margin are refreshed first, with
@@ -203,7 +222,10 @@ async fn resolve_attempts(
             needs_attention: connection.needs_attention,
         });
     }
-    Err(ApiError::ConcurrencyExhausted)
+    match transient {
+        Some(error) => Err(ApiError::Unavailable(Box::new(error))),
+        None => Err(ApiError::ConcurrencyExhausted),
+    }
 }
 
 fn internal(what: &'static str) -> ApiError {

@@ -85,7 +85,10 @@ async fn run_on(
     let master_key = Arc::new(MasterKey::from_base64("bench", &MasterKey::generate_base64()?)?);
     // The server's pool as `serve` sizes it by default.
     let product_database = connect_pool(url, crate::config::default_pool_size())?.named("commands");
-    let state = crate::config::local_state(product_database, reads, master_key, &secret, Default::default())?;
+    let mut state = crate::config::local_state(product_database, reads, master_key, &secret, Default::default())?;
+    // As `serve` runs it: revokes publish their urgent notice at once.
+    let nats = connections_fanout::nats::connect(access, names, "bench server").await?;
+    state.lifecycle.urgent_notices = Some(connections_fanout::UrgentNotices::new(nats, names.clone()));
     let base = super::serve_locally(state).await?;
     let signals = Signals::new();
     let (stop, stopping) = watch::channel(false);
