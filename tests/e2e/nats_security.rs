@@ -149,6 +149,8 @@ async fn a_hostile_runtime_is_refused_everything(version: NatsVersion) {
     let (hostile, errors) = runtime_with(&http, &server.agent_token("agent-1", "alice"), &nats.url).await;
     let own = format!("{prefix}.v2.notices.alice.agent.agent-1");
     let mut allowed = hostile.subscribe(own.clone()).await.expect("subscribe");
+    let own_connections = format!("{prefix}.v2.notices.alice.connection.*");
+    let mut allowed_connections = hostile.subscribe(own_connections.clone()).await.expect("subscribe");
     let forbidden_subscriptions = [
         format!("{prefix}.v1.events.>"),
         format!("{prefix}.v1.events.bob.github.connection_created"),
@@ -221,6 +223,7 @@ async fn a_hostile_runtime_is_refused_everything(version: NatsVersion) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(violations(&errors, "Subscription", &own), 0, "its own notices are allowed");
+    assert_eq!(violations(&errors, "Subscription", &own_connections), 0, "its owner's connection notices are allowed");
 
     // A revoke still reaches the good runtime at once.
     let (status, revoked) = http.call(reqwest::Method::DELETE, &format!("/v1/connections/{x}"), &alice, None).await;
@@ -234,15 +237,20 @@ async fn a_hostile_runtime_is_refused_everything(version: NatsVersion) {
         "{version:?}: the good runtime dropped the revoked credential {:?} after the revoke returned",
         returned.elapsed()
     );
-    // The hostile runtime hears its own binding end, and nothing else.
-    let notice =
-        tokio::time::timeout(Duration::from_secs(5), allowed.next()).await.expect("own notice").expect("message");
+    // The hostile runtime hears the revocation of its owner's connection
+    // (a revoke sends no notice per ended binding), and nothing else.
+    let notice = tokio::time::timeout(Duration::from_secs(5), allowed_connections.next())
+        .await
+        .expect("own connection's notice")
+        .expect("message");
     let notice: Value = serde_json::from_slice(&notice.payload).expect("notice JSON");
     let schema_path = connections_e2e::workspace_root().join("schemas/nats/notice.v1.json");
     let schema = serde_json::from_str(&std::fs::read_to_string(schema_path).expect("read")).expect("JSON");
     let schema = jsonschema::validator_for(&schema).expect("schema compiles");
     assert!(schema.is_valid(&notice), "not a notice.v1.json: {notice}");
-    assert_eq!((notice["agent_id"].clone(), notice["bound"].clone()), (json!("agent-1"), json!(false)));
+    assert_eq!((notice["kind"].clone(), notice["connection_id"].clone()), (json!("revoked"), json!(x)));
+    let unbound = tokio::time::timeout(Duration::from_millis(100), allowed.next()).await;
+    assert!(!matches!(unbound, Ok(Some(_))), "a revoke sent a binding notice: {unbound:?}");
     for (subject, subscription) in forbidden_subscriptions.iter().zip(&mut hostile_subscriptions) {
         let got = tokio::time::timeout(Duration::from_millis(20), subscription.next()).await;
         assert!(!matches!(got, Ok(Some(_))), "{subject} delivered a message to the hostile runtime");
