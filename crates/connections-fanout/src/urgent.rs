@@ -17,7 +17,7 @@ use bytes::Bytes;
 use connections_wire::{Names, Notice, NoticedEvent};
 
 /// How long a command waits for its urgent notices to reach the NATS server.
-const FLUSH_WITHIN: Duration = Duration::from_millis(250);
+const SENT_WITHIN: Duration = Duration::from_millis(250);
 
 /// Publishes urgent notices with the service's own NATS connection.
 #[derive(Clone)]
@@ -43,23 +43,29 @@ impl UrgentNotices {
     }
 
     /// Publishes `notices` and waits (boundedly) until the server has them.
+    /// While the connection is down nothing is queued: the relay's copies
+    /// follow once NATS is back.
     pub async fn publish(&self, notices: &[(String, Notice)]) {
         if notices.is_empty() {
             return;
         }
-        for (subject, notice) in notices {
-            let mut headers = HeaderMap::new();
-            headers.insert("Nats-Msg-Id", format!("notice-{}", notice.event_id).as_str());
-            let payload = Bytes::from(serde_json::to_vec(notice).expect("a notice always serializes"));
-            if let Err(error) = self.client.publish_with_headers(subject.clone(), headers, payload).await {
-                tracing::warn!(%error, "an urgent notice was not sent; the relay's copy follows");
-                return;
-            }
+        if self.client.connection_state() != async_nats::connection::State::Connected {
+            tracing::warn!("NATS is down: urgent notices are left to the relay");
+            return;
         }
-        match tokio::time::timeout(FLUSH_WITHIN, self.client.flush()).await {
+        let sent = async {
+            for (subject, notice) in notices {
+                let mut headers = HeaderMap::new();
+                headers.insert("Nats-Msg-Id", format!("notice-{}", notice.event_id).as_str());
+                let payload = Bytes::from(serde_json::to_vec(notice).expect("a notice always serializes"));
+                self.client.publish_with_headers(subject.clone(), headers, payload).await.map_err(|e| e.to_string())?;
+            }
+            self.client.flush().await.map_err(|e| e.to_string())
+        };
+        match tokio::time::timeout(SENT_WITHIN, sent).await {
             Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::warn!(%error, "urgent notices not flushed; the relay's copies follow"),
-            Err(_) => tracing::warn!("urgent notices not flushed in time; the relay's copies follow"),
+            Ok(Err(error)) => tracing::warn!(%error, "urgent notices not sent; the relay's copies follow"),
+            Err(_) => tracing::warn!("urgent notices not sent in time; the relay's copies follow"),
         }
     }
 }
