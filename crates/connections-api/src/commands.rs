@@ -11,9 +11,9 @@ use connections_fanout::{EnvelopeCursor, NoticedEvent};
 use connections_sealing::{
     open, seal, Credential, DataKey, FingerprintKey, MasterKey, SealedCredential, WrappedDataKey,
 };
-use connections_store::codec::encode;
+use connections_store::codec::new_events;
 use connections_store::{
-    fold, ConnectionLocation, CredentialHygiene, EventLog, IdempotencyClaim, Metadata, NewEvent, PipelinedTransaction,
+    fold, ConnectionLocation, CredentialHygiene, EventLog, IdempotencyClaim, Metadata, PipelinedTransaction,
     RecordedEvent, RefreshSchedule, StoreError, StoredCredential, StoredResponse, StreamAppend, StreamId, StreamState,
     UpstreamRevocations,
 };
@@ -145,16 +145,9 @@ async fn execute_attempts(
     let command_id = uuid::Uuid::now_v7();
     let mut transient = None;
     for attempt in 1..=MAX_ATTEMPTS {
-        let client = match app.database.client().await {
-            Ok(client) => client,
-            Err(error) if error.is_transient() => {
-                after_transient(attempt, &error).await;
-                transient = Some(error);
-                continue;
-            }
-            Err(error) => return Err(error.into()),
+        let Some(transaction) = attempt_transaction(app, attempt, &mut transient).await? else {
+            continue;
         };
-        let transaction = PipelinedTransaction::new(client);
         // BEGIN is sent together with the command's first reads.
         let (begun, outcome) = futures::join!(
             transaction.begin(),
@@ -215,6 +208,27 @@ async fn execute_attempts(
     }
 }
 
+/// The transaction of `attempt` of a command or a resolve, on a connection
+/// of the commands pool. A transient failure to get one (none free in time,
+/// the server restarting) is logged, waited out and kept in `transient`
+/// (the answer if every attempt meets one); `None` then means: go on to the
+/// next attempt.
+pub(crate) async fn attempt_transaction(
+    app: &AppState,
+    attempt: usize,
+    transient: &mut Option<StoreError>,
+) -> Result<Option<PipelinedTransaction>, ApiError> {
+    match app.database.client().await {
+        Ok(client) => Ok(Some(PipelinedTransaction::new(client))),
+        Err(error) if error.is_transient() => {
+            after_transient(attempt, &error).await;
+            *transient = Some(error);
+            Ok(None)
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
 /// A short random pause before retrying a lost race, growing with the
 /// attempt, so that many writers on one stream do not collide in lockstep.
 pub async fn backoff(attempt: usize) {
@@ -228,7 +242,7 @@ pub async fn backoff(attempt: usize) {
 /// after a lost race: 5 ms doubling per attempt, so that the attempts span
 /// about half a second (a restarting server or a full connection table may
 /// recover in that time).
-pub(crate) async fn after_transient(attempt: usize, error: &StoreError) {
+async fn after_transient(attempt: usize, error: &StoreError) {
     tracing::warn!(attempt, %error, cause = ?std::error::Error::source(error), "transient database failure, retrying");
     if attempt >= MAX_ATTEMPTS {
         return;
@@ -420,17 +434,6 @@ fn is_urgent(event: &Event) -> bool {
         event,
         Event::ConnectionRevoked { .. } | Event::CredentialRotated { .. } | Event::CredentialRefreshed { .. }
     )
-}
-
-/// Events in their stored form, each with a new id, ready to append.
-pub fn new_events(events: &[Event]) -> Vec<NewEvent> {
-    events
-        .iter()
-        .map(|event| {
-            let (event_type, schema_version, data) = encode(event);
-            NewEvent { event_id: uuid::Uuid::now_v7(), event_type, schema_version, data }
-        })
-        .collect()
 }
 
 /// A write to a side table that an event calls for, made in the event's transaction.

@@ -13,14 +13,15 @@
 use connections_domain::{decide, BindingSource, Command, ConnectionId, Request, ServiceName, StateChanges};
 use connections_sealing::{open, Credential};
 use connections_store::{
-    Access, EventLog, Metadata, PipelinedTransaction, StoreError, StoredCredential, StreamAppend, StreamId, StreamState,
+    Access, EventLog, Metadata, StoreError, StoredCredential, StreamAppend, StreamId, StreamState,
 };
 
 use crate::auth::AuthenticatedAgent;
-use crate::commands::{after_transient, backoff, new_events, MAX_ATTEMPTS};
+use crate::commands::{attempt_transaction, backoff, MAX_ATTEMPTS};
 use crate::problem::ApiError;
 use crate::refresh;
 use crate::state::AppState;
+use connections_store::codec::new_events;
 
 /// How long a runtime may use a resolved credential without hearing from us:
 /// the last safety net behind revocation notices and fail-closed caching.
@@ -71,16 +72,9 @@ async fn resolve_attempts(
     for attempt in 1..=MAX_ATTEMPTS {
         // No connection free in time (many resolves queued on one stream's
         // lock, say): wait and try again, as a command does.
-        let client = match app.database.client().await {
-            Ok(client) => client,
-            Err(error) if error.is_transient() => {
-                after_transient(attempt, &error).await;
-                transient = Some(error);
-                continue;
-            }
-            Err(error) => return Err(error.into()),
+        let Some(transaction) = attempt_transaction(app, attempt, &mut transient).await? else {
+            continue;
         };
-        let transaction = PipelinedTransaction::new(client);
         // Most resolves only read. One that lost a race to append (binding
         // the default) queues behind the stream's writers when it tries again.
         let lock = async {

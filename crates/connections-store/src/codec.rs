@@ -430,6 +430,17 @@ pub fn binding_source_name(source: BindingSource) -> &'static str {
     }
 }
 
+/// Events in their stored form, each with a new id, ready to append.
+pub fn new_events(events: &[Event]) -> Vec<crate::NewEvent> {
+    events
+        .iter()
+        .map(|event| {
+            let (event_type, schema_version, data) = encode(event);
+            crate::NewEvent { event_id: uuid::Uuid::now_v7(), event_type, schema_version, data }
+        })
+        .collect()
+}
+
 /// A binding source from its stored name.
 pub fn binding_source_from_name(name: &str) -> Option<BindingSource> {
     match name {

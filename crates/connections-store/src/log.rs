@@ -302,7 +302,7 @@ impl EventLog {
     /// statements is sent when first polled: an append and the statements
     /// after it then reach the server in that order, which keeps the order
     /// in which writers of a stream take its rows (no deadlocks).
-    pub async fn prepare_append(client: &impl GenericClient) -> Result<(), StoreError> {
+    pub(crate) async fn prepare_append(client: &impl GenericClient) -> Result<(), StoreError> {
         futures_util::future::try_join(client.prepare_cached(APPEND_ONE), client.prepare_cached(APPEND)).await?;
         Ok(())
     }

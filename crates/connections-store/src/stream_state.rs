@@ -115,7 +115,7 @@ impl StreamState {
     /// Replaces the copy of `stream_id` with a fold of the log, under the
     /// stream's lock (taken here; a command may already hold it). Returns
     /// the whole state, its version and the stream's last position.
-    pub async fn rebuild(
+    async fn rebuild(
         client: &impl GenericClient,
         stream_id: &StreamId,
     ) -> Result<(OwnerService, StreamVersion, i64), StoreError> {

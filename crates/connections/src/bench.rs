@@ -109,11 +109,34 @@ async fn bench_nats(access: &NatsAccess, names: &connections_fanout::Names) -> a
     Ok(connections_fanout::nats::connect_as(access, &grant, &names.service_inbox(), "bench").await?)
 }
 
+/// A benchmark's own fresh, migrated database on `server`;
+/// [`BenchDatabase::remove`] drops it.
+struct BenchDatabase {
+    server: String,
+    name: String,
+    url: String,
+}
+
+impl BenchDatabase {
+    /// Creates and migrates a database of a new name.
+    async fn create(server: &str) -> anyhow::Result<Self> {
+        let name = format!("connections_bench_{}", uuid::Uuid::now_v7().simple());
+        let url = format!("{}/{}", server.trim_end_matches('/'), name);
+        connections_store::ensure_database(&url).await?;
+        connections_store::migrate(&url).await?;
+        Ok(Self { server: server.to_owned(), name, url })
+    }
+
+    /// Drops the database.
+    async fn remove(self) -> anyhow::Result<()> {
+        append::drop_database(&self.server, &self.name).await
+    }
+}
+
 /// A benchmark's own deployment: a fresh, migrated database on `server` and
 /// a NATS prefix of its own; [`Deployment::remove`] drops both.
 struct Deployment {
-    server: String,
-    name: String,
+    database: BenchDatabase,
     url: String,
     names: connections_fanout::Names,
     access: NatsAccess,
@@ -122,14 +145,11 @@ struct Deployment {
 impl Deployment {
     /// Creates the database and picks the prefix (`tag` and a random suffix).
     async fn create(server: &str, nats_url: &str, tag: &str) -> anyhow::Result<Self> {
-        let name = format!("connections_bench_{}", uuid::Uuid::now_v7().simple());
-        let url = format!("{}/{}", server.trim_end_matches('/'), name);
-        connections_store::ensure_database(&url).await?;
-        connections_store::migrate(&url).await?;
+        let database = BenchDatabase::create(server).await?;
         let names =
             connections_fanout::Names::new(&format!("{tag}{}", &uuid::Uuid::now_v7().simple().to_string()[20..]))?;
         let access = nats_access(nats_url)?;
-        Ok(Self { server: server.to_owned(), name, url, names, access })
+        Ok(Self { url: database.url.clone(), database, names, access })
     }
 
     /// Deletes the prefix's streams and drops the database.
@@ -137,6 +157,6 @@ impl Deployment {
         let context = async_nats::jetstream::new(bench_nats(&self.access, &self.names).await?);
         let _ = context.delete_stream(self.names.events_stream()).await;
         let _ = context.delete_stream(self.names.notices_stream()).await;
-        append::drop_database(&self.server, &self.name).await
+        self.database.remove().await
     }
 }

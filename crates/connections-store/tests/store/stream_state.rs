@@ -3,8 +3,8 @@
 //! that missed appends is rebuilt from the log.
 
 use connections_domain::*;
-use connections_store::codec::encode;
-use connections_store::{fold, EventLog, NewEvent, StreamAppend, StreamId, StreamState};
+use connections_store::codec::new_events;
+use connections_store::{fold, EventLog, StreamAppend, StreamId, StreamState};
 use connections_testkit::TestDatabase;
 
 use super::metadata;
@@ -15,16 +15,6 @@ fn conn(n: u64) -> ConnectionId {
 
 fn agent(n: u64) -> AgentId {
     AgentId::parse(format!("agent-{n:03}")).expect("agent id")
-}
-
-fn new_events(events: &[Event]) -> Vec<NewEvent> {
-    events
-        .iter()
-        .map(|event| {
-            let (event_type, schema_version, data) = encode(event);
-            NewEvent { event_id: uuid::Uuid::now_v7(), event_type, schema_version, data }
-        })
-        .collect()
 }
 
 /// Runs `command` as the API does: load its focus under the stream's lock,

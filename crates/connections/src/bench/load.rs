@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use connections_api::auth::{mint_agent_token, mint_user_token};
 use connections_domain::{AgentId, OwnerId};
 use connections_sealing::MasterKey;
-use connections_store::{connect_pool, ensure_database, migrate};
+use connections_store::connect_pool;
 use serde_json::json;
 
 use super::stats::{ms, Summary};
@@ -44,12 +44,9 @@ pub struct LoadOptions {
 
 /// Runs the benchmark.
 pub async fn run(options: LoadOptions) -> anyhow::Result<()> {
-    let name = format!("connections_bench_{}", uuid::Uuid::now_v7().simple());
-    let url = format!("{}/{}", options.server.trim_end_matches('/'), name);
-    ensure_database(&url).await?;
-    migrate(&url).await?;
-    let result = run_on(&url, &options).await;
-    super::append::drop_database(&options.server, &name).await?;
+    let database = super::BenchDatabase::create(&options.server).await?;
+    let result = run_on(&database.url, &options).await;
+    database.remove().await?;
     result
 }
 

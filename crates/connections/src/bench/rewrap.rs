@@ -13,7 +13,7 @@ use connections_api::auth::{mint_agent_token, mint_user_token};
 use connections_api::{rekey, AppState};
 use connections_domain::{AgentId, OwnerId};
 use connections_sealing::MasterKey;
-use connections_store::{connect_pool, ensure_database, migrate};
+use connections_store::connect_pool;
 use futures_util::StreamExt;
 use serde_json::json;
 
@@ -42,12 +42,9 @@ pub struct RewrapOptions {
 
 /// Runs the benchmark.
 pub async fn run(options: RewrapOptions) -> anyhow::Result<()> {
-    let name = format!("connections_bench_{}", uuid::Uuid::now_v7().simple());
-    let url = format!("{}/{}", options.server.trim_end_matches('/'), name);
-    ensure_database(&url).await?;
-    migrate(&url).await?;
-    let result = run_on(&url, &options).await;
-    super::append::drop_database(&options.server, &name).await?;
+    let database = super::BenchDatabase::create(&options.server).await?;
+    let result = run_on(&database.url, &options).await;
+    database.remove().await?;
     result
 }
 

@@ -19,12 +19,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use connections_api::auth::{mint_agent_token, mint_user_token};
-use connections_api::commands::new_events;
 use connections_domain::{AgentId, BindingSource, ConnectionId, Event, OwnerId, ServiceName, UnbindReason};
 use connections_sealing::MasterKey;
+use connections_store::codec::new_events;
 use connections_store::{
-    connect_pool, ensure_database, migrate, Database, EventLog, Metadata, PipelinedTransaction, StreamAppend, StreamId,
-    StreamVersion,
+    connect_pool, Database, EventLog, Metadata, PipelinedTransaction, StreamAppend, StreamId, StreamVersion,
 };
 use serde_json::json;
 
@@ -57,18 +56,15 @@ pub struct StreamsOptions {
 
 /// Runs the benchmark.
 pub async fn run(options: StreamsOptions) -> anyhow::Result<()> {
-    let name = format!("connections_bench_{}", uuid::Uuid::now_v7().simple());
-    let url = format!("{}/{}", options.server.trim_end_matches('/'), name);
-    ensure_database(&url).await?;
-    migrate(&url).await?;
-    let result = run_on(&url, &options).await;
-    super::append::drop_database(&options.server, &name).await?;
+    let database = super::BenchDatabase::create(&options.server).await?;
+    let result = run_on(&database.url, &options).await;
+    database.remove().await?;
     result
 }
 
 /// One stream under test.
 struct Shape {
-    label: &'static str,
+    label: String,
     user_token: String,
     agent_token: String,
     connection_id: String,
@@ -91,7 +87,7 @@ async fn run_on(url: &str, options: &StreamsOptions) -> anyhow::Result<()> {
     );
     let mut shapes = Vec::new();
     for (label, history, agents) in [("fresh", 0, 0), ("history", options.history, 0), ("busy", 0, options.agents)] {
-        let shape = Shape::create(&http, &base, &secret, label).await?;
+        let shape = Shape::create(&http, &base, &secret, label.to_owned()).await?;
         let seeded = Instant::now();
         let appended = seed(&database, label, &shape.connection_id, history, agents).await?;
         let seeding = seeded.elapsed();
@@ -201,8 +197,8 @@ async fn run_on(url: &str, options: &StreamsOptions) -> anyhow::Result<()> {
 impl Shape {
     /// The owner `label`'s connection for service `svc`: created over HTTP
     /// for agent `agent-r`, and made the default.
-    async fn create(http: &reqwest::Client, base: &str, secret: &[u8], label: &'static str) -> anyhow::Result<Self> {
-        let owner = OwnerId::parse(label).map_err(|e| anyhow::anyhow!("{e}"))?;
+    async fn create(http: &reqwest::Client, base: &str, secret: &[u8], label: String) -> anyhow::Result<Self> {
+        let owner = OwnerId::parse(label.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
         let agent = AgentId::parse("agent-r").map_err(|e| anyhow::anyhow!("{e}"))?;
         let expires = chrono::Utc::now().timestamp() + 3600;
         let user_token = mint_user_token(secret, &owner, expires)?;
@@ -247,26 +243,10 @@ async fn first_resolutions_at_once(
     secret: &[u8],
     round: usize,
 ) -> anyhow::Result<()> {
-    let label = format!("burst-{round}");
-    let owner = OwnerId::parse(label.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // A new owner's default (also bound to `agent-r`, who does not take part).
+    let shape = Shape::create(http, base, secret, format!("burst-{round}")).await?;
+    let owner = OwnerId::parse(shape.label).map_err(|e| anyhow::anyhow!("{e}"))?;
     let expires = chrono::Utc::now().timestamp() + 3600;
-    let user_token = mint_user_token(secret, &owner, expires)?;
-    let body = json!({"service": "svc", "name": "n", "credential": {"kind": "api_key", "key": "k"}});
-    let created: serde_json::Value = http
-        .post(format!("{base}/v1/connections"))
-        .bearer_auth(&user_token)
-        .json(&body)
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    http.put(format!("{base}/v1/services/svc/default"))
-        .bearer_auth(&user_token)
-        .json(&json!({"connection_id": created["connection_id"]}))
-        .send()
-        .await?
-        .error_for_status()?;
     let mut tokens = Vec::with_capacity(100);
     for n in 0..100 {
         let agent = AgentId::parse(format!("agent-{n:03}")).map_err(|e| anyhow::anyhow!("{e}"))?;
