@@ -8,7 +8,7 @@ use connections_fanout::Signals;
 use connections_sealing::MasterKey;
 use connections_store::Database;
 
-use crate::auth::Authenticator;
+use crate::auth::{AuthConfigError, Authenticator};
 use crate::problem::ApiError;
 use crate::providers::Providers;
 use crate::runtime_nats::RuntimeNats;
@@ -34,6 +34,35 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// This instance: its name, whether it is stopping, its NATS link.
     pub lifecycle: Lifecycle,
+}
+
+impl AppState {
+    /// A state that reaches no NATS (runtimes never ask it for NATS
+    /// credentials): for the benchmarks' in-process servers and the key
+    /// commands. Tokens are HS256 with `secret`.
+    pub fn local(
+        database: Database,
+        reads: Database,
+        master_key: Arc<MasterKey>,
+        secret: &[u8],
+        settings: Settings,
+    ) -> Result<Self, AuthConfigError> {
+        Ok(Self {
+            database,
+            reads,
+            master_key,
+            authenticator: Arc::new(Authenticator::hs256(secret)?),
+            signals: Signals::new(),
+            lifecycle: Lifecycle::default(),
+            runtime_nats: Arc::new(RuntimeNats {
+                names: connections_fanout::Names::new("local").expect("a valid prefix"),
+                urls: Vec::new(),
+                issuer: None,
+                ttl: Duration::from_secs(300),
+            }),
+            settings: Arc::new(settings),
+        })
+    }
 }
 
 /// What `/health`, `/ready` and `/metrics` report about this instance, and

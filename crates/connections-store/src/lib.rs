@@ -27,7 +27,7 @@ mod transaction;
 mod upkeep;
 
 pub use access_log::Access;
-pub use database::{connect_pool, ensure_database, Database};
+pub use database::{connect_pool, default_pool_size, ensure_database, Database};
 pub use error::StoreError;
 pub use hygiene::CredentialHygiene;
 pub use idempotency::{IdempotencyClaim, StoredResponse};

@@ -17,7 +17,7 @@ pub struct Config {
     pub database_url: String,
     /// `CONNECTIONS_NATS_URL`, default nats://127.0.0.1:4222.
     pub nats_url: String,
-    /// `CONNECTIONS_DATABASE_POOL`, default 8 per core (see [`default_pool_size`]).
+    /// `CONNECTIONS_DATABASE_POOL`, default 8 per core (see [`connections_store::default_pool_size`]).
     pub pool_size: usize,
     /// `CONNECTIONS_NATS_PREFIX`, default `connections`: the start of every
     /// subject, stream and consumer name.
@@ -87,23 +87,12 @@ fn upkeep() -> anyhow::Result<connections_api::UpkeepSettings> {
     })
 }
 
-/// The default size of the commands' pool: 8 connections per core. More
-/// commands in Postgres at once than that do not finish sooner; they queue
-/// for CPU behind one another and starve the relay and projector. Fewer
-/// share fewer commits per WAL flush. On 2 cores, the mix at concurrency 32
-/// (peers `project-commands`, 2026-11-30): a pool of 32 ran 1.18-1.26k
-/// commands/s with the projection 0.25-0.5 s behind at p99; 16, 1.24k/s and
-/// 0.1-0.25 s; 8, 1.03-1.06k/s and about 0.1 s.
-pub fn default_pool_size() -> usize {
-    8 * std::thread::available_parallelism().map_or(2, |n| n.get())
-}
-
 impl Config {
     /// Reads the configuration; keys and secrets are read separately.
     pub fn from_env() -> anyhow::Result<Self> {
         let listen =
             env_or("CONNECTIONS_LISTEN", "127.0.0.1:8080").parse().context("CONNECTIONS_LISTEN must be host:port")?;
-        let pool_size = env_or("CONNECTIONS_DATABASE_POOL", &default_pool_size().to_string())
+        let pool_size = env_or("CONNECTIONS_DATABASE_POOL", &connections_store::default_pool_size().to_string())
             .parse()
             .context("CONNECTIONS_DATABASE_POOL must be a number")?;
         let nats_url = env_or("CONNECTIONS_NATS_URL", "nats://127.0.0.1:4222");
@@ -291,31 +280,4 @@ pub fn jwt_audience() -> Option<String> {
 /// `CONNECTIONS_JWT_ISSUER`: when set, every token must carry this `iss`.
 pub fn jwt_issuer() -> Option<String> {
     std::env::var("CONNECTIONS_JWT_ISSUER").ok().filter(|v| !v.is_empty())
-}
-
-/// A server state that reaches no NATS (runtimes never ask it for NATS
-/// credentials): for the benchmarks' in-process servers and the key
-/// commands. Development tokens are HS256 with `secret`.
-pub fn local_state(
-    database: connections_store::Database,
-    reads: connections_store::Database,
-    master_key: Arc<MasterKey>,
-    secret: &[u8],
-    settings: connections_api::Settings,
-) -> anyhow::Result<connections_api::AppState> {
-    Ok(connections_api::AppState {
-        database,
-        reads,
-        master_key,
-        authenticator: Arc::new(Authenticator::hs256(secret)?),
-        signals: connections_fanout::Signals::new(),
-        lifecycle: connections_api::Lifecycle::default(),
-        runtime_nats: Arc::new(connections_api::runtime_nats::RuntimeNats {
-            names: Names::new("local")?,
-            urls: Vec::new(),
-            issuer: None,
-            ttl: std::time::Duration::from_secs(300),
-        }),
-        settings: Arc::new(settings),
-    })
 }

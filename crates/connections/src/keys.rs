@@ -27,7 +27,13 @@ pub fn state(database_url: &str) -> anyhow::Result<AppState> {
     let database = connections_store::connect_pool(database_url, 16)?;
     // No token is ever verified here: a random secret.
     let random = connections_sealing::MasterKey::generate_base64()?.into_bytes();
-    crate::config::local_state(database.clone(), database, crate::config::master_key()?, &random, Default::default())
+    Ok(connections_api::AppState::local(
+        database.clone(),
+        database,
+        crate::config::master_key()?,
+        &random,
+        Default::default(),
+    )?)
 }
 
 /// Runs a key command.

@@ -1,7 +1,6 @@
 //! `connections`: the server binary and its tools.
 
 mod audit;
-mod bench;
 mod config;
 mod keys;
 mod natscmd;
@@ -58,9 +57,6 @@ enum CliCommand {
     /// Read-model maintenance.
     #[command(subcommand)]
     Projections(ProjectionsCommand),
-    /// Benchmarks against the local services.
-    #[command(subcommand)]
-    Bench(bench::BenchCommand),
 }
 
 #[derive(Subcommand)]
@@ -154,6 +150,5 @@ async fn main() -> anyhow::Result<()> {
         CliCommand::Keys(command) => keys::run(command, &config::database_url()).await,
         CliCommand::Nats(command) => natscmd::run(command),
         CliCommand::Audit(command) => audit::run(command, config::database_url).await,
-        CliCommand::Bench(command) => bench::run(command).await,
     }
 }

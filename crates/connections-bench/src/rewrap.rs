@@ -18,9 +18,8 @@ use futures_util::StreamExt;
 use serde_json::json;
 
 use super::stats::{ms, Summary};
-use crate::config::local_state;
 
-/// Options of `connections bench rewrap`.
+/// Options of `connections-bench rewrap`.
 #[derive(clap::Args)]
 pub struct RewrapOptions {
     /// The Postgres server (a fresh database is created on it and dropped after).
@@ -42,14 +41,20 @@ pub struct RewrapOptions {
 
 /// Runs the benchmark.
 pub async fn run(options: RewrapOptions) -> anyhow::Result<()> {
-    let database = super::BenchDatabase::create(&options.server).await?;
+    let database = super::fresh_database(&options.server).await?;
     let result = run_on(&database.url, &options).await;
     database.remove().await?;
     result
 }
 
 fn state(url: &str, master_key: MasterKey, secret: &[u8]) -> anyhow::Result<AppState> {
-    local_state(connect_pool(url, 32)?, connect_pool(url, 8)?, Arc::new(master_key), secret, Default::default())
+    Ok(AppState::local(
+        connect_pool(url, 32)?,
+        connect_pool(url, 8)?,
+        Arc::new(master_key),
+        secret,
+        Default::default(),
+    )?)
 }
 
 async fn run_on(url: &str, options: &RewrapOptions) -> anyhow::Result<()> {

@@ -20,7 +20,7 @@ use serde_json::json;
 
 use super::stats::ms;
 
-/// Options of `connections bench failover`.
+/// Options of `connections-bench failover`.
 #[derive(clap::Args)]
 pub struct FailoverOptions {
     /// The Postgres server (a fresh database is created on it and dropped after).
@@ -50,10 +50,8 @@ struct Instance {
 
 /// Runs the benchmark.
 pub async fn run(options: FailoverOptions) -> anyhow::Result<()> {
-    let name = format!("connections_bench_{}", uuid::Uuid::now_v7().simple());
-    let url = format!("{}/{}", options.server.trim_end_matches('/'), name);
-    connections_store::ensure_database(&url).await?;
-    connections_store::migrate(&url).await?;
+    let database = super::fresh_database(&options.server).await?;
+    let url = database.url.clone();
     let names = Names::new(&format!("fbench{}", &uuid::Uuid::now_v7().simple().to_string()[20..]))?;
     let access = super::nats_access(&options.nats_url)?;
     let secret = MasterKey::generate_base64()?;
@@ -62,7 +60,7 @@ pub async fn run(options: FailoverOptions) -> anyhow::Result<()> {
     let context = async_nats::jetstream::new(super::bench_nats(&access, &names).await?);
     let _ = context.delete_stream(names.events_stream()).await;
     let _ = context.delete_stream(names.notices_stream()).await;
-    super::append::drop_database(&options.server, &name).await?;
+    database.remove().await?;
     result
 }
 
@@ -75,7 +73,7 @@ struct Env<'a> {
 
 impl Env<'_> {
     fn spawn(&self, index: usize) -> anyhow::Result<Instance> {
-        let mut command = Command::new(std::env::current_exe()?);
+        let mut command = Command::new(super::server_binary()?);
         command
             .arg("serve")
             .env("CONNECTIONS_DATABASE_URL", &self.url)

@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::stats::{ms, Summary};
 
-/// Options of `connections bench commands`.
+/// Options of `connections-bench commands`.
 #[derive(clap::Args)]
 pub struct CommandsOptions {
     /// The Postgres server (a fresh database is created on it and dropped after).
@@ -84,8 +84,8 @@ async fn run_on(
     let secret = MasterKey::generate_base64()?.into_bytes();
     let master_key = Arc::new(MasterKey::from_base64("bench", &MasterKey::generate_base64()?)?);
     // The server's pool as `serve` sizes it by default.
-    let product_database = connect_pool(url, crate::config::default_pool_size())?.named("commands");
-    let mut state = crate::config::local_state(product_database, reads, master_key, &secret, Default::default())?;
+    let product_database = connect_pool(url, connections_store::default_pool_size())?.named("commands");
+    let mut state = connections_api::AppState::local(product_database, reads, master_key, &secret, Default::default())?;
     // As `serve` runs it: revokes publish their urgent notice at once.
     let nats = connections_fanout::nats::connect(access, names, "bench server").await?;
     state.lifecycle.urgent_notices = Some(connections_fanout::UrgentNotices::new(nats, names.clone()));

@@ -2,7 +2,6 @@
 //! and inserts one row; (b) the store's append path; (c) the full HTTP command
 //! path (create a connection: parse, seal, decide, append, answer).
 
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,14 +13,13 @@ use connections_api::{router, AppState};
 use connections_domain::OwnerId;
 use connections_sealing::MasterKey;
 use connections_store::{
-    connect_pool, ensure_database, migrate, Database, EventLog, Metadata, NewEvent, PipelinedTransaction, StreamAppend,
-    StreamId, StreamVersion,
+    connect_pool, Database, EventLog, Metadata, NewEvent, PipelinedTransaction, StreamAppend, StreamId, StreamVersion,
 };
 use serde_json::json;
 
 use super::stats::{ms, Summary};
 
-/// Options of `connections bench append`.
+/// Options of `connections-bench append`.
 #[derive(clap::Args)]
 pub struct AppendOptions {
     /// The Postgres server (a fresh database is created on it and dropped after).
@@ -54,12 +52,9 @@ impl Mode {
 
 /// Runs the benchmark and prints one table.
 pub async fn run(options: AppendOptions) -> anyhow::Result<()> {
-    let name = format!("connections_bench_{}", uuid::Uuid::now_v7().simple());
-    let url = format!("{}/{}", options.server.trim_end_matches('/'), name);
-    ensure_database(&url).await?;
-    migrate(&url).await?;
-    let result = run_on(&url, &options).await;
-    drop_database(&options.server, &name).await?;
+    let database = super::fresh_database(&options.server).await?;
+    let result = run_on(&database.url, &options).await;
+    database.remove().await?;
     result
 }
 
@@ -254,15 +249,4 @@ impl HttpServer {
 
 async fn server_version(database: &Database) -> anyhow::Result<String> {
     Ok(database.pool().get().await?.query_one("SHOW server_version", &[]).await?.get(0))
-}
-
-pub(super) async fn drop_database(server: &str, name: &str) -> anyhow::Result<()> {
-    let config = tokio_postgres::Config::from_str(&format!("{}/postgres", server.trim_end_matches('/')))?;
-    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
-    tokio::spawn(connection);
-    client
-        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-        .await
-        .context("dropping the bench database")?;
-    Ok(())
 }

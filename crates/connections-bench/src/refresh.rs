@@ -20,14 +20,13 @@ use connections_api::providers::Providers;
 use connections_api::{Settings, UpkeepSettings};
 use connections_domain::OwnerId;
 use connections_sealing::MasterKey;
-use connections_store::{connect_pool, ensure_database, migrate};
+use connections_store::connect_pool;
 use futures_util::StreamExt;
 use serde_json::json;
 
 use super::stats::{ms, Summary};
-use crate::config::local_state;
 
-/// Options of `connections bench refresh`.
+/// Options of `connections-bench refresh`.
 #[derive(clap::Args)]
 pub struct RefreshOptions {
     /// The Postgres server (a fresh database is created on it and dropped after).
@@ -60,12 +59,9 @@ const MARGIN: Duration = Duration::from_secs(20);
 /// Runs the benchmark.
 pub async fn run(options: RefreshOptions) -> anyhow::Result<()> {
     let provider = Provider::start(&options.provider_script)?;
-    let name = format!("connections_bench_{}", uuid::Uuid::now_v7().simple());
-    let url = format!("{}/{}", options.server.trim_end_matches('/'), name);
-    ensure_database(&url).await?;
-    migrate(&url).await?;
-    let result = run_on(&url, &options, &provider.base).await;
-    super::append::drop_database(&options.server, &name).await?;
+    let database = super::fresh_database(&options.server).await?;
+    let result = run_on(&database.url, &options, &provider.base).await;
+    database.remove().await?;
     result
 }
 
@@ -115,7 +111,13 @@ async fn run_on(url: &str, options: &RefreshOptions, provider: &str) -> anyhow::
     let upkeep = UpkeepSettings { margin: MARGIN, concurrency: options.concurrency, ..Default::default() };
     let master_key = Arc::new(MasterKey::from_base64("bench", &MasterKey::generate_base64()?)?);
     let settings = Settings { providers, upkeep, ..Default::default() };
-    let state = local_state(connect_pool(url, 32)?, connect_pool(url, 16)?, master_key, &secret, settings)?;
+    let state = connections_api::AppState::local(
+        connect_pool(url, 32)?,
+        connect_pool(url, 16)?,
+        master_key,
+        &secret,
+        settings,
+    )?;
     let base = super::serve_locally(state.clone()).await?;
     let http = reqwest::Client::new();
 

@@ -29,9 +29,8 @@ use serde_json::json;
 
 use super::load::{spawn_timed, Statuses};
 use super::stats::{ms, Summary};
-use crate::config::local_state;
 
-/// Options of `connections bench streams`.
+/// Options of `connections-bench streams`.
 #[derive(clap::Args)]
 pub struct StreamsOptions {
     /// The Postgres server (a fresh database is created on it and dropped after).
@@ -56,7 +55,7 @@ pub struct StreamsOptions {
 
 /// Runs the benchmark.
 pub async fn run(options: StreamsOptions) -> anyhow::Result<()> {
-    let database = super::BenchDatabase::create(&options.server).await?;
+    let database = super::fresh_database(&options.server).await?;
     let result = run_on(&database.url, &options).await;
     database.remove().await?;
     result
@@ -73,8 +72,14 @@ struct Shape {
 async fn run_on(url: &str, options: &StreamsOptions) -> anyhow::Result<()> {
     let secret = MasterKey::generate_base64()?.into_bytes();
     let master_key = Arc::new(MasterKey::from_base64("bench", &MasterKey::generate_base64()?)?);
-    let database = connect_pool(url, crate::config::default_pool_size())?.named("commands");
-    let state = local_state(database.clone(), connect_pool(url, 8)?, master_key, &secret, Default::default())?;
+    let database = connect_pool(url, connections_store::default_pool_size())?.named("commands");
+    let state = connections_api::AppState::local(
+        database.clone(),
+        connect_pool(url, 8)?,
+        master_key,
+        &secret,
+        Default::default(),
+    )?;
     let base = super::serve_locally(state).await?;
     let raw = connect_pool(url, 8)?;
     super::append::create_raw_table(&raw).await?;

@@ -16,13 +16,12 @@ use std::time::{Duration, Instant};
 
 use connections_audit::replay::AsOf;
 use connections_audit::source::{read_log, LogFilter};
-use connections_store::{ensure_database, migrate};
 use futures_util::StreamExt;
 
 use super::generate::{generate_log, owner, OWNERS};
 use super::stats::{ms, Summary};
 
-/// Options of `connections bench audit`.
+/// Options of `connections-bench audit`.
 #[derive(clap::Args)]
 pub struct AuditOptions {
     /// The Postgres server (a fresh database is created on it and dropped after).
@@ -41,17 +40,15 @@ pub struct AuditOptions {
 
 /// Runs the benchmark.
 pub async fn run(options: AuditOptions) -> anyhow::Result<()> {
-    let name = format!("connections_bench_{}", uuid::Uuid::now_v7().simple());
-    let url = format!("{}/{}", options.server.trim_end_matches('/'), name);
-    ensure_database(&url).await?;
-    migrate(&url).await?;
-    let dir = options.keep_in.clone().unwrap_or_else(|| std::env::temp_dir().join(&name));
+    let database = super::fresh_database(&options.server).await?;
+    let (name, url) = (&database.name, &database.url);
+    let dir = options.keep_in.clone().unwrap_or_else(|| std::env::temp_dir().join(name));
     std::fs::create_dir_all(&dir)?;
-    let result = run_on(&url, &dir, &options).await;
+    let result = run_on(url, &dir, &options).await;
     if options.keep_in.is_none() {
         let _ = std::fs::remove_dir_all(&dir);
     }
-    super::append::drop_database(&options.server, &name).await?;
+    database.remove().await?;
     result
 }
 
@@ -70,7 +67,7 @@ struct Run {
 
 fn measure(url: &str, args: &[&str]) -> anyhow::Result<Run> {
     let started = Instant::now();
-    let mut child = Command::new(std::env::current_exe()?)
+    let mut child = Command::new(super::server_binary()?)
         .arg("audit")
         .args(args)
         .env("CONNECTIONS_DATABASE_URL", url)

@@ -19,15 +19,15 @@ use connections_fanout::relay::{self, RelayConfig};
 use connections_fanout::{Names, Signals};
 use connections_projections::projector::{self, ProjectorConfig};
 use connections_store::{
-    codec, connect_pool, ensure_database, migrate, Database, EventLog, LogCursor, Metadata, NewEvent,
-    PipelinedTransaction, StreamAppend, StreamId, StreamVersion,
+    codec, connect_pool, Database, EventLog, LogCursor, Metadata, NewEvent, PipelinedTransaction, StreamAppend,
+    StreamId, StreamVersion,
 };
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
 
 use super::stats::{ms, Summary};
 
-/// Options of `connections bench fanout`.
+/// Options of `connections-bench fanout`.
 #[derive(clap::Args)]
 pub struct FanoutOptions {
     /// The Postgres server (a fresh database is created on it and dropped after).
@@ -49,10 +49,8 @@ pub struct FanoutOptions {
 
 /// Runs the benchmark.
 pub async fn run(options: FanoutOptions) -> anyhow::Result<()> {
-    let name = format!("connections_bench_{}", uuid::Uuid::now_v7().simple());
-    let url = format!("{}/{}", options.server.trim_end_matches('/'), name);
-    ensure_database(&url).await?;
-    migrate(&url).await?;
+    let database = super::fresh_database(&options.server).await?;
+    let url = database.url.clone();
     let prefix = format!("bench{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
     let names = Names::new(&prefix)?;
     let access = super::nats_access(&options.nats_url)?;
@@ -62,7 +60,7 @@ pub async fn run(options: FanoutOptions) -> anyhow::Result<()> {
     let _ = context.delete_stream(names.events_stream()).await;
     let _ = context.delete_stream(names.notices_stream()).await;
     let _ = context.delete_stream(format!("{prefix}_raw")).await;
-    super::append::drop_database(&options.server, &name).await?;
+    database.remove().await?;
     result
 }
 
@@ -103,12 +101,9 @@ async fn run_on(url: &str, names: &Names, context: &jetstream::Context, options:
     database.pool().close();
 
     if options.rebuild_events > 0 {
-        let rebuild_db_name = format!("connections_bench_{}", uuid::Uuid::now_v7().simple());
-        let rebuild_url = format!("{}/{}", options.server.trim_end_matches('/'), rebuild_db_name);
-        ensure_database(&rebuild_url).await?;
-        migrate(&rebuild_url).await?;
-        let outcome = rebuild_bench(&rebuild_url, options.rebuild_events).await;
-        super::append::drop_database(&options.server, &rebuild_db_name).await?;
+        let rebuild_database = super::fresh_database(&options.server).await?;
+        let outcome = rebuild_bench(&rebuild_database.url, options.rebuild_events).await;
+        rebuild_database.remove().await?;
         outcome?;
     }
     Ok(())

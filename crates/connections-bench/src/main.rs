@@ -1,5 +1,7 @@
-//! `connections bench …`: benchmarks that always run their raw baseline in
+//! `connections-bench …`: benchmarks that always run their raw baseline in
 //! the same run and print ratios, because these machines are shared and noisy.
+//! They live apart from the server binary, which so carries neither the agent
+//! client nor an HTTP client.
 
 mod append;
 mod audit;
@@ -14,12 +16,32 @@ mod rewrap;
 mod stats;
 mod streams;
 
-use clap::Subcommand;
+use clap::{Parser, Subcommand};
 use connections_fanout::nats::NatsAccess;
+use connections_testkit::FreshDatabase;
+
+/// Benchmarks against the local services (PostgreSQL, NATS).
+#[derive(Parser)]
+#[command(name = "connections-bench", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: BenchCommand,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    // The driver prints every statement's parameters at debug level; those
+    // lines are never written, whatever CONNECTIONS_LOG asks.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CONNECTIONS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        .add_directive("tokio_postgres::query=info".parse().expect("a valid directive"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    run(Cli::parse().command).await
+}
 
 /// The benchmarks.
 #[derive(Subcommand)]
-pub enum BenchCommand {
+enum BenchCommand {
     /// Append throughput and latency: raw INSERT baseline, the store's
     /// append path, and the full HTTP command path, at several concurrencies.
     Append(append::AppendOptions),
@@ -64,7 +86,7 @@ pub enum BenchCommand {
 }
 
 /// Runs one benchmark.
-pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
+async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Append(options) => append::run(options).await,
         BenchCommand::Fanout(options) => fanout::run(options).await,
@@ -96,7 +118,7 @@ async fn serve_locally(state: connections_api::AppState) -> anyhow::Result<Strin
 /// (permissions in force), else without authentication.
 fn nats_access(url: &str) -> anyhow::Result<NatsAccess> {
     Ok(match std::env::var("CONNECTIONS_NATS_ISSUER_FILE") {
-        Ok(path) => NatsAccess::secured(url, std::sync::Arc::new(crate::config::issuer(&path)?)),
+        Ok(path) => NatsAccess::secured(url, std::sync::Arc::new(issuer(&path)?)),
         Err(_) => NatsAccess::insecure(url),
     })
 }
@@ -109,34 +131,35 @@ async fn bench_nats(access: &NatsAccess, names: &connections_fanout::Names) -> a
     Ok(connections_fanout::nats::connect_as(access, &grant, &names.service_inbox(), "bench").await?)
 }
 
-/// A benchmark's own fresh, migrated database on `server`;
-/// [`BenchDatabase::remove`] drops it.
-struct BenchDatabase {
-    server: String,
-    name: String,
-    url: String,
+/// The `connections` binary built next to this one (the audit and failover
+/// benchmarks run it as a process): `cargo build --release` builds both.
+fn server_binary() -> anyhow::Result<std::path::PathBuf> {
+    let path = std::env::current_exe()?.with_file_name("connections");
+    anyhow::ensure!(
+        path.is_file(),
+        "{} not found: build it with `cargo build --release -p connections`",
+        path.display()
+    );
+    Ok(path)
 }
 
-impl BenchDatabase {
-    /// Creates and migrates a database of a new name.
-    async fn create(server: &str) -> anyhow::Result<Self> {
-        let name = format!("connections_bench_{}", uuid::Uuid::now_v7().simple());
-        let url = format!("{}/{}", server.trim_end_matches('/'), name);
-        connections_store::ensure_database(&url).await?;
-        connections_store::migrate(&url).await?;
-        Ok(Self { server: server.to_owned(), name, url })
-    }
+/// The issuer in an issuer file (`connections nats init` writes one).
+fn issuer(path: &str) -> anyhow::Result<connections_natsauth::Issuer> {
+    use anyhow::Context;
+    let json = std::fs::read_to_string(path).with_context(|| format!("reading CONNECTIONS_NATS_ISSUER_FILE {path}"))?;
+    connections_natsauth::Issuer::from_json(&json).with_context(|| format!("CONNECTIONS_NATS_ISSUER_FILE {path}"))
+}
 
-    /// Drops the database.
-    async fn remove(self) -> anyhow::Result<()> {
-        append::drop_database(&self.server, &self.name).await
-    }
+/// A benchmark's own fresh, migrated database on `server`; its
+/// [`FreshDatabase::remove`] drops it.
+async fn fresh_database(server: &str) -> anyhow::Result<FreshDatabase> {
+    Ok(FreshDatabase::create(server, "connections_bench").await?)
 }
 
 /// A benchmark's own deployment: a fresh, migrated database on `server` and
 /// a NATS prefix of its own; [`Deployment::remove`] drops both.
 struct Deployment {
-    database: BenchDatabase,
+    database: FreshDatabase,
     url: String,
     names: connections_fanout::Names,
     access: NatsAccess,
@@ -145,7 +168,7 @@ struct Deployment {
 impl Deployment {
     /// Creates the database and picks the prefix (`tag` and a random suffix).
     async fn create(server: &str, nats_url: &str, tag: &str) -> anyhow::Result<Self> {
-        let database = BenchDatabase::create(server).await?;
+        let database = fresh_database(server).await?;
         let names =
             connections_fanout::Names::new(&format!("{tag}{}", &uuid::Uuid::now_v7().simple().to_string()[20..]))?;
         let access = nats_access(nats_url)?;
@@ -157,6 +180,6 @@ impl Deployment {
         let context = async_nats::jetstream::new(bench_nats(&self.access, &self.names).await?);
         let _ = context.delete_stream(self.names.events_stream()).await;
         let _ = context.delete_stream(self.names.notices_stream()).await;
-        self.database.remove().await
+        Ok(self.database.remove().await?)
     }
 }

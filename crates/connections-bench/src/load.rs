@@ -17,9 +17,8 @@ use connections_store::connect_pool;
 use serde_json::json;
 
 use super::stats::{ms, Summary};
-use crate::config::local_state;
 
-/// Options of `connections bench load`.
+/// Options of `connections-bench load`.
 #[derive(clap::Args)]
 pub struct LoadOptions {
     /// The Postgres server (a fresh database is created on it and dropped after).
@@ -44,7 +43,7 @@ pub struct LoadOptions {
 
 /// Runs the benchmark.
 pub async fn run(options: LoadOptions) -> anyhow::Result<()> {
-    let database = super::BenchDatabase::create(&options.server).await?;
+    let database = super::fresh_database(&options.server).await?;
     let result = run_on(&database.url, &options).await;
     database.remove().await?;
     result
@@ -57,7 +56,13 @@ async fn run_on(url: &str, options: &LoadOptions) -> anyhow::Result<()> {
     let secret = MasterKey::generate_base64()?.into_bytes();
     // As `serve` sizes them: commands and resolves apart from reads.
     let master_key = Arc::new(MasterKey::from_base64("bench", &MasterKey::generate_base64()?)?);
-    let state = local_state(connect_pool(url, 32)?, connect_pool(url, 16)?, master_key, &secret, Default::default())?;
+    let state = connections_api::AppState::local(
+        connect_pool(url, 32)?,
+        connect_pool(url, 16)?,
+        master_key,
+        &secret,
+        Default::default(),
+    )?;
     let base = super::serve_locally(state).await?;
 
     let owner = OwnerId::parse("load-owner").map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -30,7 +30,7 @@ use tokio::sync::watch;
 
 use super::stats::{ms, Summary};
 
-/// Options of `connections bench revocation`.
+/// Options of `connections-bench revocation`.
 #[derive(clap::Args)]
 pub struct RevocationOptions {
     /// The Postgres server (a fresh database is created on it and dropped after).
