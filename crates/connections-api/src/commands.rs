@@ -20,12 +20,10 @@ use connections_store::{
 use deadpool_postgres::GenericClient;
 use serde_json::Value;
 
+use crate::attempts::{self, Attempt, AttemptError, Step};
 use crate::problem::ApiError;
 use crate::state::AppState;
 use crate::{refresh, upstream};
-
-/// How many times a command is retried after losing an optimistic-concurrency race.
-pub const MAX_ATTEMPTS: usize = 8;
 
 /// Which stream a command addresses.
 #[derive(Debug, Clone)]
@@ -97,7 +95,7 @@ pub struct Decided {
 pub async fn execute(
     app: &AppState,
     input: CommandInput,
-    respond: impl Fn(&Decided) -> (StatusCode, Value),
+    respond: impl Fn(&Decided) -> (StatusCode, Value) + Sync,
 ) -> Result<(StatusCode, Value), ApiError> {
     execute_as(app, input, None, respond).await
 }
@@ -120,7 +118,7 @@ async fn execute_as(
     app: &AppState,
     input: CommandInput,
     component: Option<&'static str>,
-    respond: impl Fn(&Decided) -> (StatusCode, Value),
+    respond: impl Fn(&Decided) -> (StatusCode, Value) + Sync,
 ) -> Result<(StatusCode, Value), ApiError> {
     use tracing::Instrument;
     let command = input.command.name();
@@ -136,140 +134,49 @@ async fn execute_attempts(
     app: &AppState,
     input: CommandInput,
     component: Option<&'static str>,
-    respond: impl Fn(&Decided) -> (StatusCode, Value),
+    respond: impl Fn(&Decided) -> (StatusCode, Value) + Sync,
 ) -> Result<(StatusCode, Value), ApiError> {
     let recorded_actor = match component {
         Some(component) => format!("service:{component}"),
         None => input.actor.to_string(),
     };
     let command_id = uuid::Uuid::now_v7();
-    let mut transient = None;
-    for attempt in 1..=MAX_ATTEMPTS {
-        let Some(transaction) = attempt_transaction(app, attempt, &mut transient).await? else {
-            continue;
-        };
-        // BEGIN is sent together with the command's first reads.
-        let (begun, outcome) = futures::join!(
-            transaction.begin(),
-            attempt_once(app, transaction.client(), &input, &recorded_actor, command_id, &respond)
-        );
-        let outcome = match begun {
-            Err(error) => Err(AttemptError::from(error)),
-            Ok(()) => outcome,
-        };
-        match outcome {
-            Ok(Answered { answer, urgent }) => {
-                transaction
-                    .commit_and_notify(connections_fanout::EVENTS_CHANNEL)
-                    .await
-                    .map_err(ApiError::outcome_unknown)?;
-                if let Some(notices) = &app.lifecycle.urgent_notices {
-                    notices.publish(&urgent).await;
-                }
-                return Ok(answer);
-            }
-            Err(AttemptError::Conflict) => {
-                tracing::debug!(attempt, "optimistic concurrency conflict, retrying");
-                transaction.rollback().await?;
-                backoff(attempt).await;
-                continue;
-            }
-            Err(AttemptError::Transient(error)) => {
-                // Nothing was committed: the same command may run again on
-                // another connection. The connection may be broken, so it is
-                // not returned to the pool (dropping the transaction closes it).
-                drop(transaction);
-                after_transient(attempt, &error).await;
-                transient = Some(error);
-                continue;
-            }
-            Err(AttemptError::Refused(error)) => {
-                // A refusal is an answer too: store it for the key, append nothing.
-                if let Some(idempotency) = &input.idempotency {
+    let attempt = CommandAttempt { app, input: &input, recorded_actor: &recorded_actor, command_id, respond: &respond };
+    let Answered { answer, urgent, .. } = attempts::run(app, &attempt).await?;
+    if let Some(notices) = &app.lifecycle.urgent_notices {
+        notices.publish(&urgent).await;
+    }
+    Ok(answer)
+}
+
+/// A command's attempt.
+struct CommandAttempt<'a, R> {
+    app: &'a AppState,
+    input: &'a CommandInput,
+    recorded_actor: &'a str,
+    command_id: uuid::Uuid,
+    respond: &'a R,
+}
+
+impl<R: Fn(&Decided) -> (StatusCode, Value) + Sync> Attempt for CommandAttempt<'_, R> {
+    type Output = Answered;
+
+    async fn attempt(&self, transaction: &PipelinedTransaction, _: usize) -> Result<Step<Answered>, AttemptError> {
+        let Self { app, input, recorded_actor, command_id, respond } = *self;
+        let client = transaction.client();
+        match attempt_once(app, client, input, recorded_actor, command_id, respond).await {
+            Ok(answered) => Ok(Step::Commit { notify: !answered.replayed, answer: Ok(answered) }),
+            // A refusal is an answer too: stored for the key, nothing appended.
+            Err(AttemptError::Refused(error)) => match &input.idempotency {
+                Some(idempotency) => {
                     let (status, body) = error.to_problem();
                     let stored = StoredResponse { status: status.as_u16(), body };
-                    IdempotencyClaim::record(transaction.client(), input.actor.as_str(), &idempotency.key, &stored)
-                        .await?;
-                    transaction.commit().await.map_err(ApiError::outcome_unknown)?;
-                } else {
-                    transaction.rollback().await?;
+                    IdempotencyClaim::record(client, input.actor.as_str(), &idempotency.key, &stored).await?;
+                    Ok(Step::Commit { answer: Err(error), notify: false })
                 }
-                return Err(error);
-            }
-            Err(AttemptError::Fail(error)) => {
-                let _ = transaction.rollback().await;
-                return Err(error);
-            }
-        }
-    }
-    match transient {
-        Some(error) => Err(ApiError::Unavailable(Box::new(error))),
-        None => Err(ApiError::ConcurrencyExhausted),
-    }
-}
-
-/// The transaction of `attempt` of a command or a resolve, on a connection
-/// of the commands pool. A transient failure to get one (none free in time,
-/// the server restarting) is logged, waited out and kept in `transient`
-/// (the answer if every attempt meets one); `None` then means: go on to the
-/// next attempt.
-pub(crate) async fn attempt_transaction(
-    app: &AppState,
-    attempt: usize,
-    transient: &mut Option<StoreError>,
-) -> Result<Option<PipelinedTransaction>, ApiError> {
-    match app.database.client().await {
-        Ok(client) => Ok(Some(PipelinedTransaction::new(client))),
-        Err(error) if error.is_transient() => {
-            after_transient(attempt, &error).await;
-            *transient = Some(error);
-            Ok(None)
-        }
-        Err(error) => Err(error.into()),
-    }
-}
-
-/// A short random pause before retrying a lost race, growing with the
-/// attempt, so that many writers on one stream do not collide in lockstep.
-pub async fn backoff(attempt: usize) {
-    use std::hash::{BuildHasher, Hasher};
-    let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
-    let micros = random % (500 * attempt as u64 + 1);
-    tokio::time::sleep(std::time::Duration::from_micros(micros)).await;
-}
-
-/// Logs a transient database failure of `attempt`, then pauses longer than
-/// after a lost race: 5 ms doubling per attempt, so that the attempts span
-/// about half a second (a restarting server or a full connection table may
-/// recover in that time).
-async fn after_transient(attempt: usize, error: &StoreError) {
-    tracing::warn!(attempt, %error, cause = ?std::error::Error::source(error), "transient database failure, retrying");
-    if attempt >= MAX_ATTEMPTS {
-        return;
-    }
-    let millis = 5u64 << (attempt.min(8) - 1);
-    tokio::time::sleep(std::time::Duration::from_millis(millis)).await;
-    backoff(attempt).await;
-}
-
-enum AttemptError {
-    /// Another command won the race on the stream: decide again.
-    Conflict,
-    /// The database failed in a way that a new transaction on another
-    /// connection may get past (see [`StoreError::is_transient`]).
-    Transient(StoreError),
-    /// The command is refused: an answer, stored for an idempotency key.
-    Refused(ApiError),
-    /// Anything else.
-    Fail(ApiError),
-}
-
-impl From<StoreError> for AttemptError {
-    fn from(error: StoreError) -> Self {
-        match error {
-            StoreError::Conflict { .. } => AttemptError::Conflict,
-            error if error.is_transient() => AttemptError::Transient(error),
-            other => AttemptError::Fail(other.into()),
+                None => Ok(Step::RollBack(Err(error))),
+            },
+            Err(other) => Err(other),
         }
     }
 }
@@ -411,20 +318,22 @@ async fn decide_and_append(
         let stored = StoredResponse { status: status.as_u16(), body: body.clone() };
         IdempotencyClaim::record(transaction, input.actor.as_str(), &idempotency.key, &stored).await?;
     }
-    Ok(Answered { answer: (status, body), urgent })
+    Ok(Answered { answer: (status, body), urgent, replayed: false })
 }
 
 /// A command's answer, and the urgent notices its commit calls for.
 struct Answered {
     answer: (StatusCode, Value),
     urgent: Vec<(String, connections_fanout::Notice)>,
+    /// The stored answer of the key's first request: nothing was appended.
+    replayed: bool,
 }
 
 impl Answered {
     /// The stored answer of an idempotency key's first request (its notices
     /// went out then).
     fn replayed(answer: (StatusCode, Value)) -> Self {
-        Self { answer, urgent: Vec::new() }
+        Self { answer, urgent: Vec::new(), replayed: true }
     }
 }
 

@@ -6,6 +6,7 @@
 //! one transaction, retried on a lost optimistic-concurrency race. Every
 //! error is an RFC 9457 problem ([`problem`]).
 
+mod attempts;
 pub mod auth;
 pub mod body;
 pub mod commands;

@@ -13,11 +13,11 @@
 use connections_domain::{decide, BindingSource, Command, ConnectionId, Request, ServiceName, StateChanges};
 use connections_sealing::{open, Credential};
 use connections_store::{
-    Access, EventLog, Metadata, StoreError, StoredCredential, StreamAppend, StreamId, StreamState,
+    Access, EventLog, Metadata, PipelinedTransaction, StoredCredential, StreamAppend, StreamId, StreamState,
 };
 
+use crate::attempts::{self, Attempt, AttemptError, Step, MAX_ATTEMPTS};
 use crate::auth::AuthenticatedAgent;
-use crate::commands::{attempt_transaction, backoff, MAX_ATTEMPTS};
 use crate::problem::ApiError;
 use crate::refresh;
 use crate::state::AppState;
@@ -68,34 +68,75 @@ async fn resolve_attempts(
     // At most one refresh per resolve: after it, the answer is whatever the
     // stream holds (never a token known to have expired).
     let mut may_refresh = true;
-    let mut transient = None;
-    for attempt in 1..=MAX_ATTEMPTS {
-        // No connection free in time (many resolves queued on one stream's
-        // lock, say): wait and try again, as a command does.
-        let Some(transaction) = attempt_transaction(app, attempt, &mut transient).await? else {
-            continue;
+    loop {
+        let resolve = Resolve { app, agent, service, stream_id: &stream_id, request_id, may_refresh };
+        let found = attempts::run(app, &resolve).await?;
+        let (expired, connection_id, version, credential) = match found {
+            Found::Handed(resolution) => return Ok(resolution),
+            Found::Expiring { expired, connection_id, version, credential } => {
+                (expired, connection_id, version, credential)
+            }
         };
+        // OAuth tokens expiring within the margin are refreshed first, with
+        // no transaction open while the provider answers.
+        may_refresh = false;
+        let owner = &agent.owner;
+        match refresh::refresh(app, owner, Some(&agent.agent), service, connection_id, version, &credential).await {
+            // Revoked: the next read finds out what replaced it.
+            refresh::Outcome::Done | refresh::Outcome::Revoked => continue,
+            refresh::Outcome::Transient(_) | refresh::Outcome::Rejected if !expired => continue,
+            refresh::Outcome::Transient(_) => return Err(ApiError::RefreshUnavailable),
+            refresh::Outcome::Rejected => return Err(ApiError::CredentialExpired),
+        }
+    }
+}
+
+/// What an attempt found.
+enum Found {
+    /// The credential, handed out (once the attempt commits).
+    Handed(Resolution),
+    /// An OAuth credential to refresh first (`expired`: already unusable).
+    Expiring { expired: bool, connection_id: ConnectionId, version: u32, credential: Credential },
+}
+
+/// One resolve's request.
+struct Resolve<'a> {
+    app: &'a AppState,
+    agent: &'a AuthenticatedAgent,
+    service: &'a ServiceName,
+    stream_id: &'a StreamId,
+    request_id: uuid::Uuid,
+    may_refresh: bool,
+}
+
+impl Attempt for Resolve<'_> {
+    type Output = Found;
+
+    /// Decides on the stream (binding the default if the agent has no
+    /// binding yet), reads the credential, and records the hand-out.
+    async fn attempt(&self, transaction: &PipelinedTransaction, attempt: usize) -> Result<Step<Found>, AttemptError> {
+        let Self { app, agent, service, stream_id, request_id, may_refresh } = *self;
         // Most resolves only read. One that lost a race to append (binding
         // the default) queues behind the stream's writers when it tries again.
         let lock = async {
             match attempt {
                 1 => Ok(()),
-                _ => EventLog::lock_stream(transaction.client(), &stream_id).await,
+                _ => EventLog::lock_stream(transaction.client(), stream_id).await,
             }
         };
         let command = Command::ResolveForAgent { agent_id: agent.agent.clone() };
         let focus = command.focus();
-        let (begun, locked, loaded) =
-            futures::join!(transaction.begin(), lock, StreamState::load(transaction.client(), &stream_id, &focus));
-        begun?;
+        let (locked, loaded) = futures::join!(lock, StreamState::load(transaction.client(), stream_id, &focus));
         locked?;
         let loaded = loaded?;
         let request = Request { actor: agent.owner.clone(), command };
-        let events = decide(&loaded.state, &request).map_err(|error| match error {
-            connections_domain::DomainError::AuthorizationRequired => {
-                ApiError::AuthorizationRequired(service.to_string())
-            }
-            other => other.into(),
+        let events = decide(&loaded.state, &request).map_err(|error| {
+            AttemptError::Refused(match error {
+                connections_domain::DomainError::AuthorizationRequired => {
+                    ApiError::AuthorizationRequired(service.to_string())
+                }
+                other => other.into(),
+            })
         })?;
         let mut state = loaded.state.clone();
         for event in &events {
@@ -126,7 +167,7 @@ async fn resolve_attempts(
             StreamState::prepare(transaction.client()).await?;
             let (appended, saved) = futures::join!(
                 EventLog::append(transaction.client(), &append, &metadata),
-                StreamState::save(transaction.client(), &stream_id, events.len(), &changes)
+                StreamState::save(transaction.client(), stream_id, events.len(), &changes)
             );
             appended.and_then(|positions| saved.map(|()| positions.last().copied()))
         };
@@ -135,54 +176,29 @@ async fn resolve_attempts(
             StoredCredential::data_key(transaction.client(), binding.connection_id),
             StoredCredential::sealed(transaction.client(), binding.connection_id, connection.credential_version)
         );
-        let position = match written {
-            Ok(appended) => appended.unwrap_or(loaded.last_position),
-            Err(StoreError::Conflict { .. }) => {
-                transaction.rollback().await?;
-                backoff(attempt).await;
-                continue;
-            }
-            Err(other) => return Err(other.into()),
-        };
+        let position = written?.unwrap_or(loaded.last_position);
         // No data key means the connection was revoked after we read the
         // stream: its credential is never handed out. The revoking
         // transaction has committed (the key and the events go together),
         // so a fresh read sees what replaced the binding: a replacement's
         // new connection, the default, or nothing (fail closed).
         let Some(wrapped) = wrapped? else {
-            transaction.rollback().await?;
-            if attempt < MAX_ATTEMPTS {
-                continue;
-            }
-            return Err(ApiError::Revoked);
+            return Ok(match attempt < MAX_ATTEMPTS {
+                true => Step::Again,
+                false => Step::RollBack(Err(ApiError::Revoked)),
+            });
         };
         let data_key =
             app.master_key.unwrap(&wrapped, binding.connection_id).map_err(|e| ApiError::Internal(Box::new(e)))?;
         let sealed = sealed?.ok_or_else(|| internal("active connection without its sealed credential"))?;
         let credential = open(&data_key, &sealed, binding.connection_id, &agent.owner, connection.credential_version)
             .map_err(|e| ApiError::Internal(Box::new(e)))?;
-        // OAuth tokens expiring within the margin are refreshed first, with
-        // no transaction open while the provider answers.
         match refresh::due(app, service, &credential) {
             Some(expired) if may_refresh => {
-                transaction.rollback().await?;
-                may_refresh = false;
                 let (connection_id, version) = (binding.connection_id, connection.credential_version);
-                let owner = &agent.owner;
-                match refresh::refresh(app, owner, Some(&agent.agent), service, connection_id, version, &credential)
-                    .await
-                {
-                    // Revoked: the next read finds out what replaced it.
-                    refresh::Outcome::Done | refresh::Outcome::Revoked => continue,
-                    refresh::Outcome::Transient(_) | refresh::Outcome::Rejected if !expired => continue,
-                    refresh::Outcome::Transient(_) => return Err(ApiError::RefreshUnavailable),
-                    refresh::Outcome::Rejected => return Err(ApiError::CredentialExpired),
-                }
+                return Ok(Step::RollBack(Ok(Found::Expiring { expired, connection_id, version, credential })));
             }
-            Some(true) => {
-                transaction.rollback().await?;
-                return Err(ApiError::RefreshUnavailable);
-            }
+            Some(true) => return Ok(Step::RollBack(Err(ApiError::RefreshUnavailable))),
             _ => {}
         }
         Access {
@@ -194,34 +210,23 @@ async fn resolve_attempts(
         }
         .record(transaction.client())
         .await?;
-        // The hand-out is on record only once this commit returns.
-        if events.is_empty() {
-            transaction.commit().await.map_err(ApiError::outcome_unknown)?;
-        } else {
-            transaction
-                .commit_and_notify(connections_fanout::EVENTS_CHANNEL)
-                .await
-                .map_err(ApiError::outcome_unknown)?;
-        }
         let via = match binding.source {
             BindingSource::Default => "default",
             BindingSource::Created | BindingSource::Assigned => "assigned",
         };
-        return Ok(Resolution {
+        // The hand-out is on record only once the runner's commit returns.
+        let resolution = Resolution {
             connection_id: binding.connection_id,
             credential_version: connection.credential_version,
             credential,
             via,
             position,
             needs_attention: connection.needs_attention,
-        });
-    }
-    match transient {
-        Some(error) => Err(ApiError::Unavailable(Box::new(error))),
-        None => Err(ApiError::ConcurrencyExhausted),
+        };
+        Ok(Step::Commit { answer: Ok(Found::Handed(resolution)), notify: !events.is_empty() })
     }
 }
 
-fn internal(what: &'static str) -> ApiError {
-    ApiError::Internal(what.into())
+fn internal(what: &'static str) -> AttemptError {
+    AttemptError::Fail(ApiError::Internal(what.into()))
 }

@@ -180,7 +180,7 @@ struct CommandRoute<'a> {
 async fn run_command(
     app: &AppState,
     route: CommandRoute<'_>,
-    respond: impl Fn(&Decided) -> (StatusCode, Value),
+    respond: impl Fn(&Decided) -> (StatusCode, Value) + Sync,
 ) -> Result<Response, ApiError> {
     let idempotency = route.idempotent.request(app, route.body)?;
     let input = CommandInput {
