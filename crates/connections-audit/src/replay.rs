@@ -206,9 +206,22 @@ impl Sink for WhoCouldUse {
                 self.created_at = Some(event.recorded_at);
                 self.replaces = replaces.map(|c| c.as_uuid());
             }
-            Event::ConnectionRevoked { replaced_by, .. } => {
+            Event::ConnectionRevoked { replaced_by, affected_agents, .. } => {
                 self.revoked_at = Some(event.recorded_at);
                 self.replaced_by = replaced_by.map(|c| c.as_uuid());
+                // Since `connection_revoked` v3 a revoke ends its bindings
+                // itself (before, each ended with an `agent_unassigned`).
+                for agent_id in &affected_agents {
+                    if let Some((from, source)) = self.open.remove(agent_id.as_str()) {
+                        self.intervals.push(BindingInterval {
+                            agent_id: agent_id.to_string(),
+                            from,
+                            until: Some(event.recorded_at),
+                            source,
+                            ended_by: Some("revoked".to_owned()),
+                        });
+                    }
+                }
             }
             Event::AgentAssigned { agent_id, source, .. } => {
                 self.open

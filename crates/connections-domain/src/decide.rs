@@ -44,17 +44,14 @@ pub fn decide(state: &OwnerService, request: &Request) -> Result<Vec<Event>, Dom
             if matches!(connection.status, ConnectionStatus::Revoked { .. }) {
                 return Ok(vec![]);
             }
+            // One fact, whatever the number of agents: the revocation itself
+            // ends the bindings of the agents it names.
             let affected_agents = state.agents_of(*connection_id);
-            let mut events = Vec::with_capacity(affected_agents.len() + 2);
+            let mut events = Vec::with_capacity(2);
             if state.default == Some(*connection_id) {
                 events
                     .push(Event::DefaultCleared { connection_id: *connection_id, reason: DefaultClearReason::Revoked });
             }
-            events.extend(affected_agents.iter().map(|agent_id| Event::AgentUnassigned {
-                connection_id: *connection_id,
-                agent_id: agent_id.clone(),
-                reason: UnbindReason::Revoked,
-            }));
             events.push(Event::ConnectionRevoked { connection_id: *connection_id, affected_agents, replaced_by: None });
             Ok(events)
         }

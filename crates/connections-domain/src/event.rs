@@ -145,7 +145,9 @@ pub enum Event {
         reason: DefaultClearReason,
     },
     /// A connection was revoked; its data key is destroyed in the same
-    /// transaction.
+    /// transaction, and the bindings of `affected_agents` to it end with
+    /// this event (no `AgentUnassigned` per agent: one fact, however many
+    /// agents used it).
     ConnectionRevoked {
         /// The connection.
         connection_id: ConnectionId,

@@ -137,6 +137,14 @@ impl OwnerService {
                 }
             }
             Event::ConnectionRevoked { connection_id, affected_agents, replaced_by } => {
+                // A revoke's bindings end with it (logs written before
+                // ended each one with `agent_unassigned` first; a replace
+                // moves them first: either way none is left here then).
+                for agent_id in affected_agents {
+                    if self.bindings.get(agent_id).is_some_and(|b| b.connection_id == *connection_id) {
+                        self.bindings.remove(agent_id);
+                    }
+                }
                 if let Some(connection) = self.connections.get_mut(connection_id) {
                     connection.status = ConnectionStatus::Revoked {
                         affected_agents: affected_agents.clone(),

@@ -71,19 +71,22 @@ pub(crate) struct Fact<'a> {
 
 impl Fact<'_> {
     /// The rows this event may change (besides the change feed's new row).
-    pub fn keys(&self) -> (Vec<ConnectionKey>, ServiceKey, Option<AgentKey>) {
+    pub fn keys(&self) -> (Vec<ConnectionKey>, ServiceKey, Vec<AgentKey>) {
         let id = self.event.connection_id().as_uuid();
         let mut connections = vec![(self.owner.to_owned(), id)];
         if let Event::DefaultSet { previous: Some(previous), .. } = self.event {
             connections.push((self.owner.to_owned(), previous.as_uuid()));
         }
-        let agent = match self.event {
+        let agent_key = |agent_id: &connections_domain::AgentId| (self.owner.to_owned(), id, agent_id.to_string());
+        let agents = match self.event {
             Event::AgentAssigned { agent_id, .. } | Event::AgentUnassigned { agent_id, .. } => {
-                Some((self.owner.to_owned(), id, agent_id.to_string()))
+                vec![agent_key(agent_id)]
             }
-            _ => None,
+            // A revoke's bindings end with it (since `connection_revoked` v3).
+            Event::ConnectionRevoked { affected_agents, .. } => affected_agents.iter().map(agent_key).collect(),
+            _ => Vec::new(),
         };
-        (connections, (self.owner.to_owned(), self.service.to_owned()), agent)
+        (connections, (self.owner.to_owned(), self.service.to_owned()), agents)
     }
 }
 
@@ -177,7 +180,14 @@ impl Model {
                     row.default_connection_id = None;
                 }
             }
-            Event::ConnectionRevoked { .. } => {
+            Event::ConnectionRevoked { affected_agents, .. } => {
+                // The bindings it ends (none left when each ended with its
+                // own `agent_unassigned` before it, as in logs before v3).
+                for agent_id in affected_agents {
+                    if self.agents.remove(&(owner.to_owned(), id, agent_id.to_string())).is_some() {
+                        self.bump_agents(&key, &service_key, -1);
+                    }
+                }
                 if let Some(row) = self.connections.get_mut(&key) {
                     row.status = "revoked".to_owned();
                     row.needs_attention = false;

@@ -19,7 +19,9 @@ use crate::error::StoreError;
 /// `connection_created` and `connection_revoked` have a v2 that adds the
 /// replacement link (`replaces`, `replaced_by`); it is written only when
 /// the link exists, so consumers that know v1 read every other event as
-/// before.
+/// before. A plain revoke is `connection_revoked` v3 (the same fields as
+/// v1; its bindings end with it, where v1 followed an `agent_unassigned`
+/// per agent).
 pub const EVENT_TYPES: &[(&str, i32)] = &[
     ("connection_created", 1),
     ("connection_created", 2),
@@ -33,10 +35,13 @@ pub const EVENT_TYPES: &[(&str, i32)] = &[
     ("credential_refreshed", 1),
     ("default_set", 1),
     ("default_cleared", 1),
-    ("connection_revoked", 1),
+    ("connection_revoked", 3),
     ("upstream_revoked", 1),
     ("data_key_rewrapped", 1),
 ];
+
+/// Versions no longer written but still read, from logs written before.
+pub const WRITTEN_BEFORE: &[(&str, i32)] = &[("connection_revoked", 1)];
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -300,8 +305,10 @@ pub fn encode(event: &Event) -> (&'static str, i32, Value) {
                 connection_id: *connection_id,
                 affected_agents: affected_agents.clone(),
             }));
+            // v3: a revoke whose bindings end with it (v1, written before,
+            // followed an `agent_unassigned` per agent). Same fields as v1.
             match replaced_by {
-                None => ("connection_revoked", 1, v1),
+                None => ("connection_revoked", 3, v1),
                 Some(replaced_by) => ("connection_revoked", 2, with_link(v1, "replaced_by", *replaced_by)),
             }
         }
@@ -411,8 +418,9 @@ pub fn decode(event_type: &str, schema_version: i32, data: &Value) -> Result<Eve
             };
             Event::DefaultCleared { connection_id: d.connection_id, reason }
         }
-        ("connection_revoked", 1 | 2) => {
-            let (data, replaced_by) = without_link(event_type, schema_version, data, "replaced_by")?;
+        ("connection_revoked", 1..=3) => {
+            let link_version = if schema_version == 3 { 1 } else { schema_version };
+            let (data, replaced_by) = without_link(event_type, link_version, data, "replaced_by")?;
             let d: ConnectionRevokedV1 = parse(event_type, &data)?;
             Event::ConnectionRevoked { connection_id: d.connection_id, affected_agents: d.affected_agents, replaced_by }
         }

@@ -196,10 +196,11 @@ async fn history_lists_every_event_about_the_connection_in_order_with_actors() {
         .iter()
         .map(|e| e["event_type"].as_str().expect("type"))
         .collect();
-    assert_eq!(
-        types,
-        vec!["connection_created", "agent_assigned", "credential_rotated", "agent_unassigned", "connection_revoked"]
-    );
+    // The revoke is one event: the binding it ends is in its affected agents.
+    assert_eq!(types, vec!["connection_created", "agent_assigned", "credential_rotated", "connection_revoked"]);
+    let revoked = &history.body["events"][3];
+    assert_eq!(revoked["schema_version"], 3);
+    assert_eq!(revoked["data"]["affected_agents"], json!(["agent-1"]));
     assert!(history.body["events"].as_array().expect("events").iter().all(|e| e["actor"] == "alice"));
     assert!(!history.body.to_string().contains(&other), "another connection's events do not belong here");
     assert!(!history.body.to_string().contains("rotated-secret"), "history never carries secrets");

@@ -312,7 +312,9 @@ async fn one_upkeep_leads_and_another_takes_over_when_it_stops() {
     let key = 7_243_777_i64;
     let (stop_first, stopping) = tokio::sync::watch::channel(false);
     let first = tokio::spawn(upkeep::run(app.state.clone(), app.db.url.clone(), key, stopping));
-    let holders = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 7243777 AND granted";
+    // pg_locks spans the server's databases: only this test's counts.
+    let holders = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 7243777 AND granted \
+                   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())";
     wait_for(&app, holders, 1).await;
     let (stop_second, stopping) = tokio::sync::watch::channel(false);
     let second = tokio::spawn(upkeep::run(app.state.clone(), app.db.url.clone(), key, stopping));

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use connections_domain::*;
-use connections_store::codec::{decode, encode, EVENT_TYPES};
+use connections_store::codec::{decode, encode, EVENT_TYPES, WRITTEN_BEFORE};
 
 fn schemas_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../schemas/events")
@@ -126,7 +126,8 @@ fn there_is_exactly_one_schema_file_per_event_type_and_version() {
         .filter(|name| name.ends_with(".json"))
         .collect();
     files.sort();
-    let mut expected: Vec<String> = EVENT_TYPES.iter().map(|(t, v)| format!("{t}.v{v}.json")).collect();
+    let mut expected: Vec<String> =
+        EVENT_TYPES.iter().chain(WRITTEN_BEFORE).map(|(t, v)| format!("{t}.v{v}.json")).collect();
     expected.sort();
     assert_eq!(files, expected);
 }
@@ -138,7 +139,7 @@ fn stored_data_that_breaks_the_contract_is_corrupt_not_a_panic() {
     assert!(decode("connection_revoked", 2, &serde_json::json!({})).is_err());
     assert!(decode(
         "connection_revoked",
-        3,
+        4,
         &serde_json::json!({"connection_id": uuid::Uuid::nil(), "affected_agents": []})
     )
     .is_err());
@@ -161,4 +162,18 @@ fn the_nats_envelope_schema_names_every_event_type() {
         .collect();
     let emitted: std::collections::BTreeSet<&str> = EVENT_TYPES.iter().map(|(t, _)| *t).collect();
     assert_eq!(listed, emitted);
+}
+
+#[test]
+fn a_revoke_written_before_v3_still_validates_and_decodes_as_the_same_event() {
+    let connection_id = ConnectionId::from_uuid(uuid::Uuid::now_v7());
+    let affected_agents = vec![AgentId::parse("agent-1").expect("valid")];
+    let v1 = serde_json::json!({"connection_id": connection_id, "affected_agents": ["agent-1"]});
+    let errors: Vec<String> = validator("connection_revoked", 1).iter_errors(&v1).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    let today = Event::ConnectionRevoked { connection_id, affected_agents, replaced_by: None };
+    assert_eq!(decode("connection_revoked", 1, &v1).expect("decodes"), today);
+    let (event_type, schema_version, data) = encode(&today);
+    assert_eq!((event_type, schema_version), ("connection_revoked", 3));
+    assert_eq!(data, v1, "v3 has v1's fields");
 }
