@@ -116,7 +116,7 @@ async fn session(
     let Leader { listener, nats: client, .. } = leader;
     let context = jetstream::new(client);
     let mut stream = ensure_stream(&context, &config.names, config.replicas).await?;
-    ensure_notices_stream(&context, &config.names, config.replicas).await?;
+    let notices_stream = ensure_notices_stream(&context, &config.names, config.replicas).await?;
     let (mut cursor, mut last_sequence, mut last_event_id) =
         resume_point(database, &context, &mut stream, config).await?;
     tracing::info!(?cursor, last_sequence, "relay leading");
@@ -154,7 +154,8 @@ async fn session(
             (true, Some(last)) => EventLog::read_rest_of_transaction(&connection, last.cursor(), URGENT).await?,
             _ => Vec::new(),
         };
-        publish_notices(&context, &config.names, &ahead, &batch, cursor, &mut noticed_early).await?;
+        let notices = Notices { context: &context, stream: &notices_stream, names: &config.names };
+        notices.publish(&ahead, &batch, cursor, &mut noticed_early).await?;
         // Pipeline the batch: publish all, then await the acks in order. The
         // fencing header makes the server refuse anything out of sequence.
         let mut pending = Vec::with_capacity(batch.len());
@@ -226,81 +227,117 @@ fn publish_message(
 /// ahead of their batch when a batch ends inside their transaction.
 const URGENT: &[&str] = &["connection_revoked", "credential_rotated"];
 
-/// Publishes the notices a batch calls for, before its events: a crash in
-/// between repeats them (runtimes treat notices idempotently; `Nats-Msg-Id`
-/// drops repeats within the duplicate window), but none is ever lost for an
-/// event that reached the events stream. Only committed events get here.
-/// `ahead` are urgent events of a later batch (same transaction), noticed
-/// now; their ids are kept in `noticed_early` so that their own batch skips
-/// them.
-async fn publish_notices(
-    context: &jetstream::Context,
-    names: &Names,
-    ahead: &[connections_store::RecordedEvent],
-    batch: &[connections_store::RecordedEvent],
-    mut previous: LogCursor,
-    noticed_early: &mut HashSet<uuid::Uuid>,
-) -> Result<(), RelayError> {
-    let mut notices = Vec::new();
-    for event in batch {
-        let envelope = envelope_of(event, (previous != LogCursor::default()).then_some(previous))
-            .ok_or(RelayError::Unroutable(event.position))?;
-        previous = event.cursor();
-        if noticed_early.remove(&event.event_id) {
-            continue;
+/// Where the relay's notices go.
+struct Notices<'a> {
+    context: &'a jetstream::Context,
+    stream: &'a stream::Stream,
+    names: &'a Names,
+}
+
+impl Notices<'_> {
+    /// Publishes the notices a batch calls for, before its events: a crash in
+    /// between repeats them (runtimes treat notices idempotently; `Nats-Msg-Id`
+    /// drops repeats within the duplicate window), but none is ever lost for an
+    /// event that reached the events stream. Only committed events get here.
+    /// `ahead` are urgent events of a later batch (same transaction), noticed
+    /// now; their ids are kept in `noticed_early` so that their own batch skips
+    /// them. An urgent notice that the committing instance has already put on
+    /// the notices stream (see `UrgentNotices`) is not published again: the
+    /// stream would drop the copy, but every runtime holding the connection
+    /// would still receive it, a second fan-out on top of the first.
+    async fn publish(
+        &self,
+        ahead: &[connections_store::RecordedEvent],
+        batch: &[connections_store::RecordedEvent],
+        mut previous: LogCursor,
+        noticed_early: &mut HashSet<uuid::Uuid>,
+    ) -> Result<(), RelayError> {
+        let Self { context, names, .. } = *self;
+        let mut notices = Vec::new();
+        for event in batch {
+            let envelope = envelope_of(event, (previous != LogCursor::default()).then_some(previous))
+                .ok_or(RelayError::Unroutable(event.position))?;
+            previous = event.cursor();
+            if noticed_early.remove(&event.event_id) {
+                continue;
+            }
+            if let Some((subject, notice)) = Notice::for_event(&envelope, names) {
+                notices.push((subject, notice, event.recorded_at));
+            }
         }
-        if let Some((subject, notice)) = Notice::for_event(&envelope, names) {
-            notices.push((subject, notice, event.recorded_at));
+        // Each full batch of the transaction looks ahead: notice once.
+        for event in ahead {
+            if noticed_early.contains(&event.event_id) {
+                continue;
+            }
+            // A notice does not carry the envelope's predecessor.
+            let envelope = envelope_of(event, None).ok_or(RelayError::Unroutable(event.position))?;
+            if let Some((subject, notice)) = Notice::for_event(&envelope, names) {
+                noticed_early.insert(event.event_id);
+                notices.push((subject, notice, event.recorded_at));
+            }
+        }
+        // Revocations first: revoking a connection used by many agents also ends
+        // every binding, and those notices must not delay the one that matters
+        // most. Notices only invalidate, so their relative order is free.
+        notices.sort_by_key(|(_, notice, _)| match notice.kind {
+            NoticeKind::Revoked => 0,
+            NoticeKind::Rotated => 1,
+            NoticeKind::Rejected => 2,
+            NoticeKind::BindingChanged => 3,
+        });
+        let published = futures_util::future::join_all(notices.iter().map(|(subject, notice, _)| async move {
+            notice.is_urgent() && self.on_stream(subject, notice.event_id).await
+        }))
+        .await;
+        let mut published = published.into_iter();
+        notices.retain(|_| !published.next().unwrap_or(false));
+        let mut acks = Vec::with_capacity(notices.len());
+        for (subject, notice, recorded_at) in notices {
+            let payload = serde_json::to_vec(&notice).expect("a notice always serializes");
+            let message =
+                PublishMessage::build().payload(Bytes::from(payload)).message_id(format!("notice-{}", notice.event_id));
+            acks.push((notice.kind, recorded_at, context.send_publish(subject, message).await.map_err(nats_error)?));
+        }
+        for (kind, recorded_at, ack) in acks {
+            ack.await.map_err(nats_error)?;
+            let label = match kind {
+                NoticeKind::Revoked => "revoked",
+                NoticeKind::Rotated => "rotated",
+                NoticeKind::Rejected => "rejected",
+                NoticeKind::BindingChanged => "binding_changed",
+            };
+            connections_metrics::NOTICES_PUBLISHED.inc(&[label]);
+            if kind == NoticeKind::Revoked {
+                connections_metrics::REVOCATION_NOTICE_SECONDS.observe(&[], seconds_since(recorded_at));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the notices stream's last message on `subject` is the notice of
+    /// `event_id` (the committing instance's copy). Any doubt (no message, an
+    /// error, no answer within 100 ms) is a no: the notice is published.
+    async fn on_stream(&self, subject: &str, event_id: uuid::Uuid) -> bool {
+        let last =
+            tokio::time::timeout(Duration::from_millis(100), self.stream.get_last_raw_message_by_subject(subject));
+        match last.await {
+            Ok(Ok(message)) => {
+                message.headers.get("Nats-Msg-Id").is_some_and(|id| id.as_str() == format!("notice-{event_id}"))
+            }
+            _ => false,
         }
     }
-    // Each full batch of the transaction looks ahead: notice once.
-    for event in ahead {
-        if noticed_early.contains(&event.event_id) {
-            continue;
-        }
-        // A notice does not carry the envelope's predecessor.
-        let envelope = envelope_of(event, None).ok_or(RelayError::Unroutable(event.position))?;
-        if let Some((subject, notice)) = Notice::for_event(&envelope, names) {
-            noticed_early.insert(event.event_id);
-            notices.push((subject, notice, event.recorded_at));
-        }
-    }
-    // Revocations first: revoking a connection used by many agents also ends
-    // every binding, and those notices must not delay the one that matters
-    // most. Notices only invalidate, so their relative order is free.
-    notices.sort_by_key(|(_, notice, _)| match notice.kind {
-        NoticeKind::Revoked => 0,
-        NoticeKind::Rotated => 1,
-        NoticeKind::Rejected => 2,
-        NoticeKind::BindingChanged => 3,
-    });
-    let mut acks = Vec::with_capacity(notices.len());
-    for (subject, notice, recorded_at) in notices {
-        let payload = serde_json::to_vec(&notice).expect("a notice always serializes");
-        let message =
-            PublishMessage::build().payload(Bytes::from(payload)).message_id(format!("notice-{}", notice.event_id));
-        acks.push((notice.kind, recorded_at, context.send_publish(subject, message).await.map_err(nats_error)?));
-    }
-    for (kind, recorded_at, ack) in acks {
-        ack.await.map_err(nats_error)?;
-        let label = match kind {
-            NoticeKind::Revoked => "revoked",
-            NoticeKind::Rotated => "rotated",
-            NoticeKind::Rejected => "rejected",
-            NoticeKind::BindingChanged => "binding_changed",
-        };
-        connections_metrics::NOTICES_PUBLISHED.inc(&[label]);
-        if kind == NoticeKind::Revoked {
-            connections_metrics::REVOCATION_NOTICE_SECONDS.observe(&[], seconds_since(recorded_at));
-        }
-    }
-    Ok(())
 }
 
 /// The notices stream, created if missing: a catch-up feed for runtimes
 /// that were away (limited to a day; runtimes that were away longer
 /// revalidate what they hold).
-async fn ensure_notices_stream(context: &jetstream::Context, names: &Names, replicas: usize) -> Result<(), RelayError> {
+async fn ensure_notices_stream(
+    context: &jetstream::Context,
+    names: &Names,
+    replicas: usize,
+) -> Result<stream::Stream, RelayError> {
     let config = stream::Config {
         name: names.notices_stream(),
         subjects: vec![names.notices_wildcard()],
@@ -317,7 +354,7 @@ async fn ensure_notices_stream(context: &jetstream::Context, names: &Names, repl
         tracing::info!(subjects = ?config.subjects, "moving the notices stream to the current subjects");
         context.update_stream(config).await.map_err(nats_error)?;
     }
-    Ok(())
+    Ok(stream)
 }
 
 /// The events stream, created if missing (file storage, `replicas`

@@ -151,3 +151,61 @@ async fn a_revocation_last_in_a_transaction_larger_than_a_batch_is_noticed_first
     let bindings = received.iter().filter(|(kind, _)| *kind == connections_fanout::NoticeKind::BindingChanged).count();
     assert_eq!(bindings, 150);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_urgent_notice_the_committing_instance_sent_is_not_sent_again() {
+    // A revoke's instance publishes its notice itself (`UrgentNotices`).
+    // The stream would drop the relay's copy, but every runtime on the
+    // subject would still get it: the relay sends only what is missing.
+    use connections_store::{EventLog, Metadata, NewEvent, StreamAppend, StreamId};
+    use futures_util::StreamExt;
+    let harness = Harness::new().await;
+    let client = async_nats::connect(crate::nats_url()).await.expect("connect");
+    let mut live = client.subscribe(harness.names.notices_wildcard()).await.expect("subscribe");
+    let relay = harness.relay();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while harness.context.get_stream(harness.names.notices_stream()).await.is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "the relay made no notices stream");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (sent, missing) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    let revocation = |connection_id: uuid::Uuid| NewEvent {
+        event_id: uuid::Uuid::now_v7(),
+        event_type: "connection_revoked",
+        schema_version: 3,
+        data: serde_json::json!({"connection_id": connection_id, "affected_agents": []}),
+    };
+    let events = vec![revocation(sent), revocation(missing)];
+    // The committing instance's copy of the first one's notice.
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", format!("notice-{}", events[0].event_id).as_str());
+    let subject = harness.names.connection_notices("alice", &sent.to_string());
+    let ack = harness.context.publish_with_headers(subject.clone(), headers, "urgent".into()).await.expect("publish");
+    ack.await.expect("stored");
+    {
+        let mut pooled = harness.db.database.pool().get().await.expect("pool");
+        let transaction = pooled.transaction().await.expect("begin");
+        let append = StreamAppend {
+            stream_id: StreamId::parse("owner-service/alice/github").expect("stream id"),
+            expected_version: None,
+            events,
+        };
+        let metadata =
+            Metadata { actor: "alice".into(), command_id: uuid::Uuid::now_v7(), correlation_id: uuid::Uuid::now_v7() };
+        EventLog::append(&transaction, &[append], &metadata).await.expect("append");
+        transaction.commit().await.expect("commit");
+        pooled.execute("SELECT pg_notify('connections_events', '')", &[]).await.expect("notify");
+    }
+    assert_eq!(harness.converged().await.len(), 2);
+    let mut received = Vec::new();
+    while let Ok(Some(message)) = tokio::time::timeout(Duration::from_millis(500), live.next()).await {
+        received.push((message.subject.to_string(), message.payload));
+    }
+    relay.stop().await;
+    let other = harness.names.connection_notices("alice", &missing.to_string());
+    assert_eq!(received.len(), 2, "{received:?}");
+    assert_eq!((received[0].0.as_str(), &received[0].1[..]), (subject.as_str(), &b"urgent"[..]));
+    assert_eq!(received[1].0, other, "the notice nobody sent is the relay's");
+    let mut notices = harness.context.get_stream(harness.names.notices_stream()).await.expect("notices stream");
+    assert_eq!(notices.info().await.expect("info").state.messages, 2);
+}
