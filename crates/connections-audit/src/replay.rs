@@ -145,6 +145,19 @@ pub struct WhoCouldUse {
 }
 
 impl WhoCouldUse {
+    /// Ends `agent_id`'s open binding, if it has one, at `until`.
+    fn end_binding(&mut self, agent_id: &str, until: DateTime<Utc>, ended_by: &str) {
+        if let Some((from, source)) = self.open.remove(agent_id) {
+            self.intervals.push(BindingInterval {
+                agent_id: agent_id.to_owned(),
+                from,
+                until: Some(until),
+                source,
+                ended_by: Some(ended_by.to_owned()),
+            });
+        }
+    }
+
     /// For `connection` within `window`.
     pub fn new(connection: Uuid, window: Window) -> Self {
         Self {
@@ -212,15 +225,7 @@ impl Sink for WhoCouldUse {
                 // Since `connection_revoked` v3 a revoke ends its bindings
                 // itself (before, each ended with an `agent_unassigned`).
                 for agent_id in &affected_agents {
-                    if let Some((from, source)) = self.open.remove(agent_id.as_str()) {
-                        self.intervals.push(BindingInterval {
-                            agent_id: agent_id.to_string(),
-                            from,
-                            until: Some(event.recorded_at),
-                            source,
-                            ended_by: Some("revoked".to_owned()),
-                        });
-                    }
+                    self.end_binding(agent_id.as_str(), event.recorded_at, "revoked");
                 }
             }
             Event::AgentAssigned { agent_id, source, .. } => {
@@ -229,15 +234,7 @@ impl Sink for WhoCouldUse {
                     .or_insert((event.recorded_at, codec::binding_source_name(source).to_string()));
             }
             Event::AgentUnassigned { agent_id, reason, .. } => {
-                if let Some((from, source)) = self.open.remove(agent_id.as_str()) {
-                    self.intervals.push(BindingInterval {
-                        agent_id: agent_id.to_string(),
-                        from,
-                        until: Some(event.recorded_at),
-                        source,
-                        ended_by: Some(format!("{reason:?}").to_lowercase()),
-                    });
-                }
+                self.end_binding(agent_id.as_str(), event.recorded_at, &format!("{reason:?}").to_lowercase());
             }
             _ => {}
         }

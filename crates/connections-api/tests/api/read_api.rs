@@ -327,3 +327,41 @@ async fn a_change_stream_ends_when_its_token_expires() {
     }
     assert!(started.elapsed() >= Duration::from_millis(500), "ended early: {:?}", started.elapsed());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_ends_every_binding_in_the_read_models_with_its_one_event() {
+    let app = TestApp::with_fanout().await;
+    let id = app.create("alice", "github", Some("agent-1")).await;
+    app.create("alice", "github", None).await; // keeps the service's card
+    let assigned = app
+        .send(Method::POST, format!("/v1/connections/{id}/agents"), Some("alice"), Some(json!({"agent_id": "agent-2"})))
+        .await;
+    assert_eq!(assigned.status, StatusCode::OK, "{}", assigned.body);
+    let revoked = app.send(Method::DELETE, format!("/v1/connections/{id}"), Some("alice"), None).await;
+    assert_eq!(revoked.body["affected_agents"], json!(["agent-1", "agent-2"]));
+    let position = revoked.body["position"].as_i64().expect("position");
+    let types: Vec<String> = app
+        .db
+        .client()
+        .await
+        .query("SELECT event_type FROM events ORDER BY position", &[])
+        .await
+        .expect("events")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(
+        types,
+        ["connection_created", "agent_assigned", "connection_created", "agent_assigned", "connection_revoked"]
+    );
+
+    let cards = app.send(Method::GET, format!("/v1/services?min_position={position}"), Some("alice"), None).await;
+    assert_eq!(cards.status, StatusCode::OK, "{}", cards.body);
+    assert_eq!(cards.body["services"][0]["agent_count"], 0, "{}", cards.body);
+    assert_eq!(cards.body["services"][0]["active_connections"], 1, "{}", cards.body);
+    let usage = app.send(Method::GET, format!("/v1/connections/{id}/agents"), Some("alice"), None).await;
+    assert_eq!(usage.status, StatusCode::OK, "{}", usage.body);
+    assert_eq!(usage.body["agents"], json!([]), "{}", usage.body);
+    let listed = app.send(Method::GET, "/v1/connections?status=revoked", Some("alice"), None).await;
+    assert_eq!(listed.body["connections"][0]["agent_count"], 0, "{}", listed.body);
+}

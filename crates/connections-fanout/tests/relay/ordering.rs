@@ -104,7 +104,7 @@ async fn a_revocation_last_in_a_transaction_larger_than_a_batch_is_noticed_first
     // events (each with its own notice) and then `connection_revoked`, in
     // one transaction; the relay reads 64 events at a time. The
     // revocation's notice must not wait for the batches before it.
-    use connections_store::{EventLog, Metadata, NewEvent, StreamAppend, StreamId};
+    use connections_store::NewEvent;
     use futures_util::StreamExt;
     let harness = Harness::new().await;
     let client = async_nats::connect(crate::nats_url()).await.expect("connect");
@@ -122,19 +122,7 @@ async fn a_revocation_last_in_a_transaction_larger_than_a_batch_is_noticed_first
     let revoked = serde_json::json!({"connection_id": connection_id, "affected_agents": agents});
     events.push(event("connection_revoked", revoked));
     let revocation_id = events.last().expect("revocation").event_id;
-    {
-        let mut pooled = harness.db.database.pool().get().await.expect("pool");
-        let transaction = pooled.transaction().await.expect("begin");
-        let append = StreamAppend {
-            stream_id: StreamId::parse("owner-service/alice/github").expect("stream id"),
-            expected_version: None,
-            events,
-        };
-        let metadata =
-            Metadata { actor: "alice".into(), command_id: uuid::Uuid::now_v7(), correlation_id: uuid::Uuid::now_v7() };
-        EventLog::append(&transaction, &[append], &metadata).await.expect("append");
-        transaction.commit().await.expect("commit");
-    }
+    append_to_alices_stream(&harness, events).await;
     let relay = harness.relay();
     let mut received = Vec::new();
     while received.len() < 151 {
@@ -157,7 +145,7 @@ async fn an_urgent_notice_the_committing_instance_sent_is_not_sent_again() {
     // A revoke's instance publishes its notice itself (`UrgentNotices`).
     // The stream would drop the relay's copy, but every runtime on the
     // subject would still get it: the relay sends only what is missing.
-    use connections_store::{EventLog, Metadata, NewEvent, StreamAppend, StreamId};
+    use connections_store::NewEvent;
     use futures_util::StreamExt;
     let harness = Harness::new().await;
     let client = async_nats::connect(crate::nats_url()).await.expect("connect");
@@ -182,20 +170,7 @@ async fn an_urgent_notice_the_committing_instance_sent_is_not_sent_again() {
     let subject = harness.names.connection_notices("alice", &sent.to_string());
     let ack = harness.context.publish_with_headers(subject.clone(), headers, "urgent".into()).await.expect("publish");
     ack.await.expect("stored");
-    {
-        let mut pooled = harness.db.database.pool().get().await.expect("pool");
-        let transaction = pooled.transaction().await.expect("begin");
-        let append = StreamAppend {
-            stream_id: StreamId::parse("owner-service/alice/github").expect("stream id"),
-            expected_version: None,
-            events,
-        };
-        let metadata =
-            Metadata { actor: "alice".into(), command_id: uuid::Uuid::now_v7(), correlation_id: uuid::Uuid::now_v7() };
-        EventLog::append(&transaction, &[append], &metadata).await.expect("append");
-        transaction.commit().await.expect("commit");
-        pooled.execute("SELECT pg_notify('connections_events', '')", &[]).await.expect("notify");
-    }
+    append_to_alices_stream(&harness, events).await;
     assert_eq!(harness.converged().await.len(), 2);
     let mut received = Vec::new();
     while let Ok(Some(message)) = tokio::time::timeout(Duration::from_millis(500), live.next()).await {
@@ -208,4 +183,22 @@ async fn an_urgent_notice_the_committing_instance_sent_is_not_sent_again() {
     assert_eq!(received[1].0, other, "the notice nobody sent is the relay's");
     let mut notices = harness.context.get_stream(harness.names.notices_stream()).await.expect("notices stream");
     assert_eq!(notices.info().await.expect("info").state.messages, 2);
+}
+
+/// Appends `events` to alice's github stream in one transaction, and wakes
+/// the relay after the commit as the command handler does.
+async fn append_to_alices_stream(harness: &Harness, events: Vec<connections_store::NewEvent>) {
+    use connections_store::{EventLog, Metadata, StreamAppend, StreamId};
+    let mut pooled = harness.db.database.pool().get().await.expect("pool");
+    let transaction = pooled.transaction().await.expect("begin");
+    let append = StreamAppend {
+        stream_id: StreamId::parse("owner-service/alice/github").expect("stream id"),
+        expected_version: None,
+        events,
+    };
+    let metadata =
+        Metadata { actor: "alice".into(), command_id: uuid::Uuid::now_v7(), correlation_id: uuid::Uuid::now_v7() };
+    EventLog::append(&transaction, &[append], &metadata).await.expect("append");
+    transaction.commit().await.expect("commit");
+    pooled.execute("SELECT pg_notify('connections_events', '')", &[]).await.expect("notify");
 }
