@@ -88,7 +88,30 @@ async fn a_rewrap_killed_midway_finishes_when_run_again_and_the_old_key_can_go()
     }
     first.kill().expect("SIGKILL");
     first.wait().expect("reaped");
-    let (moved, left) = (under("k2").await, under("k1").await);
+    // A COMMIT the killed process had already sent still lands: count once
+    // the counts (both from one snapshot) have stopped moving.
+    let counts = || async {
+        let row = database
+            .query_one(
+                "SELECT count(*) FILTER (WHERE master_key_id = 'k2'), count(*) FILTER (WHERE master_key_id = 'k1') \
+                 FROM data_keys",
+                &[],
+            )
+            .await
+            .expect("count");
+        (row.get::<_, i64>(0), row.get::<_, i64>(1))
+    };
+    let mut last = counts().await;
+    let settle = Instant::now() + Duration::from_secs(10);
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = counts().await;
+        if now == last || Instant::now() > settle {
+            break;
+        }
+        last = now;
+    }
+    let (moved, left) = last;
     assert!(moved > 0 && left > 0, "killed in the middle: {moved} moved, {left} left");
     assert_eq!(moved + left, CONNECTIONS as i64, "no key lost or doubled by the kill");
 
