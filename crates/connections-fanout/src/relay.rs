@@ -300,7 +300,15 @@ impl Notices<'_> {
             acks.push((notice.kind, recorded_at, context.send_publish(subject, message).await.map_err(nats_error)?));
         }
         for (kind, recorded_at, ack) in acks {
-            ack.await.map_err(nats_error)?;
+            match ack.await {
+                Ok(_) => {}
+                // Another copy of this notice (the committing instance's)
+                // is being stored at this moment (a clustered stream says
+                // so rather than waiting): it is on its way, and runtimes
+                // were sent it.
+                Err(error) if storing_another_copy(&error) => continue,
+                Err(error) => return Err(nats_error(error)),
+            }
             let label = match kind {
                 NoticeKind::Revoked => "revoked",
                 NoticeKind::Rotated => "rotated",
@@ -328,6 +336,14 @@ impl Notices<'_> {
             _ => false,
         }
     }
+}
+
+/// Whether a publish was refused because a message with the same
+/// `Nats-Msg-Id` is being stored at that moment (JetStream error 10158).
+fn storing_another_copy(error: &jetstream::context::PublishError) -> bool {
+    std::error::Error::source(error)
+        .and_then(|source| source.downcast_ref::<jetstream::Error>())
+        .is_some_and(|error| error.error_code() == jetstream::ErrorCode::STREAM_DUPLICATE_MESSAGE_CONFLICT)
 }
 
 /// The notices stream, created if missing: a catch-up feed for runtimes
