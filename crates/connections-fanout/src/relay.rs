@@ -286,17 +286,17 @@ impl Notices<'_> {
             NoticeKind::Rejected => 2,
             NoticeKind::BindingChanged => 3,
         });
-        let published = futures_util::future::join_all(notices.iter().map(|(subject, notice, _)| async move {
-            notice.is_urgent() && self.on_stream(subject, notice.event_id).await
-        }))
-        .await;
+        let published =
+            futures_util::future::join_all(notices.iter().map(|(subject, notice, _)| async move {
+                notice.is_urgent() && self.on_stream(subject, notice).await
+            }))
+            .await;
         let mut published = published.into_iter();
         notices.retain(|_| !published.next().unwrap_or(false));
         let mut acks = Vec::with_capacity(notices.len());
         for (subject, notice, recorded_at) in notices {
             let payload = serde_json::to_vec(&notice).expect("a notice always serializes");
-            let message =
-                PublishMessage::build().payload(Bytes::from(payload)).message_id(format!("notice-{}", notice.event_id));
+            let message = PublishMessage::build().payload(Bytes::from(payload)).message_id(notice.message_id());
             acks.push((notice.kind, recorded_at, context.send_publish(subject, message).await.map_err(nats_error)?));
         }
         for (kind, recorded_at, ack) in acks {
@@ -323,16 +323,14 @@ impl Notices<'_> {
         Ok(())
     }
 
-    /// Whether the notices stream's last message on `subject` is the notice of
-    /// `event_id` (the committing instance's copy). Any doubt (no message, an
+    /// Whether the notices stream's last message on `subject` is `notice`
+    /// (the committing instance's copy). Any doubt (no message, an
     /// error, no answer within 100 ms) is a no: the notice is published.
-    async fn on_stream(&self, subject: &str, event_id: uuid::Uuid) -> bool {
+    async fn on_stream(&self, subject: &str, notice: &Notice) -> bool {
         let last =
             tokio::time::timeout(Duration::from_millis(100), self.stream.get_last_raw_message_by_subject(subject));
         match last.await {
-            Ok(Ok(message)) => {
-                message.headers.get("Nats-Msg-Id").is_some_and(|id| id.as_str() == format!("notice-{event_id}"))
-            }
+            Ok(Ok(message)) => message.headers.get("Nats-Msg-Id").is_some_and(|id| id.as_str() == notice.message_id()),
             _ => false,
         }
     }

@@ -56,7 +56,7 @@ impl UrgentNotices {
         let sent = async {
             for (subject, notice) in notices {
                 let mut headers = HeaderMap::new();
-                headers.insert("Nats-Msg-Id", format!("notice-{}", notice.event_id).as_str());
+                headers.insert("Nats-Msg-Id", notice.message_id().as_str());
                 let payload = Bytes::from(serde_json::to_vec(notice).expect("a notice always serializes"));
                 self.client.publish_with_headers(subject.clone(), headers, payload).await.map_err(|e| e.to_string())?;
             }

@@ -54,6 +54,12 @@ pub struct Notice {
 }
 
 impl Notice {
+    /// Its `Nats-Msg-Id`: the same for every copy of it (the committing
+    /// instance's and the relay's), so the notices stream keeps one.
+    pub fn message_id(&self) -> String {
+        format!("notice-{}", self.event_id)
+    }
+
     /// The notice an event calls for, with its subject; `None` for events
     /// runtimes need not hear about.
     pub fn for_event(envelope: &Envelope, names: &Names) -> Option<(String, Notice)> {

@@ -141,6 +141,13 @@ pub(crate) fn runtime_nats() -> Arc<connections_api::runtime_nats::RuntimeNats> 
 }
 
 impl TestApp {
+    /// The type of every event in the log, in log order.
+    pub(crate) async fn event_types(&self) -> Vec<String> {
+        let rows =
+            self.db.client().await.query("SELECT event_type FROM events ORDER BY position", &[]).await.expect("events");
+        rows.iter().map(|row| row.get(0)).collect()
+    }
+
     pub(crate) async fn new() -> Self {
         log_to_test_output();
         let db = TestDatabase::new().await;

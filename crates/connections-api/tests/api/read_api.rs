@@ -340,16 +340,7 @@ async fn a_revoke_ends_every_binding_in_the_read_models_with_its_one_event() {
     let revoked = app.send(Method::DELETE, format!("/v1/connections/{id}"), Some("alice"), None).await;
     assert_eq!(revoked.body["affected_agents"], json!(["agent-1", "agent-2"]));
     let position = revoked.body["position"].as_i64().expect("position");
-    let types: Vec<String> = app
-        .db
-        .client()
-        .await
-        .query("SELECT event_type FROM events ORDER BY position", &[])
-        .await
-        .expect("events")
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    let types = app.event_types().await;
     assert_eq!(
         types,
         ["connection_created", "agent_assigned", "connection_created", "agent_assigned", "connection_revoked"]

@@ -33,16 +33,7 @@ async fn the_stored_credential_opens_only_until_revoke_destroys_its_data_key() {
     assert!(StoredCredential::sealed(&client, id, 1).await.expect("load").is_some());
 
     // The log still says who did what and when.
-    let types: Vec<String> = app
-        .db
-        .client()
-        .await
-        .query("SELECT event_type FROM events ORDER BY position", &[])
-        .await
-        .expect("events")
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let types = app.event_types().await;
     assert_eq!(types, vec!["connection_created", "connection_revoked"]);
 }
 
