@@ -196,18 +196,24 @@ async fn a_retried_replace_answers_the_same_new_connection_and_appends_nothing()
 async fn resolves_hammering_across_replaces_get_the_old_or_the_new_credential_never_an_error() {
     let app = TestApp::new().await;
     let old = compromised(&app).await;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Each runtime resolves until it is handed the last replacement (set
+    // once the replaces are done), or for 10 s at most.
+    let last_replacement = std::sync::Arc::new(std::sync::OnceLock::<String>::new());
     let hammer = |agent: &'static str| {
         let app = &app;
-        let stop = stop.clone();
+        let last_replacement = last_replacement.clone();
         async move {
             let mut seen = Vec::new();
             let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) && tokio::time::Instant::now() < deadline {
+            while tokio::time::Instant::now() < deadline {
                 let answer = app.resolve(agent, "alice", "github").await;
                 assert_eq!(answer.status, StatusCode::OK, "{agent} got {}", answer.body);
                 let id = answer.body["connection_id"].as_str().expect("id").to_owned();
+                let done = last_replacement.get() == Some(&id);
                 seen.push((id, answer.body["credential"]["key"].as_str().expect("key").to_owned()));
+                if done {
+                    break;
+                }
             }
             seen
         }
@@ -223,8 +229,7 @@ async fn resolves_hammering_across_replaces_get_the_old_or_the_new_credential_ne
             assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
             chain.push((answer.body["connection_id"].as_str().expect("id").to_owned(), key));
         }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        last_replacement.set(chain.last().expect("chain").0.clone()).expect("set once");
         chain
     };
     let (chain, a1, a2, a3, a5) =
