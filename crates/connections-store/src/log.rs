@@ -413,10 +413,15 @@ impl EventLog {
 
     /// Prepares [`EventLog::count_known`]'s statement (cached per connection).
     pub async fn prepare_count_known(client: &impl GenericClient) -> Result<tokio_postgres::Statement, StoreError> {
+        // A lookup by position per pair, not a join: planned while the log
+        // was small, the join's plan scanned the whole table on every call
+        // (1-2 ms per projector batch in `bench commands`, growing with the
+        // log). The LIMIT keeps the subquery from being flattened into one.
         Ok(client
             .prepare_cached(
-                "SELECT count(*) FROM events e JOIN unnest($1::uuid[], $2::int8[]) AS b(event_id, position) \
-                 ON e.event_id = b.event_id AND e.position = b.position",
+                "SELECT count(*) FROM unnest($1::uuid[], $2::int8[]) AS b(event_id, position) \
+                 CROSS JOIN LATERAL (SELECT 1 FROM events e \
+                     WHERE e.position = b.position AND e.event_id = b.event_id LIMIT 1) AS known",
             )
             .await?)
     }
