@@ -15,7 +15,7 @@ use connections_store::codec::new_events;
 use connections_store::{
     fold, ConnectionLocation, CredentialHygiene, EventLog, IdempotencyClaim, Metadata, PipelinedTransaction,
     RecordedEvent, RefreshSchedule, StoreError, StoredCredential, StoredResponse, StreamAppend, StreamId, StreamState,
-    UpstreamRevocations,
+    StreamVersion, UpstreamRevocations,
 };
 use deadpool_postgres::GenericClient;
 use serde_json::Value;
@@ -142,7 +142,11 @@ async fn execute_attempts(
     };
     let command_id = uuid::Uuid::now_v7();
     let attempt = CommandAttempt { app, input: &input, recorded_actor: &recorded_actor, command_id, respond: &respond };
-    let Answered { answer, urgent, .. } = attempts::run(app, &attempt).await?;
+    let Answered { answer, urgent, remember, .. } = attempts::run(app, &attempt).await?;
+    // Committed: the state at the new version is the log's from now on.
+    if let Some(CommittedState { stream_id, version, last_position, state }) = remember {
+        app.database.state_cache().remember(&stream_id, version, last_position, &state);
+    }
     if let Some(notices) = &app.lifecycle.urgent_notices {
         notices.publish(&urgent).await;
     }
@@ -255,11 +259,12 @@ async fn decide_and_append(
     // The command decides on the entries of the stream's state it names
     // (see `connections_domain::Focus`). One that does not depend on the
     // stream skips reading it and appends after whatever is there.
-    let (before, version, last_position) = if input.command.reads_state() {
-        let loaded = StreamState::load(transaction, &stream_id, &input.command.focus()).await?;
-        (loaded.state, Some(loaded.version), loaded.last_position)
+    let (before, version, last_position, whole) = if input.command.reads_state() {
+        let cache = app.database.state_cache();
+        let loaded = StreamState::load_cached(transaction, cache, &stream_id, &input.command.focus()).await?;
+        (loaded.state, Some(loaded.version), loaded.last_position, loaded.whole)
     } else {
-        (OwnerService::default(), None, 0)
+        (OwnerService::default(), None, 0, None)
     };
     let request = Request { actor: input.actor.clone(), command: input.command.clone() };
     let events = decide(&before, &request).map_err(|e| AttemptError::Refused(e.into()))?;
@@ -313,27 +318,47 @@ async fn decide_and_append(
         _ => Vec::new(),
     };
     let position = positions.last().copied().unwrap_or(last_position);
+    // The whole state after the events, to be cached once they commit.
+    let remember = match (whole, version) {
+        (Some(mut whole), Some(version)) if !events.is_empty() => {
+            events.iter().for_each(|event| whole.apply(event));
+            let version = StreamVersion(version.0 + events.len() as u64);
+            Some(CommittedState { stream_id, version, last_position: position, state: whole })
+        }
+        _ => None,
+    };
     let (status, body) = respond(&Decided { state, events, position });
     if let Some(idempotency) = &input.idempotency {
         let stored = StoredResponse { status: status.as_u16(), body: body.clone() };
         IdempotencyClaim::record(transaction, input.actor.as_str(), &idempotency.key, &stored).await?;
     }
-    Ok(Answered { answer: (status, body), urgent, replayed: false })
+    Ok(Answered { answer: (status, body), urgent, replayed: false, remember })
 }
 
-/// A command's answer, and the urgent notices its commit calls for.
+/// A command's answer, the urgent notices its commit calls for, and the
+/// stream's whole state after it, when known.
 struct Answered {
     answer: (StatusCode, Value),
     urgent: Vec<(String, connections_fanout::Notice)>,
     /// The stored answer of the key's first request: nothing was appended.
     replayed: bool,
+    /// For the state cache, once the commit has succeeded.
+    remember: Option<CommittedState>,
+}
+
+/// A stream's whole state at the version a command's commit makes it.
+struct CommittedState {
+    stream_id: StreamId,
+    version: StreamVersion,
+    last_position: i64,
+    state: OwnerService,
 }
 
 impl Answered {
     /// The stored answer of an idempotency key's first request (its notices
     /// went out then).
     fn replayed(answer: (StatusCode, Value)) -> Self {
-        Self { answer, urgent: Vec::new(), replayed: true }
+        Self { answer, urgent: Vec::new(), replayed: true, remember: None }
     }
 }
 

@@ -86,6 +86,15 @@ pub static ROLE_CHANGES: CounterVec = CounterVec::new(
     &["role", "change"],
 );
 
+/// How commands and resolves found the state of the stream they decide on
+/// (`cache`: this instance's copy at the log's version; `log`: a short
+/// stream read whole; `copy`: the keyed copy).
+pub static STATE_LOADS: CounterVec = CounterVec::new(
+    "connections_state_loads_total",
+    "Loads of a stream's state by commands and resolves, by where the state was found.",
+    &["source"],
+);
+
 /// Every family above, in the order they are rendered.
 pub(crate) static ALL: &[&dyn Family] = &[
     &COMMAND_SECONDS,
@@ -99,4 +108,5 @@ pub(crate) static ALL: &[&dyn Family] = &[
     &HTTP_RESPONSES,
     &HTTP_SECONDS,
     &ROLE_CHANGES,
+    &STATE_LOADS,
 ];

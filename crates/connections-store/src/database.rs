@@ -1,24 +1,34 @@
 //! Connecting to Postgres: creating the database if missing, and the pool.
 
 use std::str::FromStr;
+use std::sync::Arc;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
 use crate::error::StoreError;
+use crate::state_cache::StateCache;
 
 /// A handle on the database: a bounded pool of connections, all with
-/// `synchronous_commit = on` so that an acknowledged command is on disk.
+/// `synchronous_commit = on` so that an acknowledged command is on disk;
+/// and the states of the streams this handle's commands wrote last.
 #[derive(Clone)]
 pub struct Database {
     pool: Pool,
     name: &'static str,
+    states: Arc<StateCache>,
 }
 
 impl Database {
     /// Wraps an existing pool.
     pub fn new(pool: Pool) -> Self {
-        Self { pool, name: "default" }
+        Self { pool, name: "default", states: Arc::default() }
+    }
+
+    /// The whole states of streams that commands through this handle
+    /// loaded or wrote (see [`StateCache`]), shared by its clones.
+    pub fn state_cache(&self) -> &StateCache {
+        &self.states
     }
 
     /// The same pool, named `name` in metrics (`commands`, `reads`, ...).

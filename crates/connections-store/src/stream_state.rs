@@ -22,6 +22,7 @@ use uuid::Uuid;
 use crate::codec::{binding_source_from_name, binding_source_name, decode};
 use crate::error::StoreError;
 use crate::log::{EventLog, RecordedEvent, StreamId, StreamVersion};
+use crate::state_cache::StateCache;
 
 /// The focused entries of one stream's copy, with the log's head of the
 /// stream, in one statement (`connections_load_state`, migration V16). `$1`
@@ -36,6 +37,15 @@ const LOAD: &str = "SELECT * FROM connections_load_state($1, $2, $3, $4, $5)";
 /// what, `$6`/`$7` connections, `$8` agents unbound, `$9`-`$11` agents bound.
 const SAVE: &str = "SELECT connections_save_state($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
 
+/// The log's head of one stream: its version and last position.
+const HEAD: &str = "SELECT stream_version, position FROM events WHERE stream_id = $1 \
+    ORDER BY stream_version DESC LIMIT 1";
+
+/// A stream whose state is not cached is read whole from the log, and its
+/// state then cached, when it holds at most this many events; a longer one
+/// is loaded from the keyed copy (its cost must not grow with history).
+pub const READ_WHOLE_UP_TO: u64 = 64;
+
 /// A stream's state as a command decides on it.
 #[derive(Debug)]
 pub struct Loaded {
@@ -47,6 +57,32 @@ pub struct Loaded {
     pub last_position: i64,
     /// Whether the copy had to be rebuilt from the log first.
     pub rebuilt: bool,
+    /// The whole state, when the load had it (for [`StateCache`]).
+    pub whole: Option<OwnerService>,
+    /// Where the state came from.
+    pub source: LoadSource,
+}
+
+/// Where [`StreamState::load_cached`] found a state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadSource {
+    /// This instance's cache, at the log's version.
+    Cache,
+    /// The whole (short) stream, read from the log and folded.
+    Log,
+    /// The keyed copy (rebuilt first if stale).
+    Copy,
+}
+
+impl LoadSource {
+    /// The name metrics use.
+    pub fn name(self) -> &'static str {
+        match self {
+            LoadSource::Cache => "cache",
+            LoadSource::Log => "log",
+            LoadSource::Copy => "copy",
+        }
+    }
 }
 
 /// Loads and writes the keyed copy of streams' states.
@@ -57,6 +93,46 @@ impl StreamState {
     /// stream would give it. A stale copy is rebuilt first, which takes the
     /// stream's lock.
     pub async fn load(client: &impl GenericClient, stream_id: &StreamId, focus: &Focus) -> Result<Loaded, StoreError> {
+        let loaded = Self::load_copy(client, stream_id, focus).await?;
+        connections_metrics::STATE_LOADS.inc(&[loaded.source.name()]);
+        Ok(loaded)
+    }
+
+    /// Like [`StreamState::load`], first asking `cache` for the whole state
+    /// at the log's version of the stream (one index entry of the log). On
+    /// a miss, a short stream is read whole and its state cached; a longer
+    /// one is loaded from the keyed copy. Call it under the stream's lock:
+    /// the version read must be the one the command appends after.
+    pub async fn load_cached(
+        client: &impl GenericClient,
+        cache: &StateCache,
+        stream_id: &StreamId,
+        focus: &Focus,
+    ) -> Result<Loaded, StoreError> {
+        let statement = client.prepare_cached(HEAD).await?;
+        let head = client.query_opt(&statement, &[&stream_id.as_str()]).await?;
+        let version = StreamVersion(head.as_ref().map_or(0, |row| row.get::<_, i64>(0)) as u64);
+        let loaded = if let Some((whole, last_position)) = cache.get(stream_id, version) {
+            let state = whole.restricted_to(focus);
+            Loaded { state, version, last_position, rebuilt: false, whole: Some(whole), source: LoadSource::Cache }
+        } else if version.0 <= READ_WHOLE_UP_TO {
+            // Read again rather than trusting `version`: a resolve that
+            // binds the default appends without the stream's lock.
+            let (history, version) = EventLog::read_stream(client, stream_id).await?;
+            let whole = fold(&history)?;
+            let last_position = history.last().map_or(0, |e| e.position);
+            cache.remember(stream_id, version, last_position, &whole);
+            let state = whole.restricted_to(focus);
+            Loaded { state, version, last_position, rebuilt: false, whole: Some(whole), source: LoadSource::Log }
+        } else {
+            Self::load_copy(client, stream_id, focus).await?
+        };
+        connections_metrics::STATE_LOADS.inc(&[loaded.source.name()]);
+        Ok(loaded)
+    }
+
+    /// The focused part of the keyed copy, rebuilt first if stale.
+    async fn load_copy(client: &impl GenericClient, stream_id: &StreamId, focus: &Focus) -> Result<Loaded, StoreError> {
         let statement = client.prepare_cached(LOAD).await?;
         let named: Vec<Uuid> = focus.connections.iter().map(ConnectionId::as_uuid).collect();
         let agents: Vec<&str> = focus.agents.iter().map(AgentId::as_str).collect();
@@ -68,7 +144,15 @@ impl StreamState {
         let last_position: i64 = row.get(3);
         if head_version.unwrap_or(0) != logged {
             let (whole, version, last_position) = Self::rebuild(client, stream_id).await?;
-            return Ok(Loaded { state: whole.restricted_to(focus), version, last_position, rebuilt: true });
+            let state = whole.restricted_to(focus);
+            return Ok(Loaded {
+                state,
+                version,
+                last_position,
+                rebuilt: true,
+                whole: Some(whole),
+                source: LoadSource::Copy,
+            });
         }
         let mut state = OwnerService::default();
         if head_version.is_some() {
@@ -84,7 +168,8 @@ impl StreamState {
                 state.bindings.insert(agent, binding);
             }
         }
-        Ok(Loaded { state, version: StreamVersion(logged as u64), last_position, rebuilt: false })
+        let version = StreamVersion(logged as u64);
+        Ok(Loaded { state, version, last_position, rebuilt: false, whole: None, source: LoadSource::Copy })
     }
 
     /// Prepares (caches on this connection) the statements of

@@ -1,10 +1,11 @@
 //! The keyed copy of a stream's state: what a command loads for its focus is
 //! what a fold of the whole stream restricts to, after any commands; a copy
-//! that missed appends is rebuilt from the log.
+//! that missed appends is rebuilt from the log; a cached state is the fold
+//! of the log at its version, and is used only at that version.
 
 use connections_domain::*;
 use connections_store::codec::new_events;
-use connections_store::{fold, EventLog, StreamAppend, StreamId, StreamState};
+use connections_store::{fold, EventLog, LoadSource, StateCache, StreamAppend, StreamId, StreamState, StreamVersion};
 use connections_testkit::TestDatabase;
 
 use super::metadata;
@@ -151,4 +152,83 @@ async fn a_copy_that_missed_appends_is_rebuilt_from_the_log() {
         run(&db, &stream, command(step), true).await;
         assert_loads_as_fold(&db, &stream, &command(step).focus(), &format!("step {step}")).await;
     }
+}
+
+/// Like [`run`], through `cache` as the API's commands do: the whole state
+/// after the command is remembered once it has committed. Returns whether
+/// the command was accepted and where its state came from.
+async fn run_cached(db: &TestDatabase, cache: &StateCache, stream: &StreamId, command: Command) -> (bool, LoadSource) {
+    let mut client = db.database.pool().get().await.expect("pool connection");
+    let transaction = client.transaction().await.expect("begin");
+    EventLog::lock_stream(&transaction, stream).await.expect("lock");
+    let loaded = StreamState::load_cached(&transaction, cache, stream, &command.focus()).await.expect("load");
+    let request = Request { actor: stream.owner().clone(), command };
+    let Ok(events) = decide(&loaded.state, &request) else {
+        return (false, loaded.source);
+    };
+    if events.is_empty() {
+        return (true, loaded.source);
+    }
+    let mut after = loaded.state.clone();
+    events.iter().for_each(|event| after.apply(event));
+    let append = [StreamAppend {
+        stream_id: stream.clone(),
+        expected_version: Some(loaded.version),
+        events: new_events(&events),
+    }];
+    StreamState::prepare(&transaction).await.expect("prepare");
+    let positions = EventLog::append(&transaction, &append, &metadata()).await.expect("append");
+    let changes = StateChanges::between(&loaded.state, &after);
+    StreamState::save(&transaction, stream, events.len(), &changes).await.expect("save");
+    transaction.commit().await.expect("commit");
+    let mut whole = loaded.whole.expect("a cached load has the whole state of a short stream");
+    events.iter().for_each(|event| whole.apply(event));
+    let version = StreamVersion(loaded.version.0 + events.len() as u64);
+    cache.remember(stream, version, *positions.last().expect("appended"), &whole);
+    (true, loaded.source)
+}
+
+#[tokio::test]
+async fn a_cached_state_is_the_fold_of_the_log_and_is_used_only_at_its_version() {
+    let db = TestDatabase::new().await;
+    let cache = StateCache::default();
+    let owner = OwnerId::parse("alice").expect("owner");
+    let stream = StreamId::owner_service(&owner, &ServiceName::parse("svc").expect("service"));
+    let (mut hits, mut after_other_writer) = (0, 0);
+    let mut other_wrote = false;
+    for step in 0..120 {
+        let command = command(step);
+        // Every fifth command comes from another instance (or a resolve):
+        // it appends without this cache.
+        if step % 5 == 4 {
+            let before = version_of(&db, &stream).await;
+            run(&db, &stream, command, true).await;
+            other_wrote |= version_of(&db, &stream).await != before;
+            continue;
+        }
+        let (_, source) = run_cached(&db, &cache, &stream, command.clone()).await;
+        if other_wrote {
+            assert_ne!(source, LoadSource::Cache, "step {step}: the log moved since the cached version");
+            after_other_writer += 1;
+            other_wrote = false;
+        }
+        hits += usize::from(source == LoadSource::Cache);
+        // What the next command would load is the log's fold.
+        let client = db.database.pool().get().await.expect("pool connection");
+        let (history, version) = EventLog::read_stream(&client, &stream).await.expect("read");
+        let whole = fold(&history).expect("fold");
+        let focus = command.focus();
+        let loaded = StreamState::load_cached(&client, &cache, &stream, &focus).await.expect("load");
+        assert_eq!(loaded.version, version, "step {step}");
+        assert_eq!(loaded.last_position, history.last().map_or(0, |e| e.position), "step {step}");
+        assert_eq!(loaded.state, whole.restricted_to(&focus), "step {step}");
+        assert_eq!(loaded.whole.as_ref(), Some(&whole), "step {step}: the whole state is the fold");
+    }
+    assert!(hits > 40, "commands after this instance's own find the state cached ({hits} of 96)");
+    assert!(after_other_writer >= 3, "the walk has other writers move the log ({after_other_writer})");
+}
+
+async fn version_of(db: &TestDatabase, stream: &StreamId) -> StreamVersion {
+    let client = db.database.pool().get().await.expect("pool connection");
+    EventLog::read_stream(&client, stream).await.expect("read").1
 }

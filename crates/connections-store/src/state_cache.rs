@@ -1,0 +1,102 @@
+//! This instance's copies of small streams' whole states, each tagged with
+//! the stream version it folds, so that a command on a stream it wrote a
+//! moment ago reads one index entry of the log instead of its state.
+//!
+//! Why it is exact: the log is append-only and a stream's versions are
+//! unique, so the events up to version `v` never change once committed, and
+//! neither does their fold. An entry is only ever made from a committed
+//! version (one read from the log, or one this instance saw commit), and it
+//! is used only when the log's version of the stream, read under the
+//! stream's lock in the command's transaction, is the entry's. Any other
+//! writer (another instance, a resolve binding the default, a stream
+//! written before this cache existed) moves the version and the entry is
+//! not used. An entry is never wrong; at worst it is out of date, and then
+//! the command loads the state as if there were no cache.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use connections_domain::OwnerService;
+
+use crate::log::{StreamId, StreamVersion};
+
+/// How many streams' states an instance keeps.
+pub const CACHED_STREAMS: usize = 8192;
+
+/// The largest state kept (connections plus bindings), so that the cache
+/// holds at most a few tens of megabytes whatever the streams hold.
+pub const CACHED_ENTRIES_PER_STREAM: usize = 64;
+
+/// Whole states of streams by the version they fold.
+#[derive(Debug)]
+pub struct StateCache {
+    entries: Mutex<HashMap<StreamId, Entry>>,
+    capacity: usize,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    version: StreamVersion,
+    last_position: i64,
+    state: OwnerService,
+}
+
+impl Default for StateCache {
+    fn default() -> Self {
+        Self::new(CACHED_STREAMS)
+    }
+}
+
+impl StateCache {
+    /// A cache of at most `capacity` streams.
+    pub fn new(capacity: usize) -> Self {
+        Self { entries: Mutex::new(HashMap::new()), capacity }
+    }
+
+    /// The whole state of `stream_id` at `version`, with the position of
+    /// its last event, if this instance has it.
+    pub fn get(&self, stream_id: &StreamId, version: StreamVersion) -> Option<(OwnerService, i64)> {
+        let entries = self.entries.lock().expect("not poisoned");
+        let entry = entries.get(stream_id).filter(|entry| entry.version == version)?;
+        Some((entry.state.clone(), entry.last_position))
+    }
+
+    /// Keeps `state` as the whole state of `stream_id` at `version`, whose
+    /// last event is at `last_position`. Call it only for a committed
+    /// version. A state too large to keep, or older than the one kept, is
+    /// not kept.
+    pub fn remember(&self, stream_id: &StreamId, version: StreamVersion, last_position: i64, state: &OwnerService) {
+        if state.connections.len() + state.bindings.len() > CACHED_ENTRIES_PER_STREAM {
+            self.forget(stream_id);
+            return;
+        }
+        let mut entries = self.entries.lock().expect("not poisoned");
+        if let Some(kept) = entries.get(stream_id) {
+            if kept.version >= version {
+                return;
+            }
+        } else if entries.len() >= self.capacity {
+            // Full: make room by dropping any one entry (a miss only costs
+            // the load the cache saves).
+            if let Some(evicted) = entries.keys().next().cloned() {
+                entries.remove(&evicted);
+            }
+        }
+        entries.insert(stream_id.clone(), Entry { version, last_position, state: state.clone() });
+    }
+
+    /// Drops what is kept of `stream_id`.
+    pub fn forget(&self, stream_id: &StreamId) {
+        self.entries.lock().expect("not poisoned").remove(stream_id);
+    }
+
+    /// How many streams are kept.
+    pub fn len(&self) -> usize {
+        self.entries.lock().expect("not poisoned").len()
+    }
+
+    /// Whether no stream is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
