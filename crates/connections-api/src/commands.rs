@@ -280,7 +280,7 @@ async fn decide_and_append(
     let save = async {
         match events.is_empty() {
             true => Ok(()),
-            false => StreamState::save(transaction, &stream_id, events.len(), &changes).await,
+            false => StreamState::save(transaction, &stream_id, version, events.len(), &changes).await,
         }
     };
     // The side-table writes, the state's changes and the append are
@@ -597,7 +597,8 @@ pub async fn load_connection_state(
         return Ok(None);
     };
     let focus = Focus { connections: [connection_id].into(), ..Focus::default() };
-    let loaded = StreamState::load(&transaction, &location.stream_id(), &focus).await?;
+    let cache = app.database.state_cache();
+    let loaded = StreamState::load_cached(&transaction, cache, &location.stream_id(), &focus).await?;
     transaction.commit().await.map_err(StoreError::from)?;
     Ok(Some(loaded.state))
 }

@@ -126,7 +126,10 @@ impl Attempt for Resolve<'_> {
         };
         let command = Command::ResolveForAgent { agent_id: agent.agent.clone() };
         let focus = command.focus();
-        let (locked, loaded) = futures::join!(lock, StreamState::load(transaction.client(), stream_id, &focus));
+        let (locked, loaded) = futures::join!(
+            lock,
+            StreamState::load_cached(transaction.client(), app.database.state_cache(), stream_id, &focus)
+        );
         locked?;
         let loaded = loaded?;
         let request = Request { actor: agent.owner.clone(), command };
@@ -167,7 +170,7 @@ impl Attempt for Resolve<'_> {
             StreamState::prepare(transaction.client()).await?;
             let (appended, saved) = futures::join!(
                 EventLog::append(transaction.client(), &append, &metadata),
-                StreamState::save(transaction.client(), stream_id, events.len(), &changes)
+                StreamState::save(transaction.client(), stream_id, Some(loaded.version), events.len(), &changes)
             );
             appended.and_then(|positions| saved.map(|()| positions.last().copied()))
         };

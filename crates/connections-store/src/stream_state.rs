@@ -186,15 +186,34 @@ impl StreamState {
     }
 
     /// Writes what a command changed, in the transaction that appends its
-    /// `appended` events (which advance the copy's version). Call it only
+    /// `appended` events (which advance the copy's version) after version
+    /// `after` (`None`: a writer that did not read the stream). Call it only
     /// when events are appended, after [`StreamState::prepare`].
+    ///
+    /// A stream that is still short after the append is not written: only
+    /// a stream longer than [`READ_WHOLE_UP_TO`] is ever loaded from its
+    /// copy. The copy's version then falls behind the log's for good (it
+    /// only moves by the events written to it), so the first load from the
+    /// copy once the stream is long rebuilds it, once; every write after
+    /// that keeps it.
     pub async fn save(
         client: &impl GenericClient,
         stream_id: &StreamId,
+        after: Option<StreamVersion>,
         appended: usize,
         changes: &StateChanges,
     ) -> Result<(), StoreError> {
+        if !Self::keeps_copy(after, appended) {
+            return Ok(());
+        }
         Self::write(client, stream_id, appended as i64, false, changes).await
+    }
+
+    /// Whether a write of `appended` events after version `after` must
+    /// write the keyed copy: when the stream is then long, or its length is
+    /// not known.
+    pub fn keeps_copy(after: Option<StreamVersion>, appended: usize) -> bool {
+        after.is_none_or(|after| after.0 + appended as u64 > READ_WHOLE_UP_TO)
     }
 
     /// Replaces the copy of `stream_id` with a fold of the log, under the

@@ -5,7 +5,9 @@
 
 use connections_domain::*;
 use connections_store::codec::new_events;
-use connections_store::{fold, EventLog, LoadSource, StateCache, StreamAppend, StreamId, StreamState, StreamVersion};
+use connections_store::{
+    fold, EventLog, LoadSource, StateCache, StreamAppend, StreamId, StreamState, StreamVersion, READ_WHOLE_UP_TO,
+};
 use connections_testkit::TestDatabase;
 
 use super::metadata;
@@ -44,7 +46,9 @@ async fn run(db: &TestDatabase, stream: &StreamId, command: Command, keep_copy: 
     EventLog::append(&transaction, &append, &metadata()).await.expect("append");
     if keep_copy {
         let changes = StateChanges::between(&loaded.state, &after);
-        StreamState::save(&transaction, stream, events.len(), &changes).await.expect("save");
+        // As a writer that does not know the stream's length: the copy is
+        // kept however short the stream.
+        StreamState::save(&transaction, stream, None, events.len(), &changes).await.expect("save");
     }
     transaction.commit().await.expect("commit");
     true
@@ -156,18 +160,24 @@ async fn a_copy_that_missed_appends_is_rebuilt_from_the_log() {
 
 /// Like [`run`], through `cache` as the API's commands do: the whole state
 /// after the command is remembered once it has committed. Returns whether
-/// the command was accepted and where its state came from.
-async fn run_cached(db: &TestDatabase, cache: &StateCache, stream: &StreamId, command: Command) -> (bool, LoadSource) {
+/// the command was accepted, where its state came from, and whether the
+/// copy was rebuilt for it.
+async fn run_cached(
+    db: &TestDatabase,
+    cache: &StateCache,
+    stream: &StreamId,
+    command: Command,
+) -> (bool, LoadSource, bool) {
     let mut client = db.database.pool().get().await.expect("pool connection");
     let transaction = client.transaction().await.expect("begin");
     EventLog::lock_stream(&transaction, stream).await.expect("lock");
     let loaded = StreamState::load_cached(&transaction, cache, stream, &command.focus()).await.expect("load");
     let request = Request { actor: stream.owner().clone(), command };
     let Ok(events) = decide(&loaded.state, &request) else {
-        return (false, loaded.source);
+        return (false, loaded.source, loaded.rebuilt);
     };
     if events.is_empty() {
-        return (true, loaded.source);
+        return (true, loaded.source, loaded.rebuilt);
     }
     let mut after = loaded.state.clone();
     events.iter().for_each(|event| after.apply(event));
@@ -179,13 +189,15 @@ async fn run_cached(db: &TestDatabase, cache: &StateCache, stream: &StreamId, co
     StreamState::prepare(&transaction).await.expect("prepare");
     let positions = EventLog::append(&transaction, &append, &metadata()).await.expect("append");
     let changes = StateChanges::between(&loaded.state, &after);
-    StreamState::save(&transaction, stream, events.len(), &changes).await.expect("save");
+    StreamState::save(&transaction, stream, Some(loaded.version), events.len(), &changes).await.expect("save");
     transaction.commit().await.expect("commit");
-    let mut whole = loaded.whole.expect("a cached load has the whole state of a short stream");
-    events.iter().for_each(|event| whole.apply(event));
-    let version = StreamVersion(loaded.version.0 + events.len() as u64);
-    cache.remember(stream, version, *positions.last().expect("appended"), &whole);
-    (true, loaded.source)
+    // A long stream loaded from its copy has no whole state to remember.
+    if let Some(mut whole) = loaded.whole {
+        events.iter().for_each(|event| whole.apply(event));
+        let version = StreamVersion(loaded.version.0 + events.len() as u64);
+        cache.remember(stream, version, *positions.last().expect("appended"), &whole);
+    }
+    (true, loaded.source, loaded.rebuilt)
 }
 
 #[tokio::test]
@@ -206,7 +218,7 @@ async fn a_cached_state_is_the_fold_of_the_log_and_is_used_only_at_its_version()
             other_wrote |= version_of(&db, &stream).await != before;
             continue;
         }
-        let (_, source) = run_cached(&db, &cache, &stream, command.clone()).await;
+        let (_, source, _) = run_cached(&db, &cache, &stream, command.clone()).await;
         if other_wrote {
             assert_ne!(source, LoadSource::Cache, "step {step}: the log moved since the cached version");
             after_other_writer += 1;
@@ -231,4 +243,51 @@ async fn a_cached_state_is_the_fold_of_the_log_and_is_used_only_at_its_version()
 async fn version_of(db: &TestDatabase, stream: &StreamId) -> StreamVersion {
     let client = db.database.pool().get().await.expect("pool connection");
     EventLog::read_stream(&client, stream).await.expect("read").1
+}
+
+#[tokio::test]
+async fn a_short_streams_copy_is_not_written_and_a_long_ones_is_rebuilt_once_then_kept() {
+    let db = TestDatabase::new().await;
+    let cache = StateCache::default();
+    let owner = OwnerId::parse("alice").expect("owner");
+    let stream = StreamId::owner_service(&owner, &ServiceName::parse("svc").expect("service"));
+    let create = Command::CreateConnection {
+        connection_id: conn(1),
+        service: ServiceName::parse("svc").expect("service"),
+        name: ConnectionName::parse("n").expect("name"),
+        credential_kind: CredentialKind::ApiKey,
+        agent_id: None,
+        skill: None,
+    };
+    let assign = |n: u64| Command::AssignToAgent { connection_id: conn(1), agent_id: agent(n) };
+    assert!(run_cached(&db, &cache, &stream, create).await.0);
+    let short = READ_WHOLE_UP_TO - 1;
+    for n in 0..short {
+        assert!(run_cached(&db, &cache, &stream, assign(n)).await.0);
+    }
+    let client = db.database.pool().get().await.expect("pool connection");
+    let copied = "SELECT (SELECT count(*) FROM stream_heads WHERE stream_id = $1) \
+                  + (SELECT count(*) FROM stream_bindings WHERE stream_id = $1)";
+    let rows: i64 = client.query_one(copied, &[&stream.as_str()]).await.expect("count").get(0);
+    assert_eq!(rows, 0, "a short stream's writes leave its copy alone");
+    // Past the threshold: once the state is too large to cache, the first
+    // load from the copy finds it behind the log and rebuilds it, once.
+    let mut rebuilds = 0;
+    for n in short..short + 20 {
+        let (accepted, source, rebuilt) = run_cached(&db, &cache, &stream, assign(n)).await;
+        assert!(accepted);
+        assert!(source == LoadSource::Copy || !rebuilt);
+        rebuilds += usize::from(rebuilt);
+    }
+    assert_eq!(rebuilds, 1, "the copy of a stream that became long is rebuilt once");
+    // From then on every write keeps it.
+    for n in short + 20..short + 30 {
+        assert!(run_cached(&db, &cache, &stream, assign(n)).await.0);
+    }
+    let focus = Command::RevokeConnection { connection_id: conn(1) }.focus();
+    let (history, version) = EventLog::read_stream(&client, &stream).await.expect("read");
+    assert!(version.0 > READ_WHOLE_UP_TO, "the stream is long now ({version:?})");
+    let loaded = StreamState::load_cached(&client, &StateCache::default(), &stream, &focus).await.expect("load");
+    assert_eq!((loaded.source, loaded.rebuilt), (LoadSource::Copy, false), "kept since");
+    assert_eq!(loaded.state, fold(&history).expect("fold").restricted_to(&focus));
 }
