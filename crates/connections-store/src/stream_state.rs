@@ -109,9 +109,7 @@ impl StreamState {
         stream_id: &StreamId,
         focus: &Focus,
     ) -> Result<Loaded, StoreError> {
-        let statement = client.prepare_cached(HEAD).await?;
-        let head = client.query_opt(&statement, &[&stream_id.as_str()]).await?;
-        let version = StreamVersion(head.as_ref().map_or(0, |row| row.get::<_, i64>(0)) as u64);
+        let (version, _) = Self::head(client, stream_id).await?;
         let loaded = if let Some((whole, last_position)) = cache.get(stream_id, version) {
             let state = whole.restricted_to(focus);
             Loaded { state, version, last_position, rebuilt: false, whole: Some(whole), source: LoadSource::Cache }
@@ -129,6 +127,14 @@ impl StreamState {
         };
         connections_metrics::STATE_LOADS.inc(&[loaded.source.name()]);
         Ok(loaded)
+    }
+
+    /// The log's version of `stream_id` and the position of its last event
+    /// (0 and 0 for a stream that does not exist yet): one index entry.
+    pub async fn head(client: &impl GenericClient, stream_id: &StreamId) -> Result<(StreamVersion, i64), StoreError> {
+        let statement = client.prepare_cached(HEAD).await?;
+        let head = client.query_opt(&statement, &[&stream_id.as_str()]).await?;
+        Ok(head.map_or((StreamVersion(0), 0), |row| (StreamVersion(row.get::<_, i64>(0) as u64), row.get(1))))
     }
 
     /// The focused part of the keyed copy, rebuilt first if stale.
