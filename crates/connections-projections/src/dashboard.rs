@@ -102,13 +102,22 @@ impl Touched {
     }
 }
 
-const LOAD_CONNECTIONS: &str = "SELECT owner_id, connection_id, service, name, skill, credential_kind, \
-    credential_version, status, is_default, needs_attention, agent_count, created_at, last_changed_at, last_position \
-    FROM rm_connections WHERE (owner_id, connection_id) IN (SELECT * FROM unnest($1::text[], $2::uuid[]))";
-const LOAD_SERVICES: &str = "SELECT owner_id, service, active_connections, default_connection_id, agent_count \
-    FROM rm_services WHERE (owner_id, service) IN (SELECT * FROM unnest($1::text[], $2::text[]))";
-const LOAD_AGENTS: &str = "SELECT owner_id, connection_id, agent_id, service, source, since FROM rm_connection_agents \
-    WHERE (owner_id, connection_id, agent_id) IN (SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[]))";
+// Every key is looked up by its primary key, one at a time (a LATERAL
+// subquery with a LIMIT is never flattened into a join): written as
+// `(...) IN (SELECT * FROM unnest(...))`, the plans made while a table was
+// small (a new deployment's first minutes, before autovacuum analyzes it)
+// scanned the whole table on every batch, and kept doing so as it grew.
+const LOAD_CONNECTIONS: &str = "SELECT r.* FROM unnest($1::text[], $2::uuid[]) AS k(owner_id, connection_id) \
+    CROSS JOIN LATERAL (SELECT owner_id, connection_id, service, name, skill, credential_kind, credential_version, \
+        status, is_default, needs_attention, agent_count, created_at, last_changed_at, last_position \
+        FROM rm_connections c WHERE c.owner_id = k.owner_id AND c.connection_id = k.connection_id LIMIT 1) AS r";
+const LOAD_SERVICES: &str = "SELECT r.* FROM unnest($1::text[], $2::text[]) AS k(owner_id, service) \
+    CROSS JOIN LATERAL (SELECT owner_id, service, active_connections, default_connection_id, agent_count \
+        FROM rm_services s WHERE s.owner_id = k.owner_id AND s.service = k.service LIMIT 1) AS r";
+const LOAD_AGENTS: &str = "SELECT r.* FROM unnest($1::text[], $2::uuid[], $3::text[]) AS k(owner_id, connection_id, \
+    agent_id) CROSS JOIN LATERAL (SELECT owner_id, connection_id, agent_id, service, source, since \
+        FROM rm_connection_agents a WHERE a.owner_id = k.owner_id AND a.connection_id = k.connection_id \
+        AND a.agent_id = k.agent_id LIMIT 1) AS r";
 
 /// The touched rows as they are now (pipelined).
 pub(crate) async fn load(client: &impl GenericClient, touched: &Touched) -> Result<Model, StoreError> {
@@ -182,8 +191,10 @@ const STORE_AGENTS: &str = "INSERT INTO rm_connection_agents (owner_id, connecti
     since) SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::timestamptz[]) \
     ON CONFLICT (owner_id, connection_id, agent_id) DO UPDATE SET service = excluded.service, \
         source = excluded.source, since = excluded.since";
-const FORGET_AGENTS: &str = "DELETE FROM rm_connection_agents \
-    WHERE (owner_id, connection_id, agent_id) IN (SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[]))";
+const FORGET_AGENTS: &str = "DELETE FROM rm_connection_agents WHERE ctid = ANY(ARRAY( \
+    SELECT r.ctid FROM unnest($1::text[], $2::uuid[], $3::text[]) AS k(owner_id, connection_id, agent_id) \
+    CROSS JOIN LATERAL (SELECT ctid FROM rm_connection_agents a WHERE a.owner_id = k.owner_id \
+        AND a.connection_id = k.connection_id AND a.agent_id = k.agent_id LIMIT 1) AS r))";
 const STORE_CHANGES: &str = "INSERT INTO rm_changes (owner_id, transaction_id, position, event_type, \
     connection_id, service, occurred_at) \
     SELECT o, t::xid8, p, e, c, s, at FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::uuid[], \
