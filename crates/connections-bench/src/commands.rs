@@ -136,7 +136,8 @@ async fn run_on(
             let mut raw_rate = 0.0;
             for path in [Path::Raw, Path::Product] {
                 let before = counters(&database).await?;
-                let summary = measure(path, concurrency, phase, &database, &http, &base, &secret, round).await?;
+                let (summary, by_step) =
+                    measure(path, concurrency, phase, &database, &http, &base, &secret, round).await?;
                 // Let the projector finish this phase's events, and the
                 // statistics collector see every backend's counters.
                 tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -176,6 +177,17 @@ async fn run_on(
                     (after.cpu.saturating_sub(before.cpu)).as_secs_f64() * 1e3 / commands,
                     lag
                 );
+                if path == Path::Product {
+                    let steps: Vec<String> = STEPS
+                        .iter()
+                        .zip(by_step)
+                        .map(|(step, samples)| {
+                            let summary = Summary::new(samples, phase);
+                            format!("{step} {}/{}", ms(summary.p50), ms(summary.p99))
+                        })
+                        .collect();
+                    println!("         p50/p99 ms by command: {}", steps.join(", "));
+                }
             }
         }
         ratios.sort_by(f64::total_cmp);
@@ -192,8 +204,23 @@ async fn run_on(
     Ok(())
 }
 
+/// The mix's commands, in order (the product's latencies are also
+/// reported per command; the three assigns as one).
+const STEPS: [&str; 4] = ["create", "assign", "default", "revoke"];
+
+/// Which of [`STEPS`] the mix's `n`th command is.
+fn step_of(n: usize) -> usize {
+    match n {
+        0 => 0,
+        1..=3 => 1,
+        4 => 2,
+        _ => 3,
+    }
+}
+
 /// A closed loop at `concurrency`: each worker runs whole mixes (product) or
-/// single raw appends until the phase ends.
+/// single raw appends until the phase ends. Also returns the product's
+/// latencies by step of the mix.
 #[allow(clippy::too_many_arguments)]
 async fn measure(
     path: Path,
@@ -204,7 +231,7 @@ async fn measure(
     base: &str,
     secret: &[u8],
     round: usize,
-) -> anyhow::Result<Summary> {
+) -> anyhow::Result<(Summary, Vec<Vec<Duration>>)> {
     let started = Instant::now();
     let deadline = started + phase;
     let mut workers = Vec::new();
@@ -220,19 +247,22 @@ async fn measure(
                     Path::Raw => {
                         let begin = Instant::now();
                         super::append::raw_append(&database, &format!("{}-{stream}", owner.name)).await?;
-                        samples.push(begin.elapsed());
+                        samples.push((0, begin.elapsed()));
                     }
-                    Path::Product => samples.extend(owner.mix(&http, &base, stream).await?),
+                    Path::Product => samples.extend(owner.mix(&http, &base, stream).await?.into_iter().enumerate()),
                 }
             }
             anyhow::Ok(samples)
         }));
     }
-    let mut samples = Vec::new();
+    let (mut samples, mut by_step) = (Vec::new(), vec![Vec::new(); STEPS.len()]);
     for worker in workers {
-        samples.extend(worker.await??);
+        for (n, sample) in worker.await?? {
+            samples.push(sample);
+            by_step[step_of(n)].push(sample);
+        }
     }
-    Ok(Summary::new(samples, started.elapsed()))
+    Ok((Summary::new(samples, started.elapsed()), by_step))
 }
 
 /// A user of the product, with a token.
