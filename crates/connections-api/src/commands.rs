@@ -258,20 +258,23 @@ async fn decide_and_append(
     let stream_id = location.stream_id();
     // The command decides on the entries of the stream's state it names
     // (see `connections_domain::Focus`). One that does not depend on the
-    // stream decides on an empty state, reading only the stream's version:
-    // whether its write must keep the keyed copy, and whether the cache can
-    // follow it (a new stream's whole state is the empty one).
+    // stream decides on an empty state, reading only the stream's version
+    // (unless the stream is known to be long): whether its write must keep
+    // the keyed copy, and whether the cache can follow it (a new stream's
+    // whole state is the empty one). It appends after that version.
     let cache = app.database.state_cache();
     let (before, version, last_position, whole) = if input.command.reads_state() {
         let loaded = StreamState::load_cached(transaction, cache, &stream_id, &input.command.focus()).await?;
-        (loaded.state, loaded.version, loaded.last_position, loaded.whole)
+        (loaded.state, Some(loaded.version), loaded.last_position, loaded.whole)
+    } else if cache.is_long(&stream_id) {
+        (OwnerService::default(), None, 0, None)
     } else {
         let (version, last_position) = StreamState::head(transaction, &stream_id).await?;
         let whole = match cache.get(&stream_id, version) {
             Some((whole, _)) => Some(whole),
             None => (version.0 == 0).then(OwnerService::default),
         };
-        (OwnerService::default(), version, last_position, whole)
+        (OwnerService::default(), Some(version), last_position, whole)
     };
     let request = Request { actor: input.actor.clone(), command: input.command.clone() };
     let events = decide(&before, &request).map_err(|e| AttemptError::Refused(e.into()))?;
@@ -282,12 +285,12 @@ async fn decide_and_append(
     let side_writes = side_writes(app, transaction, location, &state, &events, input.credential.as_ref()).await?;
     let new_events = new_events(&events);
     let metadata = Metadata { actor: recorded_actor.to_owned(), command_id, correlation_id: command_id };
-    let append = [StreamAppend { stream_id: stream_id.clone(), expected_version: Some(version), events: new_events }];
+    let append = [StreamAppend { stream_id: stream_id.clone(), expected_version: version, events: new_events }];
     let changes = StateChanges::between(&before, &state);
     let save = async {
         match events.is_empty() {
             true => Ok(()),
-            false => StreamState::save(transaction, &stream_id, Some(version), events.len(), &changes).await,
+            false => StreamState::save(transaction, &stream_id, version, events.len(), &changes).await,
         }
     };
     // The side-table writes, the state's changes and the append are
@@ -326,8 +329,8 @@ async fn decide_and_append(
     };
     let position = positions.last().copied().unwrap_or(last_position);
     // The whole state after the events, to be cached once they commit.
-    let remember = match whole {
-        Some(mut whole) if !events.is_empty() => {
+    let remember = match (whole, version) {
+        (Some(mut whole), Some(version)) if !events.is_empty() => {
             events.iter().for_each(|event| whole.apply(event));
             let version = StreamVersion(version.0 + events.len() as u64);
             Some(CommittedState { stream_id, version, last_position: position, state: whole })

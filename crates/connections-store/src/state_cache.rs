@@ -12,6 +12,9 @@
 //! written before this cache existed) moves the version and the entry is
 //! not used. An entry is never wrong; at worst it is out of date, and then
 //! the command loads the state as if there were no cache.
+//!
+//! A stream longer than [`READ_WHOLE_UP_TO`] is only marked as such: it is
+//! loaded from its keyed copy in one round trip, as without the cache.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -19,6 +22,7 @@ use std::sync::Mutex;
 use connections_domain::OwnerService;
 
 use crate::log::{StreamId, StreamVersion};
+use crate::stream_state::READ_WHOLE_UP_TO;
 
 /// How many streams' states an instance keeps.
 pub const CACHED_STREAMS: usize = 8192;
@@ -35,10 +39,13 @@ pub struct StateCache {
 }
 
 #[derive(Debug, Clone)]
-struct Entry {
-    version: StreamVersion,
-    last_position: i64,
-    state: OwnerService,
+enum Entry {
+    /// The whole state at `version`.
+    State { version: StreamVersion, last_position: i64, state: OwnerService },
+    /// The stream is longer than [`READ_WHOLE_UP_TO`]: it is loaded from
+    /// its keyed copy, without asking the log for its version first. True
+    /// for good (the log only grows).
+    Long,
 }
 
 impl Default for StateCache {
@@ -57,8 +64,17 @@ impl StateCache {
     /// its last event, if this instance has it.
     pub fn get(&self, stream_id: &StreamId, version: StreamVersion) -> Option<(OwnerService, i64)> {
         let entries = self.entries.lock().expect("not poisoned");
-        let entry = entries.get(stream_id).filter(|entry| entry.version == version)?;
-        Some((entry.state.clone(), entry.last_position))
+        match entries.get(stream_id)? {
+            Entry::State { version: kept, last_position, state } if *kept == version => {
+                Some((state.clone(), *last_position))
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether `stream_id` is known to be longer than [`READ_WHOLE_UP_TO`].
+    pub fn is_long(&self, stream_id: &StreamId) -> bool {
+        matches!(self.entries.lock().expect("not poisoned").get(stream_id), Some(Entry::Long))
     }
 
     /// Keeps `state` as the whole state of `stream_id` at `version`, whose
@@ -66,23 +82,35 @@ impl StateCache {
     /// version. A state too large to keep, or older than the one kept, is
     /// not kept.
     pub fn remember(&self, stream_id: &StreamId, version: StreamVersion, last_position: i64, state: &OwnerService) {
-        if state.connections.len() + state.bindings.len() > CACHED_ENTRIES_PER_STREAM {
-            self.forget(stream_id);
-            return;
+        if version.0 > READ_WHOLE_UP_TO {
+            return self.insert(stream_id, Entry::Long);
         }
-        let mut entries = self.entries.lock().expect("not poisoned");
-        if let Some(kept) = entries.get(stream_id) {
-            if kept.version >= version {
+        if state.connections.len() + state.bindings.len() > CACHED_ENTRIES_PER_STREAM {
+            return self.forget(stream_id);
+        }
+        if let Some(Entry::State { version: kept, .. }) = self.entries.lock().expect("not poisoned").get(stream_id) {
+            if *kept >= version {
                 return;
             }
-        } else if entries.len() >= self.capacity {
+        }
+        self.insert(stream_id, Entry::State { version, last_position, state: state.clone() });
+    }
+
+    /// Notes that `stream_id` is longer than [`READ_WHOLE_UP_TO`].
+    pub fn mark_long(&self, stream_id: &StreamId) {
+        self.insert(stream_id, Entry::Long);
+    }
+
+    fn insert(&self, stream_id: &StreamId, entry: Entry) {
+        let mut entries = self.entries.lock().expect("not poisoned");
+        if entries.len() >= self.capacity && !entries.contains_key(stream_id) {
             // Full: make room by dropping any one entry (a miss only costs
             // the load the cache saves).
             if let Some(evicted) = entries.keys().next().cloned() {
                 entries.remove(&evicted);
             }
         }
-        entries.insert(stream_id.clone(), Entry { version, last_position, state: state.clone() });
+        entries.insert(stream_id.clone(), entry);
     }
 
     /// Drops what is kept of `stream_id`.

@@ -101,7 +101,8 @@ impl StreamState {
     /// Like [`StreamState::load`], first asking `cache` for the whole state
     /// at the log's version of the stream (one index entry of the log). On
     /// a miss, a short stream is read whole and its state cached; a longer
-    /// one is loaded from the keyed copy. Call it under the stream's lock:
+    /// one is loaded from the keyed copy, and marked long in the cache, so
+    /// that its next loads go to the copy at once. Call it under the stream's lock:
     /// the version read must be the one the command appends after.
     pub async fn load_cached(
         client: &impl GenericClient,
@@ -109,6 +110,11 @@ impl StreamState {
         stream_id: &StreamId,
         focus: &Focus,
     ) -> Result<Loaded, StoreError> {
+        if cache.is_long(stream_id) {
+            let loaded = Self::load_copy(client, stream_id, focus).await?;
+            connections_metrics::STATE_LOADS.inc(&[loaded.source.name()]);
+            return Ok(loaded);
+        }
         let (version, _) = Self::head(client, stream_id).await?;
         let loaded = if let Some((whole, last_position)) = cache.get(stream_id, version) {
             let state = whole.restricted_to(focus);
@@ -123,6 +129,7 @@ impl StreamState {
             let state = whole.restricted_to(focus);
             Loaded { state, version, last_position, rebuilt: false, whole: Some(whole), source: LoadSource::Log }
         } else {
+            cache.mark_long(stream_id);
             Self::load_copy(client, stream_id, focus).await?
         };
         connections_metrics::STATE_LOADS.inc(&[loaded.source.name()]);
