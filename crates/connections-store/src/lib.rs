@@ -40,7 +40,7 @@ pub use log::{
 pub use migrate::{is_current as migrations_current, migrate};
 pub use oauth_state::{Consumed, PendingFlow};
 pub use secrets::StoredCredential;
-pub use state_cache::{StateCache, CACHED_ENTRIES_PER_STREAM, CACHED_STREAMS};
+pub use state_cache::StateCache;
 pub use stream_state::{fold, LoadSource, Loaded, StreamState, READ_WHOLE_UP_TO};
 pub use transaction::PipelinedTransaction;
 pub use upkeep::{PendingRevocation, RefreshDue, RefreshSchedule, UpstreamRevocations};

@@ -114,17 +114,7 @@ impl StateCache {
     }
 
     /// Drops what is kept of `stream_id`.
-    pub fn forget(&self, stream_id: &StreamId) {
+    fn forget(&self, stream_id: &StreamId) {
         self.entries.lock().expect("not poisoned").remove(stream_id);
-    }
-
-    /// How many streams are kept.
-    pub fn len(&self) -> usize {
-        self.entries.lock().expect("not poisoned").len()
-    }
-
-    /// Whether no stream is kept.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }

@@ -102,38 +102,54 @@ impl StreamState {
     /// at the log's version of the stream (one index entry of the log). On
     /// a miss, a short stream is read whole and its state cached; a longer
     /// one is loaded from the keyed copy, and marked long in the cache, so
-    /// that its next loads go to the copy at once. Call it under the stream's lock:
-    /// the version read must be the one the command appends after.
+    /// that its next loads go to the copy at once. A command calls it under
+    /// the stream's lock, so that the version read is the one it appends
+    /// after; without the lock (a resolve's first attempt), the append's
+    /// version check catches a writer in between.
     pub async fn load_cached(
         client: &impl GenericClient,
         cache: &StateCache,
         stream_id: &StreamId,
         focus: &Focus,
     ) -> Result<Loaded, StoreError> {
-        if cache.is_long(stream_id) {
-            let loaded = Self::load_copy(client, stream_id, focus).await?;
-            connections_metrics::STATE_LOADS.inc(&[loaded.source.name()]);
-            return Ok(loaded);
-        }
-        let (version, _) = Self::head(client, stream_id).await?;
-        let loaded = if let Some((whole, last_position)) = cache.get(stream_id, version) {
-            let state = whole.restricted_to(focus);
-            Loaded { state, version, last_position, rebuilt: false, whole: Some(whole), source: LoadSource::Cache }
-        } else if version.0 <= READ_WHOLE_UP_TO {
-            // Read again rather than trusting `version`: a resolve that
-            // binds the default appends without the stream's lock.
-            let (history, version) = EventLog::read_stream(client, stream_id).await?;
-            let whole = fold(&history)?;
-            let last_position = history.last().map_or(0, |e| e.position);
-            cache.remember(stream_id, version, last_position, &whole);
-            let state = whole.restricted_to(focus);
-            Loaded { state, version, last_position, rebuilt: false, whole: Some(whole), source: LoadSource::Log }
-        } else {
-            cache.mark_long(stream_id);
-            Self::load_copy(client, stream_id, focus).await?
-        };
+        let loaded = Self::load_through(client, cache, stream_id, focus).await?;
         connections_metrics::STATE_LOADS.inc(&[loaded.source.name()]);
         Ok(loaded)
+    }
+
+    async fn load_through(
+        client: &impl GenericClient,
+        cache: &StateCache,
+        stream_id: &StreamId,
+        focus: &Focus,
+    ) -> Result<Loaded, StoreError> {
+        if cache.is_long(stream_id) {
+            return Self::load_copy(client, stream_id, focus).await;
+        }
+        let (version, _) = Self::head(client, stream_id).await?;
+        if let Some((whole, last_position)) = cache.get(stream_id, version) {
+            let state = whole.restricted_to(focus);
+            return Ok(Loaded {
+                state,
+                version,
+                last_position,
+                rebuilt: false,
+                whole: Some(whole),
+                source: LoadSource::Cache,
+            });
+        }
+        if version.0 > READ_WHOLE_UP_TO {
+            cache.mark_long(stream_id);
+            return Self::load_copy(client, stream_id, focus).await;
+        }
+        // Read again rather than trusting `version`: a resolve that binds
+        // the default appends without the stream's lock.
+        let (history, version) = EventLog::read_stream(client, stream_id).await?;
+        let whole = fold(&history)?;
+        let last_position = history.last().map_or(0, |e| e.position);
+        cache.remember(stream_id, version, last_position, &whole);
+        let state = whole.restricted_to(focus);
+        Ok(Loaded { state, version, last_position, rebuilt: false, whole: Some(whole), source: LoadSource::Log })
     }
 
     /// The log's version of `stream_id` and the position of its last event
@@ -225,7 +241,7 @@ impl StreamState {
     /// Whether a write of `appended` events after version `after` must
     /// write the keyed copy: when the stream is then long, or its length is
     /// not known.
-    pub fn keeps_copy(after: Option<StreamVersion>, appended: usize) -> bool {
+    fn keeps_copy(after: Option<StreamVersion>, appended: usize) -> bool {
         after.is_none_or(|after| after.0 + appended as u64 > READ_WHOLE_UP_TO)
     }
 

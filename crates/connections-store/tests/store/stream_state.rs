@@ -6,7 +6,8 @@
 use connections_domain::*;
 use connections_store::codec::new_events;
 use connections_store::{
-    fold, EventLog, LoadSource, StateCache, StreamAppend, StreamId, StreamState, StreamVersion, READ_WHOLE_UP_TO,
+    fold, EventLog, LoadSource, Loaded, StateCache, StreamAppend, StreamId, StreamState, StreamVersion,
+    READ_WHOLE_UP_TO,
 };
 use connections_testkit::TestDatabase;
 
@@ -35,23 +36,38 @@ async fn run(db: &TestDatabase, stream: &StreamId, command: Command, keep_copy: 
     if events.is_empty() {
         return true;
     }
-    let mut after = loaded.state.clone();
-    events.iter().for_each(|event| after.apply(event));
+    // As a writer that does not know the stream's length: the copy is kept
+    // however short the stream.
+    let save = keep_copy.then_some(None);
+    append_and_save(&transaction, stream, &loaded, &events, save).await;
+    transaction.commit().await.expect("commit");
+    true
+}
+
+/// Appends `events` after the loaded version and, unless `save` is `None`,
+/// saves their changes as a writer that read the stream at `save`'s version
+/// (`Some(None)`: a writer that did not). Returns the events' positions.
+async fn append_and_save(
+    transaction: &impl deadpool_postgres::GenericClient,
+    stream: &StreamId,
+    loaded: &Loaded,
+    events: &[Event],
+    save: Option<Option<StreamVersion>>,
+) -> Vec<i64> {
     let append = [StreamAppend {
         stream_id: stream.clone(),
         expected_version: Some(loaded.version),
-        events: new_events(&events),
+        events: new_events(events),
     }];
-    StreamState::prepare(&transaction).await.expect("prepare");
-    EventLog::append(&transaction, &append, &metadata()).await.expect("append");
-    if keep_copy {
-        let changes = StateChanges::between(&loaded.state, &after);
-        // As a writer that does not know the stream's length: the copy is
-        // kept however short the stream.
-        StreamState::save(&transaction, stream, None, events.len(), &changes).await.expect("save");
+    StreamState::prepare(transaction).await.expect("prepare");
+    let positions = EventLog::append(transaction, &append, &metadata()).await.expect("append");
+    if let Some(after) = save {
+        let mut state = loaded.state.clone();
+        events.iter().for_each(|event| state.apply(event));
+        let changes = StateChanges::between(&loaded.state, &state);
+        StreamState::save(transaction, stream, after, events.len(), &changes).await.expect("save");
     }
-    transaction.commit().await.expect("commit");
-    true
+    positions
 }
 
 /// Loads `focus` and compares it with the fold of the whole stream.
@@ -179,17 +195,7 @@ async fn run_cached(
     if events.is_empty() {
         return (true, loaded.source, loaded.rebuilt);
     }
-    let mut after = loaded.state.clone();
-    events.iter().for_each(|event| after.apply(event));
-    let append = [StreamAppend {
-        stream_id: stream.clone(),
-        expected_version: Some(loaded.version),
-        events: new_events(&events),
-    }];
-    StreamState::prepare(&transaction).await.expect("prepare");
-    let positions = EventLog::append(&transaction, &append, &metadata()).await.expect("append");
-    let changes = StateChanges::between(&loaded.state, &after);
-    StreamState::save(&transaction, stream, Some(loaded.version), events.len(), &changes).await.expect("save");
+    let positions = append_and_save(&transaction, stream, &loaded, &events, Some(Some(loaded.version))).await;
     transaction.commit().await.expect("commit");
     // A long stream loaded from its copy has no whole state to remember.
     if let Some(mut whole) = loaded.whole {
