@@ -13,9 +13,9 @@ use connections_sealing::{
 };
 use connections_store::codec::new_events;
 use connections_store::{
-    fold, ConnectionLocation, CredentialHygiene, EventLog, IdempotencyClaim, Metadata, PipelinedTransaction,
-    RecordedEvent, RefreshSchedule, StoreError, StoredCredential, StoredResponse, StreamAppend, StreamId, StreamState,
-    StreamVersion, UpstreamRevocations,
+    fold, ConnectionLocation, CredentialHygiene, EventLog, IdempotencyClaim, LockedStream, Metadata,
+    PipelinedTransaction, RecordedEvent, RefreshSchedule, StoreError, StoredCredential, StoredResponse, StreamAppend,
+    StreamId, StreamState, StreamVersion, UpstreamRevocations,
 };
 use deadpool_postgres::GenericClient;
 use serde_json::Value;
@@ -193,27 +193,24 @@ async fn attempt_once(
     command_id: uuid::Uuid,
     respond: &impl Fn(&Decided) -> (StatusCode, Value),
 ) -> Result<Answered, AttemptError> {
-    let location = match &input.target {
-        Target::Service(service) => Some(ConnectionLocation { owner: input.actor.clone(), service: service.clone() }),
-        Target::Connection(connection_id) => ConnectionLocation::find(transaction, *connection_id).await?,
+    // Queue behind the stream's other writers before writing anything, the
+    // key's claim included (see `EventLog::lock_stream`), and read the
+    // stream's head under the lock: one round trip either way.
+    let locked = match &input.target {
+        Target::Service(service) => {
+            let location = ConnectionLocation { owner: input.actor.clone(), service: service.clone() };
+            Some(LockedStream::lock(transaction, location).await?)
+        }
+        Target::Connection(connection_id) => ConnectionLocation::locate_and_lock(transaction, *connection_id).await?,
     };
-    let Some(location) = location else {
+    let Some(locked) = locked else {
         // No stream to lock; the refusal is still the key's answer.
         if let Some(replayed) = claim(transaction, input).await? {
             return Ok(Answered::replayed(replayed));
         }
         return Err(AttemptError::Refused(ApiError::NotFound));
     };
-    // Queue behind the stream's other writers before writing anything, the
-    // key's claim included (see `EventLog::lock_stream`). Polled first, the
-    // lock is sent first, and the statements that follow run once it is held.
-    let stream_id = location.stream_id();
-    let (locked, outcome) = futures::join!(
-        EventLog::lock_stream(transaction, &stream_id),
-        decide_and_append(app, transaction, input, recorded_actor, &location, command_id, respond)
-    );
-    locked?;
-    outcome
+    decide_and_append(app, transaction, input, recorded_actor, &locked, command_id, respond).await
 }
 
 /// With an idempotency key: claims it, or answers the stored answer of the
@@ -248,33 +245,31 @@ async fn decide_and_append(
     transaction: &impl GenericClient,
     input: &CommandInput,
     recorded_actor: &str,
-    location: &ConnectionLocation,
+    locked: &LockedStream,
     command_id: uuid::Uuid,
     respond: &impl Fn(&Decided) -> (StatusCode, Value),
 ) -> Result<Answered, AttemptError> {
     if let Some(replayed) = claim(transaction, input).await? {
         return Ok(Answered::replayed(replayed));
     }
+    let location = &locked.location;
     let stream_id = location.stream_id();
     // The command decides on the entries of the stream's state it names
     // (see `connections_domain::Focus`). One that does not depend on the
-    // stream decides on an empty state, reading only the stream's version
-    // (unless the stream is known to be long): whether its write must keep
-    // the keyed copy, and whether the cache can follow it (a new stream's
-    // whole state is the empty one). It appends after that version.
+    // stream decides on an empty state; the stream's version (read under
+    // the lock) still says whether its write must keep the keyed copy, and
+    // whether the cache can follow it (a new stream's whole state is the
+    // empty one). It appends after that version.
     let cache = app.database.state_cache();
     let (before, version, last_position, whole) = if input.command.reads_state() {
-        let loaded = StreamState::load_cached(transaction, cache, &stream_id, &input.command.focus()).await?;
-        (loaded.state, Some(loaded.version), loaded.last_position, loaded.whole)
-    } else if cache.is_long(&stream_id) {
-        (OwnerService::default(), None, 0, None)
+        let loaded = StreamState::load_locked(transaction, cache, locked, &input.command.focus()).await?;
+        (loaded.state, loaded.version, loaded.last_position, loaded.whole)
     } else {
-        let (version, last_position) = StreamState::head(transaction, &stream_id).await?;
-        let whole = match cache.get(&stream_id, version) {
+        let whole = match cache.get(&stream_id, locked.version) {
             Some((whole, _)) => Some(whole),
-            None => (version.0 == 0).then(OwnerService::default),
+            None => (locked.version.0 == 0).then(OwnerService::default),
         };
-        (OwnerService::default(), Some(version), last_position, whole)
+        (OwnerService::default(), locked.version, locked.last_position, whole)
     };
     let request = Request { actor: input.actor.clone(), command: input.command.clone() };
     let events = decide(&before, &request).map_err(|e| AttemptError::Refused(e.into()))?;
@@ -285,12 +280,12 @@ async fn decide_and_append(
     let side_writes = side_writes(app, transaction, location, &state, &events, input.credential.as_ref()).await?;
     let new_events = new_events(&events);
     let metadata = Metadata { actor: recorded_actor.to_owned(), command_id, correlation_id: command_id };
-    let append = [StreamAppend { stream_id: stream_id.clone(), expected_version: version, events: new_events }];
+    let append = [StreamAppend { stream_id: stream_id.clone(), expected_version: Some(version), events: new_events }];
     let changes = StateChanges::between(&before, &state);
     let save = async {
         match events.is_empty() {
             true => Ok(()),
-            false => StreamState::save(transaction, &stream_id, version, events.len(), &changes).await,
+            false => StreamState::save(transaction, &stream_id, Some(version), events.len(), &changes).await,
         }
     };
     // The side-table writes, the state's changes and the append are
@@ -329,8 +324,8 @@ async fn decide_and_append(
     };
     let position = positions.last().copied().unwrap_or(last_position);
     // The whole state after the events, to be cached once they commit.
-    let remember = match (whole, version) {
-        (Some(mut whole), Some(version)) if !events.is_empty() => {
+    let remember = match whole {
+        Some(mut whole) if !events.is_empty() => {
             events.iter().for_each(|event| whole.apply(event));
             let version = StreamVersion(version.0 + events.len() as u64);
             Some(CommittedState { stream_id, version, last_position: position, state: whole })

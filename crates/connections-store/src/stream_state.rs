@@ -21,6 +21,7 @@ use uuid::Uuid;
 
 use crate::codec::{binding_source_from_name, binding_source_name, decode};
 use crate::error::StoreError;
+use crate::locator::LockedStream;
 use crate::log::{EventLog, RecordedEvent, StreamId, StreamVersion};
 use crate::state_cache::StateCache;
 
@@ -102,31 +103,54 @@ impl StreamState {
     /// at the log's version of the stream (one index entry of the log). On
     /// a miss, a short stream is read whole and its state cached; a longer
     /// one is loaded from the keyed copy, and marked long in the cache, so
-    /// that its next loads go to the copy at once. A command calls it under
-    /// the stream's lock, so that the version read is the one it appends
-    /// after; without the lock (a resolve's first attempt), the append's
-    /// version check catches a writer in between.
+    /// that its next loads go to the copy at once. Without the stream's
+    /// lock (a resolve's first attempt), the append's version check catches
+    /// a writer in between; a command holds the lock and calls
+    /// [`StreamState::load_locked`].
     pub async fn load_cached(
         client: &impl GenericClient,
         cache: &StateCache,
         stream_id: &StreamId,
         focus: &Focus,
     ) -> Result<Loaded, StoreError> {
-        let loaded = Self::load_through(client, cache, stream_id, focus).await?;
+        let loaded = match cache.is_long(stream_id) {
+            true => Self::load_copy(client, stream_id, focus).await?,
+            false => {
+                let (version, _) = Self::head(client, stream_id).await?;
+                Self::load_at(client, cache, stream_id, focus, version).await?
+            }
+        };
         connections_metrics::STATE_LOADS.inc(&[loaded.source.name()]);
         Ok(loaded)
     }
 
-    async fn load_through(
+    /// Like [`StreamState::load_cached`], for a transaction holding the
+    /// stream's lock that has read its head under it (`locked`): the state
+    /// at that version, without asking the log for it again.
+    pub async fn load_locked(
+        client: &impl GenericClient,
+        cache: &StateCache,
+        locked: &LockedStream,
+        focus: &Focus,
+    ) -> Result<Loaded, StoreError> {
+        let stream_id = locked.location.stream_id();
+        let loaded = match cache.is_long(&stream_id) {
+            true => Self::load_copy(client, &stream_id, focus).await?,
+            false => Self::load_at(client, cache, &stream_id, focus, locked.version).await?,
+        };
+        connections_metrics::STATE_LOADS.inc(&[loaded.source.name()]);
+        Ok(loaded)
+    }
+
+    /// The state of a stream not marked long, whose log version was just
+    /// read as `version`.
+    async fn load_at(
         client: &impl GenericClient,
         cache: &StateCache,
         stream_id: &StreamId,
         focus: &Focus,
+        version: StreamVersion,
     ) -> Result<Loaded, StoreError> {
-        if cache.is_long(stream_id) {
-            return Self::load_copy(client, stream_id, focus).await;
-        }
-        let (version, _) = Self::head(client, stream_id).await?;
         if let Some((whole, last_position)) = cache.get(stream_id, version) {
             let state = whole.restricted_to(focus);
             return Ok(Loaded {

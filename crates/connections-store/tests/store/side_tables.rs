@@ -2,7 +2,9 @@
 
 use connections_domain::{ConnectionId, OwnerId, ServiceName};
 use connections_sealing::WrappedDataKey;
-use connections_store::{ConnectionLocation, IdempotencyClaim, StoredCredential, StoredResponse};
+use connections_store::{
+    ConnectionLocation, EventLog, IdempotencyClaim, StoredCredential, StoredResponse, StreamAppend, StreamVersion,
+};
 use connections_testkit::TestDatabase;
 use serde_json::json;
 
@@ -63,6 +65,53 @@ async fn the_locator_finds_a_connection_once_and_refuses_a_second_location() {
     assert_eq!(ConnectionLocation::find(&client, id).await.expect("find"), Some(location.clone()));
     assert_eq!(location.stream_id().as_str(), "owner-service/alice/github");
     assert!(ConnectionLocation::insert(&client, id, &location).await.is_err());
+}
+
+#[tokio::test]
+async fn locate_and_lock_queues_behind_the_streams_writers_and_reads_the_head_they_leave() {
+    // The function spells the stream id and its lock key in SQL: it must
+    // take the lock `EventLog::lock_stream` takes, and read the head after
+    // the lock is granted (not from the snapshot its statement began with).
+    let db = TestDatabase::new().await;
+    let mut holder_client = db.database.pool().get().await.expect("pool connection");
+    let mut waiter_client = db.database.pool().get().await.expect("pool connection");
+    let id = ConnectionId::from_uuid(uuid::Uuid::now_v7());
+    let location = ConnectionLocation {
+        owner: OwnerId::parse("alice").expect("valid"),
+        service: ServiceName::parse("github").expect("valid"),
+    };
+    let unknown = ConnectionId::from_uuid(uuid::Uuid::now_v7());
+    assert_eq!(ConnectionLocation::locate_and_lock(&waiter_client, unknown).await.expect("locate"), None);
+    ConnectionLocation::insert(&holder_client, id, &location).await.expect("insert");
+    let fresh = ConnectionLocation::locate_and_lock(&waiter_client, id).await.expect("locate").expect("located");
+    assert_eq!((fresh.location.clone(), fresh.version, fresh.last_position), (location.clone(), StreamVersion(0), 0));
+
+    let holder = holder_client.transaction().await.expect("begin");
+    EventLog::lock_stream(&holder, &location.stream_id()).await.expect("lock");
+    let waiter = waiter_client.transaction().await.expect("begin");
+    let queued = async {
+        let started = std::time::Instant::now();
+        let locked = ConnectionLocation::locate_and_lock(&waiter, id).await.expect("locate").expect("located");
+        (locked, started.elapsed())
+    };
+    let holding = async {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let append = StreamAppend {
+            stream_id: location.stream_id(),
+            expected_version: Some(StreamVersion(0)),
+            events: vec![crate::event(1)],
+        };
+        let positions = EventLog::append(&holder, &[append], &crate::metadata()).await.expect("append");
+        holder.commit().await.expect("commit");
+        positions[0]
+    };
+    let ((locked, waited), position) =
+        tokio::time::timeout(std::time::Duration::from_secs(10), async { tokio::join!(queued, holding) })
+            .await
+            .expect("bounded");
+    assert!(waited >= std::time::Duration::from_millis(150), "it waited for the holder's lock: {waited:?}");
+    assert_eq!((locked.version, locked.last_position), (StreamVersion(1), position));
+    waiter.rollback().await.expect("rollback");
 }
 
 #[tokio::test]
