@@ -195,19 +195,26 @@ async fn attempt_once(
 ) -> Result<Answered, AttemptError> {
     // Queue behind the stream's other writers before writing anything, the
     // key's claim included (see `EventLog::lock_stream`), and read the
-    // stream's head under the lock: one round trip either way.
-    let locked = match &input.target {
+    // stream's head under the lock: one round trip either way. On a
+    // service's stream the claim is sent with them, after the lock, and
+    // runs once it is held.
+    let (locked, claimed) = match &input.target {
         Target::Service(service) => {
             let location = ConnectionLocation { owner: input.actor.clone(), service: service.clone() };
-            Some(LockedStream::lock(transaction, location).await?)
+            let (locked, claimed) =
+                futures::join!(LockedStream::lock(transaction, location), claim(transaction, input));
+            (Some(locked?), claimed?)
         }
-        Target::Connection(connection_id) => ConnectionLocation::locate_and_lock(transaction, *connection_id).await?,
+        Target::Connection(connection_id) => {
+            let locked = ConnectionLocation::locate_and_lock(transaction, *connection_id).await?;
+            // Unknown: no stream to lock; the refusal is still the key's answer.
+            (locked, claim(transaction, input).await?)
+        }
     };
+    if let Some(replayed) = claimed {
+        return Ok(Answered::replayed(replayed));
+    }
     let Some(locked) = locked else {
-        // No stream to lock; the refusal is still the key's answer.
-        if let Some(replayed) = claim(transaction, input).await? {
-            return Ok(Answered::replayed(replayed));
-        }
         return Err(AttemptError::Refused(ApiError::NotFound));
     };
     decide_and_append(app, transaction, input, recorded_actor, &locked, command_id, respond).await
@@ -249,9 +256,6 @@ async fn decide_and_append(
     command_id: uuid::Uuid,
     respond: &impl Fn(&Decided) -> (StatusCode, Value),
 ) -> Result<Answered, AttemptError> {
-    if let Some(replayed) = claim(transaction, input).await? {
-        return Ok(Answered::replayed(replayed));
-    }
     let location = &locked.location;
     let stream_id = location.stream_id();
     // The command decides on the entries of the stream's state it names
