@@ -28,10 +28,6 @@ struct Cli {
     command: BenchCommand,
 }
 
-/// The server binary's allocator: the benchmarks run the server in process.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // The driver prints every statement's parameters at debug level; those

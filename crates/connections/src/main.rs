@@ -70,12 +70,6 @@ enum ProjectionsCommand {
     },
 }
 
-/// The allocator: the server allocates and frees on every request, and
-/// glibc's malloc cost a fifth of its CPU on `bench commands` (mimalloc:
-/// +25% commands/s on the mix).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // The driver prints every statement's parameters at debug level: sealed
