@@ -113,15 +113,7 @@ impl StreamState {
         stream_id: &StreamId,
         focus: &Focus,
     ) -> Result<Loaded, StoreError> {
-        let loaded = match cache.is_long(stream_id) {
-            true => Self::load_copy(client, stream_id, focus).await?,
-            false => {
-                let (version, _) = Self::head(client, stream_id).await?;
-                Self::load_at(client, cache, stream_id, focus, version).await?
-            }
-        };
-        connections_metrics::STATE_LOADS.inc(&[loaded.source.name()]);
-        Ok(loaded)
+        Self::load_through(client, cache, stream_id, focus, None).await
     }
 
     /// Like [`StreamState::load_cached`], for a transaction holding the
@@ -134,23 +126,38 @@ impl StreamState {
         focus: &Focus,
     ) -> Result<Loaded, StoreError> {
         let stream_id = locked.location.stream_id();
-        let loaded = match cache.is_long(&stream_id) {
-            true => Self::load_copy(client, &stream_id, focus).await?,
-            false => Self::load_at(client, cache, &stream_id, focus, locked.version).await?,
-        };
-        connections_metrics::STATE_LOADS.inc(&[loaded.source.name()]);
-        Ok(loaded)
+        Self::load_through(client, cache, &stream_id, focus, Some(locked.version)).await
     }
 
-    /// The state of a stream not marked long, whose log version was just
-    /// read as `version`.
-    async fn load_at(
+    /// Both loads, counted once in `connections_state_loads_total`:
+    /// `version` is the log's version of the stream when the caller has just
+    /// read it, `None` to read it here (unless the stream is marked long).
+    async fn load_through(
         client: &impl GenericClient,
         cache: &StateCache,
         stream_id: &StreamId,
         focus: &Focus,
-        version: StreamVersion,
+        version: Option<StreamVersion>,
     ) -> Result<Loaded, StoreError> {
+        let loaded = Self::load_uncounted(client, cache, stream_id, focus, version).await?;
+        connections_metrics::STATE_LOADS.inc(&[loaded.source.name()]);
+        Ok(loaded)
+    }
+
+    async fn load_uncounted(
+        client: &impl GenericClient,
+        cache: &StateCache,
+        stream_id: &StreamId,
+        focus: &Focus,
+        version: Option<StreamVersion>,
+    ) -> Result<Loaded, StoreError> {
+        if cache.is_long(stream_id) {
+            return Self::load_copy(client, stream_id, focus).await;
+        }
+        let version = match version {
+            Some(version) => version,
+            None => Self::head(client, stream_id).await?.0,
+        };
         if let Some((whole, last_position)) = cache.get(stream_id, version) {
             let state = whole.restricted_to(focus);
             return Ok(Loaded {
