@@ -331,6 +331,26 @@ fn warnings(cluster: &Cluster) -> String {
         .join("\n")
 }
 
+/// When (within `limit`) the projection is current again: after two
+/// seconds, in which a stalled projector falls two seconds behind the load,
+/// the oldest event it has not applied is under a second old.
+async fn projection_current_again(cluster: &Cluster, limit: Duration) -> Option<Instant> {
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let user = cluster.servers[0].token("load0");
+    while started.elapsed() < limit {
+        let status = cluster.http.get(format!("{}/v1/status", cluster.servers[0].base)).bearer_auth(&user).send().await;
+        if let Ok(status) = status {
+            let status: Value = status.json().await.unwrap_or_default();
+            if status["projections"]["dashboard"]["milliseconds"].as_i64().is_some_and(|age| age < 1000) {
+                return Some(Instant::now());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
 fn millis(duration: Duration) -> String {
     format!("{:.1} ms", duration.as_secs_f64() * 1e3)
 }
@@ -474,6 +494,30 @@ async fn a_cluster_survives_instance_nats_and_postgres_failures_without_losing_o
     nats.start_node(leader_node);
     tokio::time::sleep(Duration::from_secs(3)).await;
 
+    // 4b. Lose the node leading the projector's consumer. A waiting pull
+    // request goes with it (the new leader never heard of it): the server's
+    // idle heartbeats stop, and the projector pulls again within seconds
+    // rather than after the pull's expiry.
+    let consumer = stream.consumer_info(names.projector_consumer("dashboard")).await.expect("consumer info").clone();
+    let consumer_node = consumer
+        .cluster
+        .as_ref()
+        .and_then(|c| c.leader.as_deref())
+        .and_then(NatsCluster::index_of)
+        .expect("a consumer leader");
+    let killed_at = Instant::now();
+    nats.kill_node(consumer_node);
+    let current = projection_current_again(&cluster, Duration::from_secs(30)).await;
+    nats.start_node(consumer_node);
+    let current = current.unwrap_or_else(|| {
+        panic!(
+            "the projection fell behind for 30 s after its consumer's leader was lost; warnings:\n{}",
+            warnings(&cluster)
+        )
+    });
+    println!("consumer leader lost: the projection is current again {} after", millis(current - killed_at));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
     // 5. Restart Postgres: commands answer 503 while it is down, then recover.
     let owner_token = cluster.servers[0].token("pg-probe");
     tokio::task::block_in_place(|| postgres.stop());
@@ -548,7 +592,27 @@ async fn a_cluster_survives_instance_nats_and_postgres_failures_without_losing_o
                         .collect::<Vec<_>>()
                 })
                 .collect();
-            panic!("the projection did not catch up: {status}; warnings:\n{}", warnings.join("\n"));
+            // Everything each instance printed, for the post-mortem.
+            let dump = std::env::temp_dir().join(format!("cluster-{prefix}.log"));
+            let everything: Vec<String> =
+                cluster.servers.iter().enumerate().map(|(n, s)| format!("=== instance{n}\n{}", s.output())).collect();
+            let _ = std::fs::write(&dump, everything.join("\n"));
+            // Where it stopped: the stream behind the log (the relay) or
+            // the consumer behind the stream (the projector).
+            let stream_state = stream.info().await.map(|i| format!("{:?}", i.state)).unwrap_or_else(|e| e.to_string());
+            let consumer_state = match stream.consumer_info(names.projector_consumer("dashboard")).await {
+                Ok(info) => format!(
+                    "delivered {:?}, ack floor {:?}, pending {}, ack pending {}, waiting {}",
+                    info.delivered, info.ack_floor, info.num_pending, info.num_ack_pending, info.num_waiting
+                ),
+                Err(error) => error.to_string(),
+            };
+            panic!(
+                "the projection did not catch up: {status}\nstream: {stream_state}\nconsumer: {consumer_state}\n\
+                 (every instance's output: {}); warnings:\n{}",
+                dump.display(),
+                warnings.join("\n")
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

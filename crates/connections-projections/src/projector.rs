@@ -21,6 +21,11 @@ use tokio::sync::watch;
 use crate::model::Fact;
 use crate::{checkpoint, dashboard, DASHBOARD};
 
+/// How long one pull request waits on the server (then the client sends another).
+const PULL_EXPIRES: Duration = Duration::from_secs(10);
+/// The server's idle heartbeat on a waiting pull; two missed end the session.
+const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
+
 /// How the projector runs.
 #[derive(Clone)]
 pub struct ProjectorConfig {
@@ -125,13 +130,17 @@ async fn session(
         )
         .await
         .map_err(nats_error)?;
-    // A continuous pull (with server heartbeats: a deleted consumer ends it
-    // with an error), consumed in micro-batches of whatever is ready.
+    // A continuous pull, consumed in micro-batches of whatever is ready.
     // Pulls as large as a batch, so that a backlog is applied in few
     // transactions (a batch costs a few statements whatever its size).
+    // With server heartbeats: a pull lost with a NATS node (or a consumer
+    // that moved or was deleted) ends the session within seconds; without
+    // them the client would only re-pull when its 30 s request expired.
     let mut messages = consumer
         .stream()
         .max_messages_per_batch(config.batch)
+        .expires(PULL_EXPIRES)
+        .heartbeat(PULL_HEARTBEAT)
         .messages()
         .await
         .map_err(nats_error)?

@@ -229,6 +229,16 @@ impl TestApp {
         )));
     }
 
+    /// Deletes the projector's durable consumer behind its back: its
+    /// waiting pull request is gone, as when a NATS node takes a consumer's
+    /// leader down with it.
+    pub(crate) async fn delete_projector_consumer(&self) {
+        let fanout = self.fanout.as_ref().expect("started with_fanout");
+        let context = async_nats::jetstream::new(async_nats::connect(&fanout.nats_url).await.expect("NATS"));
+        let stream = context.get_stream(fanout.names.events_stream()).await.expect("events stream");
+        stream.delete_consumer(&fanout.names.projector_consumer("dashboard")).await.expect("delete the consumer");
+    }
+
     /// Serves the same database with other settings (e.g. providers).
     pub(crate) fn use_settings(&mut self, settings: connections_api::Settings) {
         self.state = AppState {

@@ -254,6 +254,35 @@ async fn a_projector_killed_mid_stream_resumes_to_what_a_rebuild_gives() {
     assert_eq!(snapshot(&app.db).await, live, "after a projector crash the read models must equal a rebuild");
 }
 
+/// Waits (at most `limit`) until the projection has applied the whole log.
+async fn caught_up_within(app: &TestApp, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        let lag = connections_projections::queries::lag(&app.db.database).await.expect("lag");
+        if lag.events == 0 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projector_whose_consumer_is_deleted_catches_up_within_seconds() {
+    let app = TestApp::with_fanout().await;
+    app.create("alice", "github", None).await;
+    assert!(caught_up_within(&app, Duration::from_secs(20)).await, "the first event was projected");
+    // The server ends the waiting pull ("consumer deleted"); the projector
+    // starts a session on a new consumer, replays the stream and skips what
+    // its checkpoint covers. (A pull lost with a NATS node, which no status
+    // ends, is tested on a cluster in tests/e2e/cluster.rs.)
+    app.delete_projector_consumer().await;
+    let started = Instant::now();
+    app.create("alice", "slack", None).await;
+    assert!(caught_up_within(&app, Duration::from_secs(15)).await, "the projector did not catch up in 15 s");
+    println!("caught up {:?} after its consumer was deleted", started.elapsed());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_position_no_answer_can_have_carried_is_refused_at_once() {
     let app = TestApp::new().await;
