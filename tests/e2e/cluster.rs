@@ -331,12 +331,33 @@ fn warnings(cluster: &Cluster) -> String {
         .join("\n")
 }
 
-/// When (within `limit`) the projection is current again: after two
-/// seconds, in which a stalled projector falls two seconds behind the load,
-/// the oldest event it has not applied is under a second old.
-async fn projection_current_again(cluster: &Cluster, limit: Duration) -> Option<Instant> {
+/// Waits (at most 60 s) until the events stream's and the projector's
+/// consumer's replicas are all current, so that one node more may be lost.
+async fn replicas_current(stream: &mut async_nats::jetstream::stream::Stream, consumer: &str, cluster: &Cluster) {
     let started = Instant::now();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let current = |info: Option<&async_nats::jetstream::stream::ClusterInfo>| {
+        info.is_some_and(|c| {
+            c.leader.is_some() && c.replicas.len() == 2 && c.replicas.iter().all(|r| r.current && !r.offline)
+        })
+    };
+    while started.elapsed() < Duration::from_secs(60) {
+        let stream_current = stream.info().await.is_ok_and(|i| current(i.cluster.as_ref()));
+        let consumer_current = stream.consumer_info(consumer).await.is_ok_and(|i| current(i.cluster.as_ref()));
+        if stream_current && consumer_current {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("the stream's or the consumer's replicas were not all current in 60 s; warnings:\n{}", warnings(cluster));
+}
+
+/// When (within `limit` of `since`) the projection is current again: two
+/// seconds after `since` (in which a stalled projector falls two seconds
+/// behind the load), the oldest event it has not applied is under a
+/// second old.
+async fn projection_current_again(cluster: &Cluster, since: Instant, limit: Duration) -> Option<Instant> {
+    let started = since;
+    tokio::time::sleep((since + Duration::from_secs(2)).saturating_duration_since(Instant::now())).await;
     let user = cluster.servers[0].token("load0");
     while started.elapsed() < limit {
         let status = cluster.http.get(format!("{}/v1/status", cluster.servers[0].base)).bearer_auth(&user).send().await;
@@ -480,6 +501,8 @@ async fn a_cluster_survives_instance_nats_and_postgres_failures_without_losing_o
     // 4. Lose the events stream leader's node.
     let jetstream = async_nats::jetstream::new(watcher.clone());
     let mut stream = jetstream.get_stream(names.events_stream()).await.expect("stream");
+    let consumer_name = names.projector_consumer("dashboard");
+    replicas_current(&mut stream, &consumer_name, &cluster).await;
     let info = stream.info().await.expect("info").clone();
     assert_eq!(info.config.num_replicas, 3, "the events stream is replicated 3 times");
     let leader_node = info
@@ -498,7 +521,10 @@ async fn a_cluster_survives_instance_nats_and_postgres_failures_without_losing_o
     // request goes with it (the new leader never heard of it): the server's
     // idle heartbeats stop, and the projector pulls again within seconds
     // rather than after the pull's expiry.
-    let consumer = stream.consumer_info(names.projector_consumer("dashboard")).await.expect("consumer info").clone();
+    // Only once the node lost in 4 is current again: losing a second one
+    // before that would leave no quorum.
+    replicas_current(&mut stream, &consumer_name, &cluster).await;
+    let consumer = stream.consumer_info(&consumer_name).await.expect("consumer info").clone();
     let consumer_node = consumer
         .cluster
         .as_ref()
@@ -507,8 +533,10 @@ async fn a_cluster_survives_instance_nats_and_postgres_failures_without_losing_o
         .expect("a consumer leader");
     let killed_at = Instant::now();
     nats.kill_node(consumer_node);
-    let current = projection_current_again(&cluster, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Back at once: the pull waiting on it is lost all the same.
     nats.start_node(consumer_node);
+    let current = projection_current_again(&cluster, killed_at, Duration::from_secs(30)).await;
     let current = current.unwrap_or_else(|| {
         panic!(
             "the projection fell behind for 30 s after its consumer's leader was lost; warnings:\n{}",
