@@ -70,11 +70,14 @@ async fn run_on(url: &str, names: &Names, context: &jetstream::Context, options:
     println!("bench fanout: {} commands/s for {} s ({count} commands)", options.rate, options.seconds);
 
     let raw = raw_publish(context, names.prefix(), options.rate, count).await?;
-    let (relay, lag) = relay_and_projection(url, &database, names, options, count).await?;
+    let Relay { whole: relay, to_read, to_ack, lag } =
+        relay_and_projection(url, &database, names, options, count).await?;
     println!("{:<34} {:>8} {:>9} {:>9} {:>9}", "measurement", "samples", "p50 ms", "p99 ms", "max ms");
     for (label, summary) in [
         ("raw JetStream publish → ack", &raw),
         ("relay: commit → JetStream ack", &relay),
+        ("  of which commit → read from log", &to_read),
+        ("  and read → JetStream ack", &to_ack),
         ("projection lag: commit → applied", &lag),
     ] {
         println!(
@@ -154,7 +157,7 @@ async fn relay_and_projection(
     names: &Names,
     options: &FanoutOptions,
     count: usize,
-) -> anyhow::Result<(Summary, Summary)> {
+) -> anyhow::Result<Relay> {
     let signals = Signals::new();
     let (stop, stopping) = watch::channel(false);
     let (acked_tx, mut acked_rx) = mpsc::unbounded_channel();
@@ -219,15 +222,18 @@ async fn relay_and_projection(
     watcher.abort();
 
     let mut acked = BTreeMap::new();
-    while let Ok((position, at)) = acked_rx.try_recv() {
-        acked.insert(position, at);
+    while let Ok(relayed) = acked_rx.try_recv() {
+        acked.insert(relayed.position, relayed);
     }
-    let relay_samples: Vec<Duration> = commits
-        .iter()
-        .filter_map(|(cursor, committed)| {
-            acked.get(&cursor.position).map(|at| at.saturating_duration_since(*committed))
-        })
-        .collect();
+    let relayed = |part: fn(&relay::Relayed, Instant) -> Duration| -> Vec<Duration> {
+        commits
+            .iter()
+            .filter_map(|(cursor, committed)| acked.get(&cursor.position).map(|r| part(r, *committed)))
+            .collect()
+    };
+    let relay_samples = relayed(|r, committed| r.acked.saturating_duration_since(committed));
+    let to_read = relayed(|r, committed| r.read.saturating_duration_since(committed));
+    let to_ack = relayed(|r, _| r.acked.saturating_duration_since(r.read));
     let announcements = projected_at.lock().expect("projected").clone();
     let lag_samples: Vec<Duration> = commits
         .iter()
@@ -237,7 +243,24 @@ async fn relay_and_projection(
         })
         .collect();
     let window = Duration::from_secs(options.seconds);
-    Ok((Summary::new(relay_samples, window), Summary::new(lag_samples, window)))
+    Ok(Relay {
+        whole: Summary::new(relay_samples, window),
+        to_read: Summary::new(to_read, window),
+        to_ack: Summary::new(to_ack, window),
+        lag: Summary::new(lag_samples, window),
+    })
+}
+
+/// The relay's latencies (and the projection's lag) over the load.
+struct Relay {
+    /// Commit → JetStream ack.
+    whole: Summary,
+    /// Commit → read from the log by the relay.
+    to_read: Summary,
+    /// Read → JetStream ack.
+    to_ack: Summary,
+    /// Commit → applied by the projector.
+    lag: Summary,
 }
 
 /// One command's worth of log: user `bench-N` creates a connection.

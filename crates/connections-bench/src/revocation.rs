@@ -338,6 +338,13 @@ async fn revocations(
             }
         }
     }
+    // Round by round: a p99 over 20 rounds is the slowest one, so show
+    // which, and whether the notice was late reaching NATS's subscribers
+    // (the watcher) or the runtimes were late after it.
+    let listing =
+        |samples: &[Duration]| samples.iter().map(|d| format!("{:.1}", d.as_secs_f64() * 1e3)).collect::<Vec<_>>();
+    println!("{n:>6} per round, revoke returned → last client dropped (ms): {}", listing(&from_return).join(" "));
+    println!("{n:>6} per round, commit → notice at the watcher (ms):        {}", listing(&to_notice).join(" "));
     let window = Duration::from_secs(1);
     Ok((
         Summary::new(from_return, window),

@@ -46,8 +46,9 @@ pub struct RelayConfig {
     pub batch: i64,
     /// The fallback poll when no notification arrives.
     pub poll_interval: Duration,
-    /// If set, receives (position, instant acknowledged) for every event (benchmarks).
-    pub acked: Option<mpsc::UnboundedSender<(i64, Instant)>>,
+    /// If set, receives every event's position, when the relay read it from
+    /// the log and when JetStream acknowledged it (benchmarks).
+    pub acked: Option<mpsc::UnboundedSender<Relayed>>,
     /// Replicas of the streams the relay creates (1; 3 in a JetStream cluster).
     pub replicas: usize,
 }
@@ -57,6 +58,17 @@ impl RelayConfig {
     pub fn new(names: Names, database_url: String, nats: nats::NatsAccess) -> Self {
         Self { names, database_url, nats, batch: 512, poll_interval: Duration::from_secs(1), acked: None, replicas: 1 }
     }
+}
+
+/// When the relay read one event and when JetStream acknowledged it.
+#[derive(Debug, Clone, Copy)]
+pub struct Relayed {
+    /// The event's position.
+    pub position: i64,
+    /// When the batch holding it came back from the log.
+    pub read: Instant,
+    /// When its publish was acknowledged.
+    pub acked: Instant,
 }
 
 /// Why a relay session ended early (it is then restarted).
@@ -127,6 +139,7 @@ async fn session(
             return Err(RelayError::LostLeadership);
         }
         let batch = EventLog::read_after(&connection, cursor, config.batch).await?;
+        let read = Instant::now();
         if batch.is_empty() {
             if EventLog::held_back_after(&connection, cursor).await? {
                 // Committed events wait behind an older running transaction.
@@ -182,7 +195,7 @@ async fn session(
                 return Err(RelayError::Fenced(expected));
             }
             if let Some(acked) = &config.acked {
-                let _ = acked.send((position, Instant::now()));
+                let _ = acked.send(Relayed { position, read, acked: Instant::now() });
             }
             connections_metrics::RELAY_PUBLISHED.inc(&[]);
             connections_metrics::RELAY_LAG_SECONDS.observe(&[], seconds_since(event.recorded_at));
