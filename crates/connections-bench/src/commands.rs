@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use connections_api::auth::mint_user_token;
 use connections_domain::OwnerId;
 use connections_fanout::relay::{self, RelayConfig};
-use connections_fanout::{Names, Signals};
+use connections_fanout::Names;
 use connections_projections::projector::{self, ProjectorConfig};
 use connections_sealing::MasterKey;
 use connections_store::{connect_pool, Database};
@@ -88,9 +88,12 @@ async fn run_on(
     let mut state = connections_api::AppState::local(product_database, reads, master_key, &secret, Default::default())?;
     // As `serve` runs it: revokes publish their urgent notice at once.
     let nats = connections_fanout::nats::connect(access, names, "bench server").await?;
-    state.lifecycle.urgent_notices = Some(connections_fanout::UrgentNotices::new(nats, names.clone()));
+    // The relay shares the server's signals, as under `serve` (it skips the
+    // urgent notices the commands already stored).
+    let signals = state.signals.clone();
+    state.lifecycle.urgent_notices =
+        Some(connections_fanout::UrgentNotices::new(nats, names.clone(), signals.stored_notices.clone()));
     let base = super::serve_locally(state).await?;
-    let signals = Signals::new();
     let (stop, stopping) = watch::channel(false);
     let relay = tokio::spawn(relay::run(
         background.clone(),

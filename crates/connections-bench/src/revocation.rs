@@ -90,6 +90,7 @@ async fn run_on(url: &str, names: &Names, access: &NatsAccess, options: &Revocat
             urgent_notices: Some(UrgentNotices::new(
                 connections_fanout::nats::connect(access, names, "bench server").await?,
                 names.clone(),
+                signals.stored_notices.clone(),
             )),
             ..Default::default()
         },

@@ -26,6 +26,9 @@ pub struct Signals {
     pub changed: broadcast::Sender<Changed>,
     /// The single-leader roles this instance holds.
     pub roles: crate::Roles,
+    /// Urgent notices this instance's commands put on the notices stream
+    /// (the relay does not send them again).
+    pub stored_notices: crate::StoredNotices,
 }
 
 /// The owners a projected batch touched.
@@ -55,6 +58,7 @@ impl Signals {
             projected: watch::channel(None).0,
             changed: broadcast::channel(1024).0,
             roles: crate::Roles::default(),
+            stored_notices: crate::StoredNotices::default(),
         }
     }
 }

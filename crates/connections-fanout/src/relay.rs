@@ -167,7 +167,12 @@ async fn session(
             (true, Some(last)) => EventLog::read_rest_of_transaction(&connection, last.cursor(), URGENT).await?,
             _ => Vec::new(),
         };
-        let notices = Notices { context: &context, stream: &notices_stream, names: &config.names };
+        let notices = Notices {
+            context: &context,
+            stream: &notices_stream,
+            names: &config.names,
+            stored: &signals.stored_notices,
+        };
         notices.publish(&ahead, &batch, cursor, &mut noticed_early).await?;
         // Pipeline the batch: publish all, then await the acks in order. The
         // fencing header makes the server refuse anything out of sequence.
@@ -245,6 +250,8 @@ struct Notices<'a> {
     context: &'a jetstream::Context,
     stream: &'a stream::Stream,
     names: &'a Names,
+    /// What this instance's commands already put on `stream`.
+    stored: &'a crate::StoredNotices,
 }
 
 impl Notices<'_> {
@@ -257,7 +264,8 @@ impl Notices<'_> {
     /// them. An urgent notice that the committing instance has already put on
     /// the notices stream (see `UrgentNotices`) is not published again: the
     /// stream would drop the copy, but every runtime holding the connection
-    /// would still receive it, a second fan-out on top of the first.
+    /// would still receive it, a second fan-out on top of the first. This
+    /// instance's own copies are known without asking the stream.
     async fn publish(
         &self,
         ahead: &[connections_store::RecordedEvent],
@@ -299,11 +307,10 @@ impl Notices<'_> {
             NoticeKind::Rejected => 2,
             NoticeKind::BindingChanged => 3,
         });
-        let published =
-            futures_util::future::join_all(notices.iter().map(|(subject, notice, _)| async move {
-                notice.is_urgent() && self.on_stream(subject, notice).await
-            }))
-            .await;
+        let published = futures_util::future::join_all(notices.iter().map(|(subject, notice, _)| async move {
+            notice.is_urgent() && (self.stored.take(&notice.message_id()) || self.on_stream(subject, notice).await)
+        }))
+        .await;
         let mut published = published.into_iter();
         notices.retain(|_| !published.next().unwrap_or(false));
         let mut acks = Vec::with_capacity(notices.len());

@@ -65,7 +65,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let lifecycle = Lifecycle {
         instance: instance.as_str().into(),
         stopping: Arc::new(shutdown),
-        urgent_notices: Some(connections_fanout::UrgentNotices::new(probe.clone(), config.names.clone())),
+        urgent_notices: Some(connections_fanout::UrgentNotices::new(
+            probe.clone(),
+            config.names.clone(),
+            signals.stored_notices.clone(),
+        )),
         nats_connected: Some(Arc::new(move || probe.connection_state() == async_nats::connection::State::Connected)),
     };
     let state = AppState {

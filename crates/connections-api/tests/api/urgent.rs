@@ -19,8 +19,21 @@ async fn revoke_and_rotate_publish_their_notice_before_answering() {
     let url = std::env::var("CONNECTIONS_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
     let access = connections_fanout::nats::NatsAccess::insecure(url);
     let client = connections_fanout::nats::connect(&access, &names, "urgent test").await.expect("NATS");
-    app.state.lifecycle.urgent_notices = Some(connections_fanout::UrgentNotices::new(client.clone(), names.clone()));
+    let stored = app.state.signals.stored_notices.clone();
+    app.state.lifecycle.urgent_notices =
+        Some(connections_fanout::UrgentNotices::new(client.clone(), names.clone(), stored.clone()));
     app.router = connections_api::router(app.state.clone());
+    // The notices stream the relay would have made: it acknowledges each
+    // copy, and the acknowledged ones are recorded for the relay to skip.
+    let context = async_nats::jetstream::new(client.clone());
+    context
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: names.notices_stream(),
+            subjects: vec![names.notices_wildcard()],
+            ..Default::default()
+        })
+        .await
+        .expect("notices stream");
     let mut notices = client.subscribe(names.notices_wildcard()).await.expect("subscribe");
     client.flush().await.expect("flush");
 
@@ -73,9 +86,11 @@ async fn revoke_and_rotate_publish_their_notice_before_answering() {
     for (row, notice) in rows.iter().zip([&first, &second]) {
         let (event_id, transaction_id, position): (uuid::Uuid, String, i64) = (row.get(0), row.get(1), row.get(2));
         assert_eq!(notice["event_id"], json!(event_id));
+        assert!(stored.take(&format!("notice-{event_id}")), "the stream's acknowledgement is recorded");
         assert_eq!(
             notice["cursor"],
             json!({"transaction_id": transaction_id.parse::<u64>().expect("id"), "position": position})
         );
     }
+    context.delete_stream(names.notices_stream()).await.expect("remove the stream");
 }

@@ -71,6 +71,11 @@ impl Harness {
     }
 
     fn relay_with_poll(&self, poll_interval: Duration) -> RunningRelay {
+        self.relay_with(poll_interval, Signals::new())
+    }
+
+    /// A relay sharing `signals` with the (simulated) rest of its process.
+    fn relay_with(&self, poll_interval: Duration, signals: Signals) -> RunningRelay {
         let (stop, stopping) = watch::channel(false);
         let mut config = RelayConfig::new(
             self.names.clone(),
@@ -79,7 +84,7 @@ impl Harness {
         );
         config.poll_interval = poll_interval;
         config.batch = 64;
-        let task = tokio::spawn(relay::run(self.db.database.clone(), config, Signals::new(), stopping));
+        let task = tokio::spawn(relay::run(self.db.database.clone(), config, signals, stopping));
         RunningRelay { stop, task }
     }
 

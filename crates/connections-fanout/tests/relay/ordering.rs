@@ -185,6 +185,41 @@ async fn an_urgent_notice_the_committing_instance_sent_is_not_sent_again() {
     assert_eq!(notices.info().await.expect("info").state.messages, 2);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_urgent_notice_its_own_instance_had_stored_is_not_sent_again() {
+    // The committing instance's `UrgentNotices` records what the notices
+    // stream acknowledged; the relay of the same process skips those
+    // without asking the stream. (Here the record is made by hand and the
+    // stream holds no copy: only the record can keep the relay quiet.)
+    use connections_store::NewEvent;
+    use futures_util::StreamExt;
+    let harness = Harness::new().await;
+    let client = async_nats::connect(crate::nats_url()).await.expect("connect");
+    let mut live = client.subscribe(harness.names.notices_wildcard()).await.expect("subscribe");
+    client.flush().await.expect("flush");
+    let signals = connections_fanout::Signals::new();
+    let relay = harness.relay_with(Duration::from_millis(200), signals.clone());
+    let (recorded, unknown) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    let revocation = |connection_id: uuid::Uuid| NewEvent {
+        event_id: uuid::Uuid::now_v7(),
+        event_type: "connection_revoked",
+        schema_version: 3,
+        data: serde_json::json!({"connection_id": connection_id, "affected_agents": []}),
+    };
+    let events = vec![revocation(recorded), revocation(unknown)];
+    let stored = format!("notice-{}", events[0].event_id);
+    signals.stored_notices.insert(stored.clone());
+    append_to_alices_stream(&harness, events).await;
+    assert_eq!(harness.converged().await.len(), 2);
+    let mut received = Vec::new();
+    while let Ok(Some(message)) = tokio::time::timeout(Duration::from_millis(500), live.next()).await {
+        received.push(message.subject.to_string());
+    }
+    relay.stop().await;
+    assert_eq!(received, vec![harness.names.connection_notices("alice", &unknown.to_string())]);
+    assert!(!signals.stored_notices.take(&stored), "the relay took the record");
+}
+
 /// Appends `events` to alice's github stream in one transaction, and wakes
 /// the relay after the commit as the command handler does.
 async fn append_to_alices_stream(harness: &Harness, events: Vec<connections_store::NewEvent>) {
