@@ -23,7 +23,7 @@ use connections_fanout::relay::{self, RelayConfig};
 use connections_fanout::{Names, Signals, UrgentNotices};
 use connections_natsauth::Grant;
 use connections_sealing::MasterKey;
-use connections_store::connect_pool;
+use connections_store::{connect_pool, EventLog};
 use futures_util::StreamExt;
 use serde_json::json;
 use tokio::sync::watch;
@@ -78,6 +78,8 @@ async fn run_on(url: &str, names: &Names, access: &NatsAccess, options: &Revocat
     let (stop, stopping) = watch::channel(false);
     let mut relay_config = RelayConfig::new(names.clone(), url.to_owned(), access.clone());
     relay_config.replicas = options.replicas;
+    let (relayed, relay_watch) = RelayWatch::start();
+    relay_config.acked = Some(relayed);
     let relay = tokio::spawn(relay::run(database.clone(), relay_config, signals.clone(), stopping));
     let state = AppState {
         database: database.clone(),
@@ -108,8 +110,12 @@ async fn run_on(url: &str, names: &Names, access: &NatsAccess, options: &Revocat
         let _ = stream.set_nodelay(true);
     });
     tokio::spawn(async move { axum::serve(listener, router(state)).await });
-    let commits = CommitWatch::start(url).await?;
-    let notices = NoticeWatch::start(access, names).await?;
+    let watches = Watches {
+        commits: CommitWatch::start(url).await?,
+        notices: NoticeWatch::start(access, names).await?,
+        relay: relay_watch,
+        database: database.clone(),
+    };
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     println!(
@@ -127,9 +133,16 @@ async fn run_on(url: &str, names: &Names, access: &NatsAccess, options: &Revocat
     );
     println!("{:>6} {:<38} {:>9} {:>9} {:>9}", "N", "measurement", "p50 ms", "p99 ms", "max ms");
     for &n in &options.clients {
-        let (from_return, from_commit, to_notice, connects) =
-            revocations(&base, &secret, options, n, &commits, &notices).await?;
-        let floor = raw_fanout(access, names, n, options.rounds).await?;
+        // The floor: a raw fan-out to N other subscribers, after each
+        // revocation (interleaved, so that both see the machine as it was
+        // then) and again after all of them.
+        let mut raw = RawFanout::start(access, names, n).await?;
+        let Rounds { from_return, from_commit, to_notice, interleaved, connects } =
+            revocations(&base, &secret, options, n, &watches, &mut raw).await?;
+        // The N runtimes have just disconnected; let the server settle.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let floor = raw_fanout(&mut raw, options.rounds).await?;
+        drop(raw);
         println!(
             "{:>6} {:<38} {:>9} {:>9} {:>9}   all {n} in {:.2} s",
             n,
@@ -146,7 +159,8 @@ async fn run_on(url: &str, names: &Names, access: &NatsAccess, options: &Revocat
             );
         }
         if let Some(open_url) = &options.open_nats_url {
-            let open = raw_fanout(&NatsAccess::insecure(open_url.clone()), names, n, options.rounds).await?;
+            let mut open = RawFanout::start(&NatsAccess::insecure(open_url.clone()), names, n).await?;
+            let open = raw_fanout(&mut open, options.rounds).await?;
             println!(
                 "{:>6} {:<38} {:>9} {:>9} {:>9}",
                 n,
@@ -165,12 +179,15 @@ async fn run_on(url: &str, names: &Names, access: &NatsAccess, options: &Revocat
             (returned, &from_return),
             ("commit → last client dropped", &from_commit),
             ("commit → revoked notice at one watcher", &to_notice),
-            ("raw core NATS publish → last of N", &floor),
+            ("raw publish → last of N, interleaved", &interleaved),
+            ("raw publish → last of N, after", &floor),
         ] {
             println!("{:>6} {:<38} {:>9} {:>9} {:>9}", n, label, ms(summary.p50), ms(summary.p99), ms(summary.max));
         }
-        let margin = from_return.p99.saturating_sub(floor.p99);
-        println!("{:>6} {:<38} {:>9} {:>9}", n, "difference (revocation − raw)", "", ms(margin));
+        for (label, raw) in [("interleaved", &interleaved), ("after", &floor)] {
+            let margin = from_return.p99.saturating_sub(raw.p99);
+            println!("{:>6} {:<38} {:>9} {:>9}", n, format!("difference (revocation − raw {label})"), "", ms(margin));
+        }
     }
     let (uncached, cached) = resolve_latency(&base, &secret).await?;
     println!(
@@ -199,9 +216,11 @@ async fn revocations(
     secret: &[u8],
     options: &RevocationOptions,
     n: usize,
-    commits: &CommitWatch,
-    notices: &NoticeWatch,
-) -> anyhow::Result<(Summary, Summary, Summary, Connects)> {
+    watches: &Watches,
+    raw: &mut RawFanout,
+) -> anyhow::Result<Rounds> {
+    let Watches { commits, notices, relay, database } = watches;
+    let mut backlog = Vec::new();
     let owner = OwnerId::parse(format!("owner-{n}")).map_err(|e| anyhow::anyhow!("{e}"))?;
     let user_token = mint_user_token(secret, &owner, chrono::Utc::now().timestamp() + 3600)?;
     let http = reqwest::Client::new();
@@ -238,6 +257,8 @@ async fn revocations(
     let mut connects =
         Connects { summary: Summary::new(connect_times, wall.max(Duration::from_millis(1))), wall, failed_closed: 0 };
     let mut receivers: Vec<_> = clients.iter().map(|client| client.invalidations()).collect();
+    let mut interleaved = Vec::new();
+    let mut median_client = Vec::new();
     let mut from_return = Vec::new();
     let mut from_commit = Vec::new();
     let mut to_notice = Vec::new();
@@ -294,6 +315,8 @@ async fn revocations(
         commits.clear();
         tokio::time::sleep(Duration::from_millis(200)).await;
         notices.clear();
+        let head = EventLog::head_position(&database.client().await?).await?.unwrap_or(0);
+        backlog.push(head - relay.last());
 
         let response = if options.replace {
             http.post(format!("{base}/v1/connections/{id}/replace"))
@@ -313,6 +336,7 @@ async fn revocations(
             anyhow::ensure!(moved == n, "the replacement moved {moved} agents, not {n}");
         }
         let mut last = returned;
+        let mut arrivals = Vec::with_capacity(n);
         for (receiver, client) in receivers.iter_mut().zip(&clients) {
             let invalidation = loop {
                 let invalidation =
@@ -330,14 +354,19 @@ async fn revocations(
                 connects.failed_closed += 1;
             }
             last = last.max(invalidation.at);
+            arrivals.push(invalidation.at.saturating_duration_since(returned));
         }
         from_return.push(last.saturating_duration_since(returned));
+        arrivals.sort_unstable();
+        median_client.push(arrivals[arrivals.len() / 2]);
         if let Some(committed) = commits.first_after(returned - Duration::from_secs(5)) {
             from_commit.push(last.saturating_duration_since(committed));
             if let Some(noticed) = notices.first() {
                 to_notice.push(noticed.saturating_duration_since(committed));
             }
         }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        interleaved.push(raw.round().await?);
     }
     // Round by round: a p99 over 20 rounds is the slowest one, so show
     // which, and whether the notice was late reaching NATS's subscribers
@@ -345,14 +374,28 @@ async fn revocations(
     let listing =
         |samples: &[Duration]| samples.iter().map(|d| format!("{:.1}", d.as_secs_f64() * 1e3)).collect::<Vec<_>>();
     println!("{n:>6} per round, revoke returned → last client dropped (ms): {}", listing(&from_return).join(" "));
+    println!("{n:>6} per round, revoke returned → median client (ms):     {}", listing(&median_client).join(" "));
     println!("{n:>6} per round, commit → notice at the watcher (ms):        {}", listing(&to_notice).join(" "));
+    println!("{n:>6} per round, raw publish → last of N, interleaved (ms): {}", listing(&interleaved).join(" "));
+    println!("{n:>6} per round, events the relay had not published at the revoke: {backlog:?}");
     let window = Duration::from_secs(1);
-    Ok((
-        Summary::new(from_return, window),
-        Summary::new(from_commit, window),
-        Summary::new(to_notice, window),
+    Ok(Rounds {
+        from_return: Summary::new(from_return, window),
+        from_commit: Summary::new(from_commit, window),
+        to_notice: Summary::new(to_notice, window),
+        interleaved: Summary::new(interleaved, window),
         connects,
-    ))
+    })
+}
+
+/// What the revocation rounds at one client count measured.
+struct Rounds {
+    from_return: Summary,
+    from_commit: Summary,
+    to_notice: Summary,
+    /// The raw fan-out, one after each revocation.
+    interleaved: Summary,
+    connects: Connects,
 }
 
 /// How long runtimes took to obtain NATS credentials and connect (and how
@@ -361,6 +404,38 @@ struct Connects {
     summary: Summary,
     wall: Duration,
     failed_closed: usize,
+}
+
+/// What the rounds watch besides the runtimes.
+struct Watches {
+    commits: CommitWatch,
+    notices: NoticeWatch,
+    relay: RelayWatch,
+    database: connections_store::Database,
+}
+
+/// Follows the relay's acknowledged publishes (its benchmark hook).
+struct RelayWatch {
+    last: Arc<std::sync::atomic::AtomicI64>,
+}
+
+impl RelayWatch {
+    fn start() -> (tokio::sync::mpsc::UnboundedSender<relay::Relayed>, Self) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<relay::Relayed>();
+        let last = Arc::new(std::sync::atomic::AtomicI64::new(0));
+        let recorder = last.clone();
+        tokio::spawn(async move {
+            while let Some(relayed) = rx.recv().await {
+                recorder.fetch_max(relayed.position, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        (tx, Self { last })
+    }
+
+    /// The newest position the relay has published and had acknowledged.
+    fn last(&self) -> i64 {
+        self.last.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 /// Records when commits are announced (the NOTIFY right after COMMIT).
@@ -432,52 +507,78 @@ impl NoticeWatch {
     }
 }
 
-/// The floor: a core-NATS publish to N subscribers (one connection each),
-/// until the last one has it. With authentication, the subscribers hold
-/// runtime credentials (for one owner's connection notices) and the
-/// publisher the service's, as in the product.
 /// The servers of a comma-separated list.
 fn nodes(urls: &str) -> Vec<String> {
     connections_fanout::nats::servers(urls).into_iter().map(str::to_owned).collect()
 }
 
-async fn raw_fanout(access: &NatsAccess, names: &Names, n: usize, rounds: usize) -> anyhow::Result<Summary> {
-    let subject = names.connection_notices("rawbench", &uuid::Uuid::now_v7().simple().to_string());
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut subscribers = Vec::with_capacity(n);
-    let nodes = nodes(&access.url);
-    for i in 0..n {
-        let grant = Grant::runtime(names, "rawbench", &format!("raw-{i}"));
-        // Spread over the nodes like the runtimes.
-        let node = NatsAccess { url: nodes[i % nodes.len()].clone(), issuer: access.issuer.clone() };
-        let client = connect_as(&node, &grant, "_INBOX_unused", "raw subscriber").await?;
-        let mut subscription = client.subscribe(subject.clone()).await?;
-        client.flush().await?;
-        let tx = tx.clone();
-        subscribers.push(tokio::spawn(async move {
-            let _client = client;
-            while subscription.next().await.is_some() {
-                let _ = tx.send(Instant::now());
-            }
-        }));
-    }
-    let publisher = connections_fanout::nats::connect(access, names, "raw publisher").await?;
+/// The floor, measured after the revocations: a core-NATS publish to N
+/// subscribers (one connection each), until the last one has it. With
+/// authentication, the subscribers hold runtime credentials (for one
+/// owner's connection notices) and the publisher the service's, as in the
+/// product.
+async fn raw_fanout(raw: &mut RawFanout, rounds: usize) -> anyhow::Result<Summary> {
     let mut samples = Vec::with_capacity(rounds);
     for _ in 0..rounds {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let sent = Instant::now();
-        publisher.publish(subject.clone(), "revoked".into()).await?;
-        publisher.flush().await?;
-        let mut last = sent;
-        for _ in 0..n {
-            last = last.max(tokio::time::timeout(Duration::from_secs(10), rx.recv()).await?.unwrap_or(sent));
-        }
-        samples.push(last - sent);
-    }
-    for subscriber in subscribers {
-        subscriber.abort();
+        samples.push(raw.round().await?);
     }
     Ok(Summary::new(samples, Duration::from_secs(1)))
+}
+
+/// N raw subscribers (one connection each) and a publisher: one publish,
+/// timed until the last subscriber has it.
+struct RawFanout {
+    subject: String,
+    publisher: async_nats::Client,
+    arrivals: tokio::sync::mpsc::UnboundedReceiver<Instant>,
+    subscribers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RawFanout {
+    async fn start(access: &NatsAccess, names: &Names, n: usize) -> anyhow::Result<Self> {
+        let subject = names.connection_notices("rawbench", &uuid::Uuid::now_v7().simple().to_string());
+        let (tx, arrivals) = tokio::sync::mpsc::unbounded_channel();
+        let mut subscribers = Vec::with_capacity(n);
+        let nodes = nodes(&access.url);
+        for i in 0..n {
+            let grant = Grant::runtime(names, "rawbench", &format!("raw-{i}"));
+            // Spread over the nodes like the runtimes.
+            let node = NatsAccess { url: nodes[i % nodes.len()].clone(), issuer: access.issuer.clone() };
+            let client = connect_as(&node, &grant, "_INBOX_unused", "raw subscriber").await?;
+            let mut subscription = client.subscribe(subject.clone()).await?;
+            client.flush().await?;
+            let tx = tx.clone();
+            subscribers.push(tokio::spawn(async move {
+                let _client = client;
+                while subscription.next().await.is_some() {
+                    let _ = tx.send(Instant::now());
+                }
+            }));
+        }
+        let publisher = connections_fanout::nats::connect(access, names, "raw publisher").await?;
+        Ok(Self { subject, publisher, arrivals, subscribers })
+    }
+
+    async fn round(&mut self) -> anyhow::Result<Duration> {
+        while self.arrivals.try_recv().is_ok() {}
+        let sent = Instant::now();
+        self.publisher.publish(self.subject.clone(), "revoked".into()).await?;
+        self.publisher.flush().await?;
+        let mut last = sent;
+        for _ in 0..self.subscribers.len() {
+            last = last.max(tokio::time::timeout(Duration::from_secs(10), self.arrivals.recv()).await?.unwrap_or(sent));
+        }
+        Ok(last - sent)
+    }
+}
+
+impl Drop for RawFanout {
+    fn drop(&mut self) {
+        for subscriber in &self.subscribers {
+            subscriber.abort();
+        }
+    }
 }
 
 /// Uncached: 2,000 sequential `POST /v1/resolve` calls; cached: one
