@@ -67,11 +67,11 @@ impl UrgentNotices {
         let stored = async {
             let mut acks: Vec<(String, PublishAckFuture)> = Vec::with_capacity(notices.len());
             for (subject, notice) in notices {
+                let message_id = notice.message_id();
                 let payload = Bytes::from(serde_json::to_vec(notice).expect("a notice always serializes"));
-                let message =
-                    jetstream::message::PublishMessage::build().payload(payload).message_id(notice.message_id());
+                let message = jetstream::message::PublishMessage::build().payload(payload).message_id(&message_id);
                 let ack = self.context.send_publish(subject.clone(), message).await.map_err(|e| e.to_string())?;
-                acks.push((notice.message_id(), ack));
+                acks.push((message_id, ack));
             }
             for (message_id, ack) in acks {
                 ack.await.map_err(|e| e.to_string())?;

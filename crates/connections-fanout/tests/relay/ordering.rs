@@ -145,7 +145,6 @@ async fn an_urgent_notice_the_committing_instance_sent_is_not_sent_again() {
     // A revoke's instance publishes its notice itself (`UrgentNotices`).
     // The stream would drop the relay's copy, but every runtime on the
     // subject would still get it: the relay sends only what is missing.
-    use connections_store::NewEvent;
     use futures_util::StreamExt;
     let harness = Harness::new().await;
     let client = async_nats::connect(crate::nats_url()).await.expect("connect");
@@ -157,12 +156,6 @@ async fn an_urgent_notice_the_committing_instance_sent_is_not_sent_again() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let (sent, missing) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
-    let revocation = |connection_id: uuid::Uuid| NewEvent {
-        event_id: uuid::Uuid::now_v7(),
-        event_type: "connection_revoked",
-        schema_version: 3,
-        data: serde_json::json!({"connection_id": connection_id, "affected_agents": []}),
-    };
     let events = vec![revocation(sent), revocation(missing)];
     // The committing instance's copy of the first one's notice.
     let mut headers = async_nats::HeaderMap::new();
@@ -191,7 +184,6 @@ async fn an_urgent_notice_its_own_instance_had_stored_is_not_sent_again() {
     // stream acknowledged; the relay of the same process skips those
     // without asking the stream. (Here the record is made by hand and the
     // stream holds no copy: only the record can keep the relay quiet.)
-    use connections_store::NewEvent;
     use futures_util::StreamExt;
     let harness = Harness::new().await;
     let client = async_nats::connect(crate::nats_url()).await.expect("connect");
@@ -200,12 +192,6 @@ async fn an_urgent_notice_its_own_instance_had_stored_is_not_sent_again() {
     let signals = connections_fanout::Signals::new();
     let relay = harness.relay_with(Duration::from_millis(200), signals.clone());
     let (recorded, unknown) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
-    let revocation = |connection_id: uuid::Uuid| NewEvent {
-        event_id: uuid::Uuid::now_v7(),
-        event_type: "connection_revoked",
-        schema_version: 3,
-        data: serde_json::json!({"connection_id": connection_id, "affected_agents": []}),
-    };
     let events = vec![revocation(recorded), revocation(unknown)];
     let stored = format!("notice-{}", events[0].event_id);
     signals.stored_notices.insert(stored.clone());
@@ -218,6 +204,16 @@ async fn an_urgent_notice_its_own_instance_had_stored_is_not_sent_again() {
     relay.stop().await;
     assert_eq!(received, vec![harness.names.connection_notices("alice", &unknown.to_string())]);
     assert!(!signals.stored_notices.take(&stored), "the relay took the record");
+}
+
+/// A one-event revoke (`connection_revoked` v3) of `connection_id`, ending no binding.
+fn revocation(connection_id: uuid::Uuid) -> connections_store::NewEvent {
+    connections_store::NewEvent {
+        event_id: uuid::Uuid::now_v7(),
+        event_type: "connection_revoked",
+        schema_version: 3,
+        data: serde_json::json!({"connection_id": connection_id, "affected_agents": []}),
+    }
 }
 
 /// Appends `events` to alice's github stream in one transaction, and wakes
