@@ -236,7 +236,16 @@ impl TestApp {
         let fanout = self.fanout.as_ref().expect("started with_fanout");
         let context = async_nats::jetstream::new(async_nats::connect(&fanout.nats_url).await.expect("NATS"));
         let stream = context.get_stream(fanout.names.events_stream()).await.expect("events stream");
-        stream.delete_consumer(&fanout.names.projector_consumer("dashboard")).await.expect("delete the consumer");
+        // Between two of its sessions (a restart under load) the projector
+        // has no consumer for a moment: delete the next one it makes.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match stream.delete_consumer(&fanout.names.projector_consumer("dashboard")).await {
+                Ok(_) => return,
+                Err(error) => assert!(std::time::Instant::now() < deadline, "delete the consumer: {error:?}"),
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 
     /// Serves the same database with other settings (e.g. providers).
