@@ -7,7 +7,7 @@ use connections_domain::{
     decide, Command, ConnectionId, CredentialKind, Event, Focus, OwnerId, OwnerService, Request, ServiceName,
     StateChanges,
 };
-use connections_fanout::{EnvelopeCursor, NoticedEvent};
+use connections_fanout::{EnvelopeCursor, NoticedEvent, Outgoing};
 use connections_sealing::{
     open, seal, Credential, DataKey, FingerprintKey, MasterKey, SealedCredential, WrappedDataKey,
 };
@@ -148,7 +148,7 @@ async fn execute_attempts(
         app.database.state_cache().remember(&stream_id, version, last_position, &state);
     }
     if let Some(notices) = &app.lifecycle.urgent_notices {
-        notices.publish(&urgent).await;
+        notices.publish(urgent).await;
     }
     Ok(answer)
 }
@@ -324,7 +324,7 @@ async fn decide_and_append(
                 data: &event.data,
             }))
         }
-        _ => Vec::new(),
+        _ => Outgoing::default(),
     };
     let position = positions.last().copied().unwrap_or(last_position);
     // The whole state after the events, to be cached once they commit.
@@ -348,7 +348,8 @@ async fn decide_and_append(
 /// stream's whole state after it, when known.
 struct Answered {
     answer: (StatusCode, Value),
-    urgent: Vec<(String, connections_fanout::Notice)>,
+    /// Recorded as being sent from before the commit (see `UrgentNotices::of`).
+    urgent: Outgoing,
     /// The stored answer of the key's first request: nothing was appended.
     replayed: bool,
     /// For the state cache, once the commit has succeeded.
@@ -367,7 +368,7 @@ impl Answered {
     /// The stored answer of an idempotency key's first request (its notices
     /// went out then).
     fn replayed(answer: (StatusCode, Value)) -> Self {
-        Self { answer, urgent: Vec::new(), replayed: true, remember: None }
+        Self { answer, urgent: Outgoing::default(), replayed: true, remember: None }
     }
 }
 

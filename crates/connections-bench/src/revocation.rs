@@ -221,6 +221,7 @@ async fn revocations(
 ) -> anyhow::Result<Rounds> {
     let Watches { commits, notices, relay, database } = watches;
     let mut backlog = Vec::new();
+    let mut copies = Vec::new();
     let owner = OwnerId::parse(format!("owner-{n}")).map_err(|e| anyhow::anyhow!("{e}"))?;
     let user_token = mint_user_token(secret, &owner, chrono::Utc::now().timestamp() + 3600)?;
     let http = reqwest::Client::new();
@@ -366,6 +367,7 @@ async fn revocations(
             }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+        copies.push(notices.count());
         interleaved.push(raw.round().await?);
     }
     // Round by round: a p99 over 20 rounds is the slowest one, so show
@@ -378,6 +380,7 @@ async fn revocations(
     println!("{n:>6} per round, commit → notice at the watcher (ms):        {}", listing(&to_notice).join(" "));
     println!("{n:>6} per round, raw publish → last of N, interleaved (ms): {}", listing(&interleaved).join(" "));
     println!("{n:>6} per round, events the relay had not published at the revoke: {backlog:?}");
+    println!("{n:>6} per round, revoked notices at the watcher (2 = fanned out twice): {copies:?}");
     let window = Duration::from_secs(1);
     Ok(Rounds {
         from_return: Summary::new(from_return, window),
@@ -504,6 +507,12 @@ impl NoticeWatch {
 
     fn first(&self) -> Option<Instant> {
         self.seen.lock().expect("notices").first().copied()
+    }
+
+    /// How many `revoked` notices arrived since the last clear: more than
+    /// one means a second fan-out of the same notice.
+    fn count(&self) -> usize {
+        self.seen.lock().expect("notices").len()
     }
 }
 

@@ -28,4 +28,4 @@ pub use listener::{
 };
 pub use restarts::Restarts;
 pub use roles::{RoleGuard, Roles};
-pub use urgent::{StoredNotices, UrgentNotices};
+pub use urgent::{Outgoing, Sending, StoredNotices, UrgentNotices};

@@ -241,6 +241,10 @@ fn publish_message(
     }
 }
 
+/// How long the relay waits for this instance's own copy of an urgent
+/// notice that is still being sent (its command gives up after 250 ms).
+const OWN_COPY_WITHIN: Duration = Duration::from_millis(300);
+
 /// The event types whose notices make runtimes drop a credential: sent
 /// ahead of their batch when a batch ends inside their transaction.
 const URGENT: &[&str] = &["connection_revoked", "credential_rotated"];
@@ -250,7 +254,7 @@ struct Notices<'a> {
     context: &'a jetstream::Context,
     stream: &'a stream::Stream,
     names: &'a Names,
-    /// What this instance's commands already put on `stream`.
+    /// What this instance's commands are putting, or have put, on `stream`.
     stored: &'a crate::StoredNotices,
 }
 
@@ -265,7 +269,9 @@ impl Notices<'_> {
     /// the notices stream (see `UrgentNotices`) is not published again: the
     /// stream would drop the copy, but every runtime holding the connection
     /// would still receive it, a second fan-out on top of the first. This
-    /// instance's own copies are known without asking the stream.
+    /// instance's own copies are known without asking the stream (one still
+    /// being sent is waited for: the command and the relay hear of the commit
+    /// at the same moment).
     async fn publish(
         &self,
         ahead: &[connections_store::RecordedEvent],
@@ -308,7 +314,9 @@ impl Notices<'_> {
             NoticeKind::BindingChanged => 3,
         });
         let published = futures_util::future::join_all(notices.iter().map(|(subject, notice, _)| async move {
-            notice.is_urgent() && (self.stored.take(&notice.message_id()) || self.on_stream(subject, notice).await)
+            notice.is_urgent()
+                && (self.stored.settle(&notice.message_id(), OWN_COPY_WITHIN).await
+                    || self.on_stream(subject, notice).await)
         }))
         .await;
         let mut published = published.into_iter();

@@ -206,6 +206,37 @@ async fn an_urgent_notice_its_own_instance_had_stored_is_not_sent_again() {
     assert!(!signals.stored_notices.take(&stored), "the relay took the record");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_waits_for_its_own_instances_copy_still_being_sent() {
+    // The command and the relay hear of the commit at the same moment: a
+    // copy still being sent is waited for, then skipped once acknowledged
+    // (not sent a second time behind it); one given up is sent by the relay.
+    use futures_util::StreamExt;
+    let harness = Harness::new().await;
+    let client = async_nats::connect(crate::nats_url()).await.expect("connect");
+    let mut live = client.subscribe(harness.names.notices_wildcard()).await.expect("subscribe");
+    client.flush().await.expect("flush");
+    let signals = connections_fanout::Signals::new();
+    let relay = harness.relay_with(Duration::from_millis(50), signals.clone());
+    let (acknowledged, given_up) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    let events = vec![revocation(acknowledged), revocation(given_up)];
+    let sending = signals.stored_notices.sending(format!("notice-{}", events[0].event_id));
+    let abandoned = signals.stored_notices.sending(format!("notice-{}", events[1].event_id));
+    append_to_alices_stream(&harness, events).await;
+    // The relay (polling every 50 ms) is waiting on both by now, within
+    // its bound (300 ms); neither has settled.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    sending.stored();
+    drop(abandoned);
+    assert_eq!(harness.converged().await.len(), 2);
+    let mut received = Vec::new();
+    while let Ok(Some(message)) = tokio::time::timeout(Duration::from_millis(500), live.next()).await {
+        received.push(message.subject.to_string());
+    }
+    relay.stop().await;
+    assert_eq!(received, vec![harness.names.connection_notices("alice", &given_up.to_string())]);
+}
+
 /// A one-event revoke (`connection_revoked` v3) of `connection_id`, ending no binding.
 fn revocation(connection_id: uuid::Uuid) -> connections_store::NewEvent {
     connections_store::NewEvent {
