@@ -8,10 +8,10 @@
 //! stream has stored it. [`StoredNotices`], shared with the relay in the same
 //! process, knows each copy from before the commit until it is acknowledged
 //! (or given up): the relay, which hears of the commit at the same moment as
-//! the command, waits for a copy still being sent and skips an acknowledged one without
-//! asking the stream (a second copy would be dropped by the stream, but
-//! every runtime holding the connection would hear it: a second fan-out
-//! right behind the first). A notice not known here (another instance
+//! the command, waits for a copy still being sent and skips an acknowledged
+//! one without asking the stream (a second copy would be dropped by the
+//! stream, but every runtime holding the connection would hear it: a second
+//! fan-out right behind the first). A notice not known here (another instance
 //! committed it, or its copy failed or was not acknowledged in time) is
 //! looked up on the stream by the relay, and sent when in doubt: runtimes
 //! treat notices idempotently. A failed or slow publish here loses nothing
@@ -106,13 +106,6 @@ impl UrgentNotices {
 #[derive(Default)]
 pub struct Outgoing {
     notices: Vec<(String, Notice, Sending)>,
-}
-
-impl Outgoing {
-    /// The notices, with their subjects.
-    pub fn notices(&self) -> impl Iterator<Item = (&str, &Notice)> {
-        self.notices.iter().map(|(subject, notice, _)| (subject.as_str(), notice))
-    }
 }
 
 /// How many urgent notices [`StoredNotices`] remembers (the relay takes
