@@ -161,8 +161,7 @@ impl Sending {
     /// The stream acknowledged the copy.
     pub fn stored(mut self) {
         if let Some(message_id) = self.message_id.take() {
-            self.notices.lock().remember(message_id, true);
-            self.notices.settled.notify_waiters();
+            self.notices.insert(message_id);
         }
     }
 }

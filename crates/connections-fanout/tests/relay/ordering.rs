@@ -145,7 +145,6 @@ async fn an_urgent_notice_the_committing_instance_sent_is_not_sent_again() {
     // A revoke's instance publishes its notice itself (`UrgentNotices`).
     // The stream would drop the relay's copy, but every runtime on the
     // subject would still get it: the relay sends only what is missing.
-    use futures_util::StreamExt;
     let harness = Harness::new().await;
     let client = async_nats::connect(crate::nats_url()).await.expect("connect");
     let mut live = client.subscribe(harness.names.notices_wildcard()).await.expect("subscribe");
@@ -165,10 +164,7 @@ async fn an_urgent_notice_the_committing_instance_sent_is_not_sent_again() {
     ack.await.expect("stored");
     append_to_alices_stream(&harness, events).await;
     assert_eq!(harness.converged().await.len(), 2);
-    let mut received = Vec::new();
-    while let Ok(Some(message)) = tokio::time::timeout(Duration::from_millis(500), live.next()).await {
-        received.push((message.subject.to_string(), message.payload));
-    }
+    let received = heard(&mut live).await;
     relay.stop().await;
     let other = harness.names.connection_notices("alice", &missing.to_string());
     assert_eq!(received.len(), 2, "{received:?}");
@@ -184,7 +180,6 @@ async fn an_urgent_notice_its_own_instance_had_stored_is_not_sent_again() {
     // stream acknowledged; the relay of the same process skips those
     // without asking the stream. (Here the record is made by hand and the
     // stream holds no copy: only the record can keep the relay quiet.)
-    use futures_util::StreamExt;
     let harness = Harness::new().await;
     let client = async_nats::connect(crate::nats_url()).await.expect("connect");
     let mut live = client.subscribe(harness.names.notices_wildcard()).await.expect("subscribe");
@@ -197,10 +192,7 @@ async fn an_urgent_notice_its_own_instance_had_stored_is_not_sent_again() {
     signals.stored_notices.insert(stored.clone());
     append_to_alices_stream(&harness, events).await;
     assert_eq!(harness.converged().await.len(), 2);
-    let mut received = Vec::new();
-    while let Ok(Some(message)) = tokio::time::timeout(Duration::from_millis(500), live.next()).await {
-        received.push(message.subject.to_string());
-    }
+    let received: Vec<String> = heard(&mut live).await.into_iter().map(|(subject, _)| subject).collect();
     relay.stop().await;
     assert_eq!(received, vec![harness.names.connection_notices("alice", &unknown.to_string())]);
     assert!(!signals.stored_notices.take(&stored), "the relay took the record");
@@ -211,7 +203,6 @@ async fn the_relay_waits_for_its_own_instances_copy_still_being_sent() {
     // The command and the relay hear of the commit at the same moment: a
     // copy still being sent is waited for, then skipped once acknowledged
     // (not sent a second time behind it); one given up is sent by the relay.
-    use futures_util::StreamExt;
     let harness = Harness::new().await;
     let client = async_nats::connect(crate::nats_url()).await.expect("connect");
     let mut live = client.subscribe(harness.names.notices_wildcard()).await.expect("subscribe");
@@ -229,12 +220,19 @@ async fn the_relay_waits_for_its_own_instances_copy_still_being_sent() {
     sending.stored();
     drop(abandoned);
     assert_eq!(harness.converged().await.len(), 2);
-    let mut received = Vec::new();
-    while let Ok(Some(message)) = tokio::time::timeout(Duration::from_millis(500), live.next()).await {
-        received.push(message.subject.to_string());
-    }
+    let received: Vec<String> = heard(&mut live).await.into_iter().map(|(subject, _)| subject).collect();
     relay.stop().await;
     assert_eq!(received, vec![harness.names.connection_notices("alice", &given_up.to_string())]);
+}
+
+/// The notices `live` hears until it has been quiet for 500 ms: subject and payload.
+async fn heard(live: &mut async_nats::Subscriber) -> Vec<(String, bytes::Bytes)> {
+    use futures_util::StreamExt;
+    let mut received = Vec::new();
+    while let Ok(Some(message)) = tokio::time::timeout(Duration::from_millis(500), live.next()).await {
+        received.push((message.subject.to_string(), message.payload));
+    }
+    received
 }
 
 /// A one-event revoke (`connection_revoked` v3) of `connection_id`, ending no binding.
