@@ -14,8 +14,8 @@ pub const MAX_ATTEMPTS: usize = 8;
 /// What one attempt came to, when it did not fail.
 pub(crate) enum Step<T> {
     /// Commit, then answer (`Err` too: a refusal stored for an idempotency
-    /// key commits with it). `notify`: events were appended, so the log's
-    /// listeners are woken with the commit.
+    /// key commits with it). `notify`: events were appended, so the relay is
+    /// told of the commit.
     Commit { answer: Result<T, ApiError>, notify: bool },
     /// Roll back, then answer.
     RollBack(Result<T, ApiError>),
@@ -89,11 +89,10 @@ pub(crate) async fn run<A: Attempt>(app: &AppState, attempt: &A) -> Result<A::Ou
         let outcome = begun.map_err(AttemptError::from).and(outcome);
         match outcome {
             Ok(Step::Commit { answer, notify }) => {
-                let committed = match notify {
-                    true => transaction.commit_and_notify(connections_fanout::EVENTS_CHANNEL).await,
-                    false => transaction.commit().await,
-                };
-                committed.map_err(ApiError::outcome_unknown)?;
+                transaction.commit().await.map_err(ApiError::outcome_unknown)?;
+                if notify {
+                    app.signals.committed(&app.database);
+                }
                 return answer;
             }
             Ok(Step::RollBack(answer)) => {

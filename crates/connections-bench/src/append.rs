@@ -122,7 +122,7 @@ async fn measure(
                 let begin = Instant::now();
                 match mode {
                     Mode::Raw => raw_append(&database, &stream).await?,
-                    Mode::Store => store_append(&database, &stream, version).await?,
+                    Mode::Store => store_append(&database, &http.signals, &stream, version).await?,
                     Mode::Http => http.create_connection(&token, &format!("s{version}")).await?,
                 }
                 samples.push(begin.elapsed());
@@ -165,9 +165,14 @@ pub(super) async fn raw_append(database: &Database, stream: &str) -> anyhow::Res
     Ok(())
 }
 
-async fn store_append(database: &Database, stream: &str, version: u64) -> anyhow::Result<()> {
+async fn store_append(
+    database: &Database,
+    signals: &connections_fanout::Signals,
+    stream: &str,
+    version: u64,
+) -> anyhow::Result<()> {
     // The path the command handler takes: BEGIN pipelined with the append,
-    // then COMMIT followed by the relay's wake-up notification.
+    // then COMMIT, then the relay told of it.
     let transaction = PipelinedTransaction::new(database.pool().get().await?);
     let append = StreamAppend {
         stream_id: StreamId::parse(&format!("owner-service/{stream}/bench"))
@@ -187,7 +192,8 @@ async fn store_append(database: &Database, stream: &str, version: u64) -> anyhow
             .await;
     begun?;
     appended?;
-    transaction.commit_and_notify(connections_fanout::EVENTS_CHANNEL).await?;
+    transaction.commit().await?;
+    signals.committed(database);
     Ok(())
 }
 
@@ -197,17 +203,20 @@ struct HttpServer {
     base: String,
     client: reqwest::Client,
     secret: Arc<Vec<u8>>,
+    /// The server's signals (the store path tells of its commits there too).
+    signals: connections_fanout::Signals,
 }
 
 impl HttpServer {
     async fn start(database: Database) -> anyhow::Result<Self> {
         let secret: Vec<u8> = MasterKey::generate_base64()?.into_bytes();
+        let signals = connections_fanout::Signals::new();
         let state = AppState {
             reads: database.clone(),
             database,
             master_key: Arc::new(MasterKey::from_base64("bench", &MasterKey::generate_base64()?)?),
             authenticator: Arc::new(Authenticator::hs256(&secret)?),
-            signals: connections_fanout::Signals::new(),
+            signals: signals.clone(),
             lifecycle: Default::default(),
             settings: Default::default(),
             // Commands only: runtimes never ask this server for NATS credentials.
@@ -224,7 +233,7 @@ impl HttpServer {
             let _ = stream.set_nodelay(true);
         });
         tokio::spawn(async move { axum::serve(listener, router(state)).await });
-        Ok(Self { base, client: reqwest::Client::new(), secret: Arc::new(secret) })
+        Ok(Self { base, client: reqwest::Client::new(), secret: Arc::new(secret), signals })
     }
 
     fn token(&self, owner: &str) -> anyhow::Result<String> {

@@ -185,7 +185,7 @@ async fn relay_and_projection(
         })
     };
     // Let the relay and projector start and go idle before the load.
-    append_one(database, 0).await?;
+    append_one(database, &signals, 0).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let commits = Arc::new(Mutex::new(Vec::with_capacity(count)));
@@ -197,9 +197,10 @@ async fn relay_and_projection(
         ticks.tick().await;
         let permit = limit.clone().acquire_owned().await?;
         let database = database.clone();
+        let signals = signals.clone();
         let commits = commits.clone();
         tasks.push(tokio::spawn(async move {
-            let committed = append_one(&database, n).await;
+            let committed = append_one(&database, &signals, n).await;
             drop(permit);
             if let Ok((cursor, at)) = committed {
                 commits.lock().expect("commits").push((cursor, at));
@@ -264,7 +265,7 @@ struct Relay {
 }
 
 /// One command's worth of log: user `bench-N` creates a connection.
-async fn append_one(database: &Database, n: usize) -> anyhow::Result<(LogCursor, Instant)> {
+async fn append_one(database: &Database, signals: &Signals, n: usize) -> anyhow::Result<(LogCursor, Instant)> {
     let owner = OwnerId::parse(format!("bench-{n}")).map_err(|e| anyhow::anyhow!("{e}"))?;
     let service = ServiceName::parse("bench").map_err(|e| anyhow::anyhow!("{e}"))?;
     let event = Event::ConnectionCreated {
@@ -289,8 +290,10 @@ async fn append_one(database: &Database, n: usize) -> anyhow::Result<(LogCursor,
         Metadata { actor: owner.to_string(), command_id: uuid::Uuid::now_v7(), correlation_id: uuid::Uuid::now_v7() };
     let positions = EventLog::append(transaction.client(), &[append], &metadata).await?;
     let transaction_id: String = transaction.client().query_one("SELECT pg_current_xact_id()::text", &[]).await?.get(0);
-    transaction.commit_and_notify(connections_fanout::EVENTS_CHANNEL).await?;
+    transaction.commit().await?;
     let committed = Instant::now();
+    // As a command does: the relay is told of the commit.
+    signals.committed(database);
     Ok((LogCursor { transaction_id: transaction_id.parse()?, position: positions[0] }, committed))
 }
 

@@ -3,6 +3,8 @@
 //! - [`Names`]: every subject, stream and consumer name, derived from one
 //!   configurable prefix so deployments and tests can share a NATS server.
 //! - [`Envelope`]: the JSON payload of each event message (never a secret).
+//! - [`Announcer`]: tells the relay of commits (at once here, by a
+//!   coalesced `NOTIFY` elsewhere).
 //! - [`LogListener`]: a dedicated Postgres connection that LISTENs for
 //!   appends and projection progress, and can hold leadership (an advisory lock).
 //! - [`relay::run`]: follows the log in its gap-safe order and publishes each
@@ -11,6 +13,7 @@
 //! - [`UrgentNotices`]: a command's own, earlier copy of the notices that
 //!   make runtimes drop a credential (revocations, rotations).
 
+mod announce;
 mod envelope;
 mod listener;
 pub mod nats;
@@ -20,6 +23,7 @@ pub mod roles;
 pub mod session;
 mod urgent;
 
+pub use announce::Announcer;
 pub use connections_wire::{Envelope, EnvelopeCursor, Names, NamesError, Notice, NoticeKind, NoticedEvent};
 pub use envelope::{envelope_cursor, envelope_of, log_cursor};
 pub use listener::{

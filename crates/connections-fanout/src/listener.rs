@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use tokio::sync::{broadcast, watch, Notify};
 use tokio_postgres::{AsyncMessage, NoTls};
 
-/// The channel appenders notify right after committing events.
+/// The channel notified after commits that appended events (see [`crate::Announcer`]).
 pub const EVENTS_CHANNEL: &str = "connections_events";
 /// The channel projectors signal with their new cursor (`tx:position`).
 pub const PROJECTED_CHANNEL: &str = "connections_projected";
@@ -29,6 +29,9 @@ pub struct Signals {
     /// Urgent notices this instance's commands put on the notices stream
     /// (the relay does not send them again).
     pub stored_notices: crate::StoredNotices,
+    /// Tells the relay, here and on other instances, of commits (see
+    /// [`Signals::committed`]).
+    pub announcer: crate::Announcer,
 }
 
 /// The owners a projected batch touched.
@@ -59,7 +62,15 @@ impl Signals {
             changed: broadcast::channel(1024).0,
             roles: crate::Roles::default(),
             stored_notices: crate::StoredNotices::default(),
+            announcer: crate::Announcer::default(),
         }
+    }
+
+    /// After a commit on `database` that appended events: wakes this
+    /// instance's relay at once, and every instance's listener through a
+    /// `NOTIFY` that may cover several commits (see [`crate::Announcer`]).
+    pub fn committed(&self, database: &connections_store::Database) {
+        self.announcer.committed(database, &self.appended);
     }
 }
 

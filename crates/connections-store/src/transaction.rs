@@ -44,17 +44,6 @@ impl PipelinedTransaction {
         Ok(())
     }
 
-    /// Commits, then notifies `channel` (a static identifier) in its own
-    /// implicit transaction after the commit, in one simple-query message,
-    /// and returns the connection to the pool. A NOTIFY inside the
-    /// transaction would serialize all such commits on the server's
-    /// notification lock; if COMMIT fails, the NOTIFY is not run.
-    pub async fn commit_and_notify(mut self, channel: &'static str) -> Result<(), StoreError> {
-        let client = self.client.take().expect("present");
-        client.batch_execute(&format!("COMMIT; NOTIFY {channel}")).await?;
-        Ok(())
-    }
-
     /// Returns the connection to the pool after the caller ended the
     /// transaction itself (a `COMMIT` or `ROLLBACK` it pipelined with its
     /// last statements, and saw succeed).

@@ -2,6 +2,7 @@
 //! once, in order, across restarts, lost streams, foreign streams and
 //! competing relays.
 
+mod announce;
 mod faults;
 mod ordering;
 
@@ -28,6 +29,9 @@ struct Harness {
     /// Whether dropping this harness deletes the stream (false for a
     /// harness sharing another's prefix).
     owns_stream: bool,
+    /// The signals of the instance the harness appends from: not the
+    /// relays' (theirs are their own unless a test shares them).
+    elsewhere: Signals,
 }
 
 struct RunningRelay {
@@ -57,13 +61,19 @@ impl Harness {
         let prefix = format!("t{}", &uuid::Uuid::now_v7().simple().to_string()[16..]);
         let names = Names::new(&prefix).expect("valid prefix");
         let client = async_nats::connect(nats_url()).await.expect("connect to NATS");
-        Self { db, names, context: jetstream::new(client), owns_stream: true }
+        Self { db, names, context: jetstream::new(client), owns_stream: true, elsewhere: Signals::new() }
     }
 
     /// Another database (another log) under the same prefix.
     async fn sharing_prefix_with(other: &Harness) -> Self {
         let db = TestDatabase::new().await;
-        Self { db, names: other.names.clone(), context: other.context.clone(), owns_stream: false }
+        Self {
+            db,
+            names: other.names.clone(),
+            context: other.context.clone(),
+            owns_stream: false,
+            elsewhere: Signals::new(),
+        }
     }
 
     fn relay(&self) -> RunningRelay {
@@ -112,8 +122,9 @@ impl Harness {
             match EventLog::append(&transaction, &[append], &metadata).await {
                 Ok(_) => {
                     transaction.commit().await.expect("commit");
-                    // Like the command handler: wake the relay after the commit.
-                    client.execute("SELECT pg_notify('connections_events', '')", &[]).await.expect("notify");
+                    // Like the command handler of another instance: the
+                    // relay hears of the commit through a NOTIFY.
+                    self.elsewhere.committed(&self.db.database);
                 }
                 // A concurrent writer took the version: try again, like the command handler does.
                 Err(connections_store::StoreError::Conflict { .. }) => continue,

@@ -260,5 +260,5 @@ async fn append_to_alices_stream(harness: &Harness, events: Vec<connections_stor
         Metadata { actor: "alice".into(), command_id: uuid::Uuid::now_v7(), correlation_id: uuid::Uuid::now_v7() };
     EventLog::append(&transaction, &[append], &metadata).await.expect("append");
     transaction.commit().await.expect("commit");
-    pooled.execute("SELECT pg_notify('connections_events', '')", &[]).await.expect("notify");
+    harness.elsewhere.committed(&harness.db.database);
 }

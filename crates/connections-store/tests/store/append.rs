@@ -138,48 +138,6 @@ async fn a_pipelined_transaction_dropped_midway_rolls_back_and_leaves_the_pool_c
 }
 
 #[tokio::test]
-async fn commit_and_notify_commits_then_wakes_listeners() {
-    let db = TestDatabase::new().await;
-    let signals = listen_for_events(&db).await;
-    let transaction = connections_store::PipelinedTransaction::new(db.database.pool().get().await.expect("pool"));
-    transaction.begin().await.expect("begin");
-    EventLog::append(transaction.client(), &[append_to("s", 0, vec![event(1)])], &metadata()).await.expect("append");
-    transaction.commit_and_notify("connections_events").await.expect("commit");
-    let count: i64 = db.client().await.query_one("SELECT count(*) FROM events", &[]).await.expect("count").get(0);
-    assert_eq!(count, 1);
-    tokio::time::timeout(std::time::Duration::from_secs(5), signals.recv()).await.expect("notified in time");
-}
-
-/// A LISTEN connection on the test database that reports the first notification.
-async fn listen_for_events(db: &TestDatabase) -> ListenerProbe {
-    use futures_util::StreamExt;
-    let config: tokio_postgres::Config = db.url.parse().expect("url");
-    let (client, mut connection) = config.connect(tokio_postgres::NoTls).await.expect("connect");
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(Ok(message)) = messages.next().await {
-            if let tokio_postgres::AsyncMessage::Notification(n) = message {
-                let _ = tx.send(n.channel().to_owned());
-            }
-        }
-    });
-    client.batch_execute("LISTEN connections_events").await.expect("listen");
-    ListenerProbe { _client: client, rx: tokio::sync::Mutex::new(rx) }
-}
-
-struct ListenerProbe {
-    _client: tokio_postgres::Client,
-    rx: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<String>>,
-}
-
-impl ListenerProbe {
-    async fn recv(&self) -> String {
-        self.rx.lock().await.recv().await.expect("a notification")
-    }
-}
-
-#[tokio::test]
 async fn an_append_without_an_expected_version_goes_after_whatever_the_stream_holds() {
     let db = TestDatabase::new().await;
     let mut client = db.database.pool().get().await.expect("pool");
