@@ -5,11 +5,14 @@
 //! The mix, per (new user, service) stream, in order: create, 3 × assign
 //! to a new agent, set default, revoke (one command = one HTTP request;
 //! `concurrency` streams in flight). The floor: one transaction per command,
-//! `SELECT max(version)` + `INSERT`, at the same concurrency. For each
-//! phase: commands/s, latency, and from Postgres's own counters the
-//! transactions, rows inserted and rows updated per command and Postgres's
-//! CPU per command; for the product, the projection lag of every event
-//! applied during the phase.
+//! `SELECT max(version)` + `INSERT`, at the same concurrency. Between them,
+//! the HTTP exchange alone (`GET /health`, no database) with the same client
+//! and server: what the machine gives a request before any command work.
+//! For each phase: commands/s, latency, and from Postgres's own counters the
+//! transactions, rows inserted and rows updated per command, Postgres's CPU
+//! and the benchmark process's CPU (server, relay, projector and load
+//! generator) per command; for the product, the projection lag of every
+//! event applied during the phase.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,15 +44,29 @@ pub struct CommandsOptions {
     /// Concurrency levels (streams in flight).
     #[arg(long, value_delimiter = ',', default_values_t = vec![1, 8, 32])]
     concurrency: Vec<usize>,
-    /// Rounds of (raw, product) per concurrency level.
+    /// Rounds of (raw, http, product) per concurrency level.
     #[arg(long, default_value_t = 2)]
     rounds: usize,
 }
 
 #[derive(Clone, Copy, PartialEq)]
 enum Path {
+    /// The raw append floor.
     Raw,
+    /// `GET /health`: the HTTP exchange alone.
+    Http,
+    /// The mix.
     Product,
+}
+
+impl Path {
+    fn label(self) -> &'static str {
+        match self {
+            Path::Raw => "raw",
+            Path::Http => "http",
+            Path::Product => "product",
+        }
+    }
 }
 
 /// Postgres's counters for the benchmark's database, and its processes' CPU.
@@ -59,6 +76,8 @@ struct Counters {
     inserted: i64,
     updated: i64,
     cpu: Duration,
+    /// This process's CPU time.
+    process: Duration,
 }
 
 /// Runs the benchmark.
@@ -119,7 +138,7 @@ async fn run_on(
         options.seconds, options.rounds
     );
     println!(
-        "{:<8} {:>4} {:>7} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7} {:>7} {:>8} {:>10}",
+        "{:<8} {:>4} {:>7} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7} {:>7} {:>8} {:>9} {:>10}",
         "path",
         "conc",
         "cmds",
@@ -131,13 +150,18 @@ async fn run_on(
         "ins/cmd",
         "upd/cmd",
         "pgcpu ms",
+        "appcpu ms",
         "lag p99 ms"
     );
     for &concurrency in &options.concurrency {
         let mut ratios = Vec::new();
         for round in 0..options.rounds {
             let mut raw_rate = 0.0;
-            for path in [Path::Raw, Path::Product] {
+            // The HTTP exchange last: Postgres publishes an idle backend's
+            // counters up to 10 s late, so the raw phase's tail lands in the
+            // next phase (as it always has, the product's) and the product's
+            // in the HTTP phase, which does not touch Postgres.
+            for path in [Path::Raw, Path::Product, Path::Http] {
                 let before = counters(&database).await?;
                 let (summary, by_step) =
                     measure(path, concurrency, phase, &database, &http, &base, &secret, round).await?;
@@ -156,28 +180,38 @@ async fn run_on(
                         raw_rate = summary.per_second;
                         1.0
                     }
-                    Path::Product => summary.per_second / raw_rate.max(1.0),
+                    Path::Http | Path::Product => summary.per_second / raw_rate.max(1.0),
                 };
                 if path == Path::Product {
                     ratios.push(ratio);
                 }
                 let lag = match path {
-                    Path::Raw => "-".to_owned(),
+                    Path::Raw | Path::Http => "-".to_owned(),
                     Path::Product => ms(Summary::new(phase_lags, phase).p99),
                 };
+                let cpu =
+                    |after: Duration, before: Duration| after.saturating_sub(before).as_secs_f64() * 1e3 / commands;
+                // The HTTP exchange does not touch Postgres.
+                let postgres = match path {
+                    Path::Http => format!("{:>7} {:>7} {:>7} {:>8}", "-", "-", "-", "-"),
+                    Path::Raw | Path::Product => format!(
+                        "{:>7.2} {:>7.2} {:>7.2} {:>8.3}",
+                        per(after.transactions, before.transactions),
+                        per(after.inserted, before.inserted),
+                        per(after.updated, before.updated),
+                        cpu(after.cpu, before.cpu),
+                    ),
+                };
                 println!(
-                    "{:<8} {:>4} {:>7} {:>8.0} {:>8} {:>8} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>8.3} {:>10}",
-                    if path == Path::Raw { "raw" } else { "product" },
+                    "{:<8} {:>4} {:>7} {:>8.0} {:>8} {:>8} {:>7.2} {postgres} {:>9.3} {:>10}",
+                    path.label(),
                     concurrency,
                     summary.operations,
                     summary.per_second,
                     ms(summary.p50),
                     ms(summary.p99),
                     ratio,
-                    per(after.transactions, before.transactions),
-                    per(after.inserted, before.inserted),
-                    per(after.updated, before.updated),
-                    (after.cpu.saturating_sub(before.cpu)).as_secs_f64() * 1e3 / commands,
+                    cpu(after.process, before.process),
                     lag
                 );
                 if path == Path::Product {
@@ -250,6 +284,13 @@ async fn measure(
                     Path::Raw => {
                         let begin = Instant::now();
                         super::append::raw_append(&database, &format!("{}-{stream}", owner.name)).await?;
+                        samples.push((0, begin.elapsed()));
+                    }
+                    Path::Http => {
+                        let begin = Instant::now();
+                        let response = http.get(format!("{base}/health")).send().await?;
+                        anyhow::ensure!(response.status() == 200, "health answered {}", response.status());
+                        let _: serde_json::Value = response.json().await?;
                         samples.push((0, begin.elapsed()));
                     }
                     Path::Product => samples.extend(owner.mix(&http, &base, stream).await?.into_iter().enumerate()),
@@ -326,24 +367,39 @@ async fn counters(database: &Database) -> anyhow::Result<Counters> {
             &[],
         )
         .await?;
-    Ok(Counters { transactions: row.get(0), inserted: row.get(1), updated: row.get(2), cpu: postgres_cpu() })
+    Ok(Counters {
+        transactions: row.get(0),
+        inserted: row.get(1),
+        updated: row.get(2),
+        cpu: postgres_cpu(),
+        process: std::fs::read_to_string("/proc/self/stat").ok().map(|stat| cpu_of(&stat).1).unwrap_or_default(),
+    })
 }
 
 fn postgres_cpu() -> Duration {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| std::fs::read_to_string(entry.path().join("stat")).ok())
+        .map(|stat| cpu_of(&stat))
+        .filter(|(command, _)| command == "postgres")
+        .map(|(_, cpu)| cpu)
+        .sum()
+}
+
+/// A process's command name and CPU time (user + system) from its
+/// `/proc/<pid>/stat` (zero where unreadable).
+fn cpu_of(stat: &str) -> (String, Duration) {
     let ticks_per_second = 100.0; // USER_HZ on Linux
-    let mut ticks = 0u64;
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
-        // pid (comm) state ... : fields after the closing parenthesis.
-        let Some((head, rest)) = stat.rsplit_once(") ") else { continue };
-        if !head.ends_with("(postgres") {
-            continue;
-        }
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        // utime and stime are fields 14 and 15 of stat, 12 and 13 after comm.
-        if let (Some(user), Some(system)) = (fields.get(11), fields.get(12)) {
-            ticks += user.parse::<u64>().unwrap_or(0) + system.parse::<u64>().unwrap_or(0);
-        }
-    }
-    Duration::from_secs_f64(ticks as f64 / ticks_per_second)
+                                  // pid (comm) state ... : fields after the closing parenthesis.
+    let Some((head, rest)) = stat.rsplit_once(") ") else { return (String::new(), Duration::ZERO) };
+    let command = head.split_once(" (").map_or("", |(_, command)| command).to_owned();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after comm.
+    let ticks = match (fields.get(11), fields.get(12)) {
+        (Some(user), Some(system)) => user.parse::<u64>().unwrap_or(0) + system.parse::<u64>().unwrap_or(0),
+        _ => 0,
+    };
+    (command, Duration::from_secs_f64(ticks as f64 / ticks_per_second))
 }
