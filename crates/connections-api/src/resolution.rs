@@ -117,7 +117,8 @@ impl Attempt for Resolve<'_> {
     async fn attempt(&self, transaction: &PipelinedTransaction, attempt: usize) -> Result<Step<Found>, AttemptError> {
         let Self { app, agent, service, stream_id, request_id, may_refresh } = *self;
         // Most resolves only read. One that lost a race to append (binding
-        // the default) queues behind the stream's writers when it tries again.
+        // the default) queues behind the stream's writers when it tries again
+        // (on a long stream, it queues before its first append: below).
         let lock = async {
             match attempt {
                 1 => Ok(()),
@@ -168,10 +169,25 @@ impl Attempt for Resolve<'_> {
             }];
             let changes = StateChanges::between(&loaded.state, &state);
             StreamState::prepare(transaction.client()).await?;
-            let (appended, saved) = futures::join!(
+            // A write to a long stream's keyed copy is made under the
+            // stream's lock, taken before the append: every writer of the
+            // copy then holds the lock before it holds anything else of the
+            // stream, so none can wait on another's head row while holding
+            // an event that one waits on (a deadlock: a writer that rebuilt
+            // the copy under the lock, then appended). Sent first in the
+            // same round trip.
+            let lock = async {
+                match attempt == 1 && StreamState::keeps_copy(Some(loaded.version), events.len()) {
+                    true => EventLog::lock_stream(transaction.client(), stream_id).await,
+                    false => Ok(()),
+                }
+            };
+            let (locked, appended, saved) = futures::join!(
+                lock,
                 EventLog::append(transaction.client(), &append, &metadata),
                 StreamState::save(transaction.client(), stream_id, Some(loaded.version), events.len(), &changes)
             );
+            locked?;
             appended.and_then(|positions| saved.map(|()| positions.last().copied()))
         };
         let (written, wrapped, sealed) = futures::join!(

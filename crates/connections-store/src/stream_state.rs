@@ -271,8 +271,9 @@ impl StreamState {
 
     /// Whether a write of `appended` events after version `after` must
     /// write the keyed copy: when the stream is then long, or its length is
-    /// not known.
-    fn keeps_copy(after: Option<StreamVersion>, appended: usize) -> bool {
+    /// not known. Such a write holds the stream's lock before it appends
+    /// (see `EventLog::lock_stream`).
+    pub fn keeps_copy(after: Option<StreamVersion>, appended: usize) -> bool {
         after.is_none_or(|after| after.0 + appended as u64 > READ_WHOLE_UP_TO)
     }
 

@@ -179,3 +179,48 @@ async fn a_hundred_first_resolutions_at_once_all_succeed() {
         .get(0);
     assert_eq!(bound, 100, "each agent is bound once");
 }
+
+/// A first resolution binding the default appends without the stream's
+/// lock only while the stream is short (its keyed copy is not written).
+/// On a long stream it takes the lock before it appends: its write to the
+/// copy's head row then comes after every other writer's, all of them
+/// holding the lock; appending first unlocked could deadlock with a writer
+/// that rebuilt the copy (head row, then append) under the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_first_resolution_appends_under_the_streams_lock_once_the_stream_is_long() {
+    let app = TestApp::new().await;
+    for (owner, agents) in [("alice", 70), ("bob", 3)] {
+        let id = app.create(owner, "github", None).await;
+        let answer =
+            app.send(Method::PUT, "/v1/services/github/default", Some(owner), Some(json!({"connection_id": id}))).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        // Each binds the default: one event each (alice's stream passes 64
+        // events, and its copy is rebuilt once, then kept).
+        for n in 0..agents {
+            let answer = app.resolve(&format!("agent-{n:03}"), owner, "github").await;
+            assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        }
+    }
+    for (owner, waits) in [("alice", true), ("bob", false)] {
+        // Another writer holds the stream's lock.
+        let mut holder = app.db.client().await;
+        let holding = holder.transaction().await.expect("begin");
+        holding
+            .execute(
+                "SELECT pg_advisory_xact_lock(1668247150, connections_stream_lock_key($1))",
+                &[&format!("owner-service/{owner}/github")],
+            )
+            .await
+            .expect("lock");
+        let resolving = app.resolve("agent-new", owner, "github");
+        tokio::pin!(resolving);
+        let early = tokio::time::timeout(std::time::Duration::from_millis(500), &mut resolving).await;
+        assert_eq!(early.is_err(), waits, "{owner}: the resolve waited for the stream's lock: {}", early.is_err());
+        holding.rollback().await.expect("release");
+        let answer = match early {
+            Ok(answer) => answer,
+            Err(_) => tokio::time::timeout(std::time::Duration::from_secs(10), resolving).await.expect("resolved"),
+        };
+        assert_eq!(answer.status, StatusCode::OK, "{owner}: {}", answer.body);
+    }
+}
