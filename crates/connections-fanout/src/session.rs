@@ -60,6 +60,7 @@ where
 {
     let mut restarts = Restarts::new();
     while !*shutdown.borrow() {
+        restarts.session_starts();
         let ended = async {
             let listener =
                 LogListener::connect(led.database_url, led.signals.clone()).await.map_err(SessionError::from)?;
