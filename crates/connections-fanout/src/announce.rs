@@ -38,7 +38,8 @@ pub struct Announcer {
 impl Announcer {
     /// After a commit that appended events: wakes `local` (this instance's
     /// relay) now, and queues a `NOTIFY` on `database` for every instance's
-    /// listener. Never waits.
+    /// listener. Never waits. Call it on a Tokio runtime (the first call
+    /// starts the task that sends the `NOTIFY`s there).
     pub fn committed(&self, database: &Database, local: &Notify) {
         local.notify_one();
         let queue = self.queue.get_or_init(|| {
