@@ -280,7 +280,6 @@ async fn append_one(database: &Database, signals: &Signals, n: usize) -> anyhow:
     };
     let (event_type, schema_version, data) = codec::encode(&event);
     let transaction = PipelinedTransaction::new(database.pool().get().await?);
-    transaction.begin().await?;
     let append = StreamAppend {
         stream_id: StreamId::owner_service(&owner, &service),
         expected_version: Some(StreamVersion(0)),
@@ -288,13 +287,22 @@ async fn append_one(database: &Database, signals: &Signals, n: usize) -> anyhow:
     };
     let metadata =
         Metadata { actor: owner.to_string(), command_id: uuid::Uuid::now_v7(), correlation_id: uuid::Uuid::now_v7() };
-    let positions = EventLog::append(transaction.client(), &[append], &metadata).await?;
-    let transaction_id: String = transaction.client().query_one("SELECT pg_current_xact_id()::text", &[]).await?.get(0);
+    // As a command's append: BEGIN, the append and the transaction id in one
+    // round trip, then COMMIT (the transaction holds back the log's horizon
+    // from its append to its commit, so it is kept as short as a command's).
+    let (begun, positions, transaction_id) = futures_util::future::join3(
+        transaction.begin(),
+        EventLog::append(transaction.client(), &[append], &metadata),
+        EventLog::transaction_id(transaction.client()),
+    )
+    .await;
+    begun?;
+    let (positions, transaction_id) = (positions?, transaction_id?);
     transaction.commit().await?;
     let committed = Instant::now();
     // As a command does: the relay is told of the commit.
     signals.committed(database);
-    Ok((LogCursor { transaction_id: transaction_id.parse()?, position: positions[0] }, committed))
+    Ok((LogCursor { transaction_id, position: positions[0] }, committed))
 }
 
 /// Generates the log, scans it raw, then rebuilds from it.
