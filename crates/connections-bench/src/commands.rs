@@ -5,7 +5,7 @@
 //! The mix, per (new user, service) stream, in order: create, 3 × assign
 //! to a new agent, set default, revoke (one command = one HTTP request;
 //! `concurrency` streams in flight). The floor: one transaction per command,
-//! `SELECT max(version)` + `INSERT`, at the same concurrency. Between them,
+//! `SELECT max(version)` + `INSERT`, at the same concurrency. After them,
 //! the HTTP exchange alone (`GET /health`, no database) with the same client
 //! and server: what the machine gives a request before any command work.
 //! For each phase: commands/s, latency, and from Postgres's own counters the
@@ -392,7 +392,8 @@ fn postgres_cpu() -> Duration {
 /// `/proc/<pid>/stat` (zero where unreadable).
 fn cpu_of(stat: &str) -> (String, Duration) {
     let ticks_per_second = 100.0; // USER_HZ on Linux
-                                  // pid (comm) state ... : fields after the closing parenthesis.
+
+    // pid (comm) state ... : fields after the closing parenthesis.
     let Some((head, rest)) = stat.rsplit_once(") ") else { return (String::new(), Duration::ZERO) };
     let command = head.split_once(" (").map_or("", |(_, command)| command).to_owned();
     let fields: Vec<&str> = rest.split_whitespace().collect();

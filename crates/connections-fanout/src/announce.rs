@@ -48,7 +48,9 @@ impl Announcer {
             tokio::spawn(send_notifies(receiver));
             sender
         });
-        let _ = queue.try_send(database.clone());
+        if let Ok(slot) = queue.try_reserve() {
+            slot.send(database.clone());
+        }
     }
 }
 
