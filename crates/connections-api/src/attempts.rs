@@ -4,6 +4,7 @@
 //! answered `503` when every attempt met one.
 
 use connections_store::{PipelinedTransaction, StoreError};
+use deadpool_postgres::Object;
 
 use crate::problem::ApiError;
 use crate::state::AppState;
@@ -59,11 +60,13 @@ pub(crate) trait Attempt {
     /// The answer.
     type Output;
 
-    /// Attempt number `number` (from 1), in `transaction`, which the runner
-    /// begins, and then commits or rolls back as the step says.
+    /// Attempt number `number` (from 1), on `client`, in a transaction
+    /// that the runner begins, and then commits or rolls back as the step
+    /// says (a commit group's, shared with other commands: see
+    /// [`crate::groups`]).
     fn attempt<'t>(
         &'t self,
-        transaction: &'t PipelinedTransaction,
+        client: &'t Object,
         number: usize,
     ) -> impl std::future::Future<Output = Result<Step<Self::Output>, AttemptError>> + Send + 't;
 }
@@ -85,7 +88,7 @@ pub(crate) async fn run<A: Attempt>(app: &AppState, attempt: &A) -> Result<A::Ou
             }
             Err(error) => return Err(error.into()),
         };
-        let (begun, outcome) = futures::join!(transaction.begin(), attempt.attempt(&transaction, number));
+        let (begun, outcome) = futures::join!(transaction.begin(), attempt.attempt(transaction.client(), number));
         let outcome = begun.map_err(AttemptError::from).and(outcome);
         match outcome {
             Ok(Step::Commit { answer, notify }) => {

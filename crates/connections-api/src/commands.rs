@@ -13,14 +13,15 @@ use connections_sealing::{
 };
 use connections_store::codec::new_events;
 use connections_store::{
-    fold, ConnectionLocation, CredentialHygiene, EventLog, IdempotencyClaim, LockedStream, Metadata,
-    PipelinedTransaction, RecordedEvent, RefreshSchedule, StoreError, StoredCredential, StoredResponse, StreamAppend,
-    StreamId, StreamState, StreamVersion, UpstreamRevocations,
+    fold, ConnectionLocation, CredentialHygiene, EventLog, IdempotencyClaim, LockedStream, Metadata, RecordedEvent,
+    RefreshSchedule, StoreError, StoredCredential, StoredResponse, StreamAppend, StreamId, StreamState, StreamVersion,
+    UpstreamRevocations,
 };
-use deadpool_postgres::GenericClient;
+use deadpool_postgres::{GenericClient, Object};
 use serde_json::Value;
 
 use crate::attempts::{self, Attempt, AttemptError, Step};
+use crate::groups;
 use crate::problem::ApiError;
 use crate::state::AppState;
 use crate::{refresh, upstream};
@@ -142,7 +143,14 @@ async fn execute_attempts(
     };
     let command_id = uuid::Uuid::now_v7();
     let attempt = CommandAttempt { app, input: &input, recorded_actor: &recorded_actor, command_id, respond: &respond };
-    let Answered { answer, urgent, remember, .. } = attempts::run(app, &attempt).await?;
+    // With an idempotency key the claim must be alone in its transaction
+    // (two requests with one key would find each other's claim), and so
+    // must a server component's work.
+    let answered = match input.idempotency.is_none() && component.is_none() {
+        true => groups::run(app, &attempt).await?,
+        false => attempts::run(app, &attempt).await?,
+    };
+    let Answered { answer, urgent, remember, .. } = answered;
     // Committed: the state at the new version is the log's from now on.
     if let Some(CommittedState { stream_id, version, last_position, state }) = remember {
         app.database.state_cache().remember(&stream_id, version, last_position, &state);
@@ -165,9 +173,8 @@ struct CommandAttempt<'a, R> {
 impl<R: Fn(&Decided) -> (StatusCode, Value) + Sync> Attempt for CommandAttempt<'_, R> {
     type Output = Answered;
 
-    async fn attempt(&self, transaction: &PipelinedTransaction, _: usize) -> Result<Step<Answered>, AttemptError> {
+    async fn attempt(&self, client: &Object, _: usize) -> Result<Step<Answered>, AttemptError> {
         let Self { app, input, recorded_actor, command_id, respond } = *self;
-        let client = transaction.client();
         match attempt_once(app, client, input, recorded_actor, command_id, respond).await {
             Ok(answered) => Ok(Step::Commit { notify: !answered.replayed, answer: Ok(answered) }),
             // A refusal is an answer too: stored for the key, nothing appended.

@@ -10,6 +10,7 @@ mod attempts;
 pub mod auth;
 pub mod body;
 pub mod commands;
+pub mod groups;
 pub mod oauth;
 pub mod problem;
 pub mod providers;

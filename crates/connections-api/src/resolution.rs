@@ -12,9 +12,7 @@
 
 use connections_domain::{decide, BindingSource, Command, ConnectionId, Request, ServiceName, StateChanges};
 use connections_sealing::{open, Credential};
-use connections_store::{
-    Access, EventLog, Metadata, PipelinedTransaction, StoredCredential, StreamAppend, StreamId, StreamState,
-};
+use connections_store::{Access, EventLog, Metadata, StoredCredential, StreamAppend, StreamId, StreamState};
 
 use crate::attempts::{self, Attempt, AttemptError, Step, MAX_ATTEMPTS};
 use crate::auth::AuthenticatedAgent;
@@ -22,6 +20,7 @@ use crate::problem::ApiError;
 use crate::refresh;
 use crate::state::AppState;
 use connections_store::codec::new_events;
+use deadpool_postgres::Object;
 
 /// How long a runtime may use a resolved credential without hearing from us:
 /// the last safety net behind revocation notices and fail-closed caching.
@@ -114,7 +113,7 @@ impl Attempt for Resolve<'_> {
 
     /// Decides on the stream (binding the default if the agent has no
     /// binding yet), reads the credential, and records the hand-out.
-    async fn attempt(&self, transaction: &PipelinedTransaction, attempt: usize) -> Result<Step<Found>, AttemptError> {
+    async fn attempt(&self, client: &Object, attempt: usize) -> Result<Step<Found>, AttemptError> {
         let Self { app, agent, service, stream_id, request_id, may_refresh } = *self;
         // Most resolves only read. One that lost a race to append (binding
         // the default) queues behind the stream's writers when it tries again
@@ -122,15 +121,13 @@ impl Attempt for Resolve<'_> {
         let lock = async {
             match attempt {
                 1 => Ok(()),
-                _ => EventLog::lock_stream(transaction.client(), stream_id).await,
+                _ => EventLog::lock_stream(client, stream_id).await,
             }
         };
         let command = Command::ResolveForAgent { agent_id: agent.agent.clone() };
         let focus = command.focus();
-        let (locked, loaded) = futures::join!(
-            lock,
-            StreamState::load_cached(transaction.client(), app.database.state_cache(), stream_id, &focus)
-        );
+        let (locked, loaded) =
+            futures::join!(lock, StreamState::load_cached(client, app.database.state_cache(), stream_id, &focus));
         locked?;
         let loaded = loaded?;
         let request = Request { actor: agent.owner.clone(), command };
@@ -168,7 +165,7 @@ impl Attempt for Resolve<'_> {
                 events: new_events(&events),
             }];
             let changes = StateChanges::between(&loaded.state, &state);
-            StreamState::prepare(transaction.client()).await?;
+            StreamState::prepare(client).await?;
             // A write to a long stream's keyed copy is made under the
             // stream's lock, taken before the append: every writer of the
             // copy then holds the lock before it holds anything else of the
@@ -178,22 +175,22 @@ impl Attempt for Resolve<'_> {
             // same round trip.
             let lock = async {
                 match attempt == 1 && StreamState::keeps_copy(Some(loaded.version), events.len()) {
-                    true => EventLog::lock_stream(transaction.client(), stream_id).await,
+                    true => EventLog::lock_stream(client, stream_id).await,
                     false => Ok(()),
                 }
             };
             let (locked, appended, saved) = futures::join!(
                 lock,
-                EventLog::append(transaction.client(), &append, &metadata),
-                StreamState::save(transaction.client(), stream_id, Some(loaded.version), events.len(), &changes)
+                EventLog::append(client, &append, &metadata),
+                StreamState::save(client, stream_id, Some(loaded.version), events.len(), &changes)
             );
             locked?;
             appended.and_then(|positions| saved.map(|()| positions.last().copied()))
         };
         let (written, wrapped, sealed) = futures::join!(
             binding_written,
-            StoredCredential::data_key(transaction.client(), binding.connection_id),
-            StoredCredential::sealed(transaction.client(), binding.connection_id, connection.credential_version)
+            StoredCredential::data_key(client, binding.connection_id),
+            StoredCredential::sealed(client, binding.connection_id, connection.credential_version)
         );
         let position = written?.unwrap_or(loaded.last_position);
         // No data key means the connection was revoked after we read the
@@ -227,7 +224,7 @@ impl Attempt for Resolve<'_> {
             owner: &agent.owner,
             request_id,
         }
-        .record(transaction.client())
+        .record(client)
         .await?;
         let via = match binding.source {
             BindingSource::Default => "default",

@@ -127,6 +127,9 @@ pub struct Settings {
     pub refreshes: crate::refresh::RefreshFlights,
     /// The background refresher and upstream revoker.
     pub upkeep: UpkeepSettings,
+    /// Commands that arrive together share a transaction
+    /// (`CONNECTIONS_COMMIT_GROUP`, at most 8 in one; 1: each alone).
+    pub commit_groups: Arc<crate::groups::CommitGroups>,
 }
 
 /// How the background token upkeep (`crate::upkeep`) paces itself.
@@ -204,6 +207,7 @@ impl Default for Settings {
             providers: Providers::none(),
             refreshes: Default::default(),
             upkeep: UpkeepSettings::default(),
+            commit_groups: Arc::default(),
         }
     }
 }

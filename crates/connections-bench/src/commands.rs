@@ -44,9 +44,12 @@ pub struct CommandsOptions {
     /// Concurrency levels (streams in flight).
     #[arg(long, value_delimiter = ',', default_values_t = vec![1, 8, 32])]
     concurrency: Vec<usize>,
-    /// Rounds of (raw, http, product) per concurrency level.
+    /// Rounds of (raw, product, alone, http) per concurrency level.
     #[arg(long, default_value_t = 2)]
     rounds: usize,
+    /// The most commands in a commit group (the server's default if unset).
+    #[arg(long)]
+    commit_group: Option<usize>,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -55,8 +58,10 @@ enum Path {
     Raw,
     /// `GET /health`: the HTTP exchange alone.
     Http,
-    /// The mix.
+    /// The mix, as the server runs it (commit groups).
     Product,
+    /// The mix with every command in a transaction of its own.
+    Alone,
 }
 
 impl Path {
@@ -65,6 +70,7 @@ impl Path {
             Path::Raw => "raw",
             Path::Http => "http",
             Path::Product => "product",
+            Path::Alone => "alone",
         }
     }
 }
@@ -76,6 +82,8 @@ struct Counters {
     inserted: i64,
     updated: i64,
     cpu: Duration,
+    /// The NATS server's CPU time (when it runs on this machine).
+    nats: Duration,
     /// This process's CPU time.
     process: Duration,
 }
@@ -112,6 +120,8 @@ async fn run_on(
     let signals = state.signals.clone();
     state.lifecycle.urgent_notices =
         Some(connections_fanout::UrgentNotices::new(nats, names.clone(), signals.stored_notices.clone()));
+    let groups = state.settings.commit_groups.clone();
+    let group_size = options.commit_group.unwrap_or(groups.size());
     let base = super::serve_locally(state).await?;
     let (stop, stopping) = watch::channel(false);
     let relay = tokio::spawn(relay::run(
@@ -138,7 +148,7 @@ async fn run_on(
         options.seconds, options.rounds
     );
     println!(
-        "{:<8} {:>4} {:>7} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7} {:>7} {:>8} {:>9} {:>10}",
+        "{:<8} {:>4} {:>7} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7} {:>7} {:>8} {:>9} {:>10} {:>10}",
         "path",
         "conc",
         "cmds",
@@ -151,17 +161,19 @@ async fn run_on(
         "upd/cmd",
         "pgcpu ms",
         "appcpu ms",
+        "natscpu ms",
         "lag p99 ms"
     );
     for &concurrency in &options.concurrency {
-        let mut ratios = Vec::new();
+        let (mut ratios, mut alone) = (Vec::new(), Vec::new());
         for round in 0..options.rounds {
             let mut raw_rate = 0.0;
             // The HTTP exchange last: Postgres publishes an idle backend's
             // counters up to 10 s late, so the raw phase's tail lands in the
             // next phase (as it always has, the product's) and the product's
             // in the HTTP phase, which does not touch Postgres.
-            for path in [Path::Raw, Path::Product, Path::Http] {
+            for path in [Path::Raw, Path::Product, Path::Alone, Path::Http] {
+                groups.set_size(if path == Path::Alone { 1 } else { group_size });
                 let before = counters(&database).await?;
                 let (summary, by_step) =
                     measure(path, concurrency, phase, &database, &http, &base, &secret, round).await?;
@@ -180,21 +192,23 @@ async fn run_on(
                         raw_rate = summary.per_second;
                         1.0
                     }
-                    Path::Http | Path::Product => summary.per_second / raw_rate.max(1.0),
+                    Path::Http | Path::Product | Path::Alone => summary.per_second / raw_rate.max(1.0),
                 };
-                if path == Path::Product {
-                    ratios.push(ratio);
+                match path {
+                    Path::Product => ratios.push(ratio),
+                    Path::Alone => alone.push(ratio),
+                    Path::Raw | Path::Http => {}
                 }
                 let lag = match path {
                     Path::Raw | Path::Http => "-".to_owned(),
-                    Path::Product => ms(Summary::new(phase_lags, phase).p99),
+                    Path::Product | Path::Alone => ms(Summary::new(phase_lags, phase).p99),
                 };
                 let cpu =
                     |after: Duration, before: Duration| after.saturating_sub(before).as_secs_f64() * 1e3 / commands;
                 // The HTTP exchange does not touch Postgres.
                 let postgres = match path {
                     Path::Http => format!("{:>7} {:>7} {:>7} {:>8}", "-", "-", "-", "-"),
-                    Path::Raw | Path::Product => format!(
+                    Path::Raw | Path::Product | Path::Alone => format!(
                         "{:>7.2} {:>7.2} {:>7.2} {:>8.3}",
                         per(after.transactions, before.transactions),
                         per(after.inserted, before.inserted),
@@ -203,7 +217,7 @@ async fn run_on(
                     ),
                 };
                 println!(
-                    "{:<8} {:>4} {:>7} {:>8.0} {:>8} {:>8} {:>7.2} {postgres} {:>9.3} {:>10}",
+                    "{:<8} {:>4} {:>7} {:>8.0} {:>8} {:>8} {:>7.2} {postgres} {:>9.3} {:>10.3} {:>10}",
                     path.label(),
                     concurrency,
                     summary.operations,
@@ -212,9 +226,10 @@ async fn run_on(
                     ms(summary.p99),
                     ratio,
                     cpu(after.process, before.process),
+                    cpu(after.nats, before.nats),
                     lag
                 );
-                if path == Path::Product {
+                if matches!(path, Path::Product | Path::Alone) {
                     let steps: Vec<String> = STEPS
                         .iter()
                         .zip(by_step)
@@ -227,10 +242,14 @@ async fn run_on(
                 }
             }
         }
-        ratios.sort_by(f64::total_cmp);
-        println!(
-            "C={concurrency}: product / raw per round {:?} (goal at C=32: ≥ 0.50)",
+        let rounded = |mut ratios: Vec<f64>| {
+            ratios.sort_by(f64::total_cmp);
             ratios.iter().map(|r| (r * 100.0).round() / 100.0).collect::<Vec<_>>()
+        };
+        println!(
+            "C={concurrency}: product / raw per round {:?} (goal at C=32: ≥ 0.50); each command alone {:?}",
+            rounded(ratios),
+            rounded(alone)
         );
     }
     let _ = stop.send(true);
@@ -293,7 +312,9 @@ async fn measure(
                         let _: serde_json::Value = response.json().await?;
                         samples.push((0, begin.elapsed()));
                     }
-                    Path::Product => samples.extend(owner.mix(&http, &base, stream).await?.into_iter().enumerate()),
+                    Path::Product | Path::Alone => {
+                        samples.extend(owner.mix(&http, &base, stream).await?.into_iter().enumerate())
+                    }
                 }
             }
             anyhow::Ok(samples)
@@ -371,19 +392,21 @@ async fn counters(database: &Database) -> anyhow::Result<Counters> {
         transactions: row.get(0),
         inserted: row.get(1),
         updated: row.get(2),
-        cpu: postgres_cpu(),
+        cpu: cpu_of_processes("postgres"),
+        nats: cpu_of_processes("nats-server"),
         process: std::fs::read_to_string("/proc/self/stat").ok().map(|stat| cpu_of(&stat).1).unwrap_or_default(),
     })
 }
 
-fn postgres_cpu() -> Duration {
+/// The CPU time of every process named `name` on this machine.
+fn cpu_of_processes(name: &str) -> Duration {
     std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
         .flatten()
         .filter_map(|entry| std::fs::read_to_string(entry.path().join("stat")).ok())
         .map(|stat| cpu_of(&stat))
-        .filter(|(command, _)| command == "postgres")
+        .filter(|(command, _)| command == name)
         .map(|(_, cpu)| cpu)
         .sum()
 }

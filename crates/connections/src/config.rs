@@ -36,6 +36,9 @@ pub struct Config {
     pub read_pool_size: usize,
     /// `CONNECTIONS_STREAMS_PER_USER`, default 16: open change streams per user.
     pub streams_per_user: usize,
+    /// `CONNECTIONS_COMMIT_GROUP`, default 8: the most commands that share
+    /// a transaction (1: each in its own; see `connections_api::groups`).
+    pub commit_group: usize,
     /// `CONNECTIONS_REPORTS_PER_MINUTE`, default 6: problem reports per
     /// connection and agent per minute (per instance).
     pub reports_per_minute: u32,
@@ -118,6 +121,11 @@ impl Config {
                 .ok()
                 .filter(|n| *n >= 1)
                 .context("CONNECTIONS_STREAMS_PER_USER must be a positive number")?,
+            commit_group: env_or("CONNECTIONS_COMMIT_GROUP", &connections_api::groups::DEFAULT_GROUP_SIZE.to_string())
+                .parse()
+                .ok()
+                .filter(|n| (1..=64).contains(n))
+                .context("CONNECTIONS_COMMIT_GROUP must be a number from 1 to 64")?,
             reports_per_minute: env_or("CONNECTIONS_REPORTS_PER_MINUTE", "6")
                 .parse()
                 .ok()

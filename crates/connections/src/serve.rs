@@ -87,6 +87,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             providers,
             refreshes: Default::default(),
             upkeep: config.upkeep.clone(),
+            commit_groups: Arc::new(connections_api::groups::CommitGroups::new(config.commit_group)),
         }),
     };
     connections_store::ensure_database(&config.database_url).await?;

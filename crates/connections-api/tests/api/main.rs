@@ -6,6 +6,7 @@ mod bad_input;
 mod commands;
 mod concurrency;
 mod connect;
+mod groups;
 mod idempotency;
 mod isolation;
 mod openapi;

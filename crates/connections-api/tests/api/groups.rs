@@ -1,0 +1,127 @@
+//! Commit groups: commands that arrive together share a transaction, and
+//! its outcome (see `connections_api::groups`).
+
+use std::future::Future;
+use std::time::Duration;
+
+use axum::http::{Method, StatusCode};
+use serde_json::json;
+
+use crate::{Answer, TestApp};
+
+/// Holds the writers' lock of each of `owners`' `github` stream until
+/// rolled back.
+async fn hold_locks(app: &TestApp, owners: &[&str]) -> tokio_postgres::Client {
+    let holder = app.db.client().await;
+    holder.batch_execute("BEGIN").await.expect("begin");
+    for owner in owners {
+        holder
+            .execute(
+                "SELECT pg_advisory_xact_lock(1668247150, connections_stream_lock_key($1))",
+                &[&format!("owner-service/{owner}/github")],
+            )
+            .await
+            .expect("lock");
+    }
+    holder
+}
+
+/// Polls `request` for a while and says whether it is still waiting.
+async fn still_waiting(request: &mut std::pin::Pin<&mut impl Future<Output = Answer>>) -> bool {
+    tokio::time::timeout(Duration::from_millis(300), request.as_mut()).await.is_err()
+}
+
+async fn assigned(app: &TestApp, agent: &str) -> i64 {
+    let client = app.db.client().await;
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM events WHERE event_type = 'agent_assigned' AND data->>'agent_id' = $1",
+            &[&agent],
+        )
+        .await
+        .expect("count");
+    row.get(0)
+}
+
+fn assign<'a>(app: &'a TestApp, owner: &'a str, id: &str, agent: &str) -> impl Future<Output = Answer> + 'a {
+    let path = format!("/v1/connections/{id}/agents");
+    app.send(Method::POST, path, Some(owner), Some(json!({"agent_id": agent})))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_command_arriving_while_another_runs_shares_its_transaction_and_waits_for_its_commit() {
+    let app = TestApp::new().await;
+    let (alice, bob) = (app.create("alice", "github", None).await, app.create("bob", "github", None).await);
+    let before = app.state.settings.commit_groups.committed();
+    let holder = hold_locks(&app, &["alice"]).await;
+
+    let first = assign(&app, "alice", &alice, "agent-a");
+    tokio::pin!(first);
+    assert!(still_waiting(&mut first).await, "alice's assign waits for her stream's lock");
+    // Bob's stream is free, but his command joined alice's group: it is
+    // answered when the group commits, not before.
+    let second = assign(&app, "bob", &bob, "agent-b");
+    tokio::pin!(second);
+    assert!(still_waiting(&mut second).await, "bob's assign waits for the group it joined");
+    assert_eq!(assigned(&app, "agent-b").await, 0, "nothing of the group is visible before its commit");
+
+    holder.batch_execute("ROLLBACK").await.expect("release");
+    let (first, second) = tokio::join!(first, second);
+    assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+    assert_eq!(second.status, StatusCode::OK, "{}", second.body);
+    let (groups, members) = app.state.settings.commit_groups.committed();
+    assert_eq!((groups - before.0, members - before.1), (1, 2), "one commit for both");
+    assert_eq!((assigned(&app, "agent-a").await, assigned(&app, "agent-b").await), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_member_rolls_its_group_back_and_every_member_runs_again_alone() {
+    let app = TestApp::new().await;
+    let (alice, bob) = (app.create("alice", "github", None).await, app.create("bob", "github", None).await);
+    let revoked = app.send(Method::DELETE, format!("/v1/connections/{bob}"), Some("bob"), None).await;
+    assert_eq!(revoked.status, StatusCode::OK, "{}", revoked.body);
+    let before = app.state.settings.commit_groups.committed();
+    let holder = hold_locks(&app, &["alice"]).await;
+
+    let first = assign(&app, "alice", &alice, "agent-a");
+    tokio::pin!(first);
+    assert!(still_waiting(&mut first).await, "alice's assign waits for her stream's lock");
+    let refused = assign(&app, "bob", &bob, "agent-b");
+    tokio::pin!(refused);
+    assert!(still_waiting(&mut refused).await, "bob's refusal waits for the group it joined");
+
+    holder.batch_execute("ROLLBACK").await.expect("release");
+    let (first, refused) = tokio::join!(first, refused);
+    assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+    refused.assert_problem(StatusCode::CONFLICT, "connection-revoked");
+    assert_eq!(app.state.settings.commit_groups.committed(), before, "the group did not commit");
+    assert_eq!((assigned(&app, "agent-a").await, assigned(&app, "agent-b").await), (1, 0), "alice's, once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_cancelled_midway_rolls_its_group_back_and_leaves_nothing() {
+    let app = TestApp::new().await;
+    let (alice, bob) = (app.create("alice", "github", None).await, app.create("bob", "github", None).await);
+    let before = app.state.settings.commit_groups.committed();
+    let holder = hold_locks(&app, &["alice", "bob"]).await;
+
+    let first = assign(&app, "alice", &alice, "agent-a");
+    tokio::pin!(first);
+    assert!(still_waiting(&mut first).await, "alice's assign waits for her stream's lock");
+    {
+        // Bob's request joins the group, waits for his stream's lock, and
+        // goes away (its client hung up).
+        let cancelled = assign(&app, "bob", &bob, "agent-b");
+        tokio::pin!(cancelled);
+        assert!(still_waiting(&mut cancelled).await, "bob's assign waits for his stream's lock");
+    }
+
+    holder.batch_execute("ROLLBACK").await.expect("release");
+    let first = tokio::time::timeout(Duration::from_secs(10), first).await.expect("answered");
+    assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+    assert_eq!(app.state.settings.commit_groups.committed(), before, "the group did not commit");
+    assert_eq!((assigned(&app, "agent-a").await, assigned(&app, "agent-b").await), (1, 0));
+    // The stream bob's request left is usable.
+    let again = assign(&app, "bob", &bob, "agent-b").await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.body);
+}
