@@ -150,10 +150,14 @@ async fn execute_attempts(
         true => groups::run(app, &attempt).await?,
         false => attempts::run(app, &attempt).await?,
     };
-    let Answered { answer, urgent, remember, .. } = answered;
-    // Committed: the state at the new version is the log's from now on.
+    let Answered { answer, urgent, remember, created, .. } = answered;
+    // Committed: the state at the new version is the log's from now on, and
+    // new connections live where they were created for good.
     if let Some(CommittedState { stream_id, version, last_position, state }) = remember {
         app.database.state_cache().remember(&stream_id, version, last_position, &state);
+    }
+    if let Some((location, created)) = created {
+        created.into_iter().for_each(|id| app.database.location_cache().insert(id, &location));
     }
     if let Some(notices) = &app.lifecycle.urgent_notices {
         notices.publish(urgent).await;
@@ -213,7 +217,8 @@ async fn attempt_once(
             (Some(locked?), claimed?)
         }
         Target::Connection(connection_id) => {
-            let locked = ConnectionLocation::locate_and_lock(transaction, *connection_id).await?;
+            let locations = app.database.location_cache();
+            let locked = ConnectionLocation::locate_and_lock(transaction, locations, *connection_id).await?;
             // Unknown: no stream to lock; the refusal is still the key's answer.
             (locked, claim(transaction, input).await?)
         }
@@ -343,12 +348,20 @@ async fn decide_and_append(
         }
         _ => None,
     };
+    let created: Vec<ConnectionId> = events
+        .iter()
+        .filter_map(|event| match event {
+            Event::ConnectionCreated { connection_id, .. } => Some(*connection_id),
+            _ => None,
+        })
+        .collect();
+    let created = (!created.is_empty()).then(|| (location.clone(), created));
     let (status, body) = respond(&Decided { state, events, position });
     if let Some(idempotency) = &input.idempotency {
         let stored = StoredResponse { status: status.as_u16(), body: body.clone() };
         IdempotencyClaim::record(transaction, input.actor.as_str(), &idempotency.key, &stored).await?;
     }
-    Ok(Answered { answer: (status, body), urgent, replayed: false, remember })
+    Ok(Answered { answer: (status, body), urgent, replayed: false, remember, created })
 }
 
 /// A command's answer, the urgent notices its commit calls for, and the
@@ -361,6 +374,9 @@ struct Answered {
     replayed: bool,
     /// For the state cache, once the commit has succeeded.
     remember: Option<CommittedState>,
+    /// The connections created and where, for the location cache, once the
+    /// commit has succeeded.
+    created: Option<(ConnectionLocation, Vec<ConnectionId>)>,
 }
 
 /// A stream's whole state at the version a command's commit makes it.
@@ -375,7 +391,7 @@ impl Answered {
     /// The stored answer of an idempotency key's first request (its notices
     /// went out then).
     fn replayed(answer: (StatusCode, Value)) -> Self {
-        Self { answer, urgent: Outgoing::default(), replayed: true, remember: None }
+        Self { answer, urgent: Outgoing::default(), replayed: true, remember: None, created: None }
     }
 }
 

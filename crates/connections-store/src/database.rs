@@ -7,28 +7,37 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
 use crate::error::StoreError;
+use crate::locator::LocationCache;
 use crate::state_cache::StateCache;
 
 /// A handle on the database: a bounded pool of connections, all with
 /// `synchronous_commit = on` so that an acknowledged command is on disk;
-/// and the states of the streams this handle's commands wrote last.
+/// the states of the streams this handle's commands wrote last, and where
+/// the connections they touched live.
 #[derive(Clone)]
 pub struct Database {
     pool: Pool,
     name: &'static str,
     states: Arc<StateCache>,
+    locations: Arc<LocationCache>,
 }
 
 impl Database {
     /// Wraps an existing pool.
     pub fn new(pool: Pool) -> Self {
-        Self { pool, name: "default", states: Arc::default() }
+        Self { pool, name: "default", states: Arc::default(), locations: Arc::default() }
     }
 
     /// The whole states of streams that commands through this handle
     /// loaded or wrote (see [`StateCache`]), shared by its clones.
     pub fn state_cache(&self) -> &StateCache {
         &self.states
+    }
+
+    /// Where connections live (see [`LocationCache`]), shared by this
+    /// handle's clones.
+    pub fn location_cache(&self) -> &LocationCache {
+        &self.locations
     }
 
     /// The same pool, named `name` in metrics (`commands`, `reads`, ...).

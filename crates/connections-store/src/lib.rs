@@ -32,7 +32,7 @@ pub use database::{connect_pool, default_pool_size, ensure_database, Database};
 pub use error::StoreError;
 pub use hygiene::CredentialHygiene;
 pub use idempotency::{IdempotencyClaim, StoredResponse};
-pub use locator::{ConnectionLocation, LockedStream};
+pub use locator::{ConnectionLocation, LocationCache, LockedStream};
 pub use log::{
     recorded as event_from_row, stored_hash, EventLog, LogCursor, Metadata, NewEvent, RecordedEvent, StreamAppend,
     StreamId, StreamVersion, COLUMNS as EVENT_COLUMNS,

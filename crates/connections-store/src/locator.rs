@@ -1,5 +1,8 @@
 //! Which stream holds a connection, looked up by connection id.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use connections_domain::{ConnectionId, OwnerId, ServiceName};
 use deadpool_postgres::GenericClient;
 
@@ -55,15 +58,23 @@ impl ConnectionLocation {
 
     /// Finds where a connection lives, takes its stream's writers' lock
     /// (see [`crate::EventLog::lock_stream`]) and reads the stream's head
-    /// once the lock is held, in one statement (`connections_locate_and_lock`,
-    /// migration V18): a command on a connection reaches its decision one
-    /// round trip sooner than by three statements that each wait on the one
-    /// before. `None` for an unknown connection (no lock is taken). Callers
-    /// must still check ownership (the domain does).
+    /// once the lock is held, in one round trip. A connection never moves,
+    /// so a location in `locations` is taken from there and its stream
+    /// locked as [`LockedStream::lock`] does (two plain statements).
+    /// Otherwise one call of `connections_locate_and_lock` (migration V18)
+    /// does all three steps, and its answer is kept in `locations`. `None`
+    /// for an unknown connection (no lock is taken). Callers must still
+    /// check ownership and existence (the domain does, on the stream's
+    /// state: a location kept from a transaction that then rolled back
+    /// names a stream without that connection, which is the same answer).
     pub async fn locate_and_lock(
         client: &impl GenericClient,
+        locations: &LocationCache,
         connection_id: ConnectionId,
     ) -> Result<Option<LockedStream>, StoreError> {
+        if let Some(location) = locations.get(connection_id) {
+            return LockedStream::lock(client, location).await.map(Some);
+        }
         let statement = client.prepare_cached("SELECT * FROM connections_locate_and_lock($1)").await?;
         let Some(row) = client.query_opt(&statement, &[&connection_id.as_uuid()]).await? else {
             return Ok(None);
@@ -78,11 +89,70 @@ impl ConnectionLocation {
         if stored != location.stream_id().as_str() {
             return Err(corrupt(&format!("connections_locate_and_lock named stream {stored:?}")));
         }
+        locations.insert(connection_id, &location);
         Ok(Some(LockedStream {
             location,
             version: StreamVersion(row.get::<_, i64>(3) as u64),
             last_position: row.get(4),
         }))
+    }
+}
+
+/// How many connections' locations an instance keeps.
+pub const CACHED_LOCATIONS: usize = 65_536;
+
+/// Where connections live, as this instance has seen them: a connection's
+/// owner and service never change (`connection_locator` rows are only ever
+/// inserted), so an entry is never out of date.
+#[derive(Debug)]
+pub struct LocationCache {
+    entries: Mutex<HashMap<ConnectionId, ConnectionLocation>>,
+    capacity: usize,
+}
+
+impl Default for LocationCache {
+    fn default() -> Self {
+        Self::new(CACHED_LOCATIONS)
+    }
+}
+
+impl LocationCache {
+    /// A cache of at most `capacity` locations.
+    pub fn new(capacity: usize) -> Self {
+        Self { entries: Mutex::new(HashMap::new()), capacity }
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<ConnectionId, ConnectionLocation>> {
+        self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Where `connection_id` lives, if this instance knows.
+    pub fn get(&self, connection_id: ConnectionId) -> Option<ConnectionLocation> {
+        self.entries().get(&connection_id).cloned()
+    }
+
+    /// Keeps where `connection_id` lives (a new connection, once its
+    /// creation has committed, or one looked up).
+    pub fn insert(&self, connection_id: ConnectionId, location: &ConnectionLocation) {
+        let mut entries = self.entries();
+        if entries.len() >= self.capacity && !entries.contains_key(&connection_id) {
+            // Full: make room by dropping any one entry (a miss costs one
+            // lookup in the locator).
+            if let Some(evicted) = entries.keys().next().copied() {
+                entries.remove(&evicted);
+            }
+        }
+        entries.insert(connection_id, location.clone());
+    }
+
+    /// How many locations are kept.
+    pub fn len(&self) -> usize {
+        self.entries().len()
+    }
+
+    /// Whether none is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 

@@ -3,7 +3,8 @@
 use connections_domain::{ConnectionId, OwnerId, ServiceName};
 use connections_sealing::WrappedDataKey;
 use connections_store::{
-    ConnectionLocation, EventLog, IdempotencyClaim, StoredCredential, StoredResponse, StreamAppend, StreamVersion,
+    ConnectionLocation, EventLog, IdempotencyClaim, LocationCache, StoredCredential, StoredResponse, StreamAppend,
+    StreamVersion,
 };
 use connections_testkit::TestDatabase;
 use serde_json::json;
@@ -72,46 +73,76 @@ async fn locate_and_lock_queues_behind_the_streams_writers_and_reads_the_head_th
     // The function spells the stream id and its lock key in SQL: it must
     // take the lock `EventLog::lock_stream` takes, and read the head after
     // the lock is granted (not from the snapshot its statement began with).
-    let db = TestDatabase::new().await;
-    let mut holder_client = db.database.pool().get().await.expect("pool connection");
-    let mut waiter_client = db.database.pool().get().await.expect("pool connection");
-    let id = ConnectionId::from_uuid(uuid::Uuid::now_v7());
+    // A location known from before takes the same lock and reads the same
+    // head without the function.
+    for known in [false, true] {
+        let db = TestDatabase::new().await;
+        let mut holder_client = db.database.pool().get().await.expect("pool connection");
+        let mut waiter_client = db.database.pool().get().await.expect("pool connection");
+        let id = ConnectionId::from_uuid(uuid::Uuid::now_v7());
+        let location = ConnectionLocation {
+            owner: OwnerId::parse("alice").expect("valid"),
+            service: ServiceName::parse("github").expect("valid"),
+        };
+        let locations = LocationCache::default();
+        let unknown = ConnectionId::from_uuid(uuid::Uuid::now_v7());
+        let located = ConnectionLocation::locate_and_lock(&waiter_client, &locations, unknown).await.expect("locate");
+        assert_eq!((located, locations.len()), (None, 0), "an unknown connection is not kept");
+        ConnectionLocation::insert(&holder_client, id, &location).await.expect("insert");
+        let fresh = ConnectionLocation::locate_and_lock(&waiter_client, &locations, id)
+            .await
+            .expect("locate")
+            .expect("located");
+        assert_eq!(
+            (fresh.location.clone(), fresh.version, fresh.last_position),
+            (location.clone(), StreamVersion(0), 0)
+        );
+        assert_eq!(locations.get(id), Some(location.clone()), "a location found is kept");
+        let locations = if known { locations } else { LocationCache::default() };
+
+        let holder = holder_client.transaction().await.expect("begin");
+        EventLog::lock_stream(&holder, &location.stream_id()).await.expect("lock");
+        let waiter = waiter_client.transaction().await.expect("begin");
+        let queued = async {
+            let started = std::time::Instant::now();
+            let locked =
+                ConnectionLocation::locate_and_lock(&waiter, &locations, id).await.expect("locate").expect("located");
+            (locked, started.elapsed())
+        };
+        let holding = async {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            let append = StreamAppend {
+                stream_id: location.stream_id(),
+                expected_version: Some(StreamVersion(0)),
+                events: vec![crate::event(1)],
+            };
+            let positions = EventLog::append(&holder, &[append], &crate::metadata()).await.expect("append");
+            holder.commit().await.expect("commit");
+            positions[0]
+        };
+        let ((locked, waited), position) =
+            tokio::time::timeout(std::time::Duration::from_secs(10), async { tokio::join!(queued, holding) })
+                .await
+                .expect("bounded");
+        assert!(waited >= std::time::Duration::from_millis(150), "known {known}: it waited for the lock: {waited:?}");
+        assert_eq!((locked.location, locked.version, locked.last_position), (location, StreamVersion(1), position));
+        waiter.rollback().await.expect("rollback");
+    }
+}
+
+#[test]
+fn the_location_cache_keeps_at_most_its_capacity() {
+    let locations = LocationCache::new(2);
     let location = ConnectionLocation {
         owner: OwnerId::parse("alice").expect("valid"),
         service: ServiceName::parse("github").expect("valid"),
     };
-    let unknown = ConnectionId::from_uuid(uuid::Uuid::now_v7());
-    assert_eq!(ConnectionLocation::locate_and_lock(&waiter_client, unknown).await.expect("locate"), None);
-    ConnectionLocation::insert(&holder_client, id, &location).await.expect("insert");
-    let fresh = ConnectionLocation::locate_and_lock(&waiter_client, id).await.expect("locate").expect("located");
-    assert_eq!((fresh.location.clone(), fresh.version, fresh.last_position), (location.clone(), StreamVersion(0), 0));
-
-    let holder = holder_client.transaction().await.expect("begin");
-    EventLog::lock_stream(&holder, &location.stream_id()).await.expect("lock");
-    let waiter = waiter_client.transaction().await.expect("begin");
-    let queued = async {
-        let started = std::time::Instant::now();
-        let locked = ConnectionLocation::locate_and_lock(&waiter, id).await.expect("locate").expect("located");
-        (locked, started.elapsed())
-    };
-    let holding = async {
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        let append = StreamAppend {
-            stream_id: location.stream_id(),
-            expected_version: Some(StreamVersion(0)),
-            events: vec![crate::event(1)],
-        };
-        let positions = EventLog::append(&holder, &[append], &crate::metadata()).await.expect("append");
-        holder.commit().await.expect("commit");
-        positions[0]
-    };
-    let ((locked, waited), position) =
-        tokio::time::timeout(std::time::Duration::from_secs(10), async { tokio::join!(queued, holding) })
-            .await
-            .expect("bounded");
-    assert!(waited >= std::time::Duration::from_millis(150), "it waited for the holder's lock: {waited:?}");
-    assert_eq!((locked.version, locked.last_position), (StreamVersion(1), position));
-    waiter.rollback().await.expect("rollback");
+    let ids: Vec<ConnectionId> = (0..3).map(|_| ConnectionId::from_uuid(uuid::Uuid::now_v7())).collect();
+    for id in &ids {
+        locations.insert(*id, &location);
+    }
+    assert_eq!(locations.len(), 2);
+    assert_eq!(locations.get(ids[2]), Some(location), "the newest is kept");
 }
 
 #[tokio::test]
