@@ -98,7 +98,26 @@ pub async fn execute(
     input: CommandInput,
     respond: impl Fn(&Decided) -> (StatusCode, Value) + Sync,
 ) -> Result<(StatusCode, Value), ApiError> {
-    execute_as(app, input, None, respond).await
+    execute_as(app, input, None, Sharing::Group, respond).await
+}
+
+/// Like [`execute`], for a command an agent runtime sent (a problem
+/// report): it runs in a transaction of its own, never in a commit group, so
+/// that nothing a runtime sends can hold back or roll back another user's
+/// command (a revoke, say).
+pub async fn execute_for_runtime(
+    app: &AppState,
+    input: CommandInput,
+    respond: impl Fn(&Decided) -> (StatusCode, Value) + Sync,
+) -> Result<(StatusCode, Value), ApiError> {
+    execute_as(app, input, None, Sharing::Alone, respond).await
+}
+
+/// Whether a command may share a commit group (see [`crate::groups`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sharing {
+    Group,
+    Alone,
 }
 
 /// Like [`execute`], for a server component acting on the owner's behalf
@@ -110,7 +129,7 @@ pub async fn execute_for_owner(
     input: CommandInput,
     component: &'static str,
 ) -> Result<(StatusCode, Value), ApiError> {
-    execute_as(app, input, Some(component), |_| (StatusCode::OK, Value::Null)).await
+    execute_as(app, input, Some(component), Sharing::Alone, |_| (StatusCode::OK, Value::Null)).await
 }
 
 /// Runs the command in a `command` span and records its duration and
@@ -119,13 +138,14 @@ async fn execute_as(
     app: &AppState,
     input: CommandInput,
     component: Option<&'static str>,
+    sharing: Sharing,
     respond: impl Fn(&Decided) -> (StatusCode, Value) + Sync,
 ) -> Result<(StatusCode, Value), ApiError> {
     use tracing::Instrument;
     let command = input.command.name();
     let started = std::time::Instant::now();
     let span = tracing::info_span!("command", command, actor = %input.actor);
-    let answer = execute_attempts(app, input, component, respond).instrument(span).await;
+    let answer = execute_attempts(app, input, component, sharing, respond).instrument(span).await;
     let outcome = answer.as_ref().map_or_else(ApiError::outcome, |_| "accepted");
     connections_metrics::COMMAND_SECONDS.observe_duration(&[command, outcome], started.elapsed());
     answer
@@ -135,6 +155,7 @@ async fn execute_attempts(
     app: &AppState,
     input: CommandInput,
     component: Option<&'static str>,
+    sharing: Sharing,
     respond: impl Fn(&Decided) -> (StatusCode, Value) + Sync,
 ) -> Result<(StatusCode, Value), ApiError> {
     let recorded_actor = match component {
@@ -144,9 +165,9 @@ async fn execute_attempts(
     let command_id = uuid::Uuid::now_v7();
     let attempt = CommandAttempt { app, input: &input, recorded_actor: &recorded_actor, command_id, respond: &respond };
     // With an idempotency key the claim must be alone in its transaction
-    // (two requests with one key would find each other's claim), and so
-    // must a server component's work.
-    let answered = match input.idempotency.is_none() && component.is_none() {
+    // (two requests with one key would find each other's claim); a server
+    // component's and a runtime's commands run alone too.
+    let answered = match sharing == Sharing::Group && input.idempotency.is_none() {
         true => groups::run(app, &attempt).await?,
         false => attempts::run(app, &attempt).await?,
     };

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use super::answer;
 use crate::auth::AuthenticatedAgent;
 use crate::body::JsonObject;
-use crate::commands::{execute, CommandInput, Target};
+use crate::commands::{execute_for_runtime, CommandInput, Target};
 use crate::problem::ApiError;
 use crate::state::AppState;
 
@@ -69,7 +69,7 @@ pub async fn report(
         idempotency: None,
     };
     Ok(answer(
-        execute(&app, input, |decided| {
+        execute_for_runtime(&app, input, |decided| {
             let connection = decided.state.connections.get(&connection_id);
             let body = json!({
                 "connection_id": connection_id,

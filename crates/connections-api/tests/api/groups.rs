@@ -125,3 +125,33 @@ async fn a_member_cancelled_midway_rolls_its_group_back_and_leaves_nothing() {
     let again = assign(&app, "bob", &bob, "agent-b").await;
     assert_eq!(again.status, StatusCode::OK, "{}", again.body);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_runtimes_problem_report_never_joins_a_group() {
+    // Nothing a runtime sends may hold back or roll back a user's command:
+    // its report runs alone even while a group is taking members.
+    let app = TestApp::new().await;
+    let alice = app.create("alice", "github", None).await;
+    let bob = app.create("bob", "github", Some("agent-b")).await;
+    assert_eq!(app.resolve("agent-b", "bob", "github").await.status, StatusCode::OK);
+    let holder = hold_locks(&app, &["alice"]).await;
+
+    let first = assign(&app, "alice", &alice, "agent-a");
+    tokio::pin!(first);
+    assert!(still_waiting(&mut first).await, "alice's assign waits for her stream's lock");
+    let report = app.raw(
+        axum::http::Request::builder()
+            .method(Method::POST)
+            .uri(format!("/v1/connections/{bob}/problems"))
+            .header("authorization", format!("Bearer {}", app.agent_token("agent-b", "bob")))
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(json!({"kind": "rejected", "status": 401}).to_string()))
+            .expect("request"),
+    );
+    let report = tokio::time::timeout(Duration::from_secs(5), report).await.expect("answered while the group waits");
+    assert_eq!((report.status, report.body["recorded"].clone()), (StatusCode::OK, json!(true)), "{}", report.body);
+
+    holder.batch_execute("ROLLBACK").await.expect("release");
+    let first = tokio::time::timeout(Duration::from_secs(10), first).await.expect("answered");
+    assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+}
