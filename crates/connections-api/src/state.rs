@@ -128,7 +128,7 @@ pub struct Settings {
     /// The background refresher and upstream revoker.
     pub upkeep: UpkeepSettings,
     /// Commands that arrive together share a transaction
-    /// (`CONNECTIONS_COMMIT_GROUP`, at most 8 in one; 1: each alone).
+    /// (`CONNECTIONS_COMMIT_GROUP`, at most 16 in one; 1: each alone).
     pub commit_groups: Arc<crate::groups::CommitGroups>,
 }
 

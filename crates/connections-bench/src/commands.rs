@@ -175,6 +175,7 @@ async fn run_on(
             for path in [Path::Raw, Path::Product, Path::Alone, Path::Http] {
                 groups.set_size(if path == Path::Alone { 1 } else { group_size });
                 let before = counters(&database).await?;
+                let groups_before = groups.committed();
                 let (summary, by_step) =
                     measure(path, concurrency, phase, &database, &http, &base, &secret, round).await?;
                 // Let the projector finish this phase's events, and the
@@ -238,7 +239,13 @@ async fn run_on(
                             format!("{step} {}/{}", ms(summary.p50), ms(summary.p99))
                         })
                         .collect();
-                    println!("         p50/p99 ms by command: {}", steps.join(", "));
+                    let (committed, members) = groups.committed();
+                    let (committed, members) = (committed - groups_before.0, members - groups_before.1);
+                    let shared = match committed {
+                        0 => String::new(),
+                        _ => format!("; {members} commands in {committed} commit groups"),
+                    };
+                    println!("         p50/p99 ms by command: {}{shared}", steps.join(", "));
                 }
             }
         }

@@ -36,7 +36,7 @@ pub struct Config {
     pub read_pool_size: usize,
     /// `CONNECTIONS_STREAMS_PER_USER`, default 16: open change streams per user.
     pub streams_per_user: usize,
-    /// `CONNECTIONS_COMMIT_GROUP`, default 8: the most commands that share
+    /// `CONNECTIONS_COMMIT_GROUP`, default 16: the most commands that share
     /// a transaction (1: each in its own; see `connections_api::groups`).
     pub commit_group: usize,
     /// `CONNECTIONS_REPORTS_PER_MINUTE`, default 6: problem reports per
