@@ -8,13 +8,15 @@
 //! A group stops taking members when its first member is done, or when it
 //! is full; it commits once every member is done.
 //!
-//! All or nothing. If any member did not come to a commit (a refusal, a lost
-//! race, a transient error, anything) or was cancelled midway, the group
-//! rolls back and every member runs again alone ([`attempts::run`]). A
-//! member's answer stands only if the whole group committed: a member that
-//! read another's uncommitted write (two members on one stream) is never
-//! answered from a group that rolled back. A `COMMIT` that fails leaves
-//! every member's outcome unknown (`503`), as it would alone.
+//! All or nothing. If any member did not come to a commit or a refusal (a
+//! lost race, a transient error, anything) or was cancelled midway, the
+//! group rolls back and every member runs again alone ([`attempts::run`]).
+//! A member's answer stands only if the whole group committed: a member
+//! that read another's uncommitted write (two members on one stream) is
+//! never answered from a group that rolled back. A refusal writes nothing,
+//! so it does not roll its group back (a user's refused command cannot
+//! make the others' work be done twice). A `COMMIT` that fails leaves every
+//! member's outcome unknown (`503`), as it would alone.
 //!
 //! Two members on one stream hold its lock together (the lock is the
 //! transaction's): the second appends after the first if it read the
@@ -289,6 +291,13 @@ async fn finish(
             Err(error) => Outcome::Unknown(Arc::new(error.into())),
         }
     };
+    let label = match outcome {
+        Outcome::Committed => "committed",
+        Outcome::RolledBack => "rolled_back",
+        Outcome::Unknown(_) => "unknown",
+    };
+    connections_metrics::COMMIT_GROUPS.inc(&[label]);
+    connections_metrics::COMMIT_GROUP_COMMANDS.add(&[label], members as u64);
     group.outcome.send_replace(Some(outcome));
 }
 
@@ -306,13 +315,19 @@ pub(crate) async fn run<A: Attempt>(app: &AppState, attempt: &A) -> Result<A::Ou
     };
     let step = attempt.attempt(member.group.client(), 1).await;
     let (answer, failed, appended) = match step {
-        Ok(Step::Commit { answer: Ok(answer), notify }) => (Some(answer), false, notify),
-        // A refusal stored with a key, a rollback, a lost race, a failure:
-        // nothing of the group is kept, and each member runs alone.
-        Ok(Step::Commit { answer: Err(_), .. } | Step::RollBack(_) | Step::Again) | Err(_) => (None, true, false),
+        Ok(Step::Commit { answer: Ok(answer), notify }) => (Some(Ok(answer)), false, notify),
+        // A command's refusal (without an idempotency key: nothing stored)
+        // wrote nothing but, at most, a long stream's keyed copy rebuilt to
+        // the log's version, which is right to keep: its answer stands if
+        // the group commits. It may rest on another member's write to its
+        // stream; that write then commits too.
+        Ok(Step::RollBack(refused)) => (Some(refused), false, false),
+        // A refusal stored with a key, a lost race, a failure: nothing of
+        // the group is kept, and each member runs alone.
+        Ok(Step::Commit { answer: Err(_), .. } | Step::Again) | Err(_) => (None, true, false),
     };
     match (member.done(failed, appended).await, answer) {
-        (Outcome::Committed, Some(answer)) => Ok(answer),
+        (Outcome::Committed, Some(answer)) => answer,
         (Outcome::Unknown(error), Some(_)) => Err(ApiError::OutcomeUnknown(Box::new(SharedStoreError(error)))),
         _ => attempts::run(app, attempt).await,
     }

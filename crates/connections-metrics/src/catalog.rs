@@ -95,6 +95,22 @@ pub static STATE_LOADS: CounterVec = CounterVec::new(
     &["source"],
 );
 
+/// Commit groups (commands sharing a transaction) by how they ended
+/// (`committed`; `rolled_back`: a member did not come to a commit, and each
+/// member ran again alone; `unknown`: the COMMIT failed).
+pub static COMMIT_GROUPS: CounterVec = CounterVec::new(
+    "connections_commit_groups_total",
+    "Commit groups (commands that shared a transaction), by outcome.",
+    &["outcome"],
+);
+
+/// The commands in those groups, by the group's outcome.
+pub static COMMIT_GROUP_COMMANDS: CounterVec = CounterVec::new(
+    "connections_commit_group_commands_total",
+    "Commands that ran in a commit group, by the group's outcome.",
+    &["outcome"],
+);
+
 /// Every family above, in the order they are rendered.
 pub(crate) static ALL: &[&dyn Family] = &[
     &COMMAND_SECONDS,
@@ -109,4 +125,6 @@ pub(crate) static ALL: &[&dyn Family] = &[
     &HTTP_SECONDS,
     &ROLE_CHANGES,
     &STATE_LOADS,
+    &COMMIT_GROUPS,
+    &COMMIT_GROUP_COMMANDS,
 ];

@@ -53,6 +53,7 @@ async fn a_command_arriving_while_another_runs_shares_its_transaction_and_waits_
     let app = TestApp::new().await;
     let (alice, bob) = (app.create("alice", "github", None).await, app.create("bob", "github", None).await);
     let before = app.state.settings.commit_groups.committed();
+    let committed_before = connections_metrics::COMMIT_GROUP_COMMANDS.get(&["committed"]);
     let holder = hold_locks(&app, &["alice"]).await;
 
     let first = assign(&app, "alice", &alice, "agent-a");
@@ -71,16 +72,19 @@ async fn a_command_arriving_while_another_runs_shares_its_transaction_and_waits_
     assert_eq!(second.status, StatusCode::OK, "{}", second.body);
     let (groups, members) = app.state.settings.commit_groups.committed();
     assert_eq!((groups - before.0, members - before.1), (1, 2), "one commit for both");
+    // Other tests in this process commit groups too: at least these two.
+    assert!(connections_metrics::COMMIT_GROUP_COMMANDS.get(&["committed"]) >= committed_before + 2, "counted");
     assert_eq!((assigned(&app, "agent-a").await, assigned(&app, "agent-b").await), (1, 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_refused_member_rolls_its_group_back_and_every_member_runs_again_alone() {
+async fn a_refused_member_is_answered_with_its_groups_commit_and_the_others_land() {
     let app = TestApp::new().await;
     let (alice, bob) = (app.create("alice", "github", None).await, app.create("bob", "github", None).await);
     let revoked = app.send(Method::DELETE, format!("/v1/connections/{bob}"), Some("bob"), None).await;
     assert_eq!(revoked.status, StatusCode::OK, "{}", revoked.body);
     let before = app.state.settings.commit_groups.committed();
+    let events = app.event_count().await;
     let holder = hold_locks(&app, &["alice"]).await;
 
     let first = assign(&app, "alice", &alice, "agent-a");
@@ -94,8 +98,10 @@ async fn a_refused_member_rolls_its_group_back_and_every_member_runs_again_alone
     let (first, refused) = tokio::join!(first, refused);
     assert_eq!(first.status, StatusCode::OK, "{}", first.body);
     refused.assert_problem(StatusCode::CONFLICT, "connection-revoked");
-    assert_eq!(app.state.settings.commit_groups.committed(), before, "the group did not commit");
-    assert_eq!((assigned(&app, "agent-a").await, assigned(&app, "agent-b").await), (1, 0), "alice's, once");
+    let (groups, members) = app.state.settings.commit_groups.committed();
+    assert_eq!((groups - before.0, members - before.1), (1, 2), "the refusal did not roll the group back");
+    assert_eq!(app.event_count().await, events + 1, "alice's assign, and nothing for bob");
+    assert_eq!((assigned(&app, "agent-a").await, assigned(&app, "agent-b").await), (1, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -103,6 +109,7 @@ async fn a_member_cancelled_midway_rolls_its_group_back_and_leaves_nothing() {
     let app = TestApp::new().await;
     let (alice, bob) = (app.create("alice", "github", None).await, app.create("bob", "github", None).await);
     let before = app.state.settings.commit_groups.committed();
+    let rolled_back_before = connections_metrics::COMMIT_GROUPS.get(&["rolled_back"]);
     let holder = hold_locks(&app, &["alice", "bob"]).await;
 
     let first = assign(&app, "alice", &alice, "agent-a");
@@ -120,6 +127,7 @@ async fn a_member_cancelled_midway_rolls_its_group_back_and_leaves_nothing() {
     let first = tokio::time::timeout(Duration::from_secs(10), first).await.expect("answered");
     assert_eq!(first.status, StatusCode::OK, "{}", first.body);
     assert_eq!(app.state.settings.commit_groups.committed(), before, "the group did not commit");
+    assert!(connections_metrics::COMMIT_GROUPS.get(&["rolled_back"]) > rolled_back_before, "counted");
     assert_eq!((assigned(&app, "agent-a").await, assigned(&app, "agent-b").await), (1, 0));
     // The stream bob's request left is usable.
     let again = assign(&app, "bob", &bob, "agent-b").await;
