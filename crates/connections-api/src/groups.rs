@@ -166,7 +166,7 @@ struct Members {
     done: usize,
     /// No one joins any more.
     closed: bool,
-    /// A member did not come to a commit: the group rolls back.
+    /// A member came to neither a commit nor a refusal: the group rolls back.
     failed: bool,
     /// A member appended events: the relay is told of the commit.
     appended: bool,
@@ -219,8 +219,8 @@ struct Member {
 }
 
 impl Member {
-    /// Reports this member done (`failed`: it did not come to a commit),
-    /// and waits for the group's outcome.
+    /// Reports this member done (`failed`: it came to neither a commit nor
+    /// a refusal), and waits for the group's outcome.
     async fn done(mut self, failed: bool, appended: bool) -> Outcome {
         let mut outcome = self.group.outcome.subscribe();
         self.report(failed, appended);
