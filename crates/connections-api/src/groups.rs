@@ -130,7 +130,7 @@ impl CommitGroups {
             return Ok(member);
         }
         let client = app.database.client().await?;
-        let group = Arc::new(Group::new(client, self.size() <= 1));
+        let group = Arc::new(Group::new(client));
         // BEGIN is on its way before anyone can find the group, so it goes
         // ahead of every member's statements: the first poll sends it.
         let mut begin = Box::pin({
@@ -182,11 +182,11 @@ enum Outcome {
 }
 
 impl Group {
-    fn new(client: Object, closed: bool) -> Self {
+    fn new(client: Object) -> Self {
         Self {
             client: Some(client),
             ended: AtomicBool::new(false),
-            members: Mutex::new(Members { joined: 1, closed, ..Members::default() }),
+            members: Mutex::new(Members { joined: 1, ..Members::default() }),
             done: Notify::new(),
             outcome: watch::Sender::new(None),
         }
