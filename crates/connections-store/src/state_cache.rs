@@ -5,7 +5,10 @@
 //! Why it is exact: the log is append-only and a stream's versions are
 //! unique, so the events up to version `v` never change once committed, and
 //! neither does their fold. An entry is only ever made from a committed
-//! version (one read from the log, or one this instance saw commit), and it
+//! version (one read from the log by a transaction that has written nothing
+//! to the stream, or one this instance saw commit: never one read in a
+//! commit group's transaction, which holds its other members' writes before
+//! they commit, and may roll them back), and it
 //! is used only when the log's version of the stream, read under the
 //! stream's lock in the command's transaction, is the entry's. Any other
 //! writer (another instance, a resolve binding the default, a stream

@@ -86,6 +86,16 @@ impl LoadSource {
     }
 }
 
+/// Whether a load keeps in the cache the whole state it read from the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    /// Only in a transaction that has written nothing to the stream: what
+    /// it reads is committed.
+    Yes,
+    /// The transaction may hold writes that are not committed.
+    No,
+}
+
 /// Loads and writes the keyed copy of streams' states.
 pub struct StreamState;
 
@@ -106,19 +116,28 @@ impl StreamState {
     /// that its next loads go to the copy at once. Without the stream's
     /// lock (a resolve's first attempt), the append's version check catches
     /// a writer in between; a command holds the lock and calls
-    /// [`StreamState::load_locked`].
+    /// [`StreamState::load_locked`]. `client` must not hold writes to the
+    /// stream that are not committed (a resolve's transaction before it
+    /// writes): the state read is kept as the log's.
     pub async fn load_cached(
         client: &impl GenericClient,
         cache: &StateCache,
         stream_id: &StreamId,
         focus: &Focus,
     ) -> Result<Loaded, StoreError> {
-        Self::load_through(client, cache, stream_id, focus, None).await
+        Self::load_through(client, cache, stream_id, focus, None, Keep::Yes).await
     }
 
     /// Like [`StreamState::load_cached`], for a transaction holding the
     /// stream's lock that has read its head under it (`locked`): the state
     /// at that version, without asking the log for it again.
+    ///
+    /// A state read from the log here is not kept in `cache`: the
+    /// transaction may be a commit group's, whose other members' appends it
+    /// reads before they commit, and the group may roll back. Kept, such a
+    /// state would stand for a version that the log gives other events
+    /// (a revoke), and a command deciding on it would undo them. The caller
+    /// keeps the state its commit makes, once that commit succeeded.
     pub async fn load_locked(
         client: &impl GenericClient,
         cache: &StateCache,
@@ -126,7 +145,7 @@ impl StreamState {
         focus: &Focus,
     ) -> Result<Loaded, StoreError> {
         let stream_id = locked.location.stream_id();
-        Self::load_through(client, cache, &stream_id, focus, Some(locked.version)).await
+        Self::load_through(client, cache, &stream_id, focus, Some(locked.version), Keep::No).await
     }
 
     /// Both loads, counted once in `connections_state_loads_total`:
@@ -138,8 +157,9 @@ impl StreamState {
         stream_id: &StreamId,
         focus: &Focus,
         version: Option<StreamVersion>,
+        keep: Keep,
     ) -> Result<Loaded, StoreError> {
-        let loaded = Self::load_uncounted(client, cache, stream_id, focus, version).await?;
+        let loaded = Self::load_uncounted(client, cache, stream_id, focus, version, keep).await?;
         connections_metrics::STATE_LOADS.inc(&[loaded.source.name()]);
         Ok(loaded)
     }
@@ -150,6 +170,7 @@ impl StreamState {
         stream_id: &StreamId,
         focus: &Focus,
         version: Option<StreamVersion>,
+        keep: Keep,
     ) -> Result<Loaded, StoreError> {
         if cache.is_long(stream_id) {
             return Self::load_copy(client, stream_id, focus).await;
@@ -178,7 +199,9 @@ impl StreamState {
         let (history, version) = EventLog::read_stream(client, stream_id).await?;
         let whole = fold(&history)?;
         let last_position = history.last().map_or(0, |e| e.position);
-        cache.remember(stream_id, version, last_position, &whole);
+        if keep == Keep::Yes {
+            cache.remember(stream_id, version, last_position, &whole);
+        }
         let state = whole.restricted_to(focus);
         Ok(Loaded { state, version, last_position, rebuilt: false, whole: Some(whole), source: LoadSource::Log })
     }

@@ -6,8 +6,8 @@
 use connections_domain::*;
 use connections_store::codec::new_events;
 use connections_store::{
-    fold, EventLog, LoadSource, Loaded, StateCache, StreamAppend, StreamId, StreamState, StreamVersion,
-    READ_WHOLE_UP_TO,
+    fold, ConnectionLocation, EventLog, LoadSource, Loaded, LockedStream, StateCache, StreamAppend, StreamId,
+    StreamState, StreamVersion, READ_WHOLE_UP_TO,
 };
 use connections_testkit::TestDatabase;
 
@@ -296,4 +296,55 @@ async fn a_short_streams_copy_is_not_written_and_a_long_ones_is_rebuilt_once_the
     let loaded = StreamState::load_cached(&client, &StateCache::default(), &stream, &focus).await.expect("load");
     assert_eq!((loaded.source, loaded.rebuilt), (LoadSource::Copy, false), "kept since");
     assert_eq!(loaded.state, fold(&history).expect("fold").restricted_to(&focus));
+}
+
+#[tokio::test]
+async fn a_state_read_under_writes_that_roll_back_is_never_cached() {
+    // A commit group's transaction holds its members' appends before they
+    // commit: a member that reads the stream after another's append must
+    // not keep what it read, or a rollback leaves the cache a state at a
+    // version the log then gives other events.
+    let db = TestDatabase::new().await;
+    let cache = StateCache::default();
+    let owner = OwnerId::parse("alice").expect("owner");
+    let service = ServiceName::parse("svc").expect("service");
+    let stream = StreamId::owner_service(&owner, &service);
+    let location = ConnectionLocation { owner, service: service.clone() };
+    let create = Command::CreateConnection {
+        connection_id: conn(1),
+        service,
+        name: ConnectionName::parse("n").expect("name"),
+        credential_kind: CredentialKind::ApiKey,
+        agent_id: None,
+        skill: None,
+    };
+    assert!(run_cached(&db, &cache, &stream, create).await.0);
+
+    let mut client = db.database.pool().get().await.expect("pool connection");
+    let group = client.transaction().await.expect("begin");
+    // One member assigns an agent...
+    let assign = Command::AssignToAgent { connection_id: conn(1), agent_id: agent(1) };
+    let locked = LockedStream::lock(&group, location.clone()).await.expect("lock");
+    let loaded = StreamState::load_locked(&group, &cache, &locked, &assign.focus()).await.expect("load");
+    let request = Request { actor: stream.owner().clone(), command: assign.clone() };
+    let events = decide(&loaded.state, &request).expect("assign decided");
+    append_and_save(&group, &stream, &loaded, &events, Some(Some(loaded.version))).await;
+    // ...and another reads the stream after it, at the new version.
+    let locked = LockedStream::lock(&group, location).await.expect("lock");
+    assert_eq!(locked.version, StreamVersion(2), "the other member sees the uncommitted append");
+    let loaded = StreamState::load_locked(&group, &cache, &locked, &assign.focus()).await.expect("load");
+    assert_eq!(loaded.source, LoadSource::Log, "not cached at the uncommitted version");
+    group.rollback().await.expect("rollback");
+    assert!(cache.get(&stream, StreamVersion(2)).is_none(), "what the rolled-back group read is not kept");
+
+    // The log's version 2 is a revoke now: what a command loads says so.
+    let revoke = Command::RevokeConnection { connection_id: conn(1) };
+    assert!(run_cached(&db, &cache, &stream, revoke).await.0);
+    let client = db.database.pool().get().await.expect("pool connection");
+    let loaded = StreamState::load_cached(&client, &cache, &stream, &assign.focus()).await.expect("load");
+    assert_eq!(loaded.version, StreamVersion(2));
+    let (history, _) = EventLog::read_stream(&client, &stream).await.expect("read");
+    assert_eq!(loaded.state, fold(&history).expect("fold").restricted_to(&assign.focus()), "the revoked state");
+    let request = Request { actor: stream.owner().clone(), command: assign };
+    assert!(decide(&loaded.state, &request).is_err(), "an assign after the revoke is refused");
 }
