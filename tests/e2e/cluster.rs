@@ -336,13 +336,16 @@ fn warnings(cluster: &Cluster) -> String {
 ///
 /// A replica is caught up when it is online, was heard from in the last
 /// two seconds, and is current or at most [`CAUGHT_UP_LAG`] operations
-/// behind the leader. `current` alone is too strict under load: the server
-/// reports it only while the replica has acknowledged everything the
-/// leader has applied, which a replica that keeps up a few operations
-/// behind (the slowest of three, on a loaded machine) may rarely be at the
-/// moment it is asked. Such a replica still takes part in the group's
-/// quorum, which is what losing another node needs.
-async fn replicas_current(stream: &mut async_nats::jetstream::stream::Stream, consumer: &str, cluster: &Cluster) {
+/// behind the leader: under the command load `current` flickers (a replica
+/// a single operation behind is not current), and such a replica takes part
+/// in the group's quorum, which is what losing another node needs. A failure
+/// prints the groups' state and the nodes' logs.
+async fn replicas_current(
+    stream: &mut async_nats::jetstream::stream::Stream,
+    consumer: &str,
+    cluster: &Cluster,
+    nats: &NatsCluster,
+) {
     use async_nats::jetstream::stream::ClusterInfo;
     let started = Instant::now();
     let caught_up = |info: Option<&ClusterInfo>| {
@@ -368,8 +371,9 @@ async fn replicas_current(stream: &mut async_nats::jetstream::stream::Stream, co
     }
     panic!(
         "the stream's or the consumer's replicas were not all caught up in 60 s\nstream: {last_stream:?}\n\
-         consumer: {last_consumer:?}\nwarnings:\n{}",
-        warnings(cluster)
+         consumer: {last_consumer:?}\nwarnings:\n{}\nthe NATS nodes' logs:\n{}",
+        warnings(cluster),
+        (0..3).map(|node| format!("node{node}:\n{}", nats.log_tail(node, 40))).collect::<Vec<_>>().join("\n")
     );
 }
 
@@ -528,7 +532,7 @@ async fn a_cluster_survives_instance_nats_and_postgres_failures_without_losing_o
     let jetstream = async_nats::jetstream::new(watcher.clone());
     let mut stream = jetstream.get_stream(names.events_stream()).await.expect("stream");
     let consumer_name = names.projector_consumer("dashboard");
-    replicas_current(&mut stream, &consumer_name, &cluster).await;
+    replicas_current(&mut stream, &consumer_name, &cluster, &nats).await;
     let info = stream.info().await.expect("info").clone();
     assert_eq!(info.config.num_replicas, 3, "the events stream is replicated 3 times");
     let leader_node = info
@@ -549,7 +553,7 @@ async fn a_cluster_survives_instance_nats_and_postgres_failures_without_losing_o
     // rather than after the pull's expiry.
     // Only once the node lost in 4 is current again: losing a second one
     // before that would leave no quorum.
-    replicas_current(&mut stream, &consumer_name, &cluster).await;
+    replicas_current(&mut stream, &consumer_name, &cluster, &nats).await;
     let consumer = stream.consumer_info(&consumer_name).await.expect("consumer info").clone();
     let consumer_node = consumer
         .cluster

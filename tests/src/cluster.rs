@@ -88,14 +88,27 @@ impl NatsCluster {
         }
     }
 
+    /// The last `lines` lines of node `index`'s log (for a failure's message).
+    pub fn log_tail(&self, index: usize, lines: usize) -> String {
+        let log = std::fs::read_to_string(self.nodes[index].config.with_extension("log")).unwrap_or_default();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
     /// Starts node `index` (again), on its port and storage.
     pub fn start_node(&mut self, index: usize) {
         let node = &mut self.nodes[index];
+        // Each node's log, kept across its restarts (see `NatsCluster::log_tail`).
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(node.config.with_extension("log"))
+            .expect("open the node's log");
         let child = Command::new(&self.binary)
             .arg("-c")
             .arg(&node.config)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("start nats-server");
         node.child = Some(child);

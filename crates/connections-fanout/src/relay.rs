@@ -3,13 +3,21 @@
 //!
 //! - Leadership: a session-level Postgres advisory lock per prefix; only the
 //!   holder publishes.
-//! - Fencing: every publish carries `Nats-Expected-Last-Sequence` and
-//!   `Nats-Expected-Last-Msg-Id` (the previous event's id), so even a deposed
-//!   leader that still thinks it leads cannot write out of order or twice (a
-//!   `Nats-Msg-Id` alone only dedups within the 2-minute window). Both are
-//!   needed because publishes are pipelined: once one is refused, the
-//!   sequence check alone would let the next one through behind a foreign
-//!   message; the message-id check refuses every one after a gap.
+//! - Fencing: every publish carries `Nats-Expected-Last-Sequence`, so even
+//!   a deposed leader that still thinks it leads cannot write out of order
+//!   or twice (a `Nats-Msg-Id` alone only dedups within the 2-minute
+//!   window). Publishes are pipelined: once one is refused, the check alone
+//!   would let the next one through behind whatever took the refused one's
+//!   place. So when the stream takes a publish after refusing the one
+//!   before it, the relay deletes the stream, and the next session refills
+//!   it from the log.
+//! - Not `Nats-Expected-Last-Msg-Id`: a replica checks that header again
+//!   when it applies a message, against the last message id it knows, and
+//!   a replica that caught up after a restart does not know it (nats-server
+//!   2.15's catch-up stores messages without it). Its next fenced message
+//!   fails with "last msgid mismatch", a write error that stops the
+//!   replica until its server restarts: each restart of a NATS node under
+//!   load cost a replica.
 //! - Resume point: the stream itself. Its last message's envelope names the
 //!   last relayed log cursor; there is no separate checkpoint that could
 //!   disagree with it.
@@ -129,8 +137,7 @@ async fn session(
     let context = jetstream::new(client);
     let mut stream = ensure_stream(&context, &config.names, config.replicas).await?;
     let notices_stream = ensure_notices_stream(&context, &config.names, config.replicas).await?;
-    let (mut cursor, mut last_sequence, mut last_event_id) =
-        resume_point(database, &context, &mut stream, config).await?;
+    let (mut cursor, mut last_sequence) = resume_point(database, &context, &mut stream, config).await?;
     tracing::info!(?cursor, last_sequence, "relay leading");
     let connection = database.pool().get().await.map_err(StoreError::from)?;
     let mut noticed_early = HashSet::new();
@@ -178,36 +185,63 @@ async fn session(
         // fencing header makes the server refuse anything out of sequence.
         let mut pending = Vec::with_capacity(batch.len());
         let mut previous = (cursor != LogCursor::default()).then_some(cursor);
-        let mut previous_id = last_event_id;
         for (offset, event) in batch.iter().enumerate() {
             let envelope = envelope_of(event, previous).ok_or(RelayError::Unroutable(event.position))?;
             let expected = last_sequence + offset as u64;
-            let message = publish_message(&envelope, event.event_id, expected, previous_id);
+            let message = publish_message(&envelope, event.event_id, expected);
             let subject = config.names.event_subject(&envelope.owner, &envelope.service, &envelope.event_type);
             pending.push((event.position, expected, context.send_publish(subject, message).await.map_err(nats_error)?));
             previous = Some(event.cursor());
-            previous_id = Some(event.event_id);
         }
+        let mut refused = None;
         for ((position, expected, ack), event) in pending.into_iter().zip(&batch) {
-            let ack = match ack.await {
-                Ok(ack) => ack,
+            let ack = ack.await;
+            if let Some(refused) = refused {
+                // The stream took a publish after refusing the one before it.
+                if ack.is_ok_and(|ack| !ack.duplicate) {
+                    return Err(delete_broken_stream(&context, &config.names, refused).await);
+                }
+                continue;
+            }
+            let ack = match ack {
+                Ok(ack) if !ack.duplicate && ack.sequence == expected + 1 => ack,
+                Ok(_) => {
+                    refused = Some(expected);
+                    continue;
+                }
                 Err(error) if error.kind() == PublishErrorKind::WrongLastSequence => {
-                    return Err(RelayError::Fenced(expected))
+                    refused = Some(expected);
+                    continue;
                 }
                 Err(error) => return Err(nats_error(error)),
             };
-            if ack.duplicate || ack.sequence != expected + 1 {
-                return Err(RelayError::Fenced(expected));
-            }
             if let Some(acked) = &config.acked {
                 let _ = acked.send(Relayed { position, read, acked: Instant::now() });
             }
             connections_metrics::RELAY_PUBLISHED.inc(&[]);
             connections_metrics::RELAY_LAG_SECONDS.observe(&[], seconds_since(event.recorded_at));
             last_sequence = ack.sequence;
-            last_event_id = Some(event.event_id);
             cursor = event.cursor();
         }
+        if let Some(refused) = refused {
+            return Err(RelayError::Fenced(refused));
+        }
+    }
+}
+
+/// After the stream took a publish that followed one it refused (something
+/// else took the refused one's place): the stream no longer follows the
+/// log, though its length and its last events may still look as if it did.
+/// Deletes it, so that the next session refills it from the log.
+async fn delete_broken_stream(context: &jetstream::Context, names: &Names, refused: u64) -> RelayError {
+    tracing::warn!(
+        stream = %names.events_stream(),
+        refused,
+        "the events stream took a publish after refusing the one before it; deleting it to refill it from the log"
+    );
+    match context.delete_stream(names.events_stream()).await {
+        Ok(_) => RelayError::Fenced(refused),
+        Err(error) => nats_error(error),
     }
 }
 
@@ -216,12 +250,7 @@ fn seconds_since(then: chrono::DateTime<chrono::Utc>) -> f64 {
     (chrono::Utc::now() - then).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6
 }
 
-fn publish_message(
-    envelope: &Envelope,
-    event_id: uuid::Uuid,
-    expected_last_sequence: u64,
-    previous_event_id: Option<uuid::Uuid>,
-) -> PublishMessage {
+fn publish_message(envelope: &Envelope, event_id: uuid::Uuid, expected_last_sequence: u64) -> PublishMessage {
     let mut headers = HeaderMap::new();
     headers.insert("Connections-Position", envelope.cursor.position.to_string().as_str());
     headers.insert("Connections-Transaction-Id", envelope.cursor.transaction_id.to_string().as_str());
@@ -230,15 +259,11 @@ fn publish_message(
     headers.insert("Connections-Event-Type", envelope.event_type.as_str());
     headers.insert("Connections-Schema-Version", envelope.schema_version.to_string().as_str());
     let payload = serde_json::to_vec(envelope).expect("an envelope always serializes");
-    let message = PublishMessage::build()
+    PublishMessage::build()
         .payload(Bytes::from(payload))
         .headers(headers)
         .message_id(event_id.to_string())
-        .expected_last_sequence(expected_last_sequence);
-    match previous_event_id {
-        Some(previous) => message.expected_last_message_id(previous.to_string()),
-        None => message,
-    }
+        .expected_last_sequence(expected_last_sequence)
 }
 
 /// How long the relay waits for this instance's own copy of an urgent
@@ -425,9 +450,8 @@ async fn ensure_stream(
     Ok(stream)
 }
 
-/// Where to continue: the cursor of the stream's last event, the stream's
-/// last sequence and the last event's id, after checking that the stream is
-/// this log's. A stream that fails the check is deleted and recreated empty.
+/// Where to continue: the cursor of the stream's last event and the
+/// stream's last sequence, after checking that the stream is this log's. A stream that fails the check is deleted and recreated empty.
 async fn resume_point(
     database: &Database,
     context: &jetstream::Context,
@@ -441,20 +465,20 @@ async fn resume_point(
             tracing::warn!(stream = %names.events_stream(), %reason, "stream does not match the log; rebuilding it from the log");
             context.delete_stream(names.events_stream()).await.map_err(nats_error)?;
             *stream = ensure_stream(context, names, config.replicas).await?;
-            Ok((LogCursor::default(), 0, None))
+            Ok((LogCursor::default(), 0))
         }
     }
 }
 
-/// (cursor of the last relayed event, last stream sequence, last event id).
-type ResumePoint = (LogCursor, u64, Option<uuid::Uuid>);
+/// (cursor of the last relayed event, last stream sequence).
+type ResumePoint = (LogCursor, u64);
 
 /// `Ok(Ok(resume point))` if the stream is a faithful prefix of the log,
 /// `Ok(Err(why not))` otherwise.
 async fn verify(database: &Database, stream: &mut stream::Stream) -> Result<Result<ResumePoint, String>, RelayError> {
     let state = stream.info().await.map_err(nats_error)?.state.clone();
     if state.messages == 0 {
-        return Ok(Ok((LogCursor::default(), state.last_sequence, None)));
+        return Ok(Ok((LogCursor::default(), state.last_sequence)));
     }
     if state.messages != state.last_sequence - state.first_sequence + 1 {
         return Ok(Err(format!(
@@ -494,5 +518,5 @@ async fn verify(database: &Database, stream: &mut stream::Stream) -> Result<Resu
     if count as u64 != state.messages {
         return Ok(Err(format!("the stream holds {} events, the log {} up to the same point", state.messages, count)));
     }
-    Ok(Ok((last_cursor, state.last_sequence, Some(last.event_id))))
+    Ok(Ok((last_cursor, state.last_sequence)))
 }

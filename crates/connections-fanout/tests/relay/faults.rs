@@ -80,6 +80,32 @@ async fn a_foreign_write_into_the_stream_fences_the_relay_which_rebuilds() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_write_ahead_of_a_pipelined_batch_has_the_stream_refilled_not_left_with_a_hole() {
+    // The batch's first publish is refused (the foreign message took its
+    // sequence); the next ones match the sequence after it and would be
+    // taken, leaving the first event out of a stream whose length and last
+    // events still look right. The relay deletes it instead, and refills it.
+    let harness = Harness::new().await;
+    let relay = harness.relay();
+    harness.append(4, 2).await;
+    harness.converged().await;
+    let subject = harness.names.event_subject("intruder", "svc", "connection_revoked");
+    harness
+        .context
+        .publish(subject, Bytes::from_static(b"not an envelope"))
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+    harness.append_together(6).await;
+    let stream = harness.converged().await;
+    relay.stop().await;
+    assert_eq!(stream.len(), 10, "every event of the log, the batch's first included");
+    assert_exactly_once(&stream);
+    assert_eq!(stream[0].0, 1, "the refilled stream starts again at sequence 1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_relays_at_once_publish_each_event_exactly_once() {
     let harness = Harness::new().await;
     let first = harness.relay();

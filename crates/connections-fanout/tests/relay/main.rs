@@ -134,6 +134,29 @@ impl Harness {
         }
     }
 
+    /// Appends `count` events to one stream in one transaction: the relay
+    /// reads them as one batch and pipelines their publishes.
+    async fn append_together(&self, count: usize) {
+        let mut client = self.db.database.pool().get().await.expect("pool");
+        let stream_id = StreamId::parse("owner-service/together/svc").expect("stream id");
+        let transaction = client.transaction().await.expect("begin");
+        let (_, version) = EventLog::read_stream(&transaction, &stream_id).await.expect("read");
+        let events = (0..count)
+            .map(|n| NewEvent {
+                event_id: uuid::Uuid::now_v7(),
+                event_type: "connection_revoked",
+                schema_version: 1,
+                data: json!({"connection_id": uuid::Uuid::now_v7(), "affected_agents": [], "n": n}),
+            })
+            .collect();
+        let metadata =
+            Metadata { actor: "test".into(), command_id: uuid::Uuid::now_v7(), correlation_id: uuid::Uuid::now_v7() };
+        let append = StreamAppend { stream_id, expected_version: Some(StreamVersion(version.0)), events };
+        EventLog::append(&transaction, &[append], &metadata).await.expect("append");
+        transaction.commit().await.expect("commit");
+        self.elsewhere.committed(&self.db.database);
+    }
+
     /// Every committed event id in the log's global order (not limited by
     /// the transaction horizon: the test's writers have finished).
     async fn log_ids(&self) -> Vec<uuid::Uuid> {
