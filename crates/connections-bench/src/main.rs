@@ -3,6 +3,10 @@
 //! They live apart from the server binary, which so carries neither the agent
 //! client nor an HTTP client.
 
+/// As the server's binary (see `crates/connections/src/main.rs`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod append;
 mod audit;
 mod commands;
