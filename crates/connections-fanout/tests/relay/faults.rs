@@ -57,13 +57,8 @@ async fn a_stream_that_is_not_this_logs_is_rebuilt_not_trusted() {
     assert_eq!(stream.len(), 3, "the foreign events must be gone");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_foreign_write_into_the_stream_fences_the_relay_which_rebuilds() {
-    let harness = Harness::new().await;
-    let relay = harness.relay();
-    harness.append(10, 2).await;
-    harness.converged().await;
-    // Someone else writes into the stream: the relay's next fenced publish fails.
+/// Someone else writes into the events stream (not an envelope).
+async fn write_foreign_message(harness: &Harness) {
     let subject = harness.names.event_subject("intruder", "svc", "connection_revoked");
     harness
         .context
@@ -72,6 +67,16 @@ async fn a_foreign_write_into_the_stream_fences_the_relay_which_rebuilds() {
         .expect("publish")
         .await
         .expect("ack");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_write_into_the_stream_fences_the_relay_which_rebuilds() {
+    let harness = Harness::new().await;
+    let relay = harness.relay();
+    harness.append(10, 2).await;
+    harness.converged().await;
+    // Someone else writes into the stream: the relay's next fenced publish fails.
+    write_foreign_message(&harness).await;
     harness.append(5, 2).await;
     let stream = harness.converged().await;
     relay.stop().await;
@@ -89,14 +94,7 @@ async fn a_foreign_write_ahead_of_a_pipelined_batch_has_the_stream_refilled_not_
     let relay = harness.relay();
     harness.append(4, 2).await;
     harness.converged().await;
-    let subject = harness.names.event_subject("intruder", "svc", "connection_revoked");
-    harness
-        .context
-        .publish(subject, Bytes::from_static(b"not an envelope"))
-        .await
-        .expect("publish")
-        .await
-        .expect("ack");
+    write_foreign_message(&harness).await;
     harness.append_together(6).await;
     let stream = harness.converged().await;
     relay.stop().await;
