@@ -451,7 +451,8 @@ async fn ensure_stream(
 }
 
 /// Where to continue: the cursor of the stream's last event and the
-/// stream's last sequence, after checking that the stream is this log's. A stream that fails the check is deleted and recreated empty.
+/// stream's last sequence, after checking that the stream is this log's.
+/// A stream that fails the check is deleted and recreated empty.
 async fn resume_point(
     database: &Database,
     context: &jetstream::Context,

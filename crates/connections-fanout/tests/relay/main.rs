@@ -106,20 +106,9 @@ impl Harness {
             let stream_id = StreamId::parse(&format!("owner-service/owner{}/svc", n % streams)).expect("stream id");
             let transaction = client.transaction().await.expect("begin");
             let (_, version) = EventLog::read_stream(&transaction, &stream_id).await.expect("read");
-            let event = NewEvent {
-                event_id: uuid::Uuid::now_v7(),
-                event_type: "connection_revoked",
-                schema_version: 1,
-                data: json!({"connection_id": uuid::Uuid::now_v7(), "affected_agents": [], "n": n}),
-            };
-            let metadata = Metadata {
-                actor: "test".into(),
-                command_id: uuid::Uuid::now_v7(),
-                correlation_id: uuid::Uuid::now_v7(),
-            };
             let append =
-                StreamAppend { stream_id, expected_version: Some(StreamVersion(version.0)), events: vec![event] };
-            match EventLog::append(&transaction, &[append], &metadata).await {
+                StreamAppend { stream_id, expected_version: Some(StreamVersion(version.0)), events: vec![event(n)] };
+            match EventLog::append(&transaction, &[append], &metadata()).await {
                 Ok(_) => {
                     transaction.commit().await.expect("commit");
                     // Like the command handler of another instance: the
@@ -141,18 +130,9 @@ impl Harness {
         let stream_id = StreamId::parse("owner-service/together/svc").expect("stream id");
         let transaction = client.transaction().await.expect("begin");
         let (_, version) = EventLog::read_stream(&transaction, &stream_id).await.expect("read");
-        let events = (0..count)
-            .map(|n| NewEvent {
-                event_id: uuid::Uuid::now_v7(),
-                event_type: "connection_revoked",
-                schema_version: 1,
-                data: json!({"connection_id": uuid::Uuid::now_v7(), "affected_agents": [], "n": n}),
-            })
-            .collect();
-        let metadata =
-            Metadata { actor: "test".into(), command_id: uuid::Uuid::now_v7(), correlation_id: uuid::Uuid::now_v7() };
+        let events = (0..count).map(event).collect();
         let append = StreamAppend { stream_id, expected_version: Some(StreamVersion(version.0)), events };
-        EventLog::append(&transaction, &[append], &metadata).await.expect("append");
+        EventLog::append(&transaction, &[append], &metadata()).await.expect("append");
         transaction.commit().await.expect("commit");
         self.elsewhere.committed(&self.db.database);
     }
@@ -233,4 +213,18 @@ impl Drop for Harness {
         })
         .join();
     }
+}
+
+/// The test's `n`th event: a revocation (the relay notices it too).
+fn event(n: usize) -> NewEvent {
+    NewEvent {
+        event_id: uuid::Uuid::now_v7(),
+        event_type: "connection_revoked",
+        schema_version: 1,
+        data: json!({"connection_id": uuid::Uuid::now_v7(), "affected_agents": [], "n": n}),
+    }
+}
+
+fn metadata() -> Metadata {
+    Metadata { actor: "test".into(), command_id: uuid::Uuid::now_v7(), correlation_id: uuid::Uuid::now_v7() }
 }
