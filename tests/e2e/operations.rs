@@ -97,7 +97,11 @@ async fn sigterm_finishes_requests_in_flight_hands_its_roles_over_at_once_and_ex
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_pass_promtool_and_json_logs_carry_the_request_id() {
-    let server = Server::start(&[("CONNECTIONS_LOG_FORMAT", "json")]);
+    // A successful request's line is at `debug`; this filter is the README's way to log them all.
+    let server = Server::start(&[
+        ("CONNECTIONS_LOG_FORMAT", "json"),
+        ("CONNECTIONS_LOG", "info,connections_api::telemetry=debug"),
+    ]);
     let client = reqwest::Client::new();
     let token = server.token("alice");
     let created = client

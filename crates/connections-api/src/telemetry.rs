@@ -3,6 +3,13 @@
 //! span carrying it for everything logged while answering, one log line
 //! when the answer's head leaves, and the HTTP metrics.
 //!
+//! The line's level says whether an operator needs it: `warn` for a 5xx,
+//! `info` for a 4xx or an answer slower than [`SLOW`], `debug` for the
+//! rest (`CONNECTIONS_LOG=info,connections_api::telemetry=debug` logs every
+//! request). Every request at `info` cost the server a tenth of its
+//! throughput on the command mix (formatting and a write per request), and
+//! the metrics count them all anyway.
+//!
 //! The line names the route template (`/v1/connections/{id}`), never the
 //! query string: an OAuth callback's query holds a code and a state.
 
@@ -13,6 +20,9 @@ use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
 use tracing::Instrument;
+
+/// An answer this slow is logged at `info` even when it succeeded.
+pub const SLOW: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The header that carries the request id both ways.
 pub const REQUEST_ID: &str = "x-request-id";
@@ -42,7 +52,13 @@ pub async fn observe(request: Request, next: Next) -> Response {
     let elapsed = started.elapsed();
     connections_metrics::HTTP_RESPONSES.inc(&[method_label(&method), class]);
     connections_metrics::HTTP_SECONDS.observe_duration(&[class], elapsed);
-    span.in_scope(|| tracing::info!(status, elapsed_ms = elapsed.as_secs_f64() * 1e3, "answered"));
+    let elapsed_ms = elapsed.as_secs_f64() * 1e3;
+    span.in_scope(|| match status {
+        500.. => tracing::warn!(status, elapsed_ms, "answered"),
+        400..=499 => tracing::info!(status, elapsed_ms, "answered"),
+        _ if elapsed >= SLOW => tracing::info!(status, elapsed_ms, "answered"),
+        _ => tracing::debug!(status, elapsed_ms, "answered"),
+    });
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }
