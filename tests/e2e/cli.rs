@@ -101,6 +101,32 @@ fn serve_refuses_to_start_without_a_master_key() {
 }
 
 #[test]
+fn serve_refuses_a_setting_out_of_its_range_and_names_it() {
+    for (name, value) in [
+        ("CONNECTIONS_COMMIT_GROUP", "0"),
+        ("CONNECTIONS_COMMIT_GROUP", "65"),
+        ("CONNECTIONS_COMMIT_GROUP", "many"),
+        ("CONNECTIONS_NATS_RUNTIME_TTL_SECS", "5"),
+        ("CONNECTIONS_STREAMS_PER_USER", "0"),
+        ("CONNECTIONS_DATABASE_POOL", "x"),
+    ] {
+        let output = Command::new(binary())
+            .arg("serve")
+            .env("CONNECTIONS_LISTEN", "127.0.0.1:0")
+            .env("CONNECTIONS_JWT_SECRET", JWT_SECRET)
+            .env("CONNECTIONS_MASTER_KEY", connections_e2e::master_key())
+            .env("CONNECTIONS_NATS_INSECURE", "1")
+            .env(name, value)
+            .output()
+            .expect("run connections serve");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{name}={value}: {stderr}");
+        assert!(stderr.contains(name) && !stderr.contains("panicked"), "{name}={value}: {stderr}");
+        assert!(!stderr.contains("listening on"), "{name}={value} started: {stderr}");
+    }
+}
+
+#[test]
 fn serve_refuses_to_start_without_nats_authentication_unless_told_it_is_insecure() {
     let output = Command::new(binary())
         .arg("serve")
