@@ -19,7 +19,7 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
-use tracing::Instrument;
+use tracing::{Instrument, Level};
 
 /// An answer this slow is logged at `info` even when it succeeded.
 pub const SLOW: std::time::Duration = std::time::Duration::from_millis(500);
@@ -53,16 +53,25 @@ pub async fn observe(request: Request, next: Next) -> Response {
     connections_metrics::HTTP_RESPONSES.inc(&[method_label(&method), class]);
     connections_metrics::HTTP_SECONDS.observe_duration(&[class], elapsed);
     let elapsed_ms = elapsed.as_secs_f64() * 1e3;
-    span.in_scope(|| match status {
-        500.. => tracing::warn!(status, elapsed_ms, "answered"),
-        400..=499 => tracing::info!(status, elapsed_ms, "answered"),
-        _ if elapsed >= SLOW => tracing::info!(status, elapsed_ms, "answered"),
+    span.in_scope(|| match level_of(status, elapsed) {
+        Level::WARN => tracing::warn!(status, elapsed_ms, "answered"),
+        Level::INFO => tracing::info!(status, elapsed_ms, "answered"),
         _ => tracing::debug!(status, elapsed_ms, "answered"),
     });
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }
     response
+}
+
+/// The level of a request's line (see the module documentation).
+fn level_of(status: u16, elapsed: std::time::Duration) -> Level {
+    match status {
+        500.. => Level::WARN,
+        400..=499 => Level::INFO,
+        _ if elapsed >= SLOW => Level::INFO,
+        _ => Level::DEBUG,
+    }
 }
 
 /// 1 to 64 characters of `[A-Za-z0-9._-]`: anything else (which would
@@ -87,7 +96,22 @@ fn method_label(method: &axum::http::Method) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use super::plausible;
+    use std::time::Duration;
+
+    use super::{level_of, plausible, SLOW};
+    use tracing::Level;
+
+    #[test]
+    fn only_errors_refusals_and_slow_answers_are_logged_above_debug() {
+        let fast = Duration::from_millis(3);
+        assert_eq!(level_of(503, fast), Level::WARN);
+        assert_eq!(level_of(500, SLOW), Level::WARN);
+        assert_eq!(level_of(404, fast), Level::INFO);
+        assert_eq!(level_of(422, fast), Level::INFO);
+        assert_eq!(level_of(200, SLOW), Level::INFO);
+        assert_eq!(level_of(201, fast), Level::DEBUG);
+        assert_eq!(level_of(303, fast), Level::DEBUG);
+    }
 
     #[test]
     fn only_plausible_request_ids_are_kept() {
