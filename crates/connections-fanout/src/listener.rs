@@ -67,10 +67,12 @@ impl Signals {
     }
 
     /// After a commit on `database` that appended events: wakes this
-    /// instance's relay at once, and every instance's listener through a
-    /// `NOTIFY` that may cover several commits (see [`crate::Announcer`]).
+    /// instance's relay at once and, unless that relay leads, every
+    /// instance's listener through a `NOTIFY` that may cover several
+    /// commits (see [`crate::Announcer`]).
     pub fn committed(&self, database: &connections_store::Database) {
-        self.announcer.committed(database, &self.appended);
+        let relay_elsewhere = !self.roles.holds(crate::roles::RELAY);
+        self.announcer.committed(database, &self.appended, relay_elsewhere);
     }
 }
 

@@ -28,6 +28,11 @@ impl Roles {
         RoleGuard { roles: self.clone(), role: role.to_owned() }
     }
 
+    /// Whether `role` is held.
+    pub fn holds(&self, role: &str) -> bool {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).contains(role)
+    }
+
     /// The roles held, sorted.
     pub fn held(&self) -> Vec<String> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()

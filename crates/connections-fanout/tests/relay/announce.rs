@@ -1,6 +1,6 @@
-//! The announcer: a commit wakes this instance's relay at once and every
-//! instance's listener through a NOTIFY, one NOTIFY for the commits made
-//! while it was queued.
+//! The announcer: a commit wakes this instance's relay at once and, unless
+//! that relay leads, every instance's listener through a NOTIFY, one NOTIFY
+//! for the commits made while it was queued.
 
 use std::time::Duration;
 
@@ -73,4 +73,23 @@ async fn every_announced_commit_is_followed_by_a_notify() {
         // Drain what an earlier round's announcement may still have queued.
         count_until_quiet(&mut hearing, Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_whose_relay_leads_wakes_it_in_memory_and_sends_no_notify() {
+    let harness = Harness::new().await;
+    let (_client, mut hearing) = listen(&harness).await;
+    let signals = Signals::new();
+    let leading = signals.roles.hold(connections_fanout::roles::RELAY);
+    for _ in 0..10 {
+        signals.committed(&harness.db.database);
+        tokio::time::timeout(Duration::from_millis(1), signals.appended.notified())
+            .await
+            .expect("the local relay was woken by the announcement itself");
+    }
+    assert_eq!(count_until_quiet(&mut hearing, Duration::from_millis(500)).await, 0, "no NOTIFY while leading");
+    // Once the relay leads elsewhere, other instances must hear of commits.
+    drop(leading);
+    signals.committed(&harness.db.database);
+    assert_eq!(count_until_quiet(&mut hearing, Duration::from_millis(500)).await, 1, "a NOTIFY once not leading");
 }
