@@ -3,12 +3,11 @@
 //! For N agent clients (each with its own NATS connection and the credential
 //! cached), revocations at a fixed pace; for each, the time from the revoke
 //! call's return — and, separately, from its commit (observed as the
-//! commit's NOTIFY) — until the last of the N clients dropped the credential.
+//! server's announcement of it) — until the last of the N clients dropped the credential.
 //! In the same run, the floor: a raw core-NATS publish to N subscribers on
 //! the same server, until the last one received it. Then resolve latency,
 //! uncached (HTTP, recorded in the access log) and from the cache.
 
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -111,7 +110,7 @@ async fn run_on(url: &str, names: &Names, access: &NatsAccess, options: &Revocat
     });
     tokio::spawn(async move { axum::serve(listener, router(state)).await });
     let watches = Watches {
-        commits: CommitWatch::start(url).await?,
+        commits: CommitWatch::start(&signals),
         notices: NoticeWatch::start(access, names).await?,
         relay: relay_watch,
         database: database.clone(),
@@ -441,28 +440,23 @@ impl RelayWatch {
     }
 }
 
-/// Records when commits are announced (the NOTIFY right after COMMIT).
+/// Records when the server announces its commits (`Signals::commits`,
+/// right after COMMIT returned).
 struct CommitWatch {
     seen: Arc<std::sync::Mutex<Vec<Instant>>>,
-    _client: tokio_postgres::Client,
 }
 
 impl CommitWatch {
-    async fn start(url: &str) -> anyhow::Result<Self> {
-        let config = tokio_postgres::Config::from_str(url)?;
-        let (client, mut connection) = config.connect(tokio_postgres::NoTls).await?;
+    fn start(signals: &Signals) -> Self {
+        let mut commits = signals.commits.subscribe();
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let recorder = seen.clone();
         tokio::spawn(async move {
-            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-            while let Some(Ok(message)) = messages.next().await {
-                if let tokio_postgres::AsyncMessage::Notification(_) = message {
-                    recorder.lock().expect("commits").push(Instant::now());
-                }
+            while commits.changed().await.is_ok() {
+                recorder.lock().expect("commits").push(Instant::now());
             }
         });
-        client.batch_execute(&format!("LISTEN {}", connections_fanout::EVENTS_CHANNEL)).await?;
-        Ok(Self { seen, _client: client })
+        Self { seen }
     }
 
     fn clear(&self) {

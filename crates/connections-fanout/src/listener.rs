@@ -32,6 +32,9 @@ pub struct Signals {
     /// Tells the relay, here and on other instances, of commits (see
     /// [`Signals::committed`]).
     pub announcer: crate::Announcer,
+    /// How many commits this instance has announced: a benchmark notes
+    /// when it changes, the moment of a commit.
+    pub commits: watch::Sender<u64>,
 }
 
 /// The owners a projected batch touched.
@@ -63,6 +66,7 @@ impl Signals {
             roles: crate::Roles::default(),
             stored_notices: crate::StoredNotices::default(),
             announcer: crate::Announcer::default(),
+            commits: watch::channel(0).0,
         }
     }
 
@@ -73,6 +77,7 @@ impl Signals {
     pub fn committed(&self, database: &connections_store::Database) {
         let relay_elsewhere = !self.roles.holds(crate::roles::RELAY);
         self.announcer.committed(database, &self.appended, relay_elsewhere);
+        self.commits.send_modify(|commits| *commits += 1);
     }
 }
 
