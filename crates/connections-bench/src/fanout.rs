@@ -70,8 +70,14 @@ async fn run_on(url: &str, names: &Names, context: &jetstream::Context, options:
     println!("bench fanout: {} commands/s for {} s ({count} commands)", options.rate, options.seconds);
 
     let raw = raw_publish(context, names.prefix(), options.rate, count).await?;
+    let reads = || ["events", "held_back", "nothing"].map(|found| connections_metrics::RELAY_READS.get(&[found]));
+    let reads_before = reads();
     let Relay { whole: relay, to_read, to_ack, lag } =
         relay_and_projection(url, &database, names, options, count).await?;
+    let [with_events, held_back, nothing] = {
+        let after = reads();
+        [0, 1, 2].map(|i| after[i] - reads_before[i])
+    };
     println!("{:<34} {:>8} {:>9} {:>9} {:>9}", "measurement", "samples", "p50 ms", "p99 ms", "max ms");
     for (label, summary) in [
         ("raw JetStream publish → ack", &raw),
@@ -89,6 +95,10 @@ async fn run_on(url: &str, names: &Names, context: &jetstream::Context, options:
             ms(summary.max)
         );
     }
+    println!(
+        "relay reads per command: {:.2} ({with_events} found events, {held_back} only held-back ones, {nothing} nothing)",
+        (with_events + held_back + nothing) as f64 / count.max(1) as f64
+    );
     let goal = raw.p99 * 2 + Duration::from_millis(5);
     println!(
         "relay p99 {} ms vs goal (2 × raw p99 + 5 ms) {} ms: {}",

@@ -35,6 +35,9 @@ pub struct Signals {
     /// How many commits this instance has announced: a benchmark notes
     /// when it changes, the moment of a commit.
     pub commits: watch::Sender<u64>,
+    /// This instance's running transactions that never append events (the
+    /// projector's batches): the relay does not wait for them.
+    pub bystanders: connections_store::Bystanders,
 }
 
 /// The owners a projected batch touched.
@@ -67,6 +70,7 @@ impl Signals {
             stored_notices: crate::StoredNotices::default(),
             announcer: crate::Announcer::default(),
             commits: watch::channel(0).0,
+            bystanders: connections_store::Bystanders::default(),
         }
     }
 

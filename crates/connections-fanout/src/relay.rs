@@ -32,7 +32,8 @@ use std::time::{Duration, Instant};
 use async_nats::header::HeaderMap;
 use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage, stream};
 use bytes::Bytes;
-use connections_store::{Database, EventLog, LogCursor, StoreError};
+use connections_store::{Database, EventLog, Following, LogCursor, StoreError};
+use futures_util::FutureExt;
 use tokio::sync::{mpsc, watch};
 
 use crate::envelope::{envelope_of, log_cursor};
@@ -145,25 +146,26 @@ async fn session(
         if !listener.is_alive() {
             return Err(RelayError::LostLeadership);
         }
-        let batch = EventLog::read_after(&connection, cursor, config.batch).await?;
+        // A wake-up kept from a commit that this read will see would only
+        // bring an empty read: drop it. A commit from now on keeps another.
+        let _ = signals.appended.notified().now_or_never();
+        let Following { events: batch, held_back } =
+            EventLog::follow(&connection, cursor, config.batch, &signals.bystanders.ids()).await?;
         let read = Instant::now();
+        let found = match (batch.is_empty(), held_back) {
+            (false, _) => "events",
+            (true, true) => "held_back",
+            (true, false) => "nothing",
+        };
+        connections_metrics::RELAY_READS.inc(&[found]);
         if batch.is_empty() {
-            if EventLog::held_back_after(&connection, cursor).await? {
-                // Committed events wait behind an older running transaction.
-                // If that one appends, its commit notifies us; if it is some
-                // other transaction, look again after a millisecond rather
-                // than waiting for a notification that has already fired.
-                tokio::select! {
-                    _ = signals.appended.notified() => {}
-                    _ = tokio::time::sleep(Duration::from_millis(1)) => {}
-                    _ = shutdown.changed() => return Ok(()),
-                }
-                continue;
-            }
-            tokio::select! {
-                _ = signals.appended.notified() => {}
-                _ = tokio::time::sleep(config.poll_interval) => {}
-                _ = shutdown.changed() => return Ok(()),
+            // Committed events that wait behind an older running transaction:
+            // if that one appends, its commit wakes us; if it is some other
+            // transaction, look again after a millisecond rather than wait
+            // for a wake-up that has already come.
+            let pause = if held_back { Duration::from_millis(1) } else { config.poll_interval };
+            if wait_for_commit(signals, pause, shutdown).await {
+                return Ok(());
             }
             continue;
         }
@@ -226,6 +228,24 @@ async fn session(
         if let Some(refused) = refused {
             return Err(RelayError::Fenced(refused));
         }
+        // A short batch with nothing held back was everything committed
+        // before the read: wait for the next commit (kept while we published).
+        if (batch.len() as i64) < config.batch
+            && !held_back
+            && wait_for_commit(signals, config.poll_interval, shutdown).await
+        {
+            return Ok(());
+        }
+    }
+}
+
+/// Waits for this instance's next commit (or a notification of another's),
+/// at most `pause`. True if the relay is shutting down instead.
+async fn wait_for_commit(signals: &Signals, pause: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = signals.appended.notified() => false,
+        _ = tokio::time::sleep(pause) => false,
+        _ = shutdown.changed() => true,
     }
 }
 
@@ -499,7 +519,7 @@ async fn verify(database: &Database, stream: &mut stream::Stream) -> Result<Resu
         return Ok(Err("stream holds messages that are not event envelopes".into()));
     };
     let client = database.pool().get().await.map_err(StoreError::from)?;
-    let log_first = EventLog::read_after(&client, LogCursor::default(), 1).await?;
+    let log_first = EventLog::read_after(&client, LogCursor::default(), 1, &[]).await?;
     if first.previous.is_some() || log_first.first().map(|e| e.event_id) != Some(first.event_id) {
         return Ok(Err("the stream's first event is not the log's first event".into()));
     }

@@ -36,6 +36,16 @@ pub static RELAY_LAG_SECONDS: HistogramVec = HistogramVec::new(
 pub static RELAY_PUBLISHED: CounterVec =
     CounterVec::new("connections_relay_events_published_total", "Events the relay published to JetStream.", &[]);
 
+/// The relay's reads of the log, by what they found: `events`, `held_back`
+/// (nothing it could take yet, committed events behind an older running
+/// transaction) or `nothing`. Reads per published event is the relay's
+/// overhead on Postgres.
+pub static RELAY_READS: CounterVec = CounterVec::new(
+    "connections_relay_reads_total",
+    "The relay's reads of the log, by what they found (events, held_back, nothing).",
+    &["found"],
+);
+
 /// Commit of an event to its projection committing, by projection.
 pub static PROJECTION_LAG_SECONDS: HistogramVec = HistogramVec::new(
     "connections_projection_lag_seconds",
@@ -117,6 +127,7 @@ pub(crate) static ALL: &[&dyn Family] = &[
     &RESOLVE_SECONDS,
     &RELAY_LAG_SECONDS,
     &RELAY_PUBLISHED,
+    &RELAY_READS,
     &PROJECTION_LAG_SECONDS,
     &NOTICES_PUBLISHED,
     &REVOCATION_NOTICE_SECONDS,

@@ -14,7 +14,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer};
 use connections_fanout::session::{run_led, Leader, Led, SessionError};
 use connections_fanout::{nats, Envelope, Names, Signals, PROJECTED_CHANNEL};
-use connections_store::{Database, EventLog, LogCursor, PipelinedTransaction, StoreError};
+use connections_store::{Bystanders, Database, EventLog, LogCursor, PipelinedTransaction, StoreError};
 use futures_util::{FutureExt, StreamExt};
 use tokio::sync::watch;
 
@@ -178,7 +178,7 @@ async fn session(
                     .map_err(|_| ProjectorError::Malformed(sequence))?,
             );
         }
-        match apply_batch(database, &envelopes).await {
+        match apply_batch(database, &signals.bystanders, &envelopes).await {
             Ok(Some(cursor)) => {
                 let now = chrono::Utc::now();
                 for envelope in &envelopes {
@@ -217,7 +217,15 @@ async fn session(
 /// notification and the commit go in a second. Under load each round trip
 /// waits for the server to be scheduled, so their number, more than the
 /// rows, sets the projection's lag.
-pub async fn apply_batch(database: &Database, envelopes: &[Envelope]) -> Result<Option<LogCursor>, ProjectorError> {
+///
+/// The transaction is registered among `bystanders` (it never appends to
+/// the log) as soon as it has an id, so that this instance's relay does not
+/// hold commits back behind it.
+pub async fn apply_batch(
+    database: &Database,
+    bystanders: &Bystanders,
+    envelopes: &[Envelope],
+) -> Result<Option<LogCursor>, ProjectorError> {
     let events = dashboard::decode_all(envelopes)?;
     let facts = dashboard::facts(envelopes, &events);
     let client = database.pool().get().await.map_err(StoreError::from)?;
@@ -228,7 +236,7 @@ pub async fn apply_batch(database: &Database, envelopes: &[Envelope]) -> Result<
     // cancelled mid-batch) closes the connection instead of returning it to
     // the pool inside a transaction running as the projector's role.
     let transaction = PipelinedTransaction::new(client);
-    let applied = apply_pipelined(transaction.client(), &statements, envelopes, &facts).await?;
+    let applied = apply_pipelined(transaction.client(), &statements, bystanders, envelopes, &facts).await?;
     transaction.ended();
     Ok(applied)
 }
@@ -240,6 +248,7 @@ struct Prepared {
     load_checkpoint: tokio_postgres::Statement,
     advance_checkpoint: tokio_postgres::Statement,
     notify: tokio_postgres::Statement,
+    transaction_id: tokio_postgres::Statement,
 }
 
 impl Prepared {
@@ -251,6 +260,7 @@ impl Prepared {
             load_checkpoint: client.prepare_cached(checkpoint::LOAD).await?,
             advance_checkpoint: client.prepare_cached(checkpoint::ADVANCE).await?,
             notify: client.prepare_cached("SELECT pg_notify($1, $2)").await?,
+            transaction_id: client.prepare_cached("SELECT pg_current_xact_id()::text").await?,
         })
     }
 }
@@ -258,6 +268,7 @@ impl Prepared {
 async fn apply_pipelined(
     client: &deadpool_postgres::Client,
     statements: &Prepared,
+    bystanders: &Bystanders,
     envelopes: &[Envelope],
     facts: &[Fact<'_>],
 ) -> Result<Option<LogCursor>, ProjectorError> {
@@ -267,20 +278,30 @@ async fn apply_pipelined(
     let ids: Vec<uuid::Uuid> = envelopes.iter().map(|e| e.event_id).collect();
     let positions: Vec<i64> = envelopes.iter().map(|e| e.cursor.position).collect();
     let everything = dashboard::Touched::of(facts);
-    // Round trip 1, in this order: BEGIN, the check (as the owner of
-    // `events`), the role for the read models, the checkpoint, the rows.
-    // Nothing here writes or locks a row, so the transaction has no id yet:
-    // an open transaction id holds back the relay's horizon for every
-    // later commit (see EventLog::read_after), so it is held only for the
-    // second round trip.
-    let (begun, known, role, checkpoint, model) = futures_util::join!(
+    // Round trip 1, in this order: BEGIN, the transaction's id, the check
+    // (as the owner of `events`), the role for the read models, the
+    // checkpoint, the rows. A running transaction with an id holds back
+    // the relay's horizon for every later commit (see EventLog::follow)
+    // unless it is registered as a bystander: the id is taken first, and
+    // registered as soon as its answer is back, before the writes of the
+    // second round trip, for as long as the transaction runs.
+    let registered = async {
+        let row = client.query_one(&statements.transaction_id, &[]).await.map_err(StoreError::from)?;
+        let id: String = row.get(0);
+        let id = id.parse().map_err(|_| StoreError::Corrupt(format!("transaction id {id:?}")))?;
+        Ok::<_, StoreError>(bystanders.register(id))
+    };
+    let (begun, registered, known, role, checkpoint, model) = futures_util::join!(
         client.batch_execute("BEGIN"),
+        registered,
         EventLog::count_known(client, &statements.known, &ids, &positions),
         client.execute(&statements.set_role, &[]),
         client.query_opt(&statements.load_checkpoint, &[&DASHBOARD]),
         dashboard::load(client, &everything),
     );
     begun.map_err(StoreError::from)?;
+    // Held until the transaction has ended (this function returns).
+    let _registered = registered?;
     let known = known?;
     role.map_err(StoreError::from)?;
     let mut model = model?;

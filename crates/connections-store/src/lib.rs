@@ -9,6 +9,7 @@
 //!   the connection locator, data keys and sealed credentials, idempotency keys.
 
 mod access_log;
+mod bystanders;
 pub mod chain;
 pub mod codec;
 mod database;
@@ -28,14 +29,15 @@ mod transaction;
 mod upkeep;
 
 pub use access_log::Access;
+pub use bystanders::{Bystanders, Registered};
 pub use database::{connect_pool, default_pool_size, ensure_database, Database};
 pub use error::StoreError;
 pub use hygiene::CredentialHygiene;
 pub use idempotency::{IdempotencyClaim, StoredResponse};
 pub use locator::{ConnectionLocation, LocationCache, LockedStream};
 pub use log::{
-    recorded as event_from_row, stored_hash, EventLog, LogCursor, Metadata, NewEvent, RecordedEvent, StreamAppend,
-    StreamId, StreamVersion, COLUMNS as EVENT_COLUMNS,
+    recorded as event_from_row, stored_hash, EventLog, Following, LogCursor, Metadata, NewEvent, RecordedEvent,
+    StreamAppend, StreamId, StreamVersion, COLUMNS as EVENT_COLUMNS,
 };
 pub use migrate::{is_current as migrations_current, migrate};
 pub use oauth_state::{Consumed, PendingFlow};

@@ -116,6 +116,17 @@ pub struct Metadata {
     pub correlation_id: Uuid,
 }
 
+/// What a follower of the log finds after its cursor ([`EventLog::follow`]).
+#[derive(Debug)]
+pub struct Following {
+    /// The events it may take, in log order.
+    pub events: Vec<RecordedEvent>,
+    /// Whether committed events after these wait behind an older running
+    /// transaction: the follower should look again soon rather than wait
+    /// for the next commit.
+    pub held_back: bool,
+}
+
 /// An event as stored (and, serialized, as an audit export carries it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RecordedEvent {
@@ -346,29 +357,69 @@ impl EventLog {
     }
 
     /// Up to `limit` events after `cursor` in the global order, never
-    /// skipping one that commits late.
-    ///
-    /// Only events of transactions older than the oldest transaction still
-    /// running (`pg_snapshot_xmin`) are returned: those are all committed or
-    /// rolled back, and every transaction that has not yet written will get a
-    /// larger transaction id. So once the reader passes a cursor, no event can
-    /// appear behind it.
+    /// skipping one that commits late (see [`EventLog::follow`]).
     pub async fn read_after(
         client: &impl GenericClient,
         cursor: LogCursor,
         limit: i64,
+        bystanders: &[i64],
     ) -> Result<Vec<RecordedEvent>, StoreError> {
+        Ok(Self::follow(client, cursor, limit, bystanders).await?.events)
+    }
+
+    /// Up to `limit` events after `cursor` in the global order, never
+    /// skipping one that commits late, and whether committed events after
+    /// them are held back.
+    ///
+    /// Only events of transactions older than the oldest transaction still
+    /// running are returned: those are all committed or rolled back, and
+    /// every transaction that has not yet written will get a larger
+    /// transaction id. So once the reader passes a cursor, no event can
+    /// appear behind it. Running transactions among `bystanders` (ids of
+    /// transactions known never to append, see [`crate::Bystanders`]) do not
+    /// count: with none, the horizon is `pg_snapshot_xmin`.
+    ///
+    /// Committed events at or past that horizon are held back: a follower
+    /// told so looks again soon, one told not (after fewer than `limit`
+    /// events) has everything committed before this call, and need not look
+    /// again before the next commit.
+    pub async fn follow(
+        client: &impl GenericClient,
+        cursor: LogCursor,
+        limit: i64,
+        bystanders: &[i64],
+    ) -> Result<Following, StoreError> {
+        // The horizon: the oldest running transaction that is not a
+        // bystander, or, with none, the first id not yet assigned (every
+        // smaller one has ended). One snapshot for the horizon and the rows;
+        // the horizon is computed once (an uncorrelated subquery). The rows
+        // are read in log order past the horizon by one, which tells whether
+        // anything is held back without a second query.
         let statement = client
             .prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM events \
-                 WHERE (transaction_id, position) > ($1::text::xid8, $2) \
-                   AND transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
-                 ORDER BY events.transaction_id, events.position LIMIT $3"
+                "SELECT {COLUMNS}, transaction_id < (SELECT coalesce(min(running), \
+                       pg_snapshot_xmax(pg_current_snapshot())) \
+                       FROM pg_snapshot_xip(pg_current_snapshot()) AS running \
+                       WHERE running::text::int8 <> ALL($4::int8[])) AS settled \
+                 FROM events WHERE (transaction_id, position) > ($1::text::xid8, $2) \
+                 ORDER BY events.transaction_id, events.position LIMIT $3::int8 + 1"
             ))
             .await?;
         let transaction_id = cursor.transaction_id.to_string();
-        let rows = client.query(&statement, &[&transaction_id, &cursor.position, &limit]).await?;
-        rows.iter().map(recorded).collect()
+        let rows = client.query(&statement, &[&transaction_id, &cursor.position, &limit, &bystanders]).await?;
+        let mut events = Vec::with_capacity(rows.len().min(limit.max(0) as usize));
+        let mut held_back = false;
+        for row in &rows {
+            if !row.get::<_, bool>("settled") {
+                held_back = true;
+                break;
+            }
+            if events.len() as i64 == limit {
+                break;
+            }
+            events.push(recorded(row)?);
+        }
+        Ok(Following { events, held_back })
     }
 
     /// The events of `cursor`'s transaction after it whose type is one of
@@ -391,24 +442,6 @@ impl EventLog {
         let transaction_id = cursor.transaction_id.to_string();
         let rows = client.query(&statement, &[&transaction_id, &cursor.position, &event_types]).await?;
         rows.iter().map(recorded).collect()
-    }
-
-    /// Whether committed events exist after `cursor` that [`EventLog::read_after`]
-    /// cannot return yet, because an older transaction (in any database of
-    /// the cluster: transaction ids are cluster-wide) is still running. A
-    /// follower that sees this should look again soon rather than wait for
-    /// the next notification.
-    pub async fn held_back_after(client: &impl GenericClient, cursor: LogCursor) -> Result<bool, StoreError> {
-        // Not EXISTS (...): its generic plan scans the whole table from the
-        // start (2.5-6 ms per call in `bench commands`); ORDER BY ... LIMIT 1
-        // keeps to the log-order index.
-        let statement = client
-            .prepare_cached(
-                "SELECT 1 FROM events WHERE (transaction_id, position) > ($1::text::xid8, $2) \
-                 ORDER BY transaction_id, position LIMIT 1",
-            )
-            .await?;
-        Ok(client.query_opt(&statement, &[&cursor.transaction_id.to_string(), &cursor.position]).await?.is_some())
     }
 
     /// Prepares [`EventLog::count_known`]'s statement (cached per connection).

@@ -4,6 +4,7 @@
 mod append;
 mod chain;
 mod codec;
+mod follow;
 mod global_order;
 mod side_tables;
 mod stream_state;
