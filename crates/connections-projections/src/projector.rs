@@ -178,7 +178,10 @@ async fn session(
                     .map_err(|_| ProjectorError::Malformed(sequence))?,
             );
         }
-        match apply_batch(database, &signals.bystanders, &envelopes).await {
+        // Only this instance's relay knows of its bystanders: with the relay
+        // elsewhere, taking the id early would hold that relay back longer.
+        let bystanders = signals.roles.holds(connections_fanout::roles::RELAY).then_some(&signals.bystanders);
+        match apply_batch(database, bystanders, &envelopes).await {
             Ok(Some(cursor)) => {
                 let now = chrono::Utc::now();
                 for envelope in &envelopes {
@@ -218,12 +221,12 @@ async fn session(
 /// waits for the server to be scheduled, so their number, more than the
 /// rows, sets the projection's lag.
 ///
-/// The transaction is registered among `bystanders` (it never appends to
-/// the log) as soon as it has an id, so that this instance's relay does not
-/// hold commits back behind it.
+/// With `bystanders` (when this instance's relay leads), the transaction is
+/// registered there (it never appends to the log) as soon as it has an id,
+/// so that the relay does not hold commits back behind it.
 pub async fn apply_batch(
     database: &Database,
-    bystanders: &Bystanders,
+    bystanders: Option<&Bystanders>,
     envelopes: &[Envelope],
 ) -> Result<Option<LogCursor>, ProjectorError> {
     let events = dashboard::decode_all(envelopes)?;
@@ -268,7 +271,7 @@ impl Prepared {
 async fn apply_pipelined(
     client: &deadpool_postgres::Client,
     statements: &Prepared,
-    bystanders: &Bystanders,
+    bystanders: Option<&Bystanders>,
     envelopes: &[Envelope],
     facts: &[Fact<'_>],
 ) -> Result<Option<LogCursor>, ProjectorError> {
@@ -286,10 +289,11 @@ async fn apply_pipelined(
     // registered as soon as its answer is back, before the writes of the
     // second round trip, for as long as the transaction runs.
     let registered = async {
+        let Some(bystanders) = bystanders else { return Ok(None) };
         let row = client.query_one(&statements.transaction_id, &[]).await.map_err(StoreError::from)?;
         let id: String = row.get(0);
         let id = id.parse().map_err(|_| StoreError::Corrupt(format!("transaction id {id:?}")))?;
-        Ok::<_, StoreError>(bystanders.register(id))
+        Ok::<_, StoreError>(Some(bystanders.register(id)))
     };
     let (begun, registered, known, role, checkpoint, model) = futures_util::join!(
         client.batch_execute("BEGIN"),

@@ -130,8 +130,13 @@ async fn snapshot(db: &TestDatabase) -> Vec<String> {
 async fn a_rebuild_from_the_log_equals_the_live_projection() {
     let db = TestDatabase::new().await;
     let log = random_history(&db, 400, 7).await;
-    for chunk in envelopes(&log).chunks(37) {
-        apply_batch(&db.database, &Default::default(), chunk).await.expect("apply");
+    // Every other batch as its instance's relay's bystander (as when the
+    // relay leads here), the rest not: the rows are the same.
+    let bystanders = connections_store::Bystanders::default();
+    for (n, chunk) in envelopes(&log).chunks(37).enumerate() {
+        let registering = (n % 2 == 0).then_some(&bystanders);
+        apply_batch(&db.database, registering, chunk).await.expect("apply");
+        assert!(bystanders.ids().is_empty(), "a batch stays registered only while it runs");
     }
     let live = snapshot(&db).await;
     assert!(live.len() > 400, "the scenario must produce a real read model");
@@ -142,7 +147,7 @@ async fn a_rebuild_from_the_log_equals_the_live_projection() {
     let more = random_history(&db, 20, 8).await;
     let all = envelopes(&more);
     let fresh: Vec<_> = all.into_iter().skip(log.len()).collect();
-    apply_batch(&db.database, &Default::default(), &fresh).await.expect("apply after the swap");
+    apply_batch(&db.database, None, &fresh).await.expect("apply after the swap");
 }
 
 #[tokio::test]
@@ -150,13 +155,10 @@ async fn redelivered_events_change_nothing() {
     let db = TestDatabase::new().await;
     let log = random_history(&db, 60, 1).await;
     let envelopes = envelopes(&log);
-    apply_batch(&db.database, &Default::default(), &envelopes).await.expect("apply");
+    apply_batch(&db.database, None, &envelopes).await.expect("apply");
     let before = snapshot(&db).await;
-    assert_eq!(apply_batch(&db.database, &Default::default(), &envelopes).await.expect("redeliver"), None);
-    assert_eq!(
-        apply_batch(&db.database, &Default::default(), &envelopes[10..20]).await.expect("redeliver a part"),
-        None
-    );
+    assert_eq!(apply_batch(&db.database, None, &envelopes).await.expect("redeliver"), None);
+    assert_eq!(apply_batch(&db.database, None, &envelopes[10..20]).await.expect("redeliver a part"), None);
     assert_eq!(snapshot(&db).await, before);
 }
 
@@ -165,9 +167,9 @@ async fn a_missing_event_is_a_gap_not_a_silent_skip() {
     let db = TestDatabase::new().await;
     let log = random_history(&db, 30, 2).await;
     let envelopes = envelopes(&log);
-    apply_batch(&db.database, &Default::default(), &envelopes[..5]).await.expect("apply the first five");
+    apply_batch(&db.database, None, &envelopes[..5]).await.expect("apply the first five");
     let before = snapshot(&db).await;
-    let result = apply_batch(&db.database, &Default::default(), &envelopes[6..]).await;
+    let result = apply_batch(&db.database, None, &envelopes[6..]).await;
     assert!(matches!(result, Err(ProjectorError::Gap { .. })), "expected a gap, got {result:?}");
     assert_eq!(snapshot(&db).await, before, "a batch with a gap must apply nothing");
 }
@@ -176,7 +178,7 @@ async fn a_missing_event_is_a_gap_not_a_silent_skip() {
 async fn row_level_security_scopes_every_read_to_the_named_owner() {
     let db = TestDatabase::new().await;
     let log = random_history(&db, 120, 3).await;
-    apply_batch(&db.database, &Default::default(), &envelopes(&log)).await.expect("apply");
+    apply_batch(&db.database, None, &envelopes(&log)).await.expect("apply");
     let mut client = db.client().await;
     let owners_in = |rows: Vec<tokio_postgres::Row>| -> std::collections::BTreeSet<String> {
         rows.iter().map(|r| r.get(0)).collect()
@@ -223,9 +225,9 @@ async fn envelopes_of_another_log_are_refused_and_change_nothing() {
     let other = TestDatabase::new().await;
     let ours = random_history(&db, 10, 4).await;
     let theirs = random_history(&other, 10, 5).await;
-    apply_batch(&db.database, &Default::default(), &envelopes(&ours)).await.expect("apply our log");
+    apply_batch(&db.database, None, &envelopes(&ours)).await.expect("apply our log");
     let before = snapshot(&db).await;
-    let result = apply_batch(&db.database, &Default::default(), &envelopes(&theirs)).await;
+    let result = apply_batch(&db.database, None, &envelopes(&theirs)).await;
     assert!(matches!(result, Err(ProjectorError::ForeignStream)), "got {result:?}");
     assert_eq!(snapshot(&db).await, before, "a foreign stream must not touch the read models");
 }
