@@ -519,7 +519,7 @@ async fn verify(database: &Database, stream: &mut stream::Stream) -> Result<Resu
         return Ok(Err("stream holds messages that are not event envelopes".into()));
     };
     let client = database.pool().get().await.map_err(StoreError::from)?;
-    let log_first = EventLog::read_after(&client, LogCursor::default(), 1, &[]).await?;
+    let log_first = EventLog::read_after(&client, LogCursor::default(), 1).await?;
     if first.previous.is_some() || log_first.first().map(|e| e.event_id) != Some(first.event_id) {
         return Ok(Err("the stream's first event is not the log's first event".into()));
     }

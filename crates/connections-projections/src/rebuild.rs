@@ -75,7 +75,7 @@ async fn fold(
     until: Option<LogCursor>,
     events: &mut u64,
 ) -> Result<LogCursor, StoreError> {
-    let mut next = Box::pin(EventLog::read_after(client, cursor, 20_000, &[]));
+    let mut next = Box::pin(EventLog::read_after(client, cursor, 20_000));
     let mut early: Option<Result<Vec<RecordedEvent>, StoreError>> = None;
     loop {
         let batch = match early.take() {
@@ -83,7 +83,7 @@ async fn fold(
             None => next.as_mut().await?,
         };
         let Some(last) = batch.last() else { return Ok(cursor) };
-        next = Box::pin(EventLog::read_after(client, last.cursor(), 20_000, &[]));
+        next = Box::pin(EventLog::read_after(client, last.cursor(), 20_000));
         // Poll once so the next page's query is sent before folding this
         // one; keep the result if it is already complete.
         if let std::task::Poll::Ready(result) = futures_util::poll!(next.as_mut()) {

@@ -357,14 +357,14 @@ impl EventLog {
     }
 
     /// Up to `limit` events after `cursor` in the global order, never
-    /// skipping one that commits late (see [`EventLog::follow`]).
+    /// skipping one that commits late (see [`EventLog::follow`]; every
+    /// running transaction counts).
     pub async fn read_after(
         client: &impl GenericClient,
         cursor: LogCursor,
         limit: i64,
-        bystanders: &[i64],
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        Ok(Self::follow(client, cursor, limit, bystanders).await?.events)
+        Ok(Self::follow(client, cursor, limit, &[]).await?.events)
     }
 
     /// Up to `limit` events after `cursor` in the global order, never

@@ -89,7 +89,7 @@ async fn random_history(db: &TestDatabase, count: usize, seed: u64) -> Vec<Recor
     let started = std::time::Instant::now();
     while (log.len() as i64) < committed {
         assert!(started.elapsed() < std::time::Duration::from_secs(30), "the log reader did not catch up");
-        let batch = EventLog::read_after(&client, cursor, 1000, &[]).await.expect("read");
+        let batch = EventLog::read_after(&client, cursor, 1000).await.expect("read");
         match batch.last() {
             Some(last) => cursor = last.cursor(),
             None => tokio::time::sleep(std::time::Duration::from_millis(5)).await,

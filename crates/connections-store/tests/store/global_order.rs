@@ -76,7 +76,7 @@ async fn a_following_reader_sees_every_committed_event_exactly_once_in_order() {
             let mut cursor = LogCursor::default();
             let mut seen = Vec::new();
             loop {
-                let batch = EventLog::read_after(&client, cursor, 5_000, &[]).await.expect("read after cursor");
+                let batch = EventLog::read_after(&client, cursor, 5_000).await.expect("read after cursor");
                 for (i, recorded) in batch.iter().enumerate() {
                     assert!(
                         recorded.cursor() > cursor,
