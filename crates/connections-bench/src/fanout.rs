@@ -72,7 +72,7 @@ async fn run_on(url: &str, names: &Names, context: &jetstream::Context, options:
     let raw = raw_publish(context, names.prefix(), options.rate, count).await?;
     let reads = || ["events", "held_back", "nothing"].map(|found| connections_metrics::RELAY_READS.get(&[found]));
     let reads_before = reads();
-    let Relay { whole: relay, to_read, to_ack, lag } =
+    let Relay { whole: relay, to_read, to_reading, reading, to_ack, lag } =
         relay_and_projection(url, &database, names, options, count).await?;
     let [with_events, held_back, nothing] = {
         let after = reads();
@@ -83,6 +83,8 @@ async fn run_on(url: &str, names: &Names, context: &jetstream::Context, options:
         ("raw JetStream publish → ack", &raw),
         ("relay: commit → JetStream ack", &relay),
         ("  of which commit → read from log", &to_read),
+        ("    commit → read sent", &to_reading),
+        ("    read sent → rows back", &reading),
         ("  and read → JetStream ack", &to_ack),
         ("projection lag: commit → applied", &lag),
     ] {
@@ -244,6 +246,8 @@ async fn relay_and_projection(
     };
     let relay_samples = relayed(|r, committed| r.acked.saturating_duration_since(committed));
     let to_read = relayed(|r, committed| r.read.saturating_duration_since(committed));
+    let to_reading = relayed(|r, committed| r.reading.saturating_duration_since(committed));
+    let reading = relayed(|r, _| r.read.saturating_duration_since(r.reading));
     let to_ack = relayed(|r, _| r.acked.saturating_duration_since(r.read));
     let announcements = projected_at.lock().expect("projected").clone();
     let lag_samples: Vec<Duration> = commits
@@ -257,6 +261,8 @@ async fn relay_and_projection(
     Ok(Relay {
         whole: Summary::new(relay_samples, window),
         to_read: Summary::new(to_read, window),
+        to_reading: Summary::new(to_reading, window),
+        reading: Summary::new(reading, window),
         to_ack: Summary::new(to_ack, window),
         lag: Summary::new(lag_samples, window),
     })
@@ -268,6 +274,11 @@ struct Relay {
     whole: Summary,
     /// Commit → read from the log by the relay.
     to_read: Summary,
+    /// Commit → the read that found it sent (the relay busy, or waiting
+    /// for an older transaction).
+    to_reading: Summary,
+    /// That read's round trip.
+    reading: Summary,
     /// Read → JetStream ack.
     to_ack: Summary,
     /// Commit → applied by the projector.

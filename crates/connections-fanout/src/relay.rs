@@ -74,6 +74,8 @@ impl RelayConfig {
 pub struct Relayed {
     /// The event's position.
     pub position: i64,
+    /// When the read that found it was sent.
+    pub reading: Instant,
     /// When the batch holding it came back from the log.
     pub read: Instant,
     /// When its publish was acknowledged.
@@ -142,6 +144,11 @@ async fn session(
     tracing::info!(?cursor, last_sequence, "relay leading");
     let connection = database.pool().get().await.map_err(StoreError::from)?;
     let mut noticed_early = HashSet::new();
+    // The last batch sent whose acks are still being awaited: the next read
+    // runs while they arrive, so a commit waits for one round trip, not two.
+    let mut in_flight: Option<Settling<'_>> = None;
+    // The cursor of the last event sent (`cursor` is the last acked).
+    let mut sent = cursor;
     loop {
         if !listener.is_alive() {
             return Err(RelayError::LostLeadership);
@@ -149,8 +156,18 @@ async fn session(
         // A wake-up kept from a commit that this read will see would only
         // bring an empty read: drop it. A commit from now on keeps another.
         let _ = signals.appended.notified().now_or_never();
-        let Following { events: batch, held_back } =
-            EventLog::follow(&connection, cursor, config.batch, &signals.bystanders.ids()).await?;
+        let reading = Instant::now();
+        let bystanders = signals.bystanders.ids();
+        let follow = EventLog::follow(&connection, sent, config.batch, &bystanders);
+        let following = match in_flight.take() {
+            None => follow.await,
+            Some(acks) => {
+                let (following, settled) = futures_util::future::join(follow, acks).await;
+                (cursor, last_sequence) = settled?;
+                following
+            }
+        };
+        let Following { events: batch, held_back } = following?;
         let read = Instant::now();
         let found = match (batch.is_empty(), held_back) {
             (false, _) => "events",
@@ -192,16 +209,72 @@ async fn session(
             let expected = last_sequence + offset as u64;
             let message = publish_message(&envelope, event.event_id, expected);
             let subject = config.names.event_subject(&envelope.owner, &envelope.service, &envelope.event_type);
-            pending.push((event.position, expected, context.send_publish(subject, message).await.map_err(nats_error)?));
+            pending.push((expected, context.send_publish(subject, message).await.map_err(nats_error)?));
             previous = Some(event.cursor());
         }
+        sent = batch.last().map(|event| event.cursor()).unwrap_or(sent);
+        let short = (batch.len() as i64) < config.batch;
+        let acks =
+            InFlight { context: &context, config, batch, pending, reading, read, start: (cursor, last_sequence) };
+        // A short batch with nothing held back was everything committed
+        // before the read: wait for the next commit (kept while we
+        // published), settling the acks meanwhile. A commit that comes first
+        // is read while they arrive.
+        let mut acks: Settling<'_> = Box::pin(acks.settle());
+        if !short || held_back {
+            in_flight = Some(acks);
+            continue;
+        }
+        let mut settled = false;
+        let pause = tokio::time::sleep(config.poll_interval);
+        tokio::pin!(pause);
+        loop {
+            tokio::select! {
+                outcome = &mut acks, if !settled => {
+                    (cursor, last_sequence) = outcome?;
+                    settled = true;
+                }
+                _ = signals.appended.notified() => break,
+                _ = &mut pause => break,
+                _ = shutdown.changed() => return Ok(()),
+            }
+        }
+        if !settled {
+            in_flight = Some(acks);
+        }
+    }
+}
+
+/// The acks of a batch being awaited ([`InFlight::settle`]).
+type Settling<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(LogCursor, u64), RelayError>> + Send + 'a>>;
+
+/// A batch sent to the events stream whose acks are awaited.
+struct InFlight<'a> {
+    context: &'a jetstream::Context,
+    config: &'a RelayConfig,
+    batch: Vec<connections_store::RecordedEvent>,
+    /// Each publish's expected last sequence and its ack.
+    pending: Vec<(u64, jetstream::context::PublishAckFuture)>,
+    /// When the read that found the batch was sent, and when it came back.
+    reading: Instant,
+    read: Instant,
+    /// The cursor and stream sequence before the batch.
+    start: (LogCursor, u64),
+}
+
+impl InFlight<'_> {
+    /// Awaits the acks in order: the cursor and stream sequence after the
+    /// batch, or why the session must end.
+    async fn settle(self) -> Result<(LogCursor, u64), RelayError> {
+        let Self { context, config, batch, pending, reading, read, start: (mut cursor, mut last_sequence) } = self;
         let mut refused = None;
-        for ((position, expected, ack), event) in pending.into_iter().zip(&batch) {
+        for ((expected, ack), event) in pending.into_iter().zip(&batch) {
             let ack = ack.await;
             if let Some(refused) = refused {
                 // The stream took a publish after refusing the one before it.
                 if ack.is_ok_and(|ack| !ack.duplicate) {
-                    return Err(delete_broken_stream(&context, &config.names, refused).await);
+                    return Err(delete_broken_stream(context, &config.names, refused).await);
                 }
                 continue;
             }
@@ -218,23 +291,16 @@ async fn session(
                 Err(error) => return Err(nats_error(error)),
             };
             if let Some(acked) = &config.acked {
-                let _ = acked.send(Relayed { position, read, acked: Instant::now() });
+                let _ = acked.send(Relayed { position: event.position, reading, read, acked: Instant::now() });
             }
             connections_metrics::RELAY_PUBLISHED.inc(&[]);
             connections_metrics::RELAY_LAG_SECONDS.observe(&[], seconds_since(event.recorded_at));
             last_sequence = ack.sequence;
             cursor = event.cursor();
         }
-        if let Some(refused) = refused {
-            return Err(RelayError::Fenced(refused));
-        }
-        // A short batch with nothing held back was everything committed
-        // before the read: wait for the next commit (kept while we published).
-        if (batch.len() as i64) < config.batch
-            && !held_back
-            && wait_for_commit(signals, config.poll_interval, shutdown).await
-        {
-            return Ok(());
+        match refused {
+            Some(refused) => Err(RelayError::Fenced(refused)),
+            None => Ok((cursor, last_sequence)),
         }
     }
 }
