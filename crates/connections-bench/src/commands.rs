@@ -11,8 +11,10 @@
 //! For each phase: commands/s, latency, and from Postgres's own counters the
 //! transactions, rows inserted and rows updated per command, Postgres's CPU
 //! and the benchmark process's CPU (server, relay, projector and load
-//! generator) per command; for the product, the projection lag of every
-//! event applied during the phase.
+//! generator) per command; for the product, the relay's lag (`relay p99`)
+//! and the projection lag (`lag p99 ms`) of every event relayed or applied
+//! during the phase, both from the event's `recorded_at` (its insert, inside
+//! its transaction) by the wall clock.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -124,12 +126,10 @@ async fn run_on(
     let group_size = options.commit_group.unwrap_or(groups.size());
     let base = super::serve_locally(state).await?;
     let (stop, stopping) = watch::channel(false);
-    let relay = tokio::spawn(relay::run(
-        background.clone(),
-        RelayConfig::new(names.clone(), url.to_owned(), access.clone()),
-        signals.clone(),
-        stopping.clone(),
-    ));
+    let (relayed_tx, mut relayed) = mpsc::unbounded_channel();
+    let mut relay_config = RelayConfig::new(names.clone(), url.to_owned(), access.clone());
+    relay_config.acked = Some(relayed_tx);
+    let relay = tokio::spawn(relay::run(background.clone(), relay_config, signals.clone(), stopping.clone()));
     let (lags_tx, mut lags) = mpsc::unbounded_channel();
     let mut projector_config = ProjectorConfig::new(names.clone(), url.to_owned(), access.clone());
     projector_config.lags = Some(lags_tx);
@@ -140,6 +140,7 @@ async fn run_on(
     warm.mix(&http, &base, 0).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     while lags.try_recv().is_ok() {}
+    while relayed.try_recv().is_ok() {}
 
     let phase = Duration::from_secs(options.seconds);
     println!(
@@ -148,7 +149,7 @@ async fn run_on(
         options.seconds, options.rounds
     );
     println!(
-        "{:<8} {:>4} {:>7} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7} {:>7} {:>8} {:>9} {:>10} {:>10}",
+        "{:<8} {:>4} {:>7} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7} {:>7} {:>8} {:>9} {:>10} {:>9} {:>10}",
         "path",
         "conc",
         "cmds",
@@ -162,6 +163,7 @@ async fn run_on(
         "pgcpu ms",
         "appcpu ms",
         "natscpu ms",
+        "relay p99",
         "lag p99 ms"
     );
     for &concurrency in &options.concurrency {
@@ -186,6 +188,10 @@ async fn run_on(
                 while let Ok(lag) = lags.try_recv() {
                     phase_lags.push(lag);
                 }
+                let mut relay_lags = Vec::new();
+                while let Ok(event) = relayed.try_recv() {
+                    relay_lags.push(event.since_recorded);
+                }
                 let commands = summary.operations.max(1) as f64;
                 let per = |a: i64, b: i64| (a - b) as f64 / commands;
                 let ratio = match path {
@@ -200,9 +206,11 @@ async fn run_on(
                     Path::Alone => alone.push(ratio),
                     Path::Raw | Path::Http => {}
                 }
-                let lag = match path {
-                    Path::Raw | Path::Http => "-".to_owned(),
-                    Path::Product | Path::Alone => ms(Summary::new(phase_lags, phase).p99),
+                let (relay_lag, lag) = match path {
+                    Path::Raw | Path::Http => ("-".to_owned(), "-".to_owned()),
+                    Path::Product | Path::Alone => {
+                        (ms(Summary::new(relay_lags, phase).p99), ms(Summary::new(phase_lags, phase).p99))
+                    }
                 };
                 let cpu =
                     |after: Duration, before: Duration| after.saturating_sub(before).as_secs_f64() * 1e3 / commands;
@@ -218,7 +226,7 @@ async fn run_on(
                     ),
                 };
                 println!(
-                    "{:<8} {:>4} {:>7} {:>8.0} {:>8} {:>8} {:>7.2} {postgres} {:>9.3} {:>10.3} {:>10}",
+                    "{:<8} {:>4} {:>7} {:>8.0} {:>8} {:>8} {:>7.2} {postgres} {:>9.3} {:>10.3} {:>9} {:>10}",
                     path.label(),
                     concurrency,
                     summary.operations,
@@ -228,6 +236,7 @@ async fn run_on(
                     ratio,
                     cpu(after.process, before.process),
                     cpu(after.nats, before.nats),
+                    relay_lag,
                     lag
                 );
                 if matches!(path, Path::Product | Path::Alone) {

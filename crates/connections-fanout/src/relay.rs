@@ -80,6 +80,9 @@ pub struct Relayed {
     pub read: Instant,
     /// When its publish was acknowledged.
     pub acked: Instant,
+    /// From the event's `recorded_at` to its ack, by the wall clock (as
+    /// the projector's lag is measured).
+    pub since_recorded: Duration,
 }
 
 /// Why a relay session ended early (it is then restarted).
@@ -290,11 +293,19 @@ impl InFlight<'_> {
                 }
                 Err(error) => return Err(nats_error(error)),
             };
+            let since_recorded = seconds_since(event.recorded_at);
             if let Some(acked) = &config.acked {
-                let _ = acked.send(Relayed { position: event.position, reading, read, acked: Instant::now() });
+                let since_recorded = Duration::from_secs_f64(since_recorded);
+                let _ = acked.send(Relayed {
+                    position: event.position,
+                    reading,
+                    read,
+                    acked: Instant::now(),
+                    since_recorded,
+                });
             }
             connections_metrics::RELAY_PUBLISHED.inc(&[]);
-            connections_metrics::RELAY_LAG_SECONDS.observe(&[], seconds_since(event.recorded_at));
+            connections_metrics::RELAY_LAG_SECONDS.observe(&[], since_recorded);
             last_sequence = ack.sequence;
             cursor = event.cursor();
         }
