@@ -14,7 +14,10 @@
 //! generator) per command; for the product, the relay's lag (`relay p99`)
 //! and the projection lag (`lag p99 ms`) of every event relayed or applied
 //! during the phase, both from the event's `recorded_at` (its insert, inside
-//! its transaction) by the wall clock.
+//! its transaction) by the wall clock; the relay's lag is split at the send
+//! of the read that found the event (before it: the rest of its
+//! transaction, the commit, the horizon and the relay's loop; after it: the
+//! read and the publish).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -188,9 +191,12 @@ async fn run_on(
                 while let Ok(lag) = lags.try_recv() {
                     phase_lags.push(lag);
                 }
-                let mut relay_lags = Vec::new();
+                let (mut relay_lags, mut before_read, mut read_to_ack) = (Vec::new(), Vec::new(), Vec::new());
                 while let Ok(event) = relayed.try_recv() {
+                    let publishing = event.acked.saturating_duration_since(event.reading);
                     relay_lags.push(event.since_recorded);
+                    before_read.push(event.since_recorded.saturating_sub(publishing));
+                    read_to_ack.push(publishing);
                 }
                 let commands = summary.operations.max(1) as f64;
                 let per = |a: i64, b: i64| (a - b) as f64 / commands;
@@ -255,6 +261,15 @@ async fn run_on(
                         _ => format!("; {members} commands in {committed} commit groups"),
                     };
                     println!("         p50/p99 ms by command: {}{shared}", steps.join(", "));
+                    let (before_read, read_to_ack) =
+                        (Summary::new(before_read, phase), Summary::new(read_to_ack, phase));
+                    println!(
+                        "         relay p50/p99 ms: recorded → read sent {}/{}, read sent → JetStream ack {}/{}",
+                        ms(before_read.p50),
+                        ms(before_read.p99),
+                        ms(read_to_ack.p50),
+                        ms(read_to_ack.p99)
+                    );
                 }
             }
         }
