@@ -253,12 +253,13 @@ async fn read_model_rows(db: &connections_testkit::TestDatabase) -> Vec<String> 
 
 /// The projector commits asynchronously (its rows are derived from the
 /// log): a Postgres crash may lose its last batches after their messages
-/// were acknowledged. What that leaves, the checkpoint behind the consumer,
-/// is a gap at the next event: the projector replays the stream and ends
-/// where a rebuild does. Here every batch is lost, the worst case.
+/// were acknowledged, leaving the checkpoint behind the consumer. A running
+/// projector finds that at the next event (a gap), a starting one at once;
+/// either replays the stream and ends where a rebuild does. Here every
+/// batch is lost, the worst case.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_lost_with_postgres_after_their_ack_are_replayed_from_the_stream() {
-    let app = TestApp::with_fanout().await;
+    let mut app = TestApp::with_fanout().await;
     for n in 0..6 {
         app.create(["alice", "bob"][n % 2], "github", Some("agent-1")).await;
     }
@@ -267,17 +268,21 @@ async fn batches_lost_with_postgres_after_their_ack_are_replayed_from_the_stream
     assert!(!projected.is_empty());
     let (client, connection) = tokio_postgres::connect(&app.db.url, tokio_postgres::NoTls).await.expect("connect");
     tokio::spawn(connection);
-    client
-        .batch_execute(
-            "DELETE FROM rm_connection_agents; DELETE FROM rm_connections; DELETE FROM rm_services; \
-             DELETE FROM rm_changes; DELETE FROM projector_checkpoints WHERE name = 'dashboard'",
-        )
-        .await
-        .expect("lose the projector's batches");
+    let lose_every_batch = "DELETE FROM rm_connection_agents; DELETE FROM rm_connections; DELETE FROM rm_services; \
+                            DELETE FROM rm_changes; DELETE FROM projector_checkpoints WHERE name = 'dashboard'";
+
+    // A running projector: the next event is a gap.
+    client.batch_execute(lose_every_batch).await.expect("lose the projector's batches");
     app.create("alice", "slack", None).await;
     assert!(caught_up_within(&app, Duration::from_secs(20)).await, "the projector did not replay the stream in 20 s");
     let replayed = read_model_rows(&app.db).await;
     assert!(replayed.len() > projected.len(), "the new event was projected too");
+
+    // A projector that starts (as after the crash): no event needed.
+    client.batch_execute(lose_every_batch).await.expect("lose the projector's batches");
+    app.crash_and_restart_projector().await;
+    assert!(caught_up_within(&app, Duration::from_secs(20)).await, "the restarted projector did not replay in 20 s");
+    assert_eq!(read_model_rows(&app.db).await, replayed, "the replay gives back the same rows");
     connections_projections::rebuild::rebuild(&app.db.database, "dashboard").await.expect("rebuild");
     assert_eq!(read_model_rows(&app.db).await, replayed, "after the replay the read models must equal a rebuild");
 }
