@@ -238,8 +238,7 @@ async fn a_projector_killed_mid_stream_resumes_to_what_a_rebuild_gives() {
 
 /// Every row of the dashboard's read models, as JSON text, table by table.
 async fn read_model_rows(db: &connections_testkit::TestDatabase) -> Vec<String> {
-    let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls).await.expect("connect");
-    tokio::spawn(connection);
+    let client = db.client().await;
     let mut rows = Vec::new();
     for table in ["rm_connections", "rm_services", "rm_connection_agents", "rm_changes"] {
         for row in
@@ -266,8 +265,7 @@ async fn batches_lost_with_postgres_after_their_ack_are_replayed_from_the_stream
     assert!(caught_up_within(&app, Duration::from_secs(20)).await, "the first events were projected");
     let projected = read_model_rows(&app.db).await;
     assert!(!projected.is_empty());
-    let (client, connection) = tokio_postgres::connect(&app.db.url, tokio_postgres::NoTls).await.expect("connect");
-    tokio::spawn(connection);
+    let client = app.db.client().await;
     let lose_every_batch = "DELETE FROM rm_connection_agents; DELETE FROM rm_connections; DELETE FROM rm_services; \
                             DELETE FROM rm_changes; DELETE FROM projector_checkpoints WHERE name = 'dashboard'";
 
