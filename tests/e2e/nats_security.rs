@@ -133,9 +133,16 @@ async fn a_hostile_runtime_is_refused_everything(version: NatsVersion) {
     // assign) are relayed before the stream is described: the checks below
     // compare against a stream that already holds them.
     let waited = std::time::Instant::now();
+    // (Under load the relay may not have made the stream yet: wait for it too.)
     let before = loop {
-        let info =
-            jetstream.get_stream(&events_stream).await.expect("events stream").info().await.expect("info").clone();
+        let mut stream = match jetstream.get_stream(&events_stream).await {
+            Err(_) if waited.elapsed() < Duration::from_secs(5) => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+            found => found.expect("events stream"),
+        };
+        let info = stream.info().await.expect("info").clone();
         if info.state.messages >= 5 || waited.elapsed() > Duration::from_secs(5) {
             break info;
         }
