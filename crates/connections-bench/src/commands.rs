@@ -55,6 +55,10 @@ pub struct CommandsOptions {
     /// The most commands in a commit group (the server's default if unset).
     #[arg(long)]
     commit_group: Option<usize>,
+    /// The projector's pace in milliseconds (its default if unset; 0 applies
+    /// every batch at once, for an A/B).
+    #[arg(long)]
+    projector_pace_ms: Option<u64>,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -136,6 +140,9 @@ async fn run_on(
     let (lags_tx, mut lags) = mpsc::unbounded_channel();
     let mut projector_config = ProjectorConfig::new(names.clone(), url.to_owned(), access.clone());
     projector_config.lags = Some(lags_tx);
+    if let Some(pace) = options.projector_pace_ms {
+        projector_config.pace = Duration::from_millis(pace);
+    }
     let projector = tokio::spawn(projector::run(background.clone(), projector_config, signals, stopping));
     let http = reqwest::Client::new();
     // Warm up: the relay creates its streams, the projector its consumer.

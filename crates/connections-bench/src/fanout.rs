@@ -45,6 +45,10 @@ pub struct FanoutOptions {
     /// Events in the generated log for the rebuild measurement (0 skips it).
     #[arg(long, default_value_t = 1_000_000)]
     rebuild_events: i64,
+    /// The projector's pace in milliseconds (its default if unset; 0 applies
+    /// every batch at once, for an A/B).
+    #[arg(long)]
+    projector_pace_ms: Option<u64>,
 }
 
 /// Runs the benchmark.
@@ -179,7 +183,11 @@ async fn relay_and_projection(
     // load's appends must not queue ahead of them for a connection.
     let background = connect_pool(url, 4)?.named("background");
     let relay = tokio::spawn(relay::run(background.clone(), relay_config, signals.clone(), stopping.clone()));
-    let projector_config = ProjectorConfig::new(names.clone(), url.to_owned(), super::nats_access(&options.nats_url)?);
+    let mut projector_config =
+        ProjectorConfig::new(names.clone(), url.to_owned(), super::nats_access(&options.nats_url)?);
+    if let Some(pace) = options.projector_pace_ms {
+        projector_config.pace = Duration::from_millis(pace);
+    }
     let projector = tokio::spawn(projector::run(background, projector_config, signals.clone(), stopping));
 
     // Record when each projected cursor was announced.

