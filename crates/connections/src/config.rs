@@ -39,6 +39,10 @@ pub struct Config {
     /// `CONNECTIONS_COMMIT_GROUP`, default 16: the most commands that share
     /// a transaction (1: each in its own; see `connections_api::groups`).
     pub commit_group: usize,
+    /// `CONNECTIONS_PROJECTOR_PACE_MS`, default 10: how long after its commit
+    /// the first event of a small projector batch waits for others (0: none;
+    /// see `connections_projections::projector::pace_wait`).
+    pub projector_pace: std::time::Duration,
     /// `CONNECTIONS_REPORTS_PER_MINUTE`, default 6: problem reports per
     /// connection and agent per minute (per instance).
     pub reports_per_minute: u32,
@@ -126,6 +130,16 @@ impl Config {
                 .ok()
                 .filter(|n| (1..=64).contains(n))
                 .context("CONNECTIONS_COMMIT_GROUP must be a number from 1 to 64")?,
+            projector_pace: std::time::Duration::from_millis(
+                env_or(
+                    "CONNECTIONS_PROJECTOR_PACE_MS",
+                    &connections_projections::projector::PACE.as_millis().to_string(),
+                )
+                .parse::<u64>()
+                .ok()
+                .filter(|millis| *millis <= 1000)
+                .context("CONNECTIONS_PROJECTOR_PACE_MS must be a number of milliseconds from 0 to 1000")?,
+            ),
             reports_per_minute: env_or("CONNECTIONS_REPORTS_PER_MINUTE", "6")
                 .parse()
                 .ok()

@@ -97,7 +97,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut relay_config = RelayConfig::new(config.names.clone(), config.database_url.clone(), nats.clone());
     relay_config.replicas = config.nats_replicas;
     let relay = tokio::spawn(relay::run(background.clone(), relay_config, signals.clone(), stopping.clone()));
-    let projector_config = ProjectorConfig::new(config.names.clone(), config.database_url.clone(), nats.clone());
+    let mut projector_config = ProjectorConfig::new(config.names.clone(), config.database_url.clone(), nats.clone());
+    projector_config.pace = config.projector_pace;
     let database_for_expiry = background.clone();
     let projector = tokio::spawn(projector::run(background, projector_config, signals, stopping.clone()));
     let expiry =
