@@ -59,6 +59,29 @@ pub struct CommandsOptions {
     /// every batch at once, for an A/B).
     #[arg(long)]
     projector_pace_ms: Option<u64>,
+    /// Leave a component out, to see what it costs (a decomposition, not
+    /// the goal's workload: the goal runs the relay and the projector).
+    #[arg(long, value_enum)]
+    without: Option<Without>,
+}
+
+/// What `--without` leaves out.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Without {
+    /// The projector (the relay still publishes every event).
+    Projector,
+    /// The relay and the projector (the commands alone).
+    Fanout,
+}
+
+impl Without {
+    fn describe(without: Option<Self>) -> &'static str {
+        match without {
+            None => "with the relay and projector running",
+            Some(Without::Projector) => "with the relay running and WITHOUT the projector (a decomposition run)",
+            Some(Without::Fanout) => "WITHOUT the relay and the projector (a decomposition run)",
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -136,14 +159,20 @@ async fn run_on(
     let (relayed_tx, mut relayed) = mpsc::unbounded_channel();
     let mut relay_config = RelayConfig::new(names.clone(), url.to_owned(), access.clone());
     relay_config.acked = Some(relayed_tx);
-    let relay = tokio::spawn(relay::run(background.clone(), relay_config, signals.clone(), stopping.clone()));
+    let relay = match options.without {
+        Some(Without::Fanout) => None,
+        _ => Some(tokio::spawn(relay::run(background.clone(), relay_config, signals.clone(), stopping.clone()))),
+    };
     let (lags_tx, mut lags) = mpsc::unbounded_channel();
     let mut projector_config = ProjectorConfig::new(names.clone(), url.to_owned(), access.clone());
     projector_config.lags = Some(lags_tx);
     if let Some(pace) = options.projector_pace_ms {
         projector_config.pace = Duration::from_millis(pace);
     }
-    let projector = tokio::spawn(projector::run(background.clone(), projector_config, signals, stopping));
+    let projector = match options.without {
+        Some(Without::Projector | Without::Fanout) => None,
+        None => Some(tokio::spawn(projector::run(background.clone(), projector_config, signals, stopping))),
+    };
     let http = reqwest::Client::new();
     // Warm up: the relay creates its streams, the projector its consumer.
     let warm = Owner::new(&secret, "warm-up")?;
@@ -155,8 +184,10 @@ async fn run_on(
     let phase = Duration::from_secs(options.seconds);
     println!(
         "bench commands: the mix (create, 3 × assign to a new agent, set default, revoke per new stream) over HTTP \
-         with the relay and projector running, against a raw append (SELECT max + INSERT), {} s per phase, {} round(s)",
-        options.seconds, options.rounds
+         {}, against a raw append (SELECT max + INSERT), {} s per phase, {} round(s)",
+        Without::describe(options.without),
+        options.seconds,
+        options.rounds
     );
     println!(
         "{:<8} {:>4} {:>7} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7} {:>7} {:>8} {:>9} {:>10} {:>9} {:>10}",
@@ -221,8 +252,13 @@ async fn run_on(
                 }
                 let (relay_lag, lag) = match path {
                     Path::Raw | Path::Http => ("-".to_owned(), "-".to_owned()),
+                    // Nothing measured (a component left out) is not a lag of 0.
                     Path::Product | Path::Alone => {
-                        (ms(Summary::new(relay_lags, phase).p99), ms(Summary::new(phase_lags, phase).p99))
+                        let p99 = |lags: Vec<Duration>| match lags.is_empty() {
+                            true => "-".to_owned(),
+                            false => ms(Summary::new(lags, phase).p99),
+                        };
+                        (p99(relay_lags), p99(phase_lags))
                     }
                 };
                 let cpu =
@@ -284,15 +320,20 @@ async fn run_on(
             ratios.sort_by(f64::total_cmp);
             ratios.iter().map(|r| (r * 100.0).round() / 100.0).collect::<Vec<_>>()
         };
+        let goal = match options.without {
+            None => "goal at C=32: ≥ 0.50",
+            Some(_) => "a decomposition run: the goal's workload runs the relay and the projector",
+        };
         println!(
-            "C={concurrency}: product / raw per round {:?} (goal at C=32: ≥ 0.50); each command alone {:?}",
+            "C={concurrency}: product / raw per round {:?} ({goal}); each command alone {:?}",
             rounded(ratios),
             rounded(alone)
         );
     }
     let _ = stop.send(true);
-    let _ = relay.await;
-    let _ = projector.await;
+    for task in [relay, projector].into_iter().flatten() {
+        let _ = task.await;
+    }
     database.pool().close();
     background.pool().close();
     Ok(())
