@@ -304,15 +304,18 @@ async fn run_on(
                         _ => format!("; {members} commands in {committed} commit groups"),
                     };
                     println!("         p50/p99 ms by command: {}{shared}", steps.join(", "));
-                    let (before_read, read_to_ack) =
-                        (Summary::new(before_read, phase), Summary::new(read_to_ack, phase));
-                    println!(
-                        "         relay p50/p99 ms: recorded → read sent {}/{}, read sent → JetStream ack {}/{}",
-                        ms(before_read.p50),
-                        ms(before_read.p99),
-                        ms(read_to_ack.p50),
-                        ms(read_to_ack.p99)
-                    );
+                    // Without the relay there is no lag to split.
+                    if !before_read.is_empty() {
+                        let (before_read, read_to_ack) =
+                            (Summary::new(before_read, phase), Summary::new(read_to_ack, phase));
+                        println!(
+                            "         relay p50/p99 ms: recorded → read sent {}/{}, read sent → JetStream ack {}/{}",
+                            ms(before_read.p50),
+                            ms(before_read.p99),
+                            ms(read_to_ack.p50),
+                            ms(read_to_ack.p99)
+                        );
+                    }
                 }
             }
         }
