@@ -43,8 +43,8 @@ pub struct ProjectorConfig {
     pub nats: nats::NatsAccess,
     /// Messages per fetch (and per transaction).
     pub batch: usize,
-    /// How long after its commit the first event of a small batch waits, at
-    /// most, for others to be applied with it (see [`pace_wait`]).
+    /// How long after its recording (`recorded_at`) the first event of a
+    /// small batch waits, at most, for others to be applied with it (see [`pace_wait`]).
     pub pace: Duration,
     /// If set, receives every applied event's lag (from its transaction's
     /// start to its batch committing; benchmarks).
@@ -243,7 +243,8 @@ async fn session(
 }
 
 /// Pacing: a small batch (fewer than [`PACED_BELOW`] events) whose first
-/// event committed less than `pace` ago waits for the rest of it, so that a
+/// event was recorded (`recorded_at`, just before its commit) less than
+/// `pace` ago waits for the rest of it, so that a
 /// steady flow is applied in batches of several events rather than a
 /// transaction for each one or two (at 1,000 events/s, that took the
 /// machine's CPU use down by about a quarter). A larger batch
@@ -259,7 +260,7 @@ fn small_batch_wait<E>(chunk: &[Result<jetstream::Message, E>], pace: Duration) 
 }
 
 /// How long a batch whose first event was recorded at `recorded_at` waits
-/// for more events, at `now`: until `pace` after the commit, never longer
+/// for more events, at `now`: until `pace` after that recording, never longer
 /// than `pace` (whatever the clocks say), nothing once the event is that old.
 pub fn pace_wait(
     recorded_at: chrono::DateTime<chrono::Utc>,
