@@ -208,9 +208,9 @@ async fn run_on(
         "lag p99 ms"
     );
     for &concurrency in &options.concurrency {
-        let (mut ratios, mut alone) = (Vec::new(), Vec::new());
+        let (mut ratios, mut alone, mut cpu_ratios) = (Vec::new(), Vec::new(), Vec::new());
         for round in 0..options.rounds {
-            let mut raw_rate = 0.0;
+            let (mut raw_rate, mut raw_cpu) = (0.0, 0.0);
             // The HTTP exchange last: Postgres publishes an idle backend's
             // counters up to 10 s late, so the raw phase's tail lands in the
             // next phase (as it always has, the product's) and the product's
@@ -263,6 +263,15 @@ async fn run_on(
                 };
                 let cpu =
                     |after: Duration, before: Duration| after.saturating_sub(before).as_secs_f64() * 1e3 / commands;
+                // All the machine's CPU a command takes: on a saturated
+                // machine what the throughput ratio follows, less noisy than it.
+                let total_cpu =
+                    cpu(after.cpu, before.cpu) + cpu(after.process, before.process) + cpu(after.nats, before.nats);
+                match path {
+                    Path::Raw => raw_cpu = total_cpu,
+                    Path::Product => cpu_ratios.push(total_cpu / f64::max(raw_cpu, 1e-9)),
+                    Path::Alone | Path::Http => {}
+                }
                 // The HTTP exchange does not touch Postgres.
                 let postgres = match path {
                     Path::Http => format!("{:>7} {:>7} {:>7} {:>8}", "-", "-", "-", "-"),
@@ -331,6 +340,10 @@ async fn run_on(
             "C={concurrency}: product / raw per round {:?} ({goal}); each command alone {:?}",
             rounded(ratios),
             rounded(alone)
+        );
+        println!(
+            "C={concurrency}: CPU a command (Postgres + process + nats-server), product over raw, per round {:?}",
+            rounded(cpu_ratios)
         );
     }
     let _ = stop.send(true);
