@@ -199,16 +199,22 @@ async fn raw_publish(
         task.await?;
     }
     if let Some(reading) = reading {
-        // Bounded: the reader stops on its own once it has read every message.
-        tokio::time::timeout(Duration::from_secs(30), reading).await???;
+        // The reader matters while the publishes run: a reader that failed
+        // meanwhile makes the figures those of an unread stream (an error);
+        // one still reading (what was published is all acked) is stopped.
+        if reading.is_finished() {
+            reading.await??;
+        } else {
+            reading.abort();
+        }
     }
     let _ = context.delete_stream(&name).await;
     let samples = std::mem::take(&mut *samples.lock().expect("samples"));
     Ok(Summary::new(samples, started.elapsed()))
 }
 
-/// Reads `count` messages of `stream` with a durable pull consumer, as the
-/// projector does.
+/// Reads up to `count` messages of `stream` with a durable pull consumer,
+/// as the projector does (until stopped, or the messages end).
 async fn read_all(stream: stream::Stream, count: usize) -> anyhow::Result<()> {
     let consumer: jetstream::consumer::PullConsumer = stream
         .get_or_create_consumer(
