@@ -159,14 +159,16 @@ async fn raw_publish(
     count: usize,
     reader: Reader,
 ) -> anyhow::Result<Summary> {
-    let name = match reader {
-        Reader::None => format!("{prefix}_raw"),
-        Reader::Consumer => format!("{prefix}_rawread"),
+    // Subjects under the prefix, which the benchmark's NATS user may
+    // publish to (`bench_nats`).
+    let (name, subjects) = match reader {
+        Reader::None => (format!("{prefix}_raw"), format!("{prefix}.raw")),
+        Reader::Consumer => (format!("{prefix}_rawread"), format!("{prefix}.rawread")),
     };
     let stream = context
         .get_or_create_stream(stream::Config {
             name: name.clone(),
-            subjects: vec![format!("{name}.>")],
+            subjects: vec![format!("{subjects}.>")],
             storage: stream::StorageType::File,
             ..Default::default()
         })
@@ -184,7 +186,7 @@ async fn raw_publish(
         ticks.tick().await;
         let context = context.clone();
         let samples = samples.clone();
-        let subject = format!("{name}.{}", n % 100);
+        let subject = format!("{subjects}.{}", n % 100);
         tasks.push(tokio::spawn(async move {
             let begin = Instant::now();
             let payload = bytes::Bytes::from(vec![b'x'; 600]);

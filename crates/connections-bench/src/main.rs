@@ -132,6 +132,8 @@ fn nats_access(url: &str) -> anyhow::Result<NatsAccess> {
 async fn bench_nats(access: &NatsAccess, names: &connections_fanout::Names) -> anyhow::Result<async_nats::Client> {
     let mut grant = connections_natsauth::Grant::service(names);
     grant.publish.allow.push("$JS.API.>".into());
+    // `bench fanout`'s raw baseline on a stream being read acks what it reads.
+    grant.publish.allow.push(format!("$JS.ACK.{}_rawread.>", names.prefix()));
     Ok(connections_fanout::nats::connect_as(access, &grant, &names.service_inbox(), "bench").await?)
 }
 
