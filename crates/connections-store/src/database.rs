@@ -135,6 +135,15 @@ pub fn connect_pool(url: &str, max_size: usize) -> Result<Database, StoreError> 
         .wait_timeout(Some(POOL_WAIT))
         .create_timeout(Some(std::time::Duration::from_secs(5)))
         .runtime(deadpool_postgres::Runtime::Tokio1)
+        // Prepared before first use, so that a command's lock is sent at
+        // the first poll, ahead of the statements joined with it (see
+        // `EventLog::lock_stream`).
+        .post_create(deadpool_postgres::Hook::async_fn(|client, _| {
+            Box::pin(async move {
+                client.prepare_cached(crate::log::LOCK_STREAM).await.map_err(deadpool_postgres::HookError::Backend)?;
+                Ok(())
+            })
+        }))
         .build()
         .map_err(|e| StoreError::Configuration(e.to_string()))?;
     Ok(Database::new(pool))

@@ -230,6 +230,10 @@ const APPEND_ONE: &str = "WITH head AS ( \
 /// this two-key space does not overlap the one-key locks of the access log).
 const STREAM_LOCK_CLASS: i32 = 0x636f_6e6e; // "conn"
 
+/// Takes a stream's writers' lock until the transaction ends: `$1` the
+/// class ([`STREAM_LOCK_CLASS`]), `$2` the stream's key.
+pub(crate) const LOCK_STREAM: &str = "SELECT pg_advisory_xact_lock($1, $2)";
+
 /// The event log's operations. Appends take a transaction so that all the
 /// events of a command, and the side-table writes that go with them, commit
 /// or roll back together.
@@ -333,12 +337,19 @@ impl EventLog {
     /// version, transaction-id and time order, so it does not conflict. An
     /// append without the lock is still correct (optimistically checked).
     ///
-    /// It is a simple-query message sent at the first poll: join it with the
-    /// transaction's next statements and the server runs them after it.
+    /// It is a prepared statement that every pooled connection prepares when
+    /// it is created ([`crate::connect_pool`]), so it is sent at the first
+    /// poll: join it with the transaction's next statements and the server
+    /// runs them after it. (As a simple query, with the key spelled in, it
+    /// was parsed and planned again on every command.) On a connection that
+    /// has not prepared it, the preparation's round trip comes first and the
+    /// statements joined with it may run before the lock is held: still
+    /// correct (the append's version check), only not queued.
     pub async fn lock_stream(client: &impl GenericClient, stream_id: &StreamId) -> Result<(), StoreError> {
         let digest = <sha2::Sha256 as sha2::Digest>::digest(stream_id.as_str().as_bytes());
         let key = i32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]);
-        client.batch_execute(&format!("SELECT pg_advisory_xact_lock({STREAM_LOCK_CLASS}, {key})")).await?;
+        let statement = client.prepare_cached(LOCK_STREAM).await?;
+        client.execute(&statement, &[&STREAM_LOCK_CLASS, &key]).await?;
         Ok(())
     }
 
