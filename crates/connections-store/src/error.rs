@@ -55,12 +55,12 @@ impl StoreError {
         };
         match self {
             StoreError::Database(error) => database(error),
-            StoreError::Pool(deadpool_postgres::PoolError::Backend(error)) => database(error) || error.code().is_none(),
-            // A new connection that broke while preparing its statements
-            // (see `connect_pool`), as one that broke while connecting.
-            StoreError::Pool(deadpool_postgres::PoolError::PostCreateHook(deadpool_postgres::HookError::Backend(
-                error,
-            ))) => database(error) || error.code().is_none(),
+            // A new connection that broke while connecting, or while
+            // preparing its statements (see `connect_pool`).
+            StoreError::Pool(
+                deadpool_postgres::PoolError::Backend(error)
+                | deadpool_postgres::PoolError::PostCreateHook(deadpool_postgres::HookError::Backend(error)),
+            ) => database(error) || error.code().is_none(),
             StoreError::Pool(deadpool_postgres::PoolError::Timeout(_)) => true,
             _ => false,
         }
