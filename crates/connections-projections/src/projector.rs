@@ -25,12 +25,12 @@ use crate::{checkpoint, dashboard, DASHBOARD};
 const PULL_EXPIRES: Duration = Duration::from_secs(10);
 /// The server's idle heartbeat on a waiting pull; two missed end the session.
 const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
-/// The default pace: at a steady 1,000 events/s, batches of about ten
-/// instead of one or two.
-pub const PACE: Duration = Duration::from_millis(10);
-/// Only a batch of fewer events than this waits (a larger one already
-/// shares its transaction's cost).
-const PACED_BELOW: usize = 8;
+/// The default pace: a batch is applied once its first event is 25 ms
+/// past its recording, so a busy flow is applied in a transaction every
+/// 25 ms or so (at 1,000 events/s, about 25 events each), and a row that
+/// several of them change is written once. The lag this adds stays well
+/// inside the 50 ms projection-lag goal (README, "Session 40").
+pub const PACE: Duration = Duration::from_millis(25);
 
 /// How the projector runs.
 #[derive(Clone)]
@@ -183,7 +183,7 @@ async fn session(
             _ = shutdown.changed() => return Ok(()),
         };
         let Some(mut chunk) = chunk else { return Err(ProjectorError::Nats("the message stream ended".into())) };
-        if let Some(wait) = small_batch_wait(&chunk, config.pace) {
+        if let Some(wait) = batch_wait(&chunk, config.batch, config.pace) {
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.changed() => return Ok(()),
@@ -242,16 +242,20 @@ async fn session(
     }
 }
 
-/// Pacing: a small batch (fewer than [`PACED_BELOW`] events) whose first
-/// event was recorded (`recorded_at`, just before its commit) less than
-/// `pace` ago waits for the rest of it, so that a
-/// steady flow is applied in batches of several events rather than a
-/// transaction for each one or two (at 1,000 events/s, that took the
-/// machine's CPU use down by about a quarter). A larger batch
-/// already shares that cost, and an event already `pace` late (a backlog,
-/// a loaded machine) waits no longer.
-fn small_batch_wait<E>(chunk: &[Result<jetstream::Message, E>], pace: Duration) -> Option<Duration> {
-    if chunk.len() >= PACED_BELOW {
+/// Pacing: a batch whose first event was recorded (`recorded_at`, just
+/// before its commit) less than `pace` ago waits until then for more, so
+/// that a flow is applied in batches of what `pace` brings rather than a
+/// transaction for each event or few: a transaction's fixed statements are
+/// shared by more events, and a row that several of them change (a
+/// connection assigned to three agents, then made default) is written once.
+/// At 1,000 events/s, waiting only while a batch held fewer than 8 events,
+/// up to 10 ms, took the machine's CPU use down by about a quarter; waiting
+/// for every batch, up to 25 ms, took the mix's Postgres CPU a command down
+/// by a sixth more at concurrency 32 (README, "Session 40"). A full batch,
+/// or an event already `pace` late (a backlog, a loaded machine), waits no
+/// longer.
+fn batch_wait<E>(chunk: &[Result<jetstream::Message, E>], batch: usize, pace: Duration) -> Option<Duration> {
+    if chunk.len() >= batch {
         return None;
     }
     let first = chunk.first()?.as_ref().ok()?;

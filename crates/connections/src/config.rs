@@ -39,8 +39,8 @@ pub struct Config {
     /// `CONNECTIONS_COMMIT_GROUP`, default 16: the most commands that share
     /// a transaction (1: each in its own; see `connections_api::groups`).
     pub commit_group: usize,
-    /// `CONNECTIONS_PROJECTOR_PACE_MS`, default 10: how long after its recording
-    /// (`recorded_at`) the first event of a small projector batch waits for others (0: none;
+    /// `CONNECTIONS_PROJECTOR_PACE_MS`, default 25: how long after its recording
+    /// (`recorded_at`) the first event of a projector batch waits for others (0: none;
     /// see `connections_projections::projector::pace_wait`).
     pub projector_pace: std::time::Duration,
     /// `CONNECTIONS_REPORTS_PER_MINUTE`, default 6: problem reports per
