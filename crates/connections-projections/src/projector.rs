@@ -25,11 +25,9 @@ use crate::{checkpoint, dashboard, DASHBOARD};
 const PULL_EXPIRES: Duration = Duration::from_secs(10);
 /// The server's idle heartbeat on a waiting pull; two missed end the session.
 const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
-/// The default pace: a batch is applied once its first event is 25 ms
-/// past its recording, so a busy flow is applied in a transaction every
-/// 25 ms or so (at 1,000 events/s, about 25 events each), and a row that
-/// several of them change is written once. The mix at concurrency 32 kept
-/// its lag p99 under the 50 ms goal, at 38–45 ms (README, "Session 40").
+/// The default pace (why a batch waits: `batch_wait`). The mix at
+/// concurrency 32 kept its lag p99 under the 50 ms goal, at 38–45 ms
+/// (README, "Session 40").
 pub const PACE: Duration = Duration::from_millis(25);
 
 /// How the projector runs.
