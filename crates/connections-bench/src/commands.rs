@@ -29,9 +29,12 @@ use connections_fanout::Names;
 use connections_projections::projector::{self, ProjectorConfig};
 use connections_sealing::MasterKey;
 use connections_store::{connect_pool, Database};
+use hyper::header::HeaderValue;
+use hyper::Method;
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
+use super::http1::Connection;
 use super::stats::{ms, Summary};
 
 /// Options of `connections-bench commands`.
@@ -173,10 +176,9 @@ async fn run_on(
         Some(Without::Projector | Without::Fanout) => None,
         None => Some(tokio::spawn(projector::run(background.clone(), projector_config, signals, stopping))),
     };
-    let http = reqwest::Client::new();
     // Warm up: the relay creates its streams, the projector its consumer.
     let warm = Owner::new(&secret, "warm-up")?;
-    warm.mix(&http, &base, 0).await?;
+    warm.mix(&mut Connection::open(&base).await?, 0).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     while lags.try_recv().is_ok() {}
     while relayed.try_recv().is_ok() {}
@@ -219,8 +221,7 @@ async fn run_on(
                 groups.set_size(if path == Path::Alone { 1 } else { group_size });
                 let before = counters(&database).await?;
                 let groups_before = groups.committed();
-                let (summary, by_step) =
-                    measure(path, concurrency, phase, &database, &http, &base, &secret, round).await?;
+                let (summary, by_step) = measure(path, concurrency, phase, &database, &base, &secret, round).await?;
                 // Let the projector finish this phase's events, and the
                 // statistics collector see every backend's counters.
                 tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -378,7 +379,6 @@ async fn measure(
     concurrency: usize,
     phase: Duration,
     database: &Database,
-    http: &reqwest::Client,
     base: &str,
     secret: &[u8],
     round: usize,
@@ -387,8 +387,12 @@ async fn measure(
     let deadline = started + phase;
     let mut workers = Vec::new();
     for worker in 0..concurrency {
-        let (database, http, base) = (database.clone(), http.clone(), base.to_owned());
+        let database = database.clone();
         let owner = Owner::new(secret, &format!("c{concurrency}r{round}w{worker}"))?;
+        let mut http = match path {
+            Path::Raw => None,
+            _ => Some(Connection::open(base).await?),
+        };
         workers.push(tokio::spawn(async move {
             let mut samples = Vec::new();
             let mut stream = 0usize;
@@ -401,14 +405,15 @@ async fn measure(
                         samples.push((0, begin.elapsed()));
                     }
                     Path::Http => {
+                        let http = http.as_mut().expect("opened for this path");
                         let begin = Instant::now();
-                        let response = http.get(format!("{base}/health")).send().await?;
-                        anyhow::ensure!(response.status() == 200, "health answered {}", response.status());
-                        let _: serde_json::Value = response.json().await?;
+                        let (status, _) = http.send(Method::GET, "/health", None, None).await?;
+                        anyhow::ensure!(status == 200, "health answered {status}");
                         samples.push((0, begin.elapsed()));
                     }
                     Path::Product | Path::Alone => {
-                        samples.extend(owner.mix(&http, &base, stream).await?.into_iter().enumerate())
+                        let http = http.as_mut().expect("opened for this path");
+                        samples.extend(owner.mix(http, stream).await?.into_iter().enumerate())
                     }
                 }
             }
@@ -428,45 +433,41 @@ async fn measure(
 /// A user of the product, with a token.
 struct Owner {
     name: String,
-    token: String,
+    /// `Bearer <token>`.
+    authorization: HeaderValue,
 }
 
 impl Owner {
     fn new(secret: &[u8], name: &str) -> anyhow::Result<Self> {
         let owner = OwnerId::parse(name.to_owned()).map_err(|e| anyhow::anyhow!("owner {e}"))?;
         let token = mint_user_token(secret, &owner, chrono::Utc::now().timestamp() + 3600)?;
-        Ok(Self { name: name.to_owned(), token })
+        Ok(Self { name: name.to_owned(), authorization: HeaderValue::from_str(&format!("Bearer {token}"))? })
     }
 
     /// The mix on a new stream (service `s{stream}`): the latency of each
     /// of its six commands.
-    async fn mix(&self, http: &reqwest::Client, base: &str, stream: usize) -> anyhow::Result<Vec<Duration>> {
+    async fn mix(&self, http: &mut Connection, stream: usize) -> anyhow::Result<Vec<Duration>> {
         let service = format!("s{stream}");
         let mut samples = Vec::with_capacity(6);
-        let send = |request: reqwest::RequestBuilder, expected: u16| async move {
+        let mut send = async |method: Method, path: &str, body: Option<serde_json::Value>, expected: u16| {
             let begin = Instant::now();
-            let response = request.bearer_auth(&self.token).send().await?;
-            anyhow::ensure!(response.status() == expected, "answered {} (expected {expected})", response.status());
-            let body: serde_json::Value = response.json().await?;
-            anyhow::Ok((begin.elapsed(), body))
+            let (status, answer) = http.send(method, path, Some(&self.authorization), body.as_ref()).await?;
+            anyhow::ensure!(status == expected, "{path} answered {status} (expected {expected})");
+            anyhow::Ok((begin.elapsed(), answer))
         };
-        let (took, created) = send(
-            http.post(format!("{base}/v1/connections"))
-                .json(&json!({"service": service, "name": "mix", "credential": {"kind": "api_key", "key": "k"}})),
-            201,
-        )
-        .await?;
+        let created = json!({"service": service, "name": "mix", "credential": {"kind": "api_key", "key": "k"}});
+        let (took, created) = send(Method::POST, "/v1/connections", Some(created), 201).await?;
         samples.push(took);
+        let created: serde_json::Value = serde_json::from_slice(&created)?;
         let id = created["connection_id"].as_str().unwrap_or_default().to_owned();
+        let agents = format!("/v1/connections/{id}/agents");
         for agent in 0..3 {
-            let request = http
-                .post(format!("{base}/v1/connections/{id}/agents"))
-                .json(&json!({"agent_id": format!("agent-{stream}-{agent}")}));
-            samples.push(send(request, 200).await?.0);
+            let body = json!({"agent_id": format!("agent-{stream}-{agent}")});
+            samples.push(send(Method::POST, &agents, Some(body), 200).await?.0);
         }
-        let request = http.put(format!("{base}/v1/services/{service}/default")).json(&json!({"connection_id": id}));
-        samples.push(send(request, 200).await?.0);
-        samples.push(send(http.delete(format!("{base}/v1/connections/{id}")), 200).await?.0);
+        let default = format!("/v1/services/{service}/default");
+        samples.push(send(Method::PUT, &default, Some(json!({"connection_id": id})), 200).await?.0);
+        samples.push(send(Method::DELETE, &format!("/v1/connections/{id}"), None, 200).await?.0);
         Ok(samples)
     }
 }

@@ -13,6 +13,7 @@ mod commands;
 mod failover;
 mod fanout;
 mod generate;
+mod http1;
 mod load;
 mod refresh;
 mod revocation;
