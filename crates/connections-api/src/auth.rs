@@ -6,6 +6,7 @@ use axum::http::request::Parts;
 use connections_domain::{AgentId, OwnerId};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 use crate::problem::ApiError;
 use crate::state::AppState;
@@ -164,10 +165,10 @@ pub struct AuthenticatedAgent {
     pub expires_at: i64,
 }
 
-impl FromRequestParts<AppState> for AuthenticatedAgent {
+impl FromRequestParts<Arc<AppState>> for AuthenticatedAgent {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
         let claims = state.authenticator.verify(bearer(parts)?)?;
         if claims.role.as_deref() != Some("agent") {
             return Err(ApiError::Unauthorized("this endpoint needs an agent token"));
@@ -200,10 +201,10 @@ fn bearer(parts: &Parts) -> Result<&str, ApiError> {
 #[derive(Debug, Clone)]
 pub struct AuthenticatedUser(pub OwnerId);
 
-impl FromRequestParts<AppState> for AuthenticatedUser {
+impl FromRequestParts<Arc<AppState>> for AuthenticatedUser {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
         Ok(AuthenticatedUser(UserSession::from_request_parts(parts, state).await?.owner))
     }
 }
@@ -253,10 +254,10 @@ fn user_token(parts: &Parts) -> Result<&str, ApiError> {
     Ok(cookie)
 }
 
-impl FromRequestParts<AppState> for UserSession {
+impl FromRequestParts<Arc<AppState>> for UserSession {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
         let claims = state.authenticator.verify(user_token(parts)?)?;
         if claims.role.as_deref().is_some_and(|role| role != "user") {
             return Err(ApiError::Unauthorized("this endpoint needs a user token"));

@@ -3,6 +3,7 @@
 //! existing connection), `GET /v1/oauth/callback` completes it.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -27,7 +28,7 @@ use crate::state::AppState;
 /// provider's authorization URL for a new flow, valid 10 minutes, bound to
 /// this user and (by an HttpOnly cookie) to this browser.
 pub async fn connect(
-    State(app): State<AppState>,
+    State(app): State<Arc<AppState>>,
     AuthenticatedUser(owner): AuthenticatedUser,
     service: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
@@ -48,7 +49,7 @@ pub async fn connect(
 /// callback seals the new tokens as the next version of this connection
 /// (agents, default and name stay; a `needs attention` mark goes).
 pub async fn reconnect(
-    State(app): State<AppState>,
+    State(app): State<Arc<AppState>>,
     AuthenticatedUser(owner): AuthenticatedUser,
     id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
@@ -145,7 +146,7 @@ async fn start_flow(
 /// user. Redirects to the configured return URL with `connection_id` or
 /// `error`, or answers a small page.
 pub async fn callback(
-    State(app): State<AppState>,
+    State(app): State<Arc<AppState>>,
     headers: HeaderMap,
     query: Result<Query<BTreeMap<String, String>>, QueryRejection>,
 ) -> Response {

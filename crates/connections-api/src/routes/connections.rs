@@ -1,6 +1,7 @@
 //! `/v1/connections…`: create, show, assign, unassign, rotate, replace, revoke.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -23,7 +24,7 @@ use crate::views;
 
 /// `POST /v1/connections` {service, name, credential, agent_id?, skill?}.
 pub async fn create(
-    State(app): State<AppState>,
+    State(app): State<Arc<AppState>>,
     AuthenticatedUser(actor): AuthenticatedUser,
     idempotent: Idempotent,
     body: JsonObject,
@@ -55,7 +56,7 @@ pub async fn create(
 
 /// `GET /v1/connections/{id}`: status, default flag, agents and since when.
 pub async fn show(
-    State(app): State<AppState>,
+    State(app): State<Arc<AppState>>,
     AuthenticatedUser(actor): AuthenticatedUser,
     id: Result<Path<String>, PathRejection>,
     query: Result<Query<BTreeMap<String, String>>, QueryRejection>,
@@ -73,7 +74,7 @@ pub async fn show(
 
 /// `DELETE /v1/connections/{id}`: revoke; answers the agents that were using it.
 pub async fn revoke(
-    State(app): State<AppState>,
+    State(app): State<Arc<AppState>>,
     AuthenticatedUser(actor): AuthenticatedUser,
     id: Result<Path<String>, PathRejection>,
     idempotent: Idempotent,
@@ -85,7 +86,7 @@ pub async fn revoke(
 
 /// `POST /v1/connections/{id}/agents` {agent_id}.
 pub async fn assign(
-    State(app): State<AppState>,
+    State(app): State<Arc<AppState>>,
     AuthenticatedUser(actor): AuthenticatedUser,
     id: Result<Path<String>, PathRejection>,
     idempotent: Idempotent,
@@ -100,7 +101,7 @@ pub async fn assign(
 
 /// `DELETE /v1/connections/{id}/agents/{agent_id}`.
 pub async fn unassign(
-    State(app): State<AppState>,
+    State(app): State<Arc<AppState>>,
     AuthenticatedUser(actor): AuthenticatedUser,
     ids: Result<Path<(String, String)>, PathRejection>,
     idempotent: Idempotent,
@@ -114,7 +115,7 @@ pub async fn unassign(
 
 /// `PUT /v1/connections/{id}/credential` {credential}: rotate.
 pub async fn rotate(
-    State(app): State<AppState>,
+    State(app): State<Arc<AppState>>,
     AuthenticatedUser(actor): AuthenticatedUser,
     id: Result<Path<String>, PathRejection>,
     idempotent: Idempotent,
@@ -132,7 +133,7 @@ pub async fn rotate(
 /// the old one is revoked, in one transaction. Answers the new connection
 /// and the agents moved to it.
 pub async fn replace(
-    State(app): State<AppState>,
+    State(app): State<Arc<AppState>>,
     AuthenticatedUser(actor): AuthenticatedUser,
     id: Result<Path<String>, PathRejection>,
     idempotent: Idempotent,

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
@@ -120,7 +121,7 @@ pub async fn min_position_only(
 
 /// `GET /v1/services`: the cards.
 pub async fn services(
-    State(app): State<AppState>,
+    State(app): State<Arc<AppState>>,
     AuthenticatedUser(owner): AuthenticatedUser,
     query: Result<Query<BTreeMap<String, String>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -131,7 +132,7 @@ pub async fn services(
 
 /// `GET /v1/connections?service=S&status=active|revoked|all&limit=N&cursor=C&min_position=P`.
 pub async fn list(
-    State(app): State<AppState>,
+    State(app): State<Arc<AppState>>,
     AuthenticatedUser(owner): AuthenticatedUser,
     query: Result<Query<BTreeMap<String, String>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -171,7 +172,7 @@ pub async fn list(
 
 /// `GET /v1/connections/{id}/agents`: the usage overview.
 pub async fn agents(
-    State(app): State<AppState>,
+    State(app): State<Arc<AppState>>,
     AuthenticatedUser(owner): AuthenticatedUser,
     id: Result<Path<String>, PathRejection>,
     query: Result<Query<BTreeMap<String, String>>, QueryRejection>,
@@ -187,7 +188,7 @@ pub async fn agents(
 
 /// `GET /v1/status`: the log head and the projection's lag.
 pub async fn status(
-    State(app): State<AppState>,
+    State(app): State<Arc<AppState>>,
     AuthenticatedUser(_): AuthenticatedUser,
 ) -> Result<Response, ApiError> {
     let client = app.reads.pool().get().await.map_err(StoreError::from)?;
@@ -203,7 +204,7 @@ pub async fn status(
 /// the projector announces a change of its owner's read models (and every
 /// 30 s in case an announcement was missed), never on a timer per change.
 pub async fn stream(
-    State(app): State<AppState>,
+    State(app): State<Arc<AppState>>,
     session: UserSession,
     headers: HeaderMap,
     query: Result<Query<BTreeMap<String, String>>, QueryRejection>,
@@ -249,7 +250,7 @@ pub async fn stream(
 
 /// One open change stream.
 struct StreamState {
-    app: AppState,
+    app: Arc<AppState>,
     owner: connections_domain::OwnerId,
     cursor: connections_store::LogCursor,
     changed: tokio::sync::broadcast::Receiver<Changed>,

@@ -8,12 +8,13 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
+use std::sync::Arc;
 
 use crate::state::AppState;
 
 /// 200 while the process serves HTTP, with the instance's name and the
 /// single-leader roles it holds now (relay, projector, upkeep).
-pub async fn health(State(app): State<AppState>) -> Json<Value> {
+pub async fn health(State(app): State<Arc<AppState>>) -> Json<Value> {
     Json(json!({
         "status": "ok",
         "instance": &*app.lifecycle.instance,
@@ -23,7 +24,7 @@ pub async fn health(State(app): State<AppState>) -> Json<Value> {
 
 /// 200 when the instance can serve requests, 503 (problem+json naming
 /// every failed check) when it cannot or is shutting down.
-pub async fn ready(State(app): State<AppState>) -> Response {
+pub async fn ready(State(app): State<Arc<AppState>>) -> Response {
     let mut failed = Vec::new();
     if app.lifecycle.is_stopping() {
         failed.push("shutting down".to_owned());
@@ -68,7 +69,7 @@ async fn database_ready(app: &AppState) -> Result<bool, String> {
 }
 
 /// The metrics in Prometheus text format 0.0.4.
-pub async fn metrics(State(app): State<AppState>) -> Response {
+pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
     let mut out = String::with_capacity(16 * 1024);
     connections_metrics::render(&mut out);
     let held = app.signals.roles.held();

@@ -2,6 +2,7 @@
 //! connection, from the event log (never secrets: events hold none).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -26,7 +27,7 @@ const MAX_LIMIT: u32 = 500;
 /// page at a time: `?limit=` (1–500, default 100) and `?cursor=` (the
 /// previous page's `next_cursor`).
 pub async fn connection_history(
-    State(app): State<AppState>,
+    State(app): State<Arc<AppState>>,
     AuthenticatedUser(actor): AuthenticatedUser,
     id: Result<Path<String>, PathRejection>,
     query: Result<Query<BTreeMap<String, String>>, QueryRejection>,

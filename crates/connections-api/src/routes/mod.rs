@@ -20,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::Router;
 use serde_json::Value;
+use std::sync::Arc;
 
 use crate::body::MAX_BODY_BYTES;
 use connections_domain::{Command, OwnerId};
@@ -98,7 +99,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async { method_not_allowed() })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(crate::telemetry::observe))
-        .with_state(state)
+        .with_state(Arc::new(state))
 }
 
 fn method_not_allowed() -> Response {

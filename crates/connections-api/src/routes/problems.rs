@@ -9,6 +9,7 @@ use connections_domain::{Command, ConnectionId, ProblemDetail};
 use connections_sealing::open;
 use connections_store::{Access, StoreError, StoredCredential};
 use serde_json::{json, Value};
+use std::sync::Arc;
 
 use super::answer;
 use crate::auth::AuthenticatedAgent;
@@ -22,7 +23,7 @@ use crate::state::AppState;
 /// handed. The first report of a version appends `credential_rejected`; the
 /// connection needs attention until it is rotated, replaced or revoked.
 pub async fn report(
-    State(app): State<AppState>,
+    State(app): State<Arc<AppState>>,
     agent: AuthenticatedAgent,
     id: Result<Path<String>, PathRejection>,
     body: JsonObject,

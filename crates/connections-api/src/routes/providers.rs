@@ -5,6 +5,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
+use std::sync::Arc;
 
 use crate::auth::AuthenticatedUser;
 use crate::problem::ApiError;
@@ -12,7 +13,10 @@ use crate::state::AppState;
 
 /// `GET /v1/providers` (user token): service, default scopes and PKCE;
 /// never the client's credentials or endpoints.
-pub async fn list(State(app): State<AppState>, AuthenticatedUser(_): AuthenticatedUser) -> Result<Response, ApiError> {
+pub async fn list(
+    State(app): State<Arc<AppState>>,
+    AuthenticatedUser(_): AuthenticatedUser,
+) -> Result<Response, ApiError> {
     let providers: Vec<_> = app
         .settings
         .providers

@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use connections_domain::ServiceName;
 use serde_json::json;
+use std::sync::Arc;
 
 use crate::auth::AuthenticatedAgent;
 use crate::body::JsonObject;
@@ -15,7 +16,7 @@ use crate::state::AppState;
 
 /// `POST /v1/resolve` {service} with an agent token.
 pub async fn resolve_credential(
-    State(app): State<AppState>,
+    State(app): State<Arc<AppState>>,
     agent: AuthenticatedAgent,
     body: JsonObject,
 ) -> Result<Response, ApiError> {

@@ -1,6 +1,7 @@
 //! `GET /v1/review`: the hygiene review of the caller's own connections.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -16,7 +17,7 @@ use crate::state::AppState;
 /// `GET /v1/review?unused_days=&max_agents=&old_days=&expiring_hours=&min_position=`:
 /// read-only; another owner's connections are simply not in it.
 pub async fn review(
-    State(app): State<AppState>,
+    State(app): State<Arc<AppState>>,
     AuthenticatedUser(owner): AuthenticatedUser,
     query: Result<Query<BTreeMap<String, String>>, QueryRejection>,
 ) -> Result<Response, ApiError> {

@@ -6,6 +6,7 @@ use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::Value;
+use std::sync::Arc;
 
 use crate::auth::AuthenticatedAgent;
 use crate::body::JsonObject;
@@ -14,7 +15,7 @@ use crate::state::AppState;
 
 /// `POST /v1/runtime/nats-credentials` {public_key?} with an agent token.
 pub async fn nats_credentials(
-    State(app): State<AppState>,
+    State(app): State<Arc<AppState>>,
     agent: AuthenticatedAgent,
     body: JsonObject,
 ) -> Result<Response, ApiError> {

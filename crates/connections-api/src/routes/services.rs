@@ -5,6 +5,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use connections_domain::{Command, ConnectionId, ServiceName};
 use serde_json::json;
+use std::sync::Arc;
 
 use super::{run_command, CommandRoute, Idempotent};
 use crate::auth::AuthenticatedUser;
@@ -15,7 +16,7 @@ use crate::state::AppState;
 
 /// `PUT /v1/services/{service}/default` {connection_id}.
 pub async fn set_default(
-    State(app): State<AppState>,
+    State(app): State<Arc<AppState>>,
     AuthenticatedUser(actor): AuthenticatedUser,
     Path(service): Path<String>,
     idempotent: Idempotent,
@@ -38,7 +39,7 @@ pub async fn set_default(
 
 /// `DELETE /v1/services/{service}/default`.
 pub async fn clear_default(
-    State(app): State<AppState>,
+    State(app): State<Arc<AppState>>,
     AuthenticatedUser(actor): AuthenticatedUser,
     Path(service): Path<String>,
     idempotent: Idempotent,
