@@ -7,22 +7,28 @@ use connections_wire::{Envelope, EnvelopeCursor};
 /// The envelope of a recorded event of an `owner-service/<owner>/<service>`
 /// stream; `None` for any other stream.
 pub fn envelope_of(event: &RecordedEvent, previous: Option<LogCursor>) -> Option<Envelope> {
-    let stream = event.stream()?;
-    let (owner, service) = (stream.owner().to_string(), stream.service().to_string());
+    envelope_from(event.clone(), previous)
+}
+
+/// Like [`envelope_of`], moving the event's parts into the envelope instead
+/// of copying them (the relay publishes each event once).
+pub fn envelope_from(event: RecordedEvent, previous: Option<LogCursor>) -> Option<Envelope> {
+    let (owner, service) = event.stream()?.into_parts();
+    let cursor = envelope_cursor(event.cursor());
     Some(Envelope {
         envelope_version: 1,
         event_id: event.event_id,
-        cursor: envelope_cursor(event.cursor()),
+        cursor,
         previous: previous.map(envelope_cursor),
-        stream_id: event.stream_id.clone(),
+        stream_id: event.stream_id,
         stream_version: event.stream_version,
-        owner,
-        service,
-        event_type: event.event_type.clone(),
+        owner: owner.into(),
+        service: service.into(),
+        event_type: event.event_type,
         schema_version: event.schema_version,
         recorded_at: event.recorded_at,
-        data: event.data.clone(),
-        metadata: event.metadata.clone(),
+        data: event.data,
+        metadata: event.metadata,
     })
 }
 

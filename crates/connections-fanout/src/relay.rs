@@ -29,14 +29,14 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use async_nats::header::HeaderMap;
+use async_nats::header::{HeaderMap, HeaderName};
 use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage, stream};
 use bytes::Bytes;
 use connections_store::{Database, EventLog, Following, LogCursor, StoreError};
 use futures_util::FutureExt;
 use tokio::sync::{mpsc, watch};
 
-use crate::envelope::{envelope_of, log_cursor};
+use crate::envelope::{envelope_from, envelope_of, log_cursor};
 use crate::listener::Signals;
 use crate::nats;
 use crate::session::{run_led, Leader, Led, SessionError};
@@ -205,20 +205,20 @@ async fn session(
         notices.publish(&ahead, &batch, cursor, &mut noticed_early).await?;
         // Pipeline the batch: publish all, then await the acks in order. The
         // fencing header makes the server refuse anything out of sequence.
+        let short = (batch.len() as i64) < config.batch;
         let mut pending = Vec::with_capacity(batch.len());
         let mut previous = (cursor != LogCursor::default()).then_some(cursor);
-        for (offset, event) in batch.iter().enumerate() {
-            let envelope = envelope_of(event, previous).ok_or(RelayError::Unroutable(event.position))?;
+        for (offset, event) in batch.into_iter().enumerate() {
+            let sending = Sending { cursor: event.cursor(), recorded_at: event.recorded_at };
+            let envelope = envelope_from(event, previous).ok_or(RelayError::Unroutable(sending.cursor.position))?;
             let expected = last_sequence + offset as u64;
-            let message = publish_message(&envelope, event.event_id, expected);
+            let message = publish_message(&envelope, expected);
             let subject = config.names.event_subject(&envelope.owner, &envelope.service, &envelope.event_type);
-            pending.push((expected, context.send_publish(subject, message).await.map_err(nats_error)?));
-            previous = Some(event.cursor());
+            pending.push((sending, expected, context.send_publish(subject, message).await.map_err(nats_error)?));
+            previous = Some(sending.cursor);
         }
-        sent = batch.last().map(|event| event.cursor()).unwrap_or(sent);
-        let short = (batch.len() as i64) < config.batch;
-        let acks =
-            InFlight { context: &context, config, batch, pending, reading, read, start: (cursor, last_sequence) };
+        sent = pending.last().map(|(sending, ..)| sending.cursor).unwrap_or(sent);
+        let acks = InFlight { context: &context, config, pending, reading, read, start: (cursor, last_sequence) };
         // A short batch with nothing held back was everything committed
         // before the read: wait for the next commit (kept while we
         // published), settling the acks meanwhile. A commit that comes first
@@ -252,13 +252,20 @@ async fn session(
 type Settling<'a> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<(LogCursor, u64), RelayError>> + Send + 'a>>;
 
+/// What settling a publish needs of its event (the event itself moved
+/// into its envelope).
+#[derive(Clone, Copy)]
+struct Sending {
+    cursor: LogCursor,
+    recorded_at: chrono::DateTime<chrono::Utc>,
+}
+
 /// A batch sent to the events stream whose acks are awaited.
 struct InFlight<'a> {
     context: &'a jetstream::Context,
     config: &'a RelayConfig,
-    batch: Vec<connections_store::RecordedEvent>,
-    /// Each publish's expected last sequence and its ack.
-    pending: Vec<(u64, jetstream::context::PublishAckFuture)>,
+    /// Each publish's event, expected last sequence and ack.
+    pending: Vec<(Sending, u64, jetstream::context::PublishAckFuture)>,
     /// When the read that found the batch was sent, and when it came back.
     reading: Instant,
     read: Instant,
@@ -270,9 +277,9 @@ impl InFlight<'_> {
     /// Awaits the acks in order: the cursor and stream sequence after the
     /// batch, or why the session must end.
     async fn settle(self) -> Result<(LogCursor, u64), RelayError> {
-        let Self { context, config, batch, pending, reading, read, start: (mut cursor, mut last_sequence) } = self;
+        let Self { context, config, pending, reading, read, start: (mut cursor, mut last_sequence) } = self;
         let mut refused = None;
-        for ((expected, ack), event) in pending.into_iter().zip(&batch) {
+        for (event, expected, ack) in pending {
             let ack = ack.await;
             if let Some(refused) = refused {
                 // The stream took a publish after refusing the one before it.
@@ -297,7 +304,7 @@ impl InFlight<'_> {
             if let Some(acked) = &config.acked {
                 let since_recorded = Duration::from_secs_f64(since_recorded);
                 let _ = acked.send(Relayed {
-                    position: event.position,
+                    position: event.cursor.position,
                     reading,
                     read,
                     acked: Instant::now(),
@@ -307,7 +314,7 @@ impl InFlight<'_> {
             connections_metrics::RELAY_PUBLISHED.inc(&[]);
             connections_metrics::RELAY_LAG_SECONDS.observe(&[], since_recorded);
             last_sequence = ack.sequence;
-            cursor = event.cursor();
+            cursor = event.cursor;
         }
         match refused {
             Some(refused) => Err(RelayError::Fenced(refused)),
@@ -347,19 +354,29 @@ fn seconds_since(then: chrono::DateTime<chrono::Utc>) -> f64 {
     (chrono::Utc::now() - then).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6
 }
 
-fn publish_message(envelope: &Envelope, event_id: uuid::Uuid, expected_last_sequence: u64) -> PublishMessage {
+/// The headers every event carries besides its envelope
+/// (`schemas/nats/subjects.md`), named once: a name built from a `&str`
+/// is validated and allocated for every message.
+const POSITION: HeaderName = HeaderName::from_static("Connections-Position");
+const TRANSACTION_ID: HeaderName = HeaderName::from_static("Connections-Transaction-Id");
+const STREAM_ID: HeaderName = HeaderName::from_static("Connections-Stream-Id");
+const STREAM_VERSION: HeaderName = HeaderName::from_static("Connections-Stream-Version");
+const EVENT_TYPE: HeaderName = HeaderName::from_static("Connections-Event-Type");
+const SCHEMA_VERSION: HeaderName = HeaderName::from_static("Connections-Schema-Version");
+
+fn publish_message(envelope: &Envelope, expected_last_sequence: u64) -> PublishMessage {
     let mut headers = HeaderMap::new();
-    headers.insert("Connections-Position", envelope.cursor.position.to_string().as_str());
-    headers.insert("Connections-Transaction-Id", envelope.cursor.transaction_id.to_string().as_str());
-    headers.insert("Connections-Stream-Id", envelope.stream_id.as_str());
-    headers.insert("Connections-Stream-Version", envelope.stream_version.to_string().as_str());
-    headers.insert("Connections-Event-Type", envelope.event_type.as_str());
-    headers.insert("Connections-Schema-Version", envelope.schema_version.to_string().as_str());
+    headers.insert(POSITION, envelope.cursor.position.to_string());
+    headers.insert(TRANSACTION_ID, envelope.cursor.transaction_id.to_string());
+    headers.insert(STREAM_ID, envelope.stream_id.as_str());
+    headers.insert(STREAM_VERSION, envelope.stream_version.to_string());
+    headers.insert(EVENT_TYPE, envelope.event_type.as_str());
+    headers.insert(SCHEMA_VERSION, envelope.schema_version.to_string());
     let payload = serde_json::to_vec(envelope).expect("an envelope always serializes");
     PublishMessage::build()
         .payload(Bytes::from(payload))
         .headers(headers)
-        .message_id(event_id.to_string())
+        .message_id(envelope.event_id.to_string())
         .expected_last_sequence(expected_last_sequence)
 }
 

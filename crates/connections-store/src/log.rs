@@ -38,7 +38,13 @@ impl StreamId {
         let (owner, service) = Self::split(stored)?;
         let owner = OwnerId::parse(owner.to_owned()).ok()?;
         let service = ServiceName::parse(service.to_owned()).ok()?;
-        Some(Self::owner_service(&owner, &service))
+        // Parsing keeps its input as it is: the stored form is `stored`.
+        Some(Self { owner, service, stored: stored.to_owned() })
+    }
+
+    /// The owner and the service.
+    pub fn into_parts(self) -> (OwnerId, ServiceName) {
+        (self.owner, self.service)
     }
 
     /// The owner and service parts of a stored id, unchecked (for a reader
