@@ -73,9 +73,11 @@ async fn run_on(url: &str, options: &AppendOptions) -> anyhow::Result<()> {
         // The baseline runs before and after the measured paths; their mean
         // is the reference, so that drift on a shared machine shows up as a
         // gap between the two (a) rows instead of skewing one ratio.
+        reset_raw_table(&database).await?;
         let before = measure(Mode::Raw, concurrency, phase, &database, &server).await?;
         let store = measure(Mode::Store, concurrency, phase, &database, &server).await?;
         let http = measure(Mode::Http, concurrency, phase, &database, &server).await?;
+        reset_raw_table(&database).await?;
         let after = measure(Mode::Raw, concurrency, phase, &database, &server).await?;
         let baseline = (before.per_second + after.per_second) / 2.0;
         for (mode, summary) in [(Mode::Raw, &before), (Mode::Store, &store), (Mode::Http, &http), (Mode::Raw, &after)] {
@@ -113,6 +115,7 @@ async fn measure(
         let database = database.clone();
         let http = server.clone();
         let stream = format!("bench-{run_id}-{worker}");
+        let raw_stream = uuid::Uuid::new_v4();
         workers.push(tokio::spawn(async move {
             let mut samples = Vec::new();
             let mut version = 0u64;
@@ -121,7 +124,7 @@ async fn measure(
             while Instant::now() < deadline {
                 let begin = Instant::now();
                 match mode {
-                    Mode::Raw => raw_append(&database, &stream).await?,
+                    Mode::Raw => raw_append(&database, &raw_stream).await?,
                     Mode::Store => store_append(&database, &http.signals, &stream, version).await?,
                     Mode::Http => http.create_connection(&token, &format!("s{version}")).await?,
                 }
@@ -139,28 +142,49 @@ async fn measure(
 }
 
 /// The raw floor's table: a stream id and version per row.
+/// The raw floor's table, as `../shared/peers` (`raw-append`) creates it:
+/// a global position, the (stream, version) key, the event's type and data.
+const RAW_TABLE: &str = "CREATE TABLE bench_raw (global_position bigserial PRIMARY KEY, stream_id uuid NOT NULL, \
+     version int NOT NULL, type text NOT NULL, data jsonb NOT NULL, created_at timestamptz NOT NULL DEFAULT now(), \
+     UNIQUE (stream_id, version))";
+
 pub(super) async fn create_raw_table(database: &Database) -> anyhow::Result<()> {
-    database
-        .client()
-        .await?
-        .batch_execute(
-            "CREATE TABLE bench_raw (stream_id text NOT NULL, version bigint NOT NULL, data jsonb NOT NULL, \
-             PRIMARY KEY (stream_id, version))",
-        )
-        .await?;
+    database.client().await?.batch_execute(RAW_TABLE).await?;
     Ok(())
 }
 
-/// The raw floor: one transaction reading a stream's version and inserting one row.
-pub(super) async fn raw_append(database: &Database, stream: &str) -> anyhow::Result<()> {
+/// Empties the raw floor's table and flushes dirty pages, before each raw
+/// phase, as the peers harness does: otherwise the table grows from round to
+/// round, the floor slows down and later rounds flatter the product, and a
+/// timed checkpoint is likelier to land mid-phase.
+pub(super) async fn reset_raw_table(database: &Database) -> anyhow::Result<()> {
+    let client = database.client().await?;
+    client.batch_execute("TRUNCATE bench_raw RESTART IDENTITY").await?;
+    checkpoint(&client).await;
+    Ok(())
+}
+
+/// `CHECKPOINT`, when the role may (a note otherwise, as the peers harness).
+pub(super) async fn checkpoint(client: &tokio_postgres::Client) {
+    if let Err(error) = client.batch_execute("CHECKPOINT").await {
+        eprintln!("note: CHECKPOINT failed ({error}); continuing");
+    }
+}
+
+/// The raw floor: one transaction reading a stream's version and inserting
+/// the next event (the peers harness's `raw-append`: BEGIN, SELECT
+/// max(version), INSERT version + 1, COMMIT, prepared statements).
+pub(super) async fn raw_append(database: &Database, stream: &uuid::Uuid) -> anyhow::Result<()> {
     let mut client = database.pool().get().await?;
     let transaction = client.transaction().await?;
     let read =
         transaction.prepare_cached("SELECT coalesce(max(version), 0) FROM bench_raw WHERE stream_id = $1").await?;
-    let version: i64 = transaction.query_one(&read, &[&stream]).await?.get(0);
-    let insert =
-        transaction.prepare_cached("INSERT INTO bench_raw (stream_id, version, data) VALUES ($1, $2, $3)").await?;
-    transaction.execute(&insert, &[&stream, &(version + 1), &json!({"n": version})]).await?;
+    let version: i32 = transaction.query_one(&read, &[stream]).await?.get(0);
+    let insert = transaction
+        .prepare_cached("INSERT INTO bench_raw (stream_id, version, type, data) VALUES ($1, $2, $3, $4)")
+        .await?;
+    let data = json!({"connection_id": stream, "version": version + 1});
+    transaction.execute(&insert, &[stream, &(version + 1), &"Appended", &data]).await?;
     transaction.commit().await?;
     Ok(())
 }

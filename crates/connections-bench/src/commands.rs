@@ -219,6 +219,13 @@ async fn run_on(
             // in the HTTP phase, which does not touch Postgres.
             for path in [Path::Raw, Path::Product, Path::Alone, Path::Http] {
                 groups.set_size(if path == Path::Alone { 1 } else { group_size });
+                // Each phase starts from a checkpoint, the raw one also from
+                // an empty table (as the peers harness runs them).
+                match path {
+                    Path::Raw => super::append::reset_raw_table(&database).await?,
+                    Path::Product | Path::Alone => super::append::checkpoint(&*database.client().await?).await,
+                    Path::Http => {}
+                }
                 let before = counters(&database).await?;
                 let groups_before = groups.committed();
                 let (summary, by_step) = measure(path, concurrency, phase, &database, &base, &secret, round).await?;
@@ -356,6 +363,9 @@ async fn run_on(
     Ok(())
 }
 
+/// The commands of one stream's mix (create, 3 × assign, default, revoke).
+const MIX_COMMANDS: usize = 6;
+
 /// The mix's commands, in order (the product's latencies are also
 /// reported per command; the three assigns as one).
 const STEPS: [&str; 4] = ["create", "assign", "default", "revoke"];
@@ -371,7 +381,7 @@ fn step_of(n: usize) -> usize {
 }
 
 /// A closed loop at `concurrency`: each worker runs whole mixes (product) or
-/// single raw appends until the phase ends. Also returns the product's
+/// raw appends (six to a stream) until the phase ends. Also returns the product's
 /// latencies by step of the mix.
 #[allow(clippy::too_many_arguments)]
 async fn measure(
@@ -400,9 +410,17 @@ async fn measure(
                 stream += 1;
                 match path {
                     Path::Raw => {
-                        let begin = Instant::now();
-                        super::append::raw_append(&database, &format!("{}-{stream}", owner.name)).await?;
-                        samples.push((0, begin.elapsed()));
+                        // A stream's six events, one transaction each, as
+                        // the product's mix and the peers harness's floor.
+                        let stream = uuid::Uuid::new_v4();
+                        for _ in 0..MIX_COMMANDS {
+                            let begin = Instant::now();
+                            super::append::raw_append(&database, &stream).await?;
+                            samples.push((0, begin.elapsed()));
+                            if Instant::now() >= deadline {
+                                break;
+                            }
+                        }
                     }
                     Path::Http => {
                         let http = http.as_mut().expect("opened for this path");
@@ -432,7 +450,6 @@ async fn measure(
 
 /// A user of the product, with a token.
 struct Owner {
-    name: String,
     /// `Bearer <token>`.
     authorization: HeaderValue,
 }
@@ -441,7 +458,7 @@ impl Owner {
     fn new(secret: &[u8], name: &str) -> anyhow::Result<Self> {
         let owner = OwnerId::parse(name.to_owned()).map_err(|e| anyhow::anyhow!("owner {e}"))?;
         let token = mint_user_token(secret, &owner, chrono::Utc::now().timestamp() + 3600)?;
-        Ok(Self { name: name.to_owned(), authorization: HeaderValue::from_str(&format!("Bearer {token}"))? })
+        Ok(Self { authorization: HeaderValue::from_str(&format!("Bearer {token}"))? })
     }
 
     /// The mix on a new stream (service `s{stream}`): the latency of each

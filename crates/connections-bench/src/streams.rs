@@ -116,11 +116,11 @@ async fn run_on(url: &str, options: &StreamsOptions) -> anyhow::Result<()> {
     );
     let mut worst = [0.0f64; 2];
     for round in 0..options.rounds {
-        let raw_summary = fixed_rate(options, |n| {
+        let raw_summary = fixed_rate(options, |_| {
             let raw = raw.clone();
             async move {
                 let began = Instant::now();
-                super::append::raw_append(&raw, &format!("raw-{round}-{n}")).await?;
+                super::append::raw_append(&raw, &uuid::Uuid::new_v4()).await?;
                 anyhow::Ok(began.elapsed())
             }
         })
