@@ -19,6 +19,7 @@
 //! transaction, the commit, the horizon and the relay's loop; after it: the
 //! read and the publish).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,7 +29,7 @@ use connections_fanout::relay::{self, RelayConfig};
 use connections_fanout::Names;
 use connections_projections::projector::{self, ProjectorConfig};
 use connections_sealing::MasterKey;
-use connections_store::{connect_pool, Database};
+use connections_store::{connect_named_pool, Database};
 use hyper::header::HeaderValue;
 use hyper::Method;
 use serde_json::json;
@@ -111,12 +112,15 @@ impl Path {
 }
 
 /// Postgres's counters for the benchmark's database, and its processes' CPU.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Default)]
 struct Counters {
     transactions: i64,
     inserted: i64,
     updated: i64,
     cpu: Duration,
+    /// The CPU time of this database's Postgres sessions, by the pool
+    /// (`application_name`) they belong to.
+    by_pool: BTreeMap<String, Duration>,
     /// The NATS server's CPU time (when it runs on this machine).
     nats: Duration,
     /// This process's CPU time.
@@ -138,15 +142,15 @@ async fn run_on(
     options: &CommandsOptions,
 ) -> anyhow::Result<()> {
     let max_concurrency = options.concurrency.iter().copied().max().unwrap_or(1);
-    let database = connect_pool(url, max_concurrency + 4)?.named("commands");
-    let reads = connect_pool(url, 8)?.named("reads");
-    let background = connect_pool(url, 4)?.named("background");
+    let database = connect_named_pool(url, max_concurrency + 4, "raw")?;
+    let reads = connect_named_pool(url, 8, "reads")?;
+    let background = connect_named_pool(url, 4, "background")?;
     super::append::create_raw_table(&database).await?;
     // The server as `serve` runs it: API, relay, projector.
     let secret = MasterKey::generate_base64()?.into_bytes();
     let master_key = Arc::new(MasterKey::from_base64("bench", &MasterKey::generate_base64()?)?);
     // The server's pool as `serve` sizes it by default.
-    let product_database = connect_pool(url, connections_store::default_pool_size())?.named("commands");
+    let product_database = connect_named_pool(url, connections_store::default_pool_size(), "commands")?;
     let mut state = connections_api::AppState::local(product_database, reads, master_key, &secret, Default::default())?;
     // As `serve` runs it: revokes publish their urgent notice at once.
     let nats = connections_fanout::nats::connect(access, names, "bench server").await?;
@@ -321,6 +325,16 @@ async fn run_on(
                         _ => format!("; {members} commands in {committed} commit groups"),
                     };
                     println!("         p50/p99 ms by command: {}{shared}", steps.join(", "));
+                    // Sessions that ended during the phase are not counted.
+                    let by_pool: Vec<String> = after
+                        .by_pool
+                        .iter()
+                        .map(|(pool, spent)| {
+                            let earlier = before.by_pool.get(pool).copied().unwrap_or_default();
+                            format!("{pool} {:.3}", cpu(*spent, earlier))
+                        })
+                        .collect();
+                    println!("         Postgres CPU ms a command by pool: {}", by_pool.join(", "));
                     // Without the relay there is no lag to split.
                     if !before_read.is_empty() {
                         let (before_read, read_to_ack) =
@@ -501,7 +515,22 @@ async fn counters(database: &Database) -> anyhow::Result<Counters> {
             &[],
         )
         .await?;
+    // The backends of this database by pool (`connections-commands`, ...):
+    // which kind of work Postgres's CPU went to.
+    let sessions = database
+        .client()
+        .await?
+        .query("SELECT pid, application_name FROM pg_stat_activity WHERE datname = current_database()", &[])
+        .await?;
+    let mut by_pool = BTreeMap::new();
+    for session in sessions {
+        let (pid, name): (i32, String) = (session.get(0), session.get(1));
+        let pool = name.strip_prefix("connections-").unwrap_or("other").to_owned();
+        let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|stat| cpu_of(&stat).1).unwrap_or_default();
+        *by_pool.entry(pool).or_default() += cpu;
+    }
     Ok(Counters {
+        by_pool,
         transactions: row.get(0),
         inserted: row.get(1),
         updated: row.get(2),

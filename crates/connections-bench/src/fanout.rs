@@ -19,8 +19,8 @@ use connections_fanout::relay::{self, RelayConfig};
 use connections_fanout::{Names, Signals};
 use connections_projections::projector::{self, ProjectorConfig};
 use connections_store::{
-    codec, connect_pool, Database, EventLog, LogCursor, Metadata, NewEvent, PipelinedTransaction, StreamAppend,
-    StreamId, StreamVersion,
+    codec, connect_named_pool, connect_pool, Database, EventLog, LogCursor, Metadata, NewEvent, PipelinedTransaction,
+    StreamAppend, StreamId, StreamVersion,
 };
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
@@ -270,7 +270,7 @@ async fn relay_and_projection(
     relay_config.acked = Some(acked_tx);
     // The relay and projector have their own pool, as under `serve`: the
     // load's appends must not queue ahead of them for a connection.
-    let background = connect_pool(url, 4)?.named("background");
+    let background = connect_named_pool(url, 4, "background")?;
     let relay = tokio::spawn(relay::run(background.clone(), relay_config, signals.clone(), stopping.clone()));
     let mut projector_config =
         ProjectorConfig::new(names.clone(), url.to_owned(), super::nats_access(&options.nats_url)?);

@@ -23,7 +23,8 @@ use connections_domain::{AgentId, BindingSource, ConnectionId, Event, OwnerId, S
 use connections_sealing::MasterKey;
 use connections_store::codec::new_events;
 use connections_store::{
-    connect_pool, Database, EventLog, Metadata, PipelinedTransaction, StreamAppend, StreamId, StreamVersion,
+    connect_named_pool, connect_pool, Database, EventLog, Metadata, PipelinedTransaction, StreamAppend, StreamId,
+    StreamVersion,
 };
 use serde_json::json;
 
@@ -72,7 +73,7 @@ struct Shape {
 async fn run_on(url: &str, options: &StreamsOptions) -> anyhow::Result<()> {
     let secret = MasterKey::generate_base64()?.into_bytes();
     let master_key = Arc::new(MasterKey::from_base64("bench", &MasterKey::generate_base64()?)?);
-    let database = connect_pool(url, connections_store::default_pool_size())?.named("commands");
+    let database = connect_named_pool(url, connections_store::default_pool_size(), "commands")?;
     let state = connections_api::AppState::local(
         database.clone(),
         connect_pool(url, 8)?,

@@ -40,11 +40,6 @@ impl Database {
         &self.locations
     }
 
-    /// The same pool, named `name` in metrics (`commands`, `reads`, ...).
-    pub fn named(self, name: &'static str) -> Self {
-        Self { name, ..self }
-    }
-
     /// The underlying pool.
     pub fn pool(&self) -> &Pool {
         &self.pool
@@ -120,13 +115,28 @@ pub fn default_pool_size() -> usize {
     8 * std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
-/// A pool of at most `max_size` connections to `url`.
+/// A pool of at most `max_size` connections to `url` (its sessions'
+/// `application_name` is `connections`).
 pub fn connect_pool(url: &str, max_size: usize) -> Result<Database, StoreError> {
+    build_pool(url, max_size, "connections")
+}
+
+/// Like [`connect_pool`], for the pool of one kind of work (`commands`,
+/// `reads`, `background`): named `name` in metrics, and its sessions'
+/// `application_name` is `connections-<name>`, so that an operator (or a
+/// benchmark) tells them apart in `pg_stat_activity`.
+pub fn connect_named_pool(url: &str, max_size: usize, name: &'static str) -> Result<Database, StoreError> {
+    let mut database = build_pool(url, max_size, &format!("connections-{name}"))?;
+    database.name = name;
+    Ok(database)
+}
+
+fn build_pool(url: &str, max_size: usize, application_name: &str) -> Result<Database, StoreError> {
     let mut config = tokio_postgres::Config::from_str(url)?;
     // The log's durability promise: never acknowledge before the WAL is flushed,
     // whatever the server's or the role's default says.
     config.options("-c synchronous_commit=on");
-    config.application_name("connections");
+    config.application_name(application_name);
     let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
     // A request waits at most this long for a free connection, then gets a
     // transient error (503 with Retry-After), never an unbounded wait.

@@ -30,7 +30,7 @@ mod upkeep;
 
 pub use access_log::Access;
 pub use bystanders::{Bystanders, Registered};
-pub use database::{connect_pool, default_pool_size, ensure_database, Database};
+pub use database::{connect_named_pool, connect_pool, default_pool_size, ensure_database, Database};
 pub use error::StoreError;
 pub use hygiene::CredentialHygiene;
 pub use idempotency::{IdempotencyClaim, StoredResponse};

@@ -46,9 +46,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Three pools, so that no kind of work can starve another: commands
     // and resolves; reads (read API, history, SSE, min_position); the
     // projector and housekeeping.
-    let database = connections_store::connect_pool(&config.database_url, config.pool_size)?.named("commands");
-    let reads = connections_store::connect_pool(&config.database_url, config.read_pool_size)?.named("reads");
-    let background = connections_store::connect_pool(&config.database_url, 4)?.named("background");
+    let database = connections_store::connect_named_pool(&config.database_url, config.pool_size, "commands")?;
+    let reads = connections_store::connect_named_pool(&config.database_url, config.read_pool_size, "reads")?;
+    let background = connections_store::connect_named_pool(&config.database_url, 4, "background")?;
     let providers = match &config.providers_file {
         Some(path) => {
             Providers::load(path).with_context(|| format!("CONNECTIONS_PROVIDERS_FILE {}", path.display()))?

@@ -6,6 +6,7 @@ mod chain;
 mod codec;
 mod follow;
 mod global_order;
+mod pools;
 mod side_tables;
 mod stream_state;
 
