@@ -141,7 +141,6 @@ async fn measure(
     Ok(Summary::new(samples, started.elapsed()))
 }
 
-/// The raw floor's table: a stream id and version per row.
 /// The raw floor's table, as `../shared/peers` (`raw-append`) creates it:
 /// a global position, the (stream, version) key, the event's type and data.
 const RAW_TABLE: &str = "CREATE TABLE bench_raw (global_position bigserial PRIMARY KEY, stream_id uuid NOT NULL, \

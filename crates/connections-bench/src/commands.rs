@@ -506,9 +506,8 @@ impl Owner {
 /// The database's transaction and row counters, and the CPU time of every
 /// Postgres process on this machine (from /proc; zero where unreadable).
 async fn counters(database: &Database) -> anyhow::Result<Counters> {
-    let row = database
-        .client()
-        .await?
+    let client = database.client().await?;
+    let row = client
         .query_one(
             "SELECT xact_commit + xact_rollback, tup_inserted, tup_updated FROM pg_stat_database \
              WHERE datname = current_database()",
@@ -517,9 +516,7 @@ async fn counters(database: &Database) -> anyhow::Result<Counters> {
         .await?;
     // The backends of this database by pool (`connections-commands`, ...):
     // which kind of work Postgres's CPU went to.
-    let sessions = database
-        .client()
-        .await?
+    let sessions = client
         .query("SELECT pid, application_name FROM pg_stat_activity WHERE datname = current_database()", &[])
         .await?;
     let mut by_pool = BTreeMap::new();
