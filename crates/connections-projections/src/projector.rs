@@ -347,6 +347,7 @@ struct Prepared {
     known: tokio_postgres::Statement,
     set_role: tokio_postgres::Statement,
     asynchronous_commit: tokio_postgres::Statement,
+    no_seqscan: tokio_postgres::Statement,
     load_checkpoint: tokio_postgres::Statement,
     advance_checkpoint: tokio_postgres::Statement,
     notify: tokio_postgres::Statement,
@@ -360,6 +361,7 @@ impl Prepared {
             known: EventLog::prepare_count_known(client).await?,
             set_role: client.prepare_cached("SET LOCAL ROLE connections_projector").await?,
             asynchronous_commit: client.prepare_cached("SET LOCAL synchronous_commit = off").await?,
+            no_seqscan: client.prepare_cached("SET LOCAL enable_seqscan = off").await?,
             load_checkpoint: client.prepare_cached(checkpoint::LOAD).await?,
             advance_checkpoint: client.prepare_cached(checkpoint::ADVANCE).await?,
             notify: client.prepare_cached("SELECT pg_notify($1, $2)").await?,
@@ -383,7 +385,10 @@ async fn apply_pipelined(
     let everything = dashboard::Touched::of(facts);
     // Round trip 1, in this order: BEGIN, the transaction's id, the check
     // (as the owner of `events`), the role for the read models, an
-    // asynchronous commit, the checkpoint, the rows. A running transaction
+    // asynchronous commit, no sequential scans (a read model that is small,
+    // or was when last analyzed, was scanned whole on every batch, dead rows
+    // and all: its planned scans now go by key), the checkpoint, the rows.
+    // A running transaction
     // with an id holds back the relay's horizon for every later commit
     // (see EventLog::follow) unless it is registered as a bystander: the id
     // is taken first, and registered as soon as its answer is back, before
@@ -396,12 +401,13 @@ async fn apply_pipelined(
         let id = id.parse().map_err(|_| StoreError::Corrupt(format!("transaction id {id:?}")))?;
         Ok::<_, StoreError>(Some(bystanders.register(id)))
     };
-    let (begun, registered, known, role, asynchronous, checkpoint, model) = futures_util::join!(
+    let (begun, registered, known, role, asynchronous, no_seqscan, checkpoint, model) = futures_util::join!(
         client.batch_execute("BEGIN"),
         registered,
         EventLog::count_known(client, &statements.known, &ids, &positions),
         client.execute(&statements.set_role, &[]),
         client.execute(&statements.asynchronous_commit, &[]),
+        client.execute(&statements.no_seqscan, &[]),
         client.query_opt(&statements.load_checkpoint, &[&DASHBOARD]),
         dashboard::load(client, &everything),
     );
@@ -411,6 +417,7 @@ async fn apply_pipelined(
     let known = known?;
     role.map_err(StoreError::from)?;
     asynchronous.map_err(StoreError::from)?;
+    no_seqscan.map_err(StoreError::from)?;
     let mut model = model?;
     if known != envelopes.len() as i64 {
         return Err(ProjectorError::ForeignStream);
