@@ -388,12 +388,11 @@ async fn apply_pipelined(
     // asynchronous commit, no sequential scans (a read model that is small,
     // or was when last analyzed, was scanned whole on every batch, dead rows
     // and all: its planned scans now go by key), the checkpoint, the rows.
-    // A running transaction
-    // with an id holds back the relay's horizon for every later commit
-    // (see EventLog::follow) unless it is registered as a bystander: the id
-    // is taken first, and registered as soon as its answer is back, before
-    // the writes of the second round trip, for as long as the transaction
-    // runs.
+    // A running transaction with an id holds back the relay's horizon for
+    // every later commit (see EventLog::follow) unless it is registered as
+    // a bystander: the id is taken first, and registered as soon as its
+    // answer is back, before the writes of the second round trip, for as
+    // long as the transaction runs.
     let registered = async {
         let Some(bystanders) = bystanders else { return Ok(None) };
         let row = client.query_one(&statements.transaction_id, &[]).await.map_err(StoreError::from)?;
