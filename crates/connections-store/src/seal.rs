@@ -33,7 +33,7 @@ pub(crate) async fn seal_unchained(client: &mut Client) -> Result<u64, StoreErro
                     let hash = chain::recorded_event_hash(&previous, &event);
                     transaction
                         .execute(
-                            "UPDATE events SET previous_hash = $1, hash = $2 WHERE position = $3",
+                            "UPDATE events SET previous_hash = $1::bytea, hash = $2::bytea WHERE position = $3",
                             &[&previous.0.as_slice(), &hash.0.as_slice(), &event.position],
                         )
                         .await?;
@@ -66,7 +66,7 @@ pub(crate) async fn seal_unchained(client: &mut Client) -> Result<u64, StoreErro
                     let hash = chain::access_hash(&previous, &content, access_id, accessed_at);
                     transaction
                         .execute(
-                            "UPDATE access_log SET previous_hash = $1, hash = $2 WHERE access_id = $3",
+                            "UPDATE access_log SET previous_hash = $1::bytea, hash = $2::bytea WHERE access_id = $3",
                             &[&previous.0.as_slice(), &hash.0.as_slice(), &access_id],
                         )
                         .await?;

@@ -90,14 +90,51 @@ async fn access_records_are_chained_per_connection() {
 }
 
 #[tokio::test]
+async fn the_logs_refuse_a_hash_of_the_wrong_length_and_versions_below_one() {
+    let db = TestDatabase::new().await;
+    let sql = db.client().await;
+    let zeros = "decode(repeat('00', 32), 'hex')";
+    let short = "decode('00', 'hex')";
+    let insert = |stream_version: i64, schema_version: i32, hash: &str| {
+        format!(
+            "INSERT INTO events (event_id, stream_id, stream_version, event_type, schema_version, data, metadata, \
+             previous_hash, hash) VALUES (gen_random_uuid(), 'owner-service/o/svc', {stream_version}, 'test_event', \
+             {schema_version}, '{{}}', '{{}}', {zeros}, {hash})"
+        )
+    };
+    for (what, statement) in [
+        ("a short hash", insert(1, 1, short)),
+        ("stream version 0", insert(0, 1, zeros)),
+        ("schema version 0", insert(1, 0, zeros)),
+        (
+            "a short access hash",
+            format!(
+                "INSERT INTO access_log (connection_id, credential_version, agent_id, owner_id, request_id, \
+                 previous_hash, hash) VALUES (gen_random_uuid(), 1, 'agent', 'owner', gen_random_uuid(), {zeros}, {short})"
+            ),
+        ),
+    ] {
+        let error = sql.batch_execute(&statement).await.expect_err(what);
+        let code = error.as_db_error().map(|e| e.code().code().to_owned());
+        assert_eq!(code.as_deref(), Some("23514"), "{what}: {error:?}");
+    }
+    let stored: i64 = sql
+        .query_one("SELECT (SELECT count(*) FROM events) + (SELECT count(*) FROM access_log)", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(stored, 0, "nothing refused is stored");
+    sql.batch_execute(&insert(1, 1, zeros)).await.expect("a well-formed row is taken");
+}
+
+#[tokio::test]
 async fn migrate_seals_rows_written_before_chaining_and_later_appends_chain_onto_them() {
     let db = TestDatabase::new().await;
     let sql = db.client().await;
-    // Rows as a server before V6 wrote them: no hashes.
+    // Rows as a server before V6 wrote them: no hashes (a NULL hash
+    // passes the `chain_hash` domain, as it passed V6's check).
     sql.batch_execute(
-        "ALTER TABLE events DROP CONSTRAINT events_chained; \
-         ALTER TABLE access_log DROP CONSTRAINT access_log_chained; \
-         INSERT INTO events (event_id, stream_id, stream_version, event_type, schema_version, data, metadata) VALUES \
+        "INSERT INTO events (event_id, stream_id, stream_version, event_type, schema_version, data, metadata) VALUES \
            (gen_random_uuid(), 'owner-service/old/svc', 1, 'test_event', 1, '{\"n\": 1}', '{\"actor\": \"a\"}'), \
            (gen_random_uuid(), 'owner-service/old/svc', 2, 'test_event', 1, '{\"n\": 2}', '{\"actor\": \"a\"}'); \
          INSERT INTO access_log (connection_id, credential_version, agent_id, owner_id, request_id) VALUES \
