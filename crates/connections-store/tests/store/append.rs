@@ -39,6 +39,31 @@ async fn a_stale_expected_version_is_a_typed_conflict_and_writes_nothing() {
 }
 
 #[tokio::test]
+async fn a_stale_append_of_several_events_is_a_conflict_and_writes_nothing() {
+    let db = TestDatabase::new().await;
+    let mut client = db.database.pool().get().await.expect("pool connection");
+    let tx = client.transaction().await.expect("begin");
+    EventLog::append(&tx, &[append_to("s-1", 0, vec![event(1)])], &metadata()).await.expect("first append");
+    tx.commit().await.expect("commit");
+
+    // One statement an event: the second expects version 1, which the
+    // stream is at, but the first's refusal fails the whole append.
+    let tx = client.transaction().await.expect("begin");
+    let stale = EventLog::append(&tx, &[append_to("s-1", 0, vec![event(2), event(3)])], &metadata()).await;
+    assert!(matches!(stale, Err(StoreError::Conflict { .. })), "expected a conflict, got {stale:?}");
+    drop(tx);
+    let (events, version) = EventLog::read_stream(&client, &crate::stream("s-1")).await.expect("read stream");
+    assert_eq!((events.len(), version), (1, StreamVersion(1)), "a conflicting append must write nothing");
+
+    let tx = client.transaction().await.expect("begin");
+    EventLog::append(&tx, &[append_to("s-1", 1, vec![event(2), event(3)])], &metadata()).await.expect("append");
+    tx.commit().await.expect("commit");
+    let (events, _) = EventLog::read_stream(&client, &crate::stream("s-1")).await.expect("read stream");
+    assert_eq!(events.iter().map(|e| e.stream_version).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert!(events.windows(2).all(|pair| pair[0].position < pair[1].position), "positions follow versions");
+}
+
+#[tokio::test]
 async fn concurrent_appends_at_the_same_version_let_exactly_one_win() {
     let db = TestDatabase::new().await;
     let mut tasks = Vec::new();
