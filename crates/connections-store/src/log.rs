@@ -6,6 +6,7 @@ use connections_domain::{OwnerId, ServiceName};
 use deadpool_postgres::GenericClient;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
@@ -209,27 +210,32 @@ const APPEND: &str = "SELECT connections_append($1, $2, $3, $4, $5, $6, $7, $8)"
 /// The same for one event, as a single statement (the function's call
 /// costs about a quarter of an append's throughput); an append of several
 /// events with an expected version is one of these an event. Parameters as
-/// for [`APPEND`], arrays of one.
+/// for [`APPEND`], arrays of one, and `$9`: whether the event continues the
+/// same append as the stream's head, which this transaction wrote (it then
+/// takes the head's `recorded_at`, so that one command's events share
+/// their instant, as they do in one call of the function).
 const APPEND_ONE: &str = "WITH head AS ( \
         SELECT stream_version, hash, transaction_id, recorded_at FROM events WHERE stream_id = $1 \
         ORDER BY stream_version DESC LIMIT 1), \
     previous AS ( \
         SELECT coalesce(head.stream_version, 0) AS version, \
-            CASE WHEN head.stream_version IS NULL THEN decode(repeat('00', 32), 'hex') ELSE head.hash END AS hash \
+            CASE WHEN head.stream_version IS NULL THEN decode(repeat('00', 32), 'hex') ELSE head.hash END AS hash, \
+            CASE WHEN $9::bool THEN head.recorded_at ELSE statement_timestamp() END AS recorded_at \
         FROM (SELECT) AS one LEFT JOIN head ON true \
         WHERE ($2::int8 IS NULL OR coalesce(head.stream_version, 0) = $2) \
           AND (head.transaction_id IS NULL OR head.transaction_id <= pg_current_xact_id()) \
-          AND (head.recorded_at IS NULL OR head.recorded_at <= statement_timestamp())), \
+          AND (head.recorded_at IS NULL OR head.recorded_at <= statement_timestamp()) \
+          AND (NOT $9::bool OR head.transaction_id = pg_current_xact_id())), \
     place AS ( \
         SELECT nextval('events_position_seq'::regclass) AS position, \
-            pg_current_xact_id()::text::int8 AS transaction_id, \
-            (extract(epoch FROM statement_timestamp()) * 1000000)::int8 AS micros) \
+            pg_current_xact_id()::text::int8 AS transaction_id) \
     INSERT INTO events (position, event_id, stream_id, stream_version, event_type, schema_version, data, metadata, \
         recorded_at, previous_hash, hash) OVERRIDING SYSTEM VALUE \
     SELECT place.position, ($3::uuid[])[1], $1, previous.version + 1, ($4::text[])[1], ($5::int4[])[1], \
-        ($6::jsonb[])[1], $7::jsonb, statement_timestamp(), previous.hash, \
+        ($6::jsonb[])[1], $7::jsonb, previous.recorded_at, previous.hash, \
         sha256(previous.hash || ($8::bytea[])[1] || int8send(previous.version + 1) || int8send(place.position) \
-            || int8send(place.transaction_id) || int8send(place.micros)) \
+            || int8send(place.transaction_id) \
+            || int8send((extract(epoch FROM previous.recorded_at) * 1000000)::int8)) \
     FROM previous, place \
     RETURNING position";
 
@@ -274,18 +280,18 @@ impl EventLog {
         let single = if uses_one { Some(transaction.prepare_cached(APPEND_ONE).await?) } else { None };
         let several = if uses_several { Some(transaction.prepare_cached(APPEND).await?) } else { None };
         let calls = appends.iter().filter(|append| !append.events.is_empty()).flat_map(|append| {
-            let calls: Vec<(&[NewEvent], Option<i64>)> = match (by_event(append), append.expected_version) {
+            let calls: Vec<(&[NewEvent], Option<i64>, bool)> = match (by_event(append), append.expected_version) {
                 (true, Some(expected)) => append
                     .events
                     .iter()
                     .enumerate()
-                    .map(|(k, event)| (std::slice::from_ref(event), Some(expected.0 as i64 + k as i64)))
+                    .map(|(k, event)| (std::slice::from_ref(event), Some(expected.0 as i64 + k as i64), k > 0))
                     .collect(),
-                _ => vec![(append.events.as_slice(), append.expected_version.map(|v| v.0 as i64))],
+                _ => vec![(append.events.as_slice(), append.expected_version.map(|v| v.0 as i64), false)],
             };
-            calls.into_iter().map(move |(events, expected)| (append, events, expected))
+            calls.into_iter().map(move |(events, expected, continues)| (append, events, expected, continues))
         });
-        let inserts = calls.map(|(append, events, expected)| {
+        let inserts = calls.map(|(append, events, expected, continues)| {
             let statement = if events.len() == 1 { single.as_ref() } else { several.as_ref() }.expect("prepared above");
             let metadata = &metadata;
             async move {
@@ -307,20 +313,13 @@ impl EventLog {
                     })
                     .collect();
                 let conflict = || StoreError::Conflict { stream_id: append.stream_id.as_str().to_owned() };
+                let stream_id = append.stream_id.as_str();
+                let params: [&(dyn ToSql + Sync); 9] =
+                    [&stream_id, &expected, &ids, &types, &schema_versions, &data, metadata, &contents, &continues];
+                // The function takes the first eight.
+                let params = if events.len() == 1 { &params[..] } else { &params[..8] };
                 let rows = transaction
-                    .query(
-                        statement,
-                        &[
-                            &append.stream_id.as_str(),
-                            &expected,
-                            &ids,
-                            &types,
-                            &schema_versions,
-                            &data,
-                            metadata,
-                            &contents,
-                        ],
-                    )
+                    .query(statement, params)
                     .await
                     .map_err(StoreError::raced_on(append.stream_id.as_str()))?;
                 // No row means the stream was not at the expected version.

@@ -61,6 +61,8 @@ async fn a_stale_append_of_several_events_is_a_conflict_and_writes_nothing() {
     let (events, _) = EventLog::read_stream(&client, &crate::stream("s-1")).await.expect("read stream");
     assert_eq!(events.iter().map(|e| e.stream_version).collect::<Vec<_>>(), vec![1, 2, 3]);
     assert!(events.windows(2).all(|pair| pair[0].position < pair[1].position), "positions follow versions");
+    assert_eq!(events[1].recorded_at, events[2].recorded_at, "one append's events share their instant");
+    assert!(events[0].recorded_at < events[1].recorded_at);
 }
 
 #[tokio::test]
