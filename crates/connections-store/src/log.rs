@@ -274,24 +274,22 @@ impl EventLog {
         // transaction). Under load that is cheaper than the PL/pgSQL
         // function, which is left for appends after whatever the stream
         // holds (no expected version: the events must still be contiguous).
-        let by_event = |append: &StreamAppend| append.expected_version.is_some() || append.events.len() == 1;
-        let uses_one = appends.iter().any(|a| !a.events.is_empty() && by_event(a));
-        let uses_several = appends.iter().any(|a| !a.events.is_empty() && !by_event(a));
-        let single = if uses_one { Some(transaction.prepare_cached(APPEND_ONE).await?) } else { None };
-        let several = if uses_several { Some(transaction.prepare_cached(APPEND).await?) } else { None };
-        let calls = appends.iter().filter(|append| !append.events.is_empty()).flat_map(|append| {
-            let calls: Vec<(&[NewEvent], Option<i64>, bool)> = match (by_event(append), append.expected_version) {
-                (true, Some(expected)) => append
-                    .events
-                    .iter()
-                    .enumerate()
-                    .map(|(k, event)| (std::slice::from_ref(event), Some(expected.0 as i64 + k as i64), k > 0))
-                    .collect(),
-                _ => vec![(append.events.as_slice(), append.expected_version.map(|v| v.0 as i64), false)],
-            };
-            calls.into_iter().map(move |(events, expected, continues)| (append, events, expected, continues))
-        });
-        let inserts = calls.map(|(append, events, expected, continues)| {
+        // Each statement: its stream's append, the events it inserts, the
+        // version it expects, and whether it continues the one before.
+        let mut calls: Vec<(&StreamAppend, &[NewEvent], Option<i64>, bool)> = Vec::new();
+        for append in appends.iter().filter(|append| !append.events.is_empty()) {
+            match append.expected_version {
+                Some(expected) => calls.extend(append.events.iter().enumerate().map(|(k, event)| {
+                    (append, std::slice::from_ref(event), Some((expected.0 + k as u64) as i64), k > 0)
+                })),
+                None => calls.push((append, append.events.as_slice(), None, false)),
+            }
+        }
+        // Prepare (look up in the cache) only the statements this call uses.
+        let uses = |one: bool| calls.iter().any(|(_, events, ..)| (events.len() == 1) == one);
+        let single = if uses(true) { Some(transaction.prepare_cached(APPEND_ONE).await?) } else { None };
+        let several = if uses(false) { Some(transaction.prepare_cached(APPEND).await?) } else { None };
+        let inserts = calls.into_iter().map(|(append, events, expected, continues)| {
             let statement = if events.len() == 1 { single.as_ref() } else { several.as_ref() }.expect("prepared above");
             let metadata = &metadata;
             async move {
