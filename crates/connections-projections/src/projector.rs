@@ -192,12 +192,7 @@ async fn session(
         // is shared by more. Only what is already here: a yield to let more
         // arrive took 3 to 20 ms on a loaded machine, each time (the task
         // queues behind every other), and put the mix's lag p99 over 50 ms.
-        while chunk.len() < config.batch {
-            match messages.next().now_or_never() {
-                Some(Some(more)) => chunk.extend(more),
-                _ => break,
-            }
-        }
+        gather(&mut chunk, &mut messages, config.batch);
         let batch = chunk.into_iter().collect::<Result<Vec<_>, _>>().map_err(nats_error)?;
         let Some(last) = batch.last() else { continue };
         let mut envelopes = Vec::with_capacity(batch.len());
@@ -238,6 +233,17 @@ async fn session(
             Err(other) => return Err(other),
         }
         last.ack().await.map_err(nats_error)?;
+    }
+}
+
+/// Adds to `chunk` what `messages` already holds, until it has `batch`
+/// messages or more; never waits for more to come.
+fn gather<T>(chunk: &mut Vec<T>, messages: &mut (impl futures_util::Stream<Item = Vec<T>> + Unpin), batch: usize) {
+    while chunk.len() < batch {
+        match messages.next().now_or_never() {
+            Some(Some(more)) => chunk.extend(more),
+            _ => break,
+        }
     }
 }
 
@@ -482,6 +488,24 @@ mod tests {
 
     fn at(millis: i64) -> chrono::DateTime<chrono::Utc> {
         chrono::DateTime::from_timestamp_millis(1_700_000_000_000 + millis).expect("a valid time")
+    }
+
+    #[test]
+    fn gathering_takes_what_has_arrived_and_never_waits_for_more() {
+        let mut arrived = futures_util::stream::iter(1..=3).chain(futures_util::stream::pending()).ready_chunks(2);
+        let mut chunk = vec![0];
+        gather(&mut chunk, &mut arrived, 10);
+        assert_eq!(chunk, [0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn gathering_stops_once_a_batch_is_full() {
+        let mut arrived = futures_util::stream::iter(1..=9).ready_chunks(2);
+        let mut chunk = vec![0];
+        gather(&mut chunk, &mut arrived, 4);
+        assert_eq!(chunk, [0, 1, 2, 3, 4]);
+        gather(&mut Vec::new(), &mut arrived, 0);
+        assert_eq!(arrived.next().now_or_never(), Some(Some(vec![5, 6])));
     }
 
     #[test]
