@@ -26,9 +26,7 @@ async fn appends_are_read_back_in_stream_order_with_versions() {
 async fn a_stale_expected_version_is_a_typed_conflict_and_writes_nothing() {
     let db = TestDatabase::new().await;
     let mut client = db.database.pool().get().await.expect("pool connection");
-    let tx = client.transaction().await.expect("begin");
-    EventLog::append(&tx, &[append_to("s-1", 0, vec![event(1)])], &metadata()).await.expect("first append");
-    tx.commit().await.expect("commit");
+    crate::commit(&db, &[append_to("s-1", 0, vec![event(1)])]).await;
 
     let tx = client.transaction().await.expect("begin");
     let stale = EventLog::append(&tx, &[append_to("s-1", 0, vec![event(2)])], &metadata()).await;
@@ -42,9 +40,7 @@ async fn a_stale_expected_version_is_a_typed_conflict_and_writes_nothing() {
 async fn a_stale_append_of_several_events_is_a_conflict_and_writes_nothing() {
     let db = TestDatabase::new().await;
     let mut client = db.database.pool().get().await.expect("pool connection");
-    let tx = client.transaction().await.expect("begin");
-    EventLog::append(&tx, &[append_to("s-1", 0, vec![event(1)])], &metadata()).await.expect("first append");
-    tx.commit().await.expect("commit");
+    crate::commit(&db, &[append_to("s-1", 0, vec![event(1)])]).await;
 
     // One statement an event: the second expects version 1, which the
     // stream is at, but the first's refusal fails the whole append.
@@ -55,9 +51,7 @@ async fn a_stale_append_of_several_events_is_a_conflict_and_writes_nothing() {
     let (events, version) = EventLog::read_stream(&client, &crate::stream("s-1")).await.expect("read stream");
     assert_eq!((events.len(), version), (1, StreamVersion(1)), "a conflicting append must write nothing");
 
-    let tx = client.transaction().await.expect("begin");
-    EventLog::append(&tx, &[append_to("s-1", 1, vec![event(2), event(3)])], &metadata()).await.expect("append");
-    tx.commit().await.expect("commit");
+    crate::commit(&db, &[append_to("s-1", 1, vec![event(2), event(3)])]).await;
     let (events, _) = EventLog::read_stream(&client, &crate::stream("s-1")).await.expect("read stream");
     assert_eq!(events.iter().map(|e| e.stream_version).collect::<Vec<_>>(), vec![1, 2, 3]);
     assert!(events.windows(2).all(|pair| pair[0].position < pair[1].position), "positions follow versions");
@@ -95,9 +89,7 @@ async fn concurrent_appends_at_the_same_version_let_exactly_one_win() {
 async fn a_multi_stream_append_is_all_or_nothing() {
     let db = TestDatabase::new().await;
     let mut client = db.database.pool().get().await.expect("pool connection");
-    let tx = client.transaction().await.expect("begin");
-    EventLog::append(&tx, &[append_to("b", 0, vec![event(1)])], &metadata()).await.expect("seed b");
-    tx.commit().await.expect("commit");
+    crate::commit(&db, &[append_to("b", 0, vec![event(1)])]).await;
 
     // The first stream is fine, the second is stale: neither may be written.
     let tx = client.transaction().await.expect("begin");
@@ -109,11 +101,7 @@ async fn a_multi_stream_append_is_all_or_nothing() {
     let (a, _) = EventLog::read_stream(&client, &crate::stream("a")).await.expect("read a");
     assert!(a.is_empty(), "stream a must not keep half of a failed command");
 
-    let tx = client.transaction().await.expect("begin");
-    EventLog::append(&tx, &[append_to("a", 0, vec![event(4)]), append_to("b", 1, vec![event(5)])], &metadata())
-        .await
-        .expect("both streams at their versions");
-    tx.commit().await.expect("commit");
+    crate::commit(&db, &[append_to("a", 0, vec![event(4)]), append_to("b", 1, vec![event(5)])]).await;
     let client = db.client().await;
     let count: i64 = client.query_one("SELECT count(*) FROM events", &[]).await.expect("count").get(0);
     assert_eq!(count, 3);
@@ -122,10 +110,7 @@ async fn a_multi_stream_append_is_all_or_nothing() {
 #[tokio::test]
 async fn the_log_refuses_update_delete_and_truncate() {
     let db = TestDatabase::new().await;
-    let mut client = db.database.pool().get().await.expect("pool connection");
-    let tx = client.transaction().await.expect("begin");
-    EventLog::append(&tx, &[append_to("s", 0, vec![event(1)])], &metadata()).await.expect("append");
-    tx.commit().await.expect("commit");
+    crate::commit(&db, &[append_to("s", 0, vec![event(1)])]).await;
     let sql = db.client().await;
     for statement in ["UPDATE events SET data = '{}'", "DELETE FROM events", "TRUNCATE events"] {
         let error = sql.batch_execute(statement).await.expect_err("the log is append-only");

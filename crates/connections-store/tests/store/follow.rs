@@ -10,10 +10,7 @@ use crate::{append_to, event, metadata, stream};
 
 /// Appends `count` events to `name`'s stream in a transaction of its own.
 async fn commit_events(db: &TestDatabase, name: &str, count: u64) {
-    let mut client = db.database.pool().get().await.expect("pool connection");
-    let tx = client.transaction().await.expect("begin");
-    EventLog::append(&tx, &[append_to(name, 0, (0..count).map(event).collect())], &metadata()).await.expect("append");
-    tx.commit().await.expect("commit");
+    crate::commit(db, &[append_to(name, 0, (0..count).map(event).collect())]).await;
 }
 
 async fn follow(db: &TestDatabase, cursor: LogCursor, limit: i64, bystanders: &[i64]) -> Following {

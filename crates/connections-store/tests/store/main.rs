@@ -10,7 +10,8 @@ mod pools;
 mod side_tables;
 mod stream_state;
 
-use connections_store::{Metadata, NewEvent, StreamAppend, StreamId, StreamVersion};
+use connections_store::{EventLog, Metadata, NewEvent, StreamAppend, StreamId, StreamVersion};
+use connections_testkit::TestDatabase;
 use serde_json::json;
 
 fn metadata() -> Metadata {
@@ -29,4 +30,12 @@ fn stream(name: &str) -> StreamId {
 
 fn append_to(name: &str, expected: u64, events: Vec<NewEvent>) -> StreamAppend {
     StreamAppend { stream_id: stream(name), expected_version: Some(StreamVersion(expected)), events }
+}
+
+/// Appends in a transaction of its own, and commits it.
+async fn commit(db: &TestDatabase, appends: &[StreamAppend]) {
+    let mut client = db.database.pool().get().await.expect("pool connection");
+    let tx = client.transaction().await.expect("begin");
+    EventLog::append(&tx, appends, &metadata()).await.expect("append");
+    tx.commit().await.expect("commit");
 }
