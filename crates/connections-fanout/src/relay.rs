@@ -136,121 +136,138 @@ async fn session(
     config: &RelayConfig,
     signals: &Signals,
     leader: Leader,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<(), RelayError> {
-    let shutdown = &mut shutdown;
     let Leader { listener, nats: client, .. } = leader;
     let context = jetstream::new(client);
     let mut stream = ensure_stream(&context, &config.names, config.replicas).await?;
     let notices_stream = ensure_notices_stream(&context, &config.names, config.replicas).await?;
-    let (mut cursor, mut last_sequence) = resume_point(database, &context, &mut stream, config).await?;
+    let (cursor, last_sequence) = resume_point(database, &context, &mut stream, config).await?;
     tracing::info!(?cursor, last_sequence, "relay leading");
-    let connection = database.pool().get().await.map_err(StoreError::from)?;
-    let mut noticed_early = HashSet::new();
-    // The last batch sent whose acks are still being awaited: the next read
-    // runs while they arrive, so a commit waits for one round trip, not two.
-    let mut in_flight: Option<Settling<'_>> = None;
-    // The cursor of the last event sent (`cursor` is the last acked).
-    let mut sent = cursor;
-    loop {
-        if !listener.is_alive() {
-            return Err(RelayError::LostLeadership);
-        }
-        // A wake-up kept from a commit that this read will see would only
-        // bring an empty read: drop it. A commit from now on keeps another.
-        let _ = signals.appended.notified().now_or_never();
-        let reading = Instant::now();
-        let bystanders = signals.bystanders.ids();
-        let follow = EventLog::follow(&connection, sent, config.batch, &bystanders);
-        let following = match in_flight.take() {
-            None => follow.await,
-            Some(acks) => {
-                let (following, settled) = futures_util::future::join(follow, acks).await;
-                (cursor, last_sequence) = settled?;
-                following
+    // Batches are published without waiting for the acks of the ones
+    // before (the fencing header orders them); the settler awaits the acks
+    // in order alongside, in this same task.
+    let (to_settle, batches) = mpsc::channel(BATCHES_IN_FLIGHT);
+    let (stop, stopped) = watch::channel(false);
+    let publisher = Publisher { database, config, signals, listener: &listener, context: &context, notices_stream };
+    let publishing = publisher.run(cursor, last_sequence, to_settle, stopped, shutdown);
+    let settler = Settler { context: &context, config, stop };
+    let (published, settled) = futures_util::future::join(publishing, settler.run(batches, last_sequence)).await;
+    // The settler's error first: a refused publish is why the publisher stopped.
+    settled.and(published)
+}
+
+/// Batches sent whose acks the settler has not begun to await, at most: a
+/// read waits for the acks of the batch two before it, not of the last one.
+const BATCHES_IN_FLIGHT: usize = 1;
+
+/// Reads the log and publishes its events (with their notices first).
+struct Publisher<'a> {
+    database: &'a Database,
+    config: &'a RelayConfig,
+    signals: &'a Signals,
+    listener: &'a crate::listener::LogListener,
+    context: &'a jetstream::Context,
+    notices_stream: stream::Stream,
+}
+
+impl Publisher<'_> {
+    /// Publishes from `sent` (the stream at `last_sequence`) until shutdown
+    /// (`Ok`), until the settler stops it (`Ok`: the settler
+    /// says why), or until a failure.
+    async fn run(
+        self,
+        mut sent: LogCursor,
+        mut last_sequence: u64,
+        to_settle: mpsc::Sender<InFlight>,
+        mut stopped: watch::Receiver<bool>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), RelayError> {
+        let Self { database, config, signals, listener, context, .. } = self;
+        let connection = database.pool().get().await.map_err(StoreError::from)?;
+        let mut noticed_early = HashSet::new();
+        let notices =
+            Notices { context, stream: &self.notices_stream, names: &config.names, stored: &signals.stored_notices };
+        loop {
+            if !listener.is_alive() {
+                return Err(RelayError::LostLeadership);
             }
-        };
-        let Following { events: batch, held_back } = following?;
-        let read = Instant::now();
-        let found = match (batch.is_empty(), held_back) {
-            (false, _) => "events",
-            (true, true) => "held_back",
-            (true, false) => "nothing",
-        };
-        connections_metrics::RELAY_READS.inc(&[found]);
-        if batch.is_empty() {
-            // Committed events that wait behind an older running transaction:
-            // if that one appends, its commit wakes us; if it is some other
-            // transaction, look again after a millisecond rather than wait
-            // for a wake-up that has already come.
-            let pause = if held_back { Duration::from_millis(1) } else { config.poll_interval };
-            if wait_for_commit(signals, pause, shutdown).await {
+            if *stopped.borrow() {
                 return Ok(());
             }
-            continue;
-        }
-        // A full batch may end inside a large transaction: a revoke ending a
-        // thousand bindings puts its revocation last. Its notice goes out
-        // now, not a batch later (and is not repeated when its batch comes).
-        let ahead = match (batch.len() as i64 == config.batch, batch.last()) {
-            (true, Some(last)) => EventLog::read_rest_of_transaction(&connection, last.cursor(), URGENT).await?,
-            _ => Vec::new(),
-        };
-        let notices = Notices {
-            context: &context,
-            stream: &notices_stream,
-            names: &config.names,
-            stored: &signals.stored_notices,
-        };
-        notices.publish(&ahead, &batch, cursor, &mut noticed_early).await?;
-        // Pipeline the batch: publish all, then await the acks in order. The
-        // fencing header makes the server refuse anything out of sequence.
-        let short = (batch.len() as i64) < config.batch;
-        let mut pending = Vec::with_capacity(batch.len());
-        let mut previous = (cursor != LogCursor::default()).then_some(cursor);
-        for (offset, event) in batch.into_iter().enumerate() {
-            let sending = Sending { cursor: event.cursor(), recorded_at: event.recorded_at };
-            let envelope = envelope_from(event, previous).ok_or(RelayError::Unroutable(sending.cursor.position))?;
-            let expected = last_sequence + offset as u64;
-            let message = publish_message(&envelope, expected);
-            let subject = config.names.event_subject(&envelope.owner, &envelope.service, &envelope.event_type);
-            pending.push((sending, expected, context.send_publish(subject, message).await.map_err(nats_error)?));
-            previous = Some(sending.cursor);
-        }
-        sent = pending.last().map(|(sending, ..)| sending.cursor).unwrap_or(sent);
-        let acks = InFlight { context: &context, config, pending, reading, read, start: (cursor, last_sequence) };
-        // A short batch with nothing held back was everything committed
-        // before the read: wait for the next commit (kept while we
-        // published), settling the acks meanwhile. A commit that comes first
-        // is read while they arrive.
-        let mut acks: Settling<'_> = Box::pin(acks.settle());
-        if !short || held_back {
-            in_flight = Some(acks);
-            continue;
-        }
-        let mut settled = false;
-        let pause = tokio::time::sleep(config.poll_interval);
-        tokio::pin!(pause);
-        loop {
-            tokio::select! {
-                outcome = &mut acks, if !settled => {
-                    (cursor, last_sequence) = outcome?;
-                    settled = true;
+            // A wake-up kept from a commit that this read will see would only
+            // bring an empty read: drop it. A commit from now on keeps another.
+            let _ = signals.appended.notified().now_or_never();
+            let reading = Instant::now();
+            let bystanders = signals.bystanders.ids();
+            let Following { events: batch, held_back } =
+                EventLog::follow(&connection, sent, config.batch, &bystanders).await?;
+            let read = Instant::now();
+            let found = match (batch.is_empty(), held_back) {
+                (false, _) => "events",
+                (true, true) => "held_back",
+                (true, false) => "nothing",
+            };
+            connections_metrics::RELAY_READS.inc(&[found]);
+            // A short batch with nothing held back was everything committed
+            // before the read: then wait for the next commit. Committed
+            // events that wait behind an older running transaction: if that
+            // one appends, its commit wakes us; if it is some other
+            // transaction, look again after a millisecond rather than wait
+            // for a wake-up that has already come.
+            let pause = match (batch.is_empty(), (batch.len() as i64) < config.batch, held_back) {
+                (true, _, true) => Some(Duration::from_millis(1)),
+                (_, true, false) => Some(config.poll_interval),
+                _ => None,
+            };
+            if !batch.is_empty() {
+                // A full batch may end inside a large transaction: a revoke
+                // ending a thousand bindings puts its revocation last. Its
+                // notice goes out now, not a batch later (and is not repeated
+                // when its batch comes).
+                let ahead = match (batch.len() as i64 == config.batch, batch.last()) {
+                    (true, Some(last)) => {
+                        EventLog::read_rest_of_transaction(&connection, last.cursor(), URGENT).await?
+                    }
+                    _ => Vec::new(),
+                };
+                notices.publish(&ahead, &batch, sent, &mut noticed_early).await?;
+                // Publish the whole batch, then hand its acks to the settler.
+                // The fencing header makes the server refuse anything out of
+                // sequence.
+                let mut pending = Vec::with_capacity(batch.len());
+                let mut previous = (sent != LogCursor::default()).then_some(sent);
+                for event in batch {
+                    if *stopped.borrow() {
+                        break;
+                    }
+                    let sending = Sending { cursor: event.cursor(), recorded_at: event.recorded_at };
+                    let envelope =
+                        envelope_from(event, previous).ok_or(RelayError::Unroutable(sending.cursor.position))?;
+                    let message = publish_message(&envelope, last_sequence);
+                    let subject = config.names.event_subject(&envelope.owner, &envelope.service, &envelope.event_type);
+                    let ack = context.send_publish(subject, message).await.map_err(nats_error)?;
+                    pending.push((sending, last_sequence, ack));
+                    previous = Some(sending.cursor);
+                    sent = sending.cursor;
+                    last_sequence += 1;
                 }
-                _ = signals.appended.notified() => break,
-                _ = &mut pause => break,
-                _ = shutdown.changed() => return Ok(()),
+                // A closed settler has ended the session with its error.
+                if to_settle.send(InFlight { pending, reading, read }).await.is_err() {
+                    return Ok(());
+                }
             }
-        }
-        if !settled {
-            in_flight = Some(acks);
+            if let Some(pause) = pause {
+                tokio::select! {
+                    _ = signals.appended.notified() => {}
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = stopped.changed() => {}
+                    _ = shutdown.changed() => return Ok(()),
+                }
+            }
         }
     }
 }
-
-/// The acks of a batch being awaited ([`InFlight::settle`]).
-type Settling<'a> =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(LogCursor, u64), RelayError>> + Send + 'a>>;
 
 /// What settling a publish needs of its event (the event itself moved
 /// into its envelope).
@@ -261,75 +278,82 @@ struct Sending {
 }
 
 /// A batch sent to the events stream whose acks are awaited.
-struct InFlight<'a> {
-    context: &'a jetstream::Context,
-    config: &'a RelayConfig,
+struct InFlight {
     /// Each publish's event, expected last sequence and ack.
     pending: Vec<(Sending, u64, jetstream::context::PublishAckFuture)>,
     /// When the read that found the batch was sent, and when it came back.
     reading: Instant,
     read: Instant,
-    /// The cursor and stream sequence before the batch.
-    start: (LogCursor, u64),
 }
 
-impl InFlight<'_> {
-    /// Awaits the acks in order: the cursor and stream sequence after the
-    /// batch, or why the session must end.
-    async fn settle(self) -> Result<(LogCursor, u64), RelayError> {
-        let Self { context, config, pending, reading, read, start: (mut cursor, mut last_sequence) } = self;
+/// Awaits the acks of every batch sent, in order.
+struct Settler<'a> {
+    context: &'a jetstream::Context,
+    config: &'a RelayConfig,
+    /// Turned true when a publish was refused, or when settling ended:
+    /// the publisher stops.
+    stop: watch::Sender<bool>,
+}
+
+impl Settler<'_> {
+    /// Settles batches until the publisher stops and every batch it sent is
+    /// settled (`Ok`), or why the session must end. After a refused
+    /// publish, the acks of everything sent after it are still awaited: if
+    /// the stream took any of them, something else took the refused one's
+    /// place, and the stream is deleted to be refilled from the log.
+    async fn run(self, batches: mpsc::Receiver<InFlight>, last_sequence: u64) -> Result<(), RelayError> {
+        let settled = self.settle(batches, last_sequence).await;
+        // However it ended, the publisher stops (it may be waiting for a commit).
+        self.stop.send_replace(true);
+        settled
+    }
+
+    async fn settle(&self, mut batches: mpsc::Receiver<InFlight>, mut last_sequence: u64) -> Result<(), RelayError> {
+        let Self { context, config, stop } = self;
         let mut refused = None;
-        for (event, expected, ack) in pending {
-            let ack = ack.await;
-            if let Some(refused) = refused {
-                // The stream took a publish after refusing the one before it.
-                if ack.is_ok_and(|ack| !ack.duplicate) {
-                    return Err(delete_broken_stream(context, &config.names, refused).await);
-                }
-                continue;
-            }
-            let ack = match ack {
-                Ok(ack) if !ack.duplicate && ack.sequence == expected + 1 => ack,
-                Ok(_) => {
-                    refused = Some(expected);
+        while let Some(InFlight { pending, reading, read }) = batches.recv().await {
+            for (event, expected, ack) in pending {
+                let ack = ack.await;
+                if let Some(refused) = refused {
+                    if ack.is_ok_and(|ack| !ack.duplicate) {
+                        return Err(delete_broken_stream(context, &config.names, refused).await);
+                    }
                     continue;
                 }
-                Err(error) if error.kind() == PublishErrorKind::WrongLastSequence => {
-                    refused = Some(expected);
-                    continue;
+                let ack = match ack {
+                    Ok(ack) if !ack.duplicate && ack.sequence == expected + 1 && expected == last_sequence => ack,
+                    Ok(_) => {
+                        refused = Some(expected);
+                        stop.send_replace(true);
+                        continue;
+                    }
+                    Err(error) if error.kind() == PublishErrorKind::WrongLastSequence => {
+                        refused = Some(expected);
+                        stop.send_replace(true);
+                        continue;
+                    }
+                    Err(error) => return Err(nats_error(error)),
+                };
+                let since_recorded = seconds_since(event.recorded_at);
+                if let Some(acked) = &config.acked {
+                    let since_recorded = Duration::from_secs_f64(since_recorded);
+                    let _ = acked.send(Relayed {
+                        position: event.cursor.position,
+                        reading,
+                        read,
+                        acked: Instant::now(),
+                        since_recorded,
+                    });
                 }
-                Err(error) => return Err(nats_error(error)),
-            };
-            let since_recorded = seconds_since(event.recorded_at);
-            if let Some(acked) = &config.acked {
-                let since_recorded = Duration::from_secs_f64(since_recorded);
-                let _ = acked.send(Relayed {
-                    position: event.cursor.position,
-                    reading,
-                    read,
-                    acked: Instant::now(),
-                    since_recorded,
-                });
+                connections_metrics::RELAY_PUBLISHED.inc(&[]);
+                connections_metrics::RELAY_LAG_SECONDS.observe(&[], since_recorded);
+                last_sequence = ack.sequence;
             }
-            connections_metrics::RELAY_PUBLISHED.inc(&[]);
-            connections_metrics::RELAY_LAG_SECONDS.observe(&[], since_recorded);
-            last_sequence = ack.sequence;
-            cursor = event.cursor;
         }
         match refused {
             Some(refused) => Err(RelayError::Fenced(refused)),
-            None => Ok((cursor, last_sequence)),
+            None => Ok(()),
         }
-    }
-}
-
-/// Waits for this instance's next commit (or a notification of another's),
-/// at most `pause`. True if the relay is shutting down instead.
-async fn wait_for_commit(signals: &Signals, pause: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
-    tokio::select! {
-        _ = signals.appended.notified() => false,
-        _ = tokio::time::sleep(pause) => false,
-        _ = shutdown.changed() => true,
     }
 }
 
