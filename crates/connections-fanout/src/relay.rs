@@ -157,8 +157,9 @@ async fn session(
     settled.and(published)
 }
 
-/// Batches sent whose acks the settler has not begun to await, at most: a
-/// read waits for the acks of the batch two before it, not of the last one.
+/// Batches sent whose acks the settler has not begun to await, at most:
+/// handing a batch over waits for the acks of the batch two before it, not
+/// of the last one (reads and publishes themselves never wait for acks).
 const BATCHES_IN_FLIGHT: usize = 1;
 
 /// Reads the log and publishes its events (with their notices first).
