@@ -157,10 +157,16 @@ async fn session(
     settled.and(published)
 }
 
-/// Batches sent whose acks the settler has not begun to await, at most:
-/// handing a batch over waits for the acks of the batch two before it, not
-/// of the last one (reads and publishes themselves never wait for acks).
-const BATCHES_IN_FLIGHT: usize = 1;
+/// Batches sent whose acks the settler has not begun to await, at most.
+/// When the server stalls its acks (nats-server 2.9.10 does, for 15-55 ms
+/// now and then, on a stream being read), the publisher keeps reading and
+/// sending: at 1,000 commands/s a batch is one or a few events, so a 50 ms
+/// stall is about 50 batches. With one in flight, the publisher stopped at
+/// the second batch and the events committed during the stall were read
+/// only after it, a read and a round trip later (`bench fanout`, README
+/// "Session 49"). The JetStream context's own cap on unacknowledged
+/// publishes bounds the messages; this bounds the batches' bookkeeping.
+const BATCHES_IN_FLIGHT: usize = 64;
 
 /// Reads the log and publishes its events (with their notices first).
 struct Publisher<'a> {
