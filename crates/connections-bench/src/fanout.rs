@@ -6,6 +6,10 @@
 //!    appended through the store) at a fixed rate; for each, the time from
 //!    its commit to the relay's JetStream ack, and to the projector having
 //!    applied it (projection lag).
+//!
+//! Each of those phases first runs `--warmup-seconds` of its load, not
+//! measured (`0` measures from a cold start: the load's first connections,
+//! the stream's first blocks).
 //! 3. Rebuild: a generated log of `--rebuild-events` events (a realistic mix
 //!    over 10,000 owners), a raw `SELECT` scan of it, then a full rebuild.
 
@@ -42,6 +46,11 @@ pub struct FanoutOptions {
     /// Seconds of load.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Seconds of the same load before those, not measured (every phase:
+    /// the raw publishes too), so that the figures are of a running system,
+    /// not of its first connections and first blocks.
+    #[arg(long, default_value_t = 1)]
+    warmup_seconds: u64,
     /// Events in the generated log for the rebuild measurement (0 skips it).
     #[arg(long, default_value_t = 1_000_000)]
     rebuild_events: i64,
@@ -72,14 +81,18 @@ pub async fn run(options: FanoutOptions) -> anyhow::Result<()> {
 async fn run_on(url: &str, names: &Names, context: &jetstream::Context, options: &FanoutOptions) -> anyhow::Result<()> {
     let database = connect_pool(url, 16)?;
     let count = (options.rate * options.seconds) as usize;
-    println!("bench fanout: {} commands/s for {} s ({count} commands)", options.rate, options.seconds);
+    let load = Load { rate: options.rate, warmup: (options.rate * options.warmup_seconds) as usize, count };
+    println!(
+        "bench fanout: {} commands/s for {} s ({count} commands), each phase after {} s of the same load not measured",
+        options.rate, options.seconds, options.warmup_seconds
+    );
 
-    let raw = raw_publish(context, names.prefix(), options.rate, count, Reader::None).await?;
-    let raw_read = raw_publish(context, names.prefix(), options.rate, count, Reader::Consumer).await?;
+    let raw = raw_publish(context, names.prefix(), load, Reader::None).await?;
+    let raw_read = raw_publish(context, names.prefix(), load, Reader::Consumer).await?;
     let reads = || ["events", "held_back", "nothing"].map(|found| connections_metrics::RELAY_READS.get(&[found]));
     let reads_before = reads();
-    let Relay { whole: relay, to_read, to_reading, reading, to_ack, lag } =
-        relay_and_projection(url, &database, names, options, count).await?;
+    let Relay { warmup, whole: relay, to_read, to_reading, reading, to_ack, lag } =
+        relay_and_projection(url, &database, names, options, load).await?;
     let [with_events, held_back, nothing] = {
         let after = reads();
         [0, 1, 2].map(|i| after[i] - reads_before[i])
@@ -89,6 +102,7 @@ async fn run_on(url: &str, names: &Names, context: &jetstream::Context, options:
         ("raw JetStream publish → ack", &raw),
         ("  the same, stream being read", &raw_read),
         ("relay: commit → JetStream ack", &relay),
+        ("  warm-up before it, not judged", &warmup),
         ("  of which commit → read from log", &to_read),
         ("    commit → read sent", &to_reading),
         ("    read sent → rows back", &reading),
@@ -106,7 +120,7 @@ async fn run_on(url: &str, names: &Names, context: &jetstream::Context, options:
     }
     println!(
         "relay reads per command: {:.2} ({with_events} found events, {held_back} only held-back ones, {nothing} nothing)",
-        (with_events + held_back + nothing) as f64 / count.max(1) as f64
+        (with_events + held_back + nothing) as f64 / load.total().max(1) as f64
     );
     let goal = relay_goal(&raw);
     println!(
@@ -146,6 +160,20 @@ fn relay_goal(raw: &Summary) -> Duration {
     raw.p99 * 2 + Duration::from_millis(5)
 }
 
+/// A phase's fixed-rate load: `warmup` operations not measured, then `count` measured.
+#[derive(Clone, Copy)]
+struct Load {
+    rate: u64,
+    warmup: usize,
+    count: usize,
+}
+
+impl Load {
+    fn total(self) -> usize {
+        self.warmup + self.count
+    }
+}
+
 /// Whether a raw baseline's stream is read while it is published to.
 #[derive(Clone, Copy)]
 enum Reader {
@@ -160,8 +188,7 @@ enum Reader {
 async fn raw_publish(
     context: &jetstream::Context,
     prefix: &str,
-    rate: u64,
-    count: usize,
+    load: Load,
     reader: Reader,
 ) -> anyhow::Result<Summary> {
     // Subjects under the prefix, which the benchmark's NATS user may
@@ -180,15 +207,19 @@ async fn raw_publish(
         .await?;
     let reading = match reader {
         Reader::None => None,
-        Reader::Consumer => Some(tokio::spawn(read_all(stream, count))),
+        Reader::Consumer => Some(tokio::spawn(read_all(stream, load.total()))),
     };
-    let samples = Arc::new(Mutex::new(Vec::with_capacity(count)));
-    let started = Instant::now();
-    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+    let samples = Arc::new(Mutex::new(Vec::with_capacity(load.count)));
+    let mut started = Instant::now();
+    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / load.rate as f64));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut tasks = Vec::with_capacity(count);
-    for n in 0..count {
+    let mut tasks = Vec::with_capacity(load.total());
+    for n in 0..load.total() {
         ticks.tick().await;
+        let measured = n >= load.warmup;
+        if n == load.warmup {
+            started = Instant::now();
+        }
         let context = context.clone();
         let samples = samples.clone();
         let subject = format!("{subjects}.{}", n % 100);
@@ -196,7 +227,7 @@ async fn raw_publish(
             let begin = Instant::now();
             let payload = bytes::Bytes::from(vec![b'x'; 600]);
             if let Ok(ack) = context.publish(subject, payload).await {
-                if ack.await.is_ok() {
+                if ack.await.is_ok() && measured {
                     samples.lock().expect("samples").push(begin.elapsed());
                 }
             }
@@ -261,7 +292,7 @@ async fn relay_and_projection(
     database: &Database,
     names: &Names,
     options: &FanoutOptions,
-    count: usize,
+    load: Load,
 ) -> anyhow::Result<Relay> {
     let signals = Signals::new();
     let (stop, stopping) = watch::channel(false);
@@ -297,13 +328,15 @@ async fn relay_and_projection(
     append_one(database, &signals, 0).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    let commits = Arc::new(Mutex::new(Vec::with_capacity(count)));
-    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / options.rate as f64));
+    // (commit cursor, instant, measured): the warm-up's are shown, not judged.
+    let commits = Arc::new(Mutex::new(Vec::with_capacity(load.total())));
+    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / load.rate as f64));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let limit = Arc::new(tokio::sync::Semaphore::new(64));
-    let mut tasks = Vec::with_capacity(count);
-    for n in 1..=count {
+    let mut tasks = Vec::with_capacity(load.total());
+    for n in 1..=load.total() {
         ticks.tick().await;
+        let measured = n > load.warmup;
         let permit = limit.clone().acquire_owned().await?;
         let database = database.clone();
         let signals = signals.clone();
@@ -312,14 +345,17 @@ async fn relay_and_projection(
             let committed = append_one(&database, &signals, n).await;
             drop(permit);
             if let Ok((cursor, at)) = committed {
-                commits.lock().expect("commits").push((cursor, at));
+                commits.lock().expect("commits").push((cursor, at, measured));
             }
         }));
     }
     for task in tasks {
         task.await?;
     }
-    let commits = std::mem::take(&mut *commits.lock().expect("commits"));
+    let all = std::mem::take(&mut *commits.lock().expect("commits"));
+    let pick =
+        |measured| all.iter().filter(|c| c.2 == measured).map(|&(cursor, at, _)| (cursor, at)).collect::<Vec<_>>();
+    let (commits, warmup) = (pick(true), pick(false));
     // Wait (bounded) for every commit to be acked and projected.
     let last = commits.iter().map(|(c, _)| *c).max().unwrap_or_default();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -335,13 +371,16 @@ async fn relay_and_projection(
     while let Ok(relayed) = acked_rx.try_recv() {
         acked.insert(relayed.position, relayed);
     }
-    let relayed = |part: fn(&relay::Relayed, Instant) -> Duration| -> Vec<Duration> {
+    let relayed_of = |commits: &[(LogCursor, Instant)], part: fn(&relay::Relayed, Instant) -> Duration| {
         commits
             .iter()
             .filter_map(|(cursor, committed)| acked.get(&cursor.position).map(|r| part(r, *committed)))
-            .collect()
+            .collect::<Vec<Duration>>()
     };
-    let relay_samples = relayed(|r, committed| r.acked.saturating_duration_since(committed));
+    let relayed = |part| relayed_of(&commits, part);
+    let whole = |r: &relay::Relayed, committed| r.acked.saturating_duration_since(committed);
+    let warmup_samples = relayed_of(&warmup, whole);
+    let relay_samples = relayed(whole);
     let to_read = relayed(|r, committed| r.read.saturating_duration_since(committed));
     let to_reading = relayed(|r, committed| r.reading.saturating_duration_since(committed));
     let reading = relayed(|r, _| r.read.saturating_duration_since(r.reading));
@@ -356,6 +395,7 @@ async fn relay_and_projection(
         .collect();
     let window = Duration::from_secs(options.seconds);
     Ok(Relay {
+        warmup: Summary::new(warmup_samples, Duration::from_secs(options.warmup_seconds)),
         whole: Summary::new(relay_samples, window),
         to_read: Summary::new(to_read, window),
         to_reading: Summary::new(to_reading, window),
@@ -367,6 +407,8 @@ async fn relay_and_projection(
 
 /// The relay's latencies (and the projection's lag) over the load.
 struct Relay {
+    /// Commit → JetStream ack during the warm-up (shown, not judged).
+    warmup: Summary,
     /// Commit → JetStream ack.
     whole: Summary,
     /// Commit → read from the log by the relay.
