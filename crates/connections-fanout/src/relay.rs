@@ -327,19 +327,18 @@ impl Settler<'_> {
                     }
                     continue;
                 }
-                let ack = match ack {
-                    Ok(ack) if !ack.duplicate && ack.sequence == expected + 1 && expected == last_sequence => ack,
-                    Ok(_) => {
-                        refused = Some(expected);
-                        stop.send_replace(true);
-                        continue;
+                // `None`: refused (out of sequence, or taken as a duplicate).
+                let accepted = match ack {
+                    Ok(ack) => {
+                        (!ack.duplicate && ack.sequence == expected + 1 && expected == last_sequence).then_some(ack)
                     }
-                    Err(error) if error.kind() == PublishErrorKind::WrongLastSequence => {
-                        refused = Some(expected);
-                        stop.send_replace(true);
-                        continue;
-                    }
+                    Err(error) if error.kind() == PublishErrorKind::WrongLastSequence => None,
                     Err(error) => return Err(nats_error(error)),
+                };
+                let Some(ack) = accepted else {
+                    refused = Some(expected);
+                    stop.send_replace(true);
+                    continue;
                 };
                 let since_recorded = seconds_since(event.recorded_at);
                 if let Some(acked) = &config.acked {
