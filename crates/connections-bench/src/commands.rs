@@ -59,6 +59,9 @@ pub struct CommandsOptions {
     /// The most commands in a commit group (the server's default if unset).
     #[arg(long)]
     commit_group: Option<usize>,
+    /// The server's pool for commands, as `serve` reads it (8 per core if unset).
+    #[arg(long, env = "CONNECTIONS_DATABASE_POOL", value_parser = clap::value_parser!(u16).range(1..))]
+    pool: Option<u16>,
     /// The projector's pace in milliseconds (its default if unset; 0 applies
     /// every batch at once, for an A/B).
     #[arg(long)]
@@ -67,6 +70,13 @@ pub struct CommandsOptions {
     /// the goal's workload: the goal runs the relay and the projector).
     #[arg(long, value_enum)]
     without: Option<Without>,
+}
+
+impl CommandsOptions {
+    /// The server's pool for commands: `--pool`, or `serve`'s default.
+    pub fn pool(&self) -> usize {
+        self.pool.map_or_else(connections_store::default_pool_size, usize::from)
+    }
 }
 
 /// What `--without` leaves out.
@@ -149,8 +159,8 @@ async fn run_on(
     // The server as `serve` runs it: API, relay, projector.
     let secret = MasterKey::generate_base64()?.into_bytes();
     let master_key = Arc::new(MasterKey::from_base64("bench", &MasterKey::generate_base64()?)?);
-    // The server's pool as `serve` sizes it by default.
-    let product_database = connect_named_pool(url, connections_store::default_pool_size(), "commands")?;
+    // The server's pool as `serve` sizes it.
+    let product_database = connect_named_pool(url, options.pool(), "commands")?;
     let mut state = connections_api::AppState::local(product_database, reads, master_key, &secret, Default::default())?;
     // As `serve` runs it: revokes publish their urgent notice at once.
     let nats = connections_fanout::nats::connect(access, names, "bench server").await?;

@@ -190,3 +190,23 @@ impl Deployment {
         Ok(self.database.remove().await?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mix_refuses_a_pool_of_no_connections_or_a_word() {
+        for pool in ["0", "eight", "-1", "70000"] {
+            let parsed = Cli::try_parse_from(["connections-bench", "commands", "--pool", pool]);
+            assert!(parsed.is_err(), "--pool {pool} was accepted");
+        }
+    }
+
+    #[test]
+    fn the_mix_takes_the_servers_pool_size() {
+        let parsed = Cli::try_parse_from(["connections-bench", "commands", "--pool", "8"]).expect("a valid pool");
+        let BenchCommand::Commands(options) = parsed.command else { panic!("not the mix") };
+        assert_eq!(options.pool(), 8);
+    }
+}
