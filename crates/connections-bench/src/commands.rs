@@ -17,7 +17,8 @@
 //! its transaction) by the wall clock; the relay's lag is split at the send
 //! of the read that found the event (before it: the rest of its
 //! transaction, the commit, the horizon and the relay's loop; after it: the
-//! read and the publish).
+//! read and the publish). The projection lag's p99 is also printed for
+//! each second of the phase, to tell a slow second from a slow phase.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -242,15 +243,17 @@ async fn run_on(
                 }
                 let before = counters(&database).await?;
                 let groups_before = groups.committed();
+                let started = Instant::now();
                 let (summary, by_step) = measure(path, concurrency, phase, &database, &base, &secret, round).await?;
                 // Let the projector finish this phase's events, and the
                 // statistics collector see every backend's counters.
                 tokio::time::sleep(Duration::from_millis(1500)).await;
                 let after = counters(&database).await?;
-                let mut phase_lags = Vec::new();
-                while let Ok(lag) = lags.try_recv() {
-                    phase_lags.push(lag);
+                let mut applied = Vec::new();
+                while let Ok(event) = lags.try_recv() {
+                    applied.push(event);
                 }
+                let phase_lags: Vec<Duration> = applied.iter().map(|a| a.lag).collect();
                 let (mut relay_lags, mut before_read, mut read_to_ack) = (Vec::new(), Vec::new(), Vec::new());
                 while let Ok(event) = relayed.try_recv() {
                     let publishing = event.acked.saturating_duration_since(event.reading);
@@ -345,6 +348,9 @@ async fn run_on(
                         })
                         .collect();
                     println!("         Postgres CPU ms a command by pool: {}", by_pool.join(", "));
+                    if !applied.is_empty() {
+                        println!("         lag p99 ms by second of the phase: {}", by_second(&applied, started, phase));
+                    }
                     // Without the relay there is no lag to split.
                     if !before_read.is_empty() {
                         let (before_read, read_to_ack) =
@@ -385,6 +391,27 @@ async fn run_on(
     database.pool().close();
     background.pool().close();
     Ok(())
+}
+
+/// The projection lag's p99 for each second of a phase that began at
+/// `started`, by when the events were applied (those applied after the
+/// phase, its last commands', count in its last second): a miss made of
+/// one slow second looks different from one spread over the phase.
+fn by_second(applied: &[projector::Applied], started: Instant, phase: Duration) -> String {
+    let seconds = phase.as_secs().max(1) as usize;
+    let mut buckets = vec![Vec::new(); seconds];
+    for event in applied {
+        let second = event.at.saturating_duration_since(started).as_secs() as usize;
+        buckets[second.min(seconds - 1)].push(event.lag);
+    }
+    let p99s: Vec<String> = buckets
+        .into_iter()
+        .map(|lags| match lags.is_empty() {
+            true => "-".to_owned(),
+            false => format!("{:.0}", Summary::new(lags, Duration::from_secs(1)).p99.as_secs_f64() * 1e3),
+        })
+        .collect();
+    p99s.join(" ")
 }
 
 /// The commands of one stream's mix (create, 3 × assign, default, revoke).
@@ -575,4 +602,26 @@ fn cpu_of(stat: &str) -> (String, Duration) {
         _ => 0,
     };
     (command, Duration::from_secs_f64(ticks as f64 / ticks_per_second))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn applied(started: Instant, at_ms: u64, lag_ms: u64) -> projector::Applied {
+        projector::Applied { at: started + Duration::from_millis(at_ms), lag: Duration::from_millis(lag_ms) }
+    }
+
+    #[test]
+    fn the_lag_is_told_second_by_second_and_late_events_count_in_the_last() {
+        let started = Instant::now();
+        let events = [
+            applied(started, 100, 30),
+            applied(started, 900, 40),
+            applied(started, 2_500, 90),
+            // Applied after the phase: its last second.
+            applied(started, 3_400, 20),
+        ];
+        assert_eq!(by_second(&events, started, Duration::from_secs(3)), "40 - 90");
+    }
 }

@@ -44,9 +44,9 @@ pub struct ProjectorConfig {
     /// How long after its recording (`recorded_at`) the first event of a
     /// small batch waits, at most, for others to be applied with it (see [`pace_wait`]).
     pub pace: Duration,
-    /// If set, receives every applied event's lag (from its transaction's
-    /// start to its batch committing; benchmarks).
-    pub lags: Option<tokio::sync::mpsc::UnboundedSender<Duration>>,
+    /// If set, receives every applied event's lag (from its recording to
+    /// its batch committing) and when it was applied (benchmarks).
+    pub lags: Option<tokio::sync::mpsc::UnboundedSender<Applied>>,
 }
 
 impl ProjectorConfig {
@@ -54,6 +54,15 @@ impl ProjectorConfig {
     pub fn new(names: Names, database_url: String, nats: nats::NatsAccess) -> Self {
         Self { names, database_url, nats, batch: 1000, pace: PACE, lags: None }
     }
+}
+
+/// An event applied to the read models (for [`ProjectorConfig::lags`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Applied {
+    /// When its batch committed.
+    pub at: std::time::Instant,
+    /// From its recording (`recorded_at`) to then.
+    pub lag: Duration,
 }
 
 /// Why a projector session ended early (it is then restarted).
@@ -208,12 +217,12 @@ async fn session(
         let bystanders = signals.roles.holds(connections_fanout::roles::RELAY).then_some(&signals.bystanders);
         match apply_batch(database, bystanders, &envelopes).await {
             Ok(Some(cursor)) => {
-                let now = chrono::Utc::now();
+                let (now, at) = (chrono::Utc::now(), std::time::Instant::now());
                 for envelope in &envelopes {
                     let lag = (now - envelope.recorded_at).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
                     connections_metrics::PROJECTION_LAG_SECONDS.observe(&[DASHBOARD], lag);
                     if let Some(lags) = &config.lags {
-                        let _ = lags.send(Duration::from_secs_f64(lag));
+                        let _ = lags.send(Applied { at, lag: Duration::from_secs_f64(lag) });
                     }
                 }
                 signals.projected.send_if_modified(|current| {
