@@ -102,12 +102,13 @@ async fn run_on(url: &str, names: &Names, context: &jetstream::Context, options:
         ("raw JetStream publish → ack", &raw),
         ("  the same, stream being read", &raw_read),
         ("relay: commit → JetStream ack", &relay),
-        ("  warm-up before it, not judged", &warmup),
         ("  of which commit → read from log", &to_read),
         ("    commit → read sent", &to_reading),
         ("    read sent → rows back", &reading),
         ("  and read → JetStream ack", &to_ack),
         ("projection lag: commit → applied", &lag),
+        // Last, so that the breakdown above follows the row it breaks down.
+        ("relay in the warm-up, not judged", &warmup),
     ] {
         println!(
             "{:<34} {:>8} {:>9} {:>9} {:>9}",
