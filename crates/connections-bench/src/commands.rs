@@ -155,7 +155,10 @@ async fn run_on(
     let max_concurrency = options.concurrency.iter().copied().max().unwrap_or(1);
     let database = connect_named_pool(url, max_concurrency + 4, "raw")?;
     let reads = connect_named_pool(url, 8, "reads")?;
-    let background = connect_named_pool(url, 4, "background")?;
+    // The relay's and the projector's pools apart, so that Postgres's CPU
+    // a command splits between them.
+    let relay_database = connect_named_pool(url, 2, "relay")?;
+    let projector_database = connect_named_pool(url, 2, "projector")?;
     super::append::create_raw_table(&database).await?;
     // The server as `serve` runs it: API, relay, projector.
     let secret = MasterKey::generate_base64()?.into_bytes();
@@ -179,7 +182,7 @@ async fn run_on(
     relay_config.acked = Some(relayed_tx);
     let relay = match options.without {
         Some(Without::Fanout) => None,
-        _ => Some(tokio::spawn(relay::run(background.clone(), relay_config, signals.clone(), stopping.clone()))),
+        _ => Some(tokio::spawn(relay::run(relay_database.clone(), relay_config, signals.clone(), stopping.clone()))),
     };
     let (lags_tx, mut lags) = mpsc::unbounded_channel();
     let mut projector_config = ProjectorConfig::new(names.clone(), url.to_owned(), access.clone());
@@ -189,7 +192,7 @@ async fn run_on(
     }
     let projector = match options.without {
         Some(Without::Projector | Without::Fanout) => None,
-        None => Some(tokio::spawn(projector::run(background.clone(), projector_config, signals, stopping))),
+        None => Some(tokio::spawn(projector::run(projector_database.clone(), projector_config, signals, stopping))),
     };
     // Warm up: the relay creates its streams, the projector its consumer.
     let warm = Owner::new(&secret, "warm-up")?;
@@ -254,12 +257,14 @@ async fn run_on(
                     applied.push(event);
                 }
                 let phase_lags: Vec<Duration> = applied.iter().map(|a| a.lag).collect();
-                let (mut relay_lags, mut before_read, mut read_to_ack) = (Vec::new(), Vec::new(), Vec::new());
+                let (mut relay_lags, mut before_read, mut reading, mut read_to_ack) =
+                    (Vec::new(), Vec::new(), Vec::new(), Vec::new());
                 while let Ok(event) = relayed.try_recv() {
                     let publishing = event.acked.saturating_duration_since(event.reading);
                     relay_lags.push(event.since_recorded);
                     before_read.push(event.since_recorded.saturating_sub(publishing));
-                    read_to_ack.push(publishing);
+                    reading.push(event.read.saturating_duration_since(event.reading));
+                    read_to_ack.push(event.acked.saturating_duration_since(event.read));
                 }
                 let commands = summary.operations.max(1) as f64;
                 let per = |a: i64, b: i64| (a - b) as f64 / commands;
@@ -353,12 +358,18 @@ async fn run_on(
                     }
                     // Without the relay there is no lag to split.
                     if !before_read.is_empty() {
-                        let (before_read, read_to_ack) =
-                            (Summary::new(before_read, phase), Summary::new(read_to_ack, phase));
+                        let (before_read, reading, read_to_ack) = (
+                            Summary::new(before_read, phase),
+                            Summary::new(reading, phase),
+                            Summary::new(read_to_ack, phase),
+                        );
                         println!(
-                            "         relay p50/p99 ms: recorded → read sent {}/{}, read sent → JetStream ack {}/{}",
+                            "         relay p50/p99 ms: recorded → read sent {}/{}, read sent → rows back {}/{}, \
+                             rows back → JetStream ack {}/{}",
                             ms(before_read.p50),
                             ms(before_read.p99),
+                            ms(reading.p50),
+                            ms(reading.p99),
                             ms(read_to_ack.p50),
                             ms(read_to_ack.p99)
                         );
@@ -389,7 +400,8 @@ async fn run_on(
         let _ = task.await;
     }
     database.pool().close();
-    background.pool().close();
+    relay_database.pool().close();
+    projector_database.pool().close();
     Ok(())
 }
 
