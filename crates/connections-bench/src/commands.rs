@@ -246,6 +246,7 @@ async fn run_on(
                 }
                 let before = counters(&database).await?;
                 let groups_before = groups.committed();
+                let reads_before = relay_reads();
                 let started = Instant::now();
                 let (summary, by_step) = measure(path, concurrency, phase, &database, &base, &secret, round).await?;
                 // Let the projector finish this phase's events, and the
@@ -363,6 +364,12 @@ async fn run_on(
                             Summary::new(reading, phase),
                             Summary::new(read_to_ack, phase),
                         );
+                        let reads: Vec<String> = relay_reads()
+                            .iter()
+                            .zip(reads_before)
+                            .map(|((found, after), (_, before))| format!("{found} {}", after - before))
+                            .collect();
+                        println!("         relay reads that found: {}", reads.join(", "));
                         println!(
                             "         relay p50/p99 ms: recorded → read sent {}/{}, read sent → rows back {}/{}, \
                              rows back → JetStream ack {}/{}",
@@ -614,6 +621,12 @@ fn cpu_of(stat: &str) -> (String, Duration) {
         _ => 0,
     };
     (command, Duration::from_secs_f64(ticks as f64 / ticks_per_second))
+}
+
+/// How many of the relay's reads found events, found only events held
+/// back behind an older running transaction, or found nothing (this process).
+fn relay_reads() -> [(&'static str, u64); 3] {
+    ["events", "held_back", "nothing"].map(|found| (found, connections_metrics::RELAY_READS.get(&[found])))
 }
 
 #[cfg(test)]
