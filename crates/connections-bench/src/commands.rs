@@ -246,7 +246,7 @@ async fn run_on(
                 }
                 let before = counters(&database).await?;
                 let groups_before = groups.committed();
-                let reads_before = relay_reads();
+                let reads_before = super::relay_reads();
                 let started = Instant::now();
                 let (summary, by_step) = measure(path, concurrency, phase, &database, &base, &secret, round).await?;
                 // Let the projector finish this phase's events, and the
@@ -364,7 +364,7 @@ async fn run_on(
                             Summary::new(reading, phase),
                             Summary::new(read_to_ack, phase),
                         );
-                        let reads: Vec<String> = relay_reads()
+                        let reads: Vec<String> = super::relay_reads()
                             .iter()
                             .zip(reads_before)
                             .map(|((found, after), (_, before))| format!("{found} {}", after - before))
@@ -621,12 +621,6 @@ fn cpu_of(stat: &str) -> (String, Duration) {
         _ => 0,
     };
     (command, Duration::from_secs_f64(ticks as f64 / ticks_per_second))
-}
-
-/// How many of the relay's reads found events, found only events held
-/// back behind an older running transaction, or found nothing (this process).
-fn relay_reads() -> [(&'static str, u64); 3] {
-    ["events", "held_back", "nothing"].map(|found| (found, connections_metrics::RELAY_READS.get(&[found])))
 }
 
 #[cfg(test)]

@@ -89,13 +89,12 @@ async fn run_on(url: &str, names: &Names, context: &jetstream::Context, options:
 
     let raw = raw_publish(context, names.prefix(), load, Reader::None).await?;
     let raw_read = raw_publish(context, names.prefix(), load, Reader::Consumer).await?;
-    let reads = || ["events", "held_back", "nothing"].map(|found| connections_metrics::RELAY_READS.get(&[found]));
-    let reads_before = reads();
+    let reads_before = super::relay_reads();
     let Relay { warmup, whole: relay, to_read, to_reading, reading, to_ack, lag } =
         relay_and_projection(url, &database, names, options, load).await?;
     let [with_events, held_back, nothing] = {
-        let after = reads();
-        [0, 1, 2].map(|i| after[i] - reads_before[i])
+        let after = super::relay_reads();
+        [0, 1, 2].map(|i| after[i].1 - reads_before[i].1)
     };
     println!("{:<34} {:>8} {:>9} {:>9} {:>9}", "measurement", "samples", "p50 ms", "p99 ms", "max ms");
     for (label, summary) in [

@@ -106,6 +106,12 @@ async fn run(command: BenchCommand) -> anyhow::Result<()> {
     }
 }
 
+/// How many of the relay's reads found events, found only events held
+/// back behind an older running transaction, or found nothing (this process).
+fn relay_reads() -> [(&'static str, u64); 3] {
+    ["events", "held_back", "nothing"].map(|found| (found, connections_metrics::RELAY_READS.get(&[found])))
+}
+
 /// Serves `state` on a loopback port (no delay on small answers); its base URL.
 async fn serve_locally(state: connections_api::AppState) -> anyhow::Result<String> {
     use axum::serve::ListenerExt;
