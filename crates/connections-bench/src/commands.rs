@@ -369,10 +369,9 @@ async fn run_on(
                             Summary::new(reading, phase),
                             Summary::new(read_to_ack, phase),
                         );
-                        let reads: Vec<String> = super::relay_reads()
+                        let reads: Vec<String> = super::relay_reads_since(reads_before)
                             .iter()
-                            .zip(reads_before)
-                            .map(|((found, after), (_, before))| format!("{found} {}", after - before))
+                            .map(|(found, reads)| format!("{found} {reads}"))
                             .collect();
                         println!("         relay reads that found: {}", reads.join(", "));
                         println!(
@@ -430,11 +429,11 @@ const GOAL_LAG: Duration = Duration::from_millis(50);
 /// was projected, which does not meet it). The ratio is judged unrounded:
 /// a 0.497 that the table shows as 0.50 does not hold.
 fn goal_held(rounds: &[(f64, Option<Duration>)]) -> String {
-    let held =
-        |&&(ratio, lag): &&(f64, Option<Duration>)| ratio >= GOAL_RATIO && lag.is_some_and(|lag| lag <= GOAL_LAG);
-    let both = rounds.iter().filter(held).count();
-    let rate = rounds.iter().filter(|(ratio, _)| *ratio >= GOAL_RATIO).count();
-    let lag = rounds.iter().filter(|(_, lag)| lag.is_some_and(|lag| lag <= GOAL_LAG)).count();
+    let rate_held = |ratio: f64| ratio >= GOAL_RATIO;
+    let lag_held = |lag: Option<Duration>| lag.is_some_and(|lag| lag <= GOAL_LAG);
+    let both = rounds.iter().filter(|&&(ratio, lag)| rate_held(ratio) && lag_held(lag)).count();
+    let rate = rounds.iter().filter(|&&(ratio, _)| rate_held(ratio)).count();
+    let lag = rounds.iter().filter(|&&(_, lag)| lag_held(lag)).count();
     let n = rounds.len();
     format!(
         "goal (≥ {GOAL_RATIO:.2} of raw and lag p99 ≤ {} ms in the same round) held in {both} of {n} rounds \

@@ -92,10 +92,7 @@ async fn run_on(url: &str, names: &Names, context: &jetstream::Context, options:
     let reads_before = super::relay_reads();
     let Relay { warmup, whole: relay, to_read, to_reading, reading, to_ack, lag } =
         relay_and_projection(url, &database, names, options, load).await?;
-    let [with_events, held_back, nothing] = {
-        let after = super::relay_reads();
-        [0, 1, 2].map(|i| after[i].1 - reads_before[i].1)
-    };
+    let [with_events, held_back, nothing] = super::relay_reads_since(reads_before).map(|(_, reads)| reads);
     println!("{:<34} {:>8} {:>9} {:>9} {:>9}", "measurement", "samples", "p50 ms", "p99 ms", "max ms");
     for (label, summary) in [
         ("raw JetStream publish → ack", &raw),

@@ -112,6 +112,12 @@ fn relay_reads() -> [(&'static str, u64); 3] {
     ["events", "held_back", "nothing"].map(|found| (found, connections_metrics::RELAY_READS.get(&[found])))
 }
 
+/// The relay's reads since `before` (an earlier [`relay_reads`]), by what they found.
+fn relay_reads_since(before: [(&'static str, u64); 3]) -> [(&'static str, u64); 3] {
+    let after = relay_reads();
+    [0, 1, 2].map(|i| (after[i].0, after[i].1 - before[i].1))
+}
+
 /// Serves `state` on a loopback port (no delay on small answers); its base URL.
 async fn serve_locally(state: connections_api::AppState) -> anyhow::Result<String> {
     use axum::serve::ListenerExt;
