@@ -21,6 +21,7 @@ mod locator;
 mod log;
 mod migrate;
 mod oauth_state;
+mod recent;
 mod seal;
 mod secrets;
 mod state_cache;

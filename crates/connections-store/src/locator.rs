@@ -1,6 +1,5 @@
 //! Which stream holds a connection, looked up by connection id.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 
 use connections_domain::{ConnectionId, OwnerId, ServiceName};
@@ -8,6 +7,7 @@ use deadpool_postgres::GenericClient;
 
 use crate::error::StoreError;
 use crate::log::{StreamId, StreamVersion};
+use crate::recent::Recent;
 
 /// Where a connection lives: its owner and service, hence its stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,8 +106,7 @@ pub const CACHED_LOCATIONS: usize = 65_536;
 /// inserted), so an entry is never out of date.
 #[derive(Debug)]
 pub struct LocationCache {
-    entries: Mutex<HashMap<ConnectionId, ConnectionLocation>>,
-    capacity: usize,
+    entries: Mutex<Recent<ConnectionId, ConnectionLocation>>,
 }
 
 impl Default for LocationCache {
@@ -117,12 +116,13 @@ impl Default for LocationCache {
 }
 
 impl LocationCache {
-    /// A cache of at most `capacity` locations.
+    /// A cache of at most `capacity` locations, dropping those used least
+    /// recently.
     pub fn new(capacity: usize) -> Self {
-        Self { entries: Mutex::new(HashMap::new()), capacity }
+        Self { entries: Mutex::new(Recent::new(capacity)) }
     }
 
-    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<ConnectionId, ConnectionLocation>> {
+    fn entries(&self) -> std::sync::MutexGuard<'_, Recent<ConnectionId, ConnectionLocation>> {
         self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
@@ -134,15 +134,7 @@ impl LocationCache {
     /// Keeps where `connection_id` lives (a new connection, once its
     /// creation has committed, or one looked up).
     pub fn insert(&self, connection_id: ConnectionId, location: &ConnectionLocation) {
-        let mut entries = self.entries();
-        if entries.len() >= self.capacity && !entries.contains_key(&connection_id) {
-            // Full: make room by dropping any one entry (a miss costs one
-            // lookup in the locator).
-            if let Some(evicted) = entries.keys().next().copied() {
-                entries.remove(&evicted);
-            }
-        }
-        entries.insert(connection_id, location.clone());
+        self.entries().insert(connection_id, location.clone());
     }
 
     /// How many locations are kept.

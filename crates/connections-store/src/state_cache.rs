@@ -19,12 +19,12 @@
 //! A stream longer than [`READ_WHOLE_UP_TO`] is only marked as such: it is
 //! loaded from its keyed copy in one round trip, as without the cache.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 
 use connections_domain::OwnerService;
 
 use crate::log::{StreamId, StreamVersion};
+use crate::recent::Recent;
 use crate::stream_state::READ_WHOLE_UP_TO;
 
 /// How many streams' states an instance keeps.
@@ -37,8 +37,7 @@ pub const CACHED_ENTRIES_PER_STREAM: usize = 64;
 /// Whole states of streams by the version they fold.
 #[derive(Debug)]
 pub struct StateCache {
-    entries: Mutex<HashMap<StreamId, Entry>>,
-    capacity: usize,
+    entries: Mutex<Recent<StreamId, Entry>>,
 }
 
 #[derive(Debug, Clone)]
@@ -58,15 +57,16 @@ impl Default for StateCache {
 }
 
 impl StateCache {
-    /// A cache of at most `capacity` streams.
+    /// A cache of at most `capacity` streams, dropping those used least
+    /// recently.
     pub fn new(capacity: usize) -> Self {
-        Self { entries: Mutex::new(HashMap::new()), capacity }
+        Self { entries: Mutex::new(Recent::new(capacity)) }
     }
 
     /// The whole state of `stream_id` at `version`, with the position of
     /// its last event, if this instance has it.
     pub fn get(&self, stream_id: &StreamId, version: StreamVersion) -> Option<(OwnerService, i64)> {
-        let entries = self.entries.lock().expect("not poisoned");
+        let mut entries = self.entries.lock().expect("not poisoned");
         match entries.get(stream_id)? {
             Entry::State { version: kept, last_position, state } if *kept == version => {
                 Some((state.clone(), *last_position))
@@ -105,15 +105,7 @@ impl StateCache {
     }
 
     fn insert(&self, stream_id: &StreamId, entry: Entry) {
-        let mut entries = self.entries.lock().expect("not poisoned");
-        if entries.len() >= self.capacity && !entries.contains_key(stream_id) {
-            // Full: make room by dropping any one entry (a miss only costs
-            // the load the cache saves).
-            if let Some(evicted) = entries.keys().next().cloned() {
-                entries.remove(&evicted);
-            }
-        }
-        entries.insert(stream_id.clone(), entry);
+        self.entries.lock().expect("not poisoned").insert(stream_id.clone(), entry);
     }
 
     /// Drops what is kept of `stream_id`.
