@@ -5,10 +5,11 @@
 //! dropped. An entry found in the old generation moves back to the young
 //! one, so an entry in use survives every turn. Each call is O(1).
 //!
-//! The caches dropped "any one entry" when full (the first a `HashMap`
-//! iterator met): that kept evicting the entries inserted last, the ones
-//! still in use: once full (any instance that has run a while), 8 to 27 %
-//! of the mix's state loads missed it and read the log instead.
+//! The caches used to drop "any one entry" when full, the first a `HashMap`
+//! iterator met. That kept evicting the entries inserted last, the ones
+//! still in use. Once the state cache was full (as on any instance that
+//! has run a while), 8 to 27 % of the mix's state loads missed it and read
+//! the log instead.
 
 use std::collections::HashMap;
 use std::hash::Hash;
