@@ -250,7 +250,7 @@ async fn run_on(
                 let before = counters(&database).await?;
                 let groups_before = groups.committed();
                 let reads_before = super::relay_reads();
-                let loads_before = state_loads();
+                let loads_before = super::state_loads();
                 let started = Instant::now();
                 let (summary, by_step) = measure(path, concurrency, phase, &database, &base, &secret, round).await?;
                 // Let the projector finish this phase's events, and the
@@ -360,12 +360,7 @@ async fn run_on(
                         })
                         .collect();
                     println!("         Postgres CPU ms a command by pool: {}", by_pool.join(", "));
-                    let loads: Vec<String> = state_loads()
-                        .iter()
-                        .zip(loads_before)
-                        .map(|((source, after), (_, before))| format!("{source} {}", after - before))
-                        .collect();
-                    println!("         state loads from: {}", loads.join(", "));
+                    println!("         state loads from: {}", loads_before.shown_since());
                     if !applied.is_empty() {
                         println!("         lag p99 ms by second of the phase: {}", by_second(&applied, started, phase));
                     }
@@ -376,11 +371,7 @@ async fn run_on(
                             Summary::new(reading, phase),
                             Summary::new(read_to_ack, phase),
                         );
-                        let reads: Vec<String> = super::relay_reads_since(reads_before)
-                            .iter()
-                            .map(|(found, reads)| format!("{found} {reads}"))
-                            .collect();
-                        println!("         relay reads that found: {}", reads.join(", "));
+                        println!("         relay reads that found: {}", reads_before.shown_since());
                         println!(
                             "         relay p50/p99 ms: recorded → read sent {}/{}, read sent → rows back {}/{}, \
                              rows back → JetStream ack {}/{}",
@@ -658,12 +649,6 @@ fn cpu_of(stat: &str) -> (String, Duration) {
         _ => 0,
     };
     (command, Duration::from_secs_f64(ticks as f64 / ticks_per_second))
-}
-
-/// How commands and resolves found the states they decided on (this
-/// process): this instance's cache, the log, or the stream's keyed copy.
-fn state_loads() -> [(&'static str, u64); 3] {
-    ["cache", "log", "copy"].map(|source| (source, connections_metrics::STATE_LOADS.get(&[source])))
 }
 
 #[cfg(test)]

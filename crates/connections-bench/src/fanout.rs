@@ -92,7 +92,7 @@ async fn run_on(url: &str, names: &Names, context: &jetstream::Context, options:
     let reads_before = super::relay_reads();
     let Relay { warmup, whole: relay, to_read, to_reading, reading, to_ack, lag } =
         relay_and_projection(url, &database, names, options, load).await?;
-    let [with_events, held_back, nothing] = super::relay_reads_since(reads_before).map(|(_, reads)| reads);
+    let [with_events, held_back, nothing] = reads_before.since().map(|(_, reads)| reads);
     println!("{:<34} {:>8} {:>9} {:>9} {:>9}", "measurement", "samples", "p50 ms", "p99 ms", "max ms");
     for (label, summary) in [
         ("raw JetStream publish → ack", &raw),

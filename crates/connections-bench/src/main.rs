@@ -106,16 +106,41 @@ async fn run(command: BenchCommand) -> anyhow::Result<()> {
     }
 }
 
-/// How many of the relay's reads found events, found only events held
-/// back behind an older running transaction, or found nothing (this process).
-fn relay_reads() -> [(&'static str, u64); 3] {
-    ["events", "held_back", "nothing"].map(|found| (found, connections_metrics::RELAY_READS.get(&[found])))
+/// A labelled counter's values (this process) for a fixed set of labels,
+/// taken before a phase to tell what the phase added.
+#[derive(Clone, Copy)]
+struct Counts<const N: usize> {
+    counter: &'static connections_metrics::CounterVec,
+    values: [(&'static str, u64); N],
 }
 
-/// The relay's reads since `before` (an earlier [`relay_reads`]), by what they found.
-fn relay_reads_since(before: [(&'static str, u64); 3]) -> [(&'static str, u64); 3] {
-    let after = relay_reads();
-    [0, 1, 2].map(|i| (after[i].0, after[i].1 - before[i].1))
+impl<const N: usize> Counts<N> {
+    /// The values of `counter` for `labels`, now.
+    fn now(counter: &'static connections_metrics::CounterVec, labels: [&'static str; N]) -> Self {
+        Self { counter, values: labels.map(|label| (label, counter.get(&[label]))) }
+    }
+
+    /// What each label added since these values were taken.
+    fn since(&self) -> [(&'static str, u64); N] {
+        self.values.map(|(label, before)| (label, self.counter.get(&[label]) - before))
+    }
+
+    /// [`Self::since`] as `label n, label n, ...`.
+    fn shown_since(&self) -> String {
+        self.since().map(|(label, added)| format!("{label} {added}")).join(", ")
+    }
+}
+
+/// The relay's reads by what they found: events, only events held back
+/// behind an older running transaction, or nothing.
+fn relay_reads() -> Counts<3> {
+    Counts::now(&connections_metrics::RELAY_READS, ["events", "held_back", "nothing"])
+}
+
+/// Where commands and resolves found the states they decided on: this
+/// instance's cache, the log, or the stream's keyed copy.
+fn state_loads() -> Counts<3> {
+    Counts::now(&connections_metrics::STATE_LOADS, ["cache", "log", "copy"])
 }
 
 /// Serves `state` on a loopback port (no delay on small answers); its base URL.
