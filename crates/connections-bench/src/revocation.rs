@@ -262,6 +262,9 @@ async fn revocations(
     let mut from_return = Vec::new();
     let mut from_commit = Vec::new();
     let mut to_notice = Vec::new();
+    // When each revoke returned, on the wall clock: to find a late round in
+    // traces taken beside the run (a collector's log, `perf sched`).
+    let mut returned_at = Vec::new();
     for round in 0..options.rounds {
         // Each round on a service of its own, so that each round's stream
         // starts empty (a stream is folded whole per command).
@@ -328,6 +331,7 @@ async fn revocations(
             http.delete(format!("{base}/v1/connections/{id}")).bearer_auth(&user_token).send().await?
         };
         let returned = Instant::now();
+        returned_at.push(chrono::Utc::now());
         let expected = if options.replace { 201 } else { 200 };
         anyhow::ensure!(response.status() == expected, "the command answered {}", response.status());
         if options.replace {
@@ -380,6 +384,8 @@ async fn revocations(
     println!("{n:>6} per round, raw publish → last of N, interleaved (ms): {}", listing(&interleaved).join(" "));
     println!("{n:>6} per round, events the relay had not published at the revoke: {backlog:?}");
     println!("{n:>6} per round, revoked notices at the watcher (2 = fanned out twice): {copies:?}");
+    let clock = returned_at.iter().map(|at| format!("{:.3}", at.timestamp_millis() as f64 / 1e3)).collect::<Vec<_>>();
+    println!("{n:>6} per round, revoke returned at (Unix time, s): {}", clock.join(" "));
     let window = Duration::from_secs(1);
     Ok(Rounds {
         from_return: Summary::new(from_return, window),
