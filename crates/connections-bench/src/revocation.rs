@@ -262,9 +262,11 @@ async fn revocations(
     let mut from_return = Vec::new();
     let mut from_commit = Vec::new();
     let mut to_notice = Vec::new();
-    // When each revoke returned, on the wall clock: to find a late round in
-    // traces taken beside the run (a collector's log, `perf sched`).
+    // When each revoke returned, and each raw round began, on the wall
+    // clock: to find a late round in traces taken beside the run (a
+    // collector's log, `perf sched`, a CPU probe).
     let mut returned_at = Vec::new();
+    let mut raw_at = Vec::new();
     for round in 0..options.rounds {
         // Each round on a service of its own, so that each round's stream
         // starts empty (a stream is folded whole per command).
@@ -342,17 +344,23 @@ async fn revocations(
         let mut last = returned;
         let mut arrivals = Vec::with_capacity(n);
         for (receiver, client) in receivers.iter_mut().zip(&clients) {
+            let mut others = Vec::new();
             let invalidation = loop {
                 let invalidation =
                     tokio::time::timeout(Duration::from_secs(10), receiver.recv()).await.map_err(|_| {
                         anyhow::anyhow!(
-                            "a client neither dropped the revoked credential nor failed closed in 10 s (fresh: {})",
-                            client.is_fresh()
+                            "client {} neither dropped the revoked credential nor failed closed in 10 s \
+                             (round {round}, connection {id}; fresh: {}; cached for the service: {:?}; \
+                             other invalidations meanwhile: {others:?})",
+                            client.agent(),
+                            client.is_fresh(),
+                            client.cached(&service).map(|c| c.connection_id.clone()),
                         )
                     })??;
                 if invalidation.connection_id == id {
                     break invalidation;
                 }
+                others.push((invalidation.connection_id, invalidation.reason));
             };
             if invalidation.reason == InvalidationReason::FailedClosed {
                 connects.failed_closed += 1;
@@ -371,6 +379,7 @@ async fn revocations(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
         copies.push(notices.count());
+        raw_at.push(chrono::Utc::now());
         interleaved.push(raw.round().await?);
     }
     // Round by round: a p99 over 20 rounds is the slowest one, so show
@@ -384,8 +393,11 @@ async fn revocations(
     println!("{n:>6} per round, raw publish → last of N, interleaved (ms): {}", listing(&interleaved).join(" "));
     println!("{n:>6} per round, events the relay had not published at the revoke: {backlog:?}");
     println!("{n:>6} per round, revoked notices at the watcher (2 = fanned out twice): {copies:?}");
-    let clock = returned_at.iter().map(|at| format!("{:.3}", at.timestamp_millis() as f64 / 1e3)).collect::<Vec<_>>();
-    println!("{n:>6} per round, revoke returned at (Unix time, s): {}", clock.join(" "));
+    let clock = |times: &[chrono::DateTime<chrono::Utc>]| {
+        times.iter().map(|at| format!("{:.3}", at.timestamp_millis() as f64 / 1e3)).collect::<Vec<_>>().join(" ")
+    };
+    println!("{n:>6} per round, revoke returned at (Unix time, s): {}", clock(&returned_at));
+    println!("{n:>6} per round, raw round began at (Unix time, s): {}", clock(&raw_at));
     let window = Duration::from_secs(1);
     Ok(Rounds {
         from_return: Summary::new(from_return, window),
