@@ -291,3 +291,59 @@ async fn the_example_runtime_starts_as_the_readme_says() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// nats-server refuses a runtime's subscriptions beyond its credentials'
+/// limit (1,024) with an `-ERR` and keeps the connection. A long-lived
+/// runtime stops following the connections it has seen revoked, so it keeps
+/// hearing revocations after more than 1,024 of them; and once NATS refuses
+/// one of its subscriptions it caches nothing, instead of caching a
+/// credential whose revocation it would never hear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_lived_client_follows_within_its_limit_and_caches_nothing_it_cannot_hear() {
+    use futures_util::StreamExt;
+    let (_nats, server) = secured(NatsVersion::Debian29);
+    let owner = Owner { http: reqwest::Client::new(), base: server.base.clone(), token: server.token("alice") };
+    let client = AgentClient::connect(config(&server, "agent-1")).await.expect("connect");
+    let (owner, client) = (&owner, &client);
+
+    // More revoked connections than the limit, one service each, 8 at a time.
+    futures_util::stream::iter(0..1100)
+        .for_each_concurrent(8, |n| async move {
+            let service = format!("revoked-{n}");
+            let id = owner.create(&service, Some("agent-1"), "k").await;
+            // An answer fetched while another service's notice arrived is
+            // not cached (the client cannot tell what a notice touches before
+            // its answer is in): resolve again, a bounded number of times.
+            let mut cached = false;
+            for _ in 0..10 {
+                assert_eq!(client.resolve(&service).await.expect("resolve").connection_id, id);
+                cached = client.cached(&service).is_some();
+                if cached {
+                    break;
+                }
+            }
+            assert!(cached, "connection {n} is cached");
+            owner.call(reqwest::Method::DELETE, &format!("/v1/connections/{id}"), None).await;
+            eventually(&format!("connection {n} dropped"), Duration::from_secs(10), || {
+                client.cached(&service).is_none()
+            })
+            .await;
+        })
+        .await;
+    assert!(client.is_fresh(), "no subscription was refused");
+
+    // Live connections past the limit: the subscription for the 1,024th is
+    // refused (the agent's own notices hold one), and the cache turns off.
+    futures_util::stream::iter(0..1030)
+        .for_each_concurrent(8, |n| async move {
+            let service = format!("live-{n}");
+            let id = owner.create(&service, Some("agent-1"), "k").await;
+            assert_eq!(client.resolve(&service).await.expect("resolve").connection_id, id);
+        })
+        .await;
+    eventually("the cache turning off", Duration::from_secs(10), || !client.is_fresh()).await;
+    assert!((0..1030).all(|n| client.cached(&format!("live-{n}")).is_none()), "nothing is served from the cache");
+    let answer = client.resolve("live-1029").await.expect("a resolve still answers, from the server");
+    assert_eq!(answer.expose()["key"], "k");
+    assert!(client.cached("live-1029").is_none(), "and is not cached");
+}

@@ -117,12 +117,14 @@ struct Session {
     expires_at: Option<chrono::DateTime<chrono::Utc>>,
     /// When they were obtained.
     obtained: Instant,
-    readers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// subject → the task reading its subscription (aborting it drops the
+    /// subscription, which unsubscribes).
+    readers: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
-        for reader in self.readers.lock().expect("readers").drain(..) {
+        for (_, reader) in self.readers.lock().expect("readers").drain() {
             reader.abort();
         }
     }
@@ -152,6 +154,9 @@ struct Inner {
     /// False from a disconnect (or dropped notices) until the client is back
     /// in sync: nothing is served from or put into the cache meanwhile.
     fresh: AtomicBool,
+    /// Set for good once NATS refuses a notice subscription: the client then
+    /// caches nothing (every resolve asks the server).
+    deaf: AtomicBool,
     /// Tells subscribers which cached credentials were dropped and why.
     invalidations: tokio::sync::broadcast::Sender<Invalidation>,
     /// Bumped by every notice and every connection change. An answer is
@@ -192,6 +197,7 @@ impl AgentClient {
             cache: Mutex::default(),
             subscribed: Mutex::default(),
             fresh: AtomicBool::new(true),
+            deaf: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             invalidations: tokio::sync::broadcast::channel(1024).0,
             token: Mutex::new(config.token.clone()),
@@ -202,6 +208,17 @@ impl AgentClient {
         tokio::spawn(async move {
             while let Some((session, event)) = events.recv().await {
                 let Some(inner) = weak.upgrade() else { return };
+                // From any session, a renewal's new one included: a
+                // subscription NATS refused (the credentials' subscription
+                // limit, or a subject outside them) never delivers its
+                // notices, so nothing may be cached from here on.
+                if let async_nats::Event::ServerError(error) = &event {
+                    if refuses_subscription(error) {
+                        tracing::error!(%error, "NATS refused a notice subscription; the cache stays off");
+                        inner.deaf.store(true, Ordering::SeqCst);
+                        inner.fail_closed();
+                    }
+                }
                 if session != inner.current().id {
                     continue; // a replaced session's goodbye
                 }
@@ -418,6 +435,7 @@ impl Inner {
 
     fn is_fresh(&self) -> bool {
         self.fresh.load(Ordering::SeqCst)
+            && !self.deaf.load(Ordering::SeqCst)
             && self.current().client.connection_state() == async_nats::connection::State::Connected
     }
 
@@ -435,6 +453,18 @@ impl Inner {
                 reason: InvalidationReason::FailedClosed,
                 at,
             });
+        }
+    }
+
+    /// Stops following a revoked connection's notices: forgets its subject
+    /// (a new session does not subscribe to it) and ends its subscription on
+    /// the current session. A later answer naming it subscribes afresh.
+    fn unfollow_connection(&self, connection_id: &str) {
+        let subject = self.names.connection_notices(&self.owner, connection_id);
+        self.subscribed.lock().expect("subscribed").remove(connection_id);
+        self.subjects.lock().expect("subjects").remove(&subject);
+        if let Some(reader) = self.current().readers.lock().expect("readers").remove(&subject) {
+            reader.abort();
         }
     }
 
@@ -467,9 +497,18 @@ async fn on_event(inner: &Arc<Inner>, event: async_nats::Event) {
     }
 }
 
+/// Whether NATS refused a subscription: nats-server answers `-ERR` and keeps
+/// the connection (its wording, any case: "Maximum Subscriptions Exceeded",
+/// "Permissions Violation for Subscription to ...").
+fn refuses_subscription(error: &async_nats::ServerError) -> bool {
+    let async_nats::ServerError::Other(text) = error else { return false };
+    let text = text.to_lowercase();
+    text.contains("maximum subscriptions") || text.contains("permissions violation for subscription")
+}
+
 /// Subscribes to `subject` on `session` and applies its notices to the cache.
 async fn subscribe(inner: &Arc<Inner>, session: &Session, subject: String) -> Result<(), async_nats::Error> {
-    let mut subscription = session.client.subscribe(subject).await?;
+    let mut subscription = session.client.subscribe(subject.clone()).await?;
     let weak = Arc::downgrade(inner);
     let reader = tokio::spawn(async move {
         while let Some(message) = subscription.next().await {
@@ -479,9 +518,17 @@ async fn subscribe(inner: &Arc<Inner>, session: &Session, subject: String) -> Re
                 continue;
             };
             apply(&inner, &notice);
+            if notice.kind == NoticeKind::Revoked {
+                // A revoked connection is revoked for good: stop following it,
+                // so that a long-lived runtime's subscriptions stay within
+                // its credentials' limit.
+                inner.unfollow_connection(&notice.connection_id);
+            }
         }
     });
-    session.readers.lock().expect("readers").push(reader);
+    if let Some(replaced) = session.readers.lock().expect("readers").insert(subject, reader) {
+        replaced.abort();
+    }
     Ok(())
 }
 
@@ -642,7 +689,7 @@ async fn renew(inner: &Arc<Inner>) -> Result<(), ConnectError> {
     // subscriptions existed is there and nowhere else), so its readers are
     // awaited, bounded, rather than aborted with the session.
     tokio::spawn(async move {
-        let readers: Vec<_> = std::mem::take(&mut *old.readers.lock().expect("readers"));
+        let readers: Vec<_> = std::mem::take(&mut *old.readers.lock().expect("readers")).into_values().collect();
         let _ = old.client.drain().await;
         for reader in readers {
             let abort = reader.abort_handle();
@@ -652,4 +699,24 @@ async fn renew(inner: &Arc<Inner>) -> Result<(), ConnectError> {
         }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refuses_subscription;
+    use async_nats::ServerError;
+
+    #[test]
+    fn a_refused_subscription_is_told_from_other_server_errors() {
+        // nats-server 2.9's and 2.10+'s wording.
+        assert!(refuses_subscription(&ServerError::Other("Maximum Subscriptions Exceeded".into())));
+        assert!(refuses_subscription(&ServerError::Other(
+            "Permissions Violation for Subscription to \"x.notices.alice.connection.c1\"".into()
+        )));
+        assert!(!refuses_subscription(&ServerError::Other(
+            "Permissions Violation for Publish to \"x.notices.alice.connection.c1\"".into()
+        )));
+        assert!(!refuses_subscription(&ServerError::AuthorizationViolation));
+        assert!(!refuses_subscription(&ServerError::SlowConsumer(3)));
+    }
 }
