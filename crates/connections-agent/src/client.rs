@@ -146,6 +146,9 @@ struct Inner {
     changing: tokio::sync::Mutex<()>,
     /// Every notice subject followed (carried over to each new session).
     subjects: Mutex<BTreeSet<String>>,
+    /// Subjects of revoked connections, still subscribed on the current
+    /// session until the next `follow` ends them.
+    retired: Mutex<Vec<String>>,
     next_session: AtomicU64,
     events: mpsc::UnboundedSender<(u64, async_nats::Event)>,
     /// service → credential
@@ -192,6 +195,7 @@ impl AgentClient {
             session: Mutex::new(Arc::new(session)),
             changing: tokio::sync::Mutex::new(()),
             subjects: Mutex::default(),
+            retired: Mutex::default(),
             next_session: AtomicU64::new(1),
             events: events_tx,
             cache: Mutex::default(),
@@ -417,6 +421,13 @@ impl AgentClient {
     async fn follow(&self, subject: String) -> Result<(), async_nats::Error> {
         let _changing = self.inner.changing.lock().await;
         let session = self.inner.current();
+        // Make room first: end the subscriptions of revoked connections.
+        let retired = std::mem::take(&mut *self.inner.retired.lock().expect("retired"));
+        for subject in retired {
+            if let Some(reader) = session.readers.lock().expect("readers").remove(&subject) {
+                reader.abort();
+            }
+        }
         subscribe(&self.inner, &session, subject.clone()).await?;
         // Make sure the server has the subscription before we rely on it.
         session.client.flush().await?;
@@ -457,14 +468,15 @@ impl Inner {
     }
 
     /// Stops following a revoked connection's notices: forgets its subject
-    /// (a new session does not subscribe to it) and ends its subscription on
-    /// the current session. A later answer naming it subscribes afresh.
-    fn unfollow_connection(&self, connection_id: &str) {
+    /// (a new session does not subscribe to it), and leaves the unsubscribe
+    /// to the next [`AgentClient::follow`]. Unsubscribing now would send
+    /// NATS an `UNSUB` from every runtime while it is still fanning the
+    /// revocation out to them (it slowed the fan-out's tail measurably).
+    fn retire_connection(&self, connection_id: &str) {
         let subject = self.names.connection_notices(&self.owner, connection_id);
         self.subscribed.lock().expect("subscribed").remove(connection_id);
-        self.subjects.lock().expect("subjects").remove(&subject);
-        if let Some(reader) = self.current().readers.lock().expect("readers").remove(&subject) {
-            reader.abort();
+        if self.subjects.lock().expect("subjects").remove(&subject) {
+            self.retired.lock().expect("retired").push(subject);
         }
     }
 
@@ -522,7 +534,7 @@ async fn subscribe(inner: &Arc<Inner>, session: &Session, subject: String) -> Re
                 // A revoked connection is revoked for good: stop following it,
                 // so that a long-lived runtime's subscriptions stay within
                 // its credentials' limit.
-                inner.unfollow_connection(&notice.connection_id);
+                inner.retire_connection(&notice.connection_id);
             }
         }
     });
