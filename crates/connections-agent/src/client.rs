@@ -720,7 +720,7 @@ mod tests {
 
     #[test]
     fn a_refused_subscription_is_told_from_other_server_errors() {
-        // nats-server 2.9's and 2.10+'s wording.
+        // nats-server's wording (2.9.10's maximum checked end to end, tests/e2e/agents.rs).
         assert!(refuses_subscription(&ServerError::Other("Maximum Subscriptions Exceeded".into())));
         assert!(refuses_subscription(&ServerError::Other(
             "Permissions Violation for Subscription to \"x.notices.alice.connection.c1\"".into()
