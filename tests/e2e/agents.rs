@@ -332,8 +332,9 @@ async fn a_long_lived_client_follows_within_its_limit_and_caches_nothing_it_cann
         .await;
     assert!(client.is_fresh(), "no subscription was refused");
 
-    // Live connections past the limit: the subscription for the 1,024th is
-    // refused (the agent's own notices hold one), and the cache turns off.
+    // Live connections past the limit: the subscription for the 1,023rd is
+    // refused (the agent's own notices and its echo hold two), and the
+    // cache turns off.
     futures_util::stream::iter(0..1030)
         .for_each_concurrent(8, |n| async move {
             let service = format!("live-{n}");
@@ -346,4 +347,61 @@ async fn a_long_lived_client_follows_within_its_limit_and_caches_nothing_it_cann
     let answer = client.resolve("live-1029").await.expect("a resolve still answers, from the server");
     assert_eq!(answer.expose()["key"], "k");
     assert!(client.cached("live-1029").is_none(), "and is not cached");
+}
+
+/// A loopback TCP proxy to `upstream` that holds every byte a client sends
+/// for `delay` before passing it on (in order); answers pass at once. It
+/// stops with the test's runtime.
+async fn delaying_proxy(upstream: &str, delay: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = upstream.trim_start_matches("nats://").to_owned();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else { return };
+            let (mut client_read, mut client_write) = client.into_split();
+            let (mut server_read, mut server_write) = server.into_split();
+            let (chunks, mut held) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+            tokio::spawn(async move {
+                let mut buffer = vec![0; 64 * 1024];
+                while let Ok(n @ 1..) = client_read.read(&mut buffer).await {
+                    if chunks.send((tokio::time::Instant::now() + delay, buffer[..n].to_vec())).is_err() {
+                        return;
+                    }
+                }
+            });
+            tokio::spawn(async move {
+                while let Some((due, chunk)) = held.recv().await {
+                    tokio::time::sleep_until(due).await;
+                    if server_write.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+            });
+        }
+    });
+    format!("nats://{address}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_slow_to_reach_nats_is_in_force_before_anything_is_cached() {
+    let (nats, server) = secured(NatsVersion::Debian29);
+    let owner = Owner { http: reqwest::Client::new(), base: server.base.clone(), token: server.token("alice") };
+    let id = owner.create("github", Some("agent-1"), "k").await;
+    // What the runtime sends reaches nats-server 300 ms late (a busy server
+    // or a slow link): a subscription written to the socket is not yet in
+    // force.
+    let mut config = config(&server, "agent-1");
+    config.nats_url = Some(delaying_proxy(&nats.url, Duration::from_millis(300)).await);
+    let client = AgentClient::connect(config).await.expect("connect");
+    assert_eq!(client.resolve("github").await.expect("resolve").connection_id, id);
+    assert!(client.cached("github").is_some());
+    // Revoked the moment the answer is cached: the notice must find the
+    // subscription in force.
+    owner.call(reqwest::Method::DELETE, &format!("/v1/connections/{id}"), None).await;
+    eventually("the revoked credential dropped", Duration::from_secs(5), || client.cached("github").is_none()).await;
 }

@@ -169,6 +169,9 @@ async fn a_hostile_runtime_is_refused_everything(version: NatsVersion) {
         format!("{prefix}.v2.notices.bob.agent.agent-1"),
         format!("{prefix}.v2.notices.alice.agent.agent-2"),
         format!("{prefix}.v2.notices.alice.agent.*"),
+        format!("{prefix}.v2.sync.alice.agent-2"),
+        format!("{prefix}.v2.sync.bob.agent-1"),
+        format!("{prefix}.v2.sync.>"),
         "_INBOX.>".to_owned(),
         format!("_INBOX_{prefix}.>"),
         "$JS.API.>".to_owned(),
@@ -183,11 +186,19 @@ async fn a_hostile_runtime_is_refused_everything(version: NatsVersion) {
         format!("{prefix}.v2.notices.alice.connection.{x}"),
         format!("{prefix}.v2.notices.alice.agent.agent-2"),
         format!("{prefix}.v2.notices.bob.connection.{y}"),
+        format!("{prefix}.v2.sync.alice.agent-2"),
+        format!("{prefix}.v2.sync.bob.agent-1"),
     ];
     for subject in &forbidden_publishes {
         hostile.publish(subject.clone(), "junk".into()).await.expect("publish is sent");
     }
+    // Its own echo subject it may publish to (and only it hears it).
+    let own_echo = format!("{prefix}.v2.sync.alice.agent-1");
+    let mut echo = hostile.subscribe(own_echo.clone()).await.expect("subscribe");
+    hostile.publish(own_echo.clone(), "ping".into()).await.expect("publish is sent");
     hostile.flush().await.expect("flush");
+    let echoed = tokio::time::timeout(Duration::from_secs(5), echo.next()).await.expect("the echo").expect("message");
+    assert_eq!(&echoed.payload[..], b"ping");
     // The JetStream API on the service's streams and consumers.
     let notices_stream = format!("{prefix}_notices");
     let projector = format!("{prefix}_projector_dashboard");
@@ -230,6 +241,8 @@ async fn a_hostile_runtime_is_refused_everything(version: NatsVersion) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(violations(&errors, "Subscription", &own), 0, "its own notices are allowed");
+    assert_eq!(violations(&errors, "Subscription", &own_echo), 0, "its own echo is allowed");
+    assert_eq!(violations(&errors, "Publish", &own_echo), 0, "its own echo is allowed");
     assert_eq!(violations(&errors, "Subscription", &own_connections), 0, "its owner's connection notices are allowed");
 
     // A revoke still reaches the good runtime at once.

@@ -120,6 +120,49 @@ struct Session {
     /// subject → the task reading its subscription (aborting it drops the
     /// subscription, which unsubscribes).
     readers: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
+    /// Round trips through nats-server (see [`Session::confirm`]).
+    echo: Arc<Echo>,
+}
+
+/// The runtime's echo subject on one session: a token published there comes
+/// back once nats-server has handled everything sent before it.
+struct Echo {
+    subject: String,
+    next: AtomicU64,
+    waiting: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<()>>>,
+}
+
+/// How long a round trip through nats-server may take before the client
+/// gives up on it (and on the subscription it was confirming).
+const CONFIRM_WITHIN: Duration = Duration::from_secs(5);
+
+impl Session {
+    /// Returns once nats-server has handled everything this session sent
+    /// before (a subscription is in force from then on). async-nats's
+    /// `flush` only writes to the socket, which proves nothing of the sort;
+    /// this publishes a token to the runtime's echo subject and waits for
+    /// it to come back.
+    async fn confirm(&self) -> Result<(), async_nats::Error> {
+        let token = self.echo.next.fetch_add(1, Ordering::SeqCst);
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        self.echo.waiting.lock().expect("echo").insert(token, sender);
+        // Bounded as a whole: on a connection that is down, even the flush
+        // waits (for a reconnect that may never come, e.g. with expired
+        // credentials), and the caller may hold the lock a renewal needs.
+        let round_trip = tokio::time::timeout(CONFIRM_WITHIN, async {
+            self.client.publish(self.echo.subject.clone(), token.to_string().into()).await?;
+            self.client.flush().await?;
+            receiver.await?;
+            Ok::<_, async_nats::Error>(())
+        });
+        let outcome = round_trip.await;
+        self.echo.waiting.lock().expect("echo").remove(&token);
+        match outcome {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(format!("no round trip through NATS: {error}").into()),
+            Err(_) => Err(format!("no round trip through NATS within {CONFIRM_WITHIN:?}").into()),
+        }
+    }
 }
 
 impl Drop for Session {
@@ -185,7 +228,7 @@ impl AgentClient {
         let credentials = obtain(&http, &config.base_url, &config.token, &key).await?;
         let names = Names::new(&credentials.prefix)?;
         let (events_tx, mut events) = mpsc::unbounded_channel();
-        let session = open_session(&config, &key, &credentials, 0, &events_tx).await?;
+        let session = open_session(&config, &key, &credentials, &names, 0, &events_tx).await?;
         let inner = Arc::new(Inner {
             names,
             owner: credentials.owner.clone(),
@@ -292,6 +335,33 @@ impl AgentClient {
     /// Whether the notice channel is known to be up and in sync.
     pub fn is_fresh(&self) -> bool {
         self.inner.is_fresh()
+    }
+
+    /// What the client knows of `connection_id`'s notices, for a report
+    /// when a notice seems not to have arrived (never contains a secret).
+    pub fn diagnose(&self, connection_id: &str) -> String {
+        let inner = &self.inner;
+        let subject = inner.names.connection_notices(&inner.owner, connection_id);
+        let session = inner.current();
+        let reader = session.readers.lock().expect("readers").get(&subject).map(|r| r.is_finished());
+        let stats = session.client.statistics();
+        format!(
+            "session {} (opened {:?} ago, {:?}), subject followed: {}, subscribed: {}, retired: {}, \
+             reader on this session: {}, subjects followed: {}, messages in on this session: {}",
+            session.id,
+            session.obtained.elapsed(),
+            session.client.connection_state(),
+            inner.subjects.lock().expect("subjects").contains(&subject),
+            inner.subscribed.lock().expect("subscribed").contains(connection_id),
+            inner.retired.lock().expect("retired").contains(&subject),
+            match reader {
+                None => "none",
+                Some(true) => "finished",
+                Some(false) => "running",
+            },
+            inner.subjects.lock().expect("subjects").len(),
+            stats.in_messages.load(Ordering::Relaxed),
+        )
     }
 
     /// Replaces the agent token (for the same agent and owner), e.g. before
@@ -430,7 +500,7 @@ impl AgentClient {
         }
         subscribe(&self.inner, &session, subject.clone()).await?;
         // Make sure the server has the subscription before we rely on it.
-        session.client.flush().await?;
+        session.confirm().await?;
         self.inner.subjects.lock().expect("subjects").insert(subject.clone());
         if let Some(connection_id) = subject.rsplit('.').next().filter(|_| subject.contains(".connection.")) {
             self.inner.subscribed.lock().expect("subscribed").insert(connection_id.to_owned());
@@ -492,15 +562,22 @@ impl Inner {
 async fn on_event(inner: &Arc<Inner>, event: async_nats::Event) {
     match event {
         async_nats::Event::Disconnected => inner.fail_closed(),
-        async_nats::Event::Connected if !inner.fresh.load(Ordering::SeqCst) => inner.back_in_sync(),
+        // async-nats says Connected before nats-server has the subscriptions
+        // it sends again: back in sync only after a round trip behind them.
+        async_nats::Event::Connected if !inner.fresh.load(Ordering::SeqCst) => {
+            match inner.current().confirm().await {
+                Ok(()) => inner.back_in_sync(),
+                // Still failed closed: the next reconnect or renewal tries again.
+                Err(error) => tracing::warn!(%error, "reconnected, but not back in sync; the cache stays off"),
+            }
+        }
         async_nats::Event::SlowConsumer(_) => {
             // NATS dropped notices for us: whatever they said is unknown.
             tracing::warn!("notices were dropped (slow consumer); failing closed until resynchronised");
             inner.fail_closed();
-            let session = inner.current();
             // Back in sync once the server has answered a round trip after
             // the drop: everything dropped was before it.
-            if session.client.flush().await.is_ok() {
+            if inner.current().confirm().await.is_ok() {
                 inner.back_in_sync();
             }
         }
@@ -607,6 +684,7 @@ async fn open_session(
     config: &AgentConfig,
     key: &Arc<nkeys::KeyPair>,
     credentials: &RuntimeCredentials,
+    names: &Names,
     id: u64,
     events: &mpsc::UnboundedSender<(u64, async_nats::Event)>,
 ) -> Result<Session, ConnectError> {
@@ -636,7 +714,25 @@ async fn open_session(
         None => credentials.nats_urls.clone(),
     };
     let client = options.connect(urls).await.map_err(|e| ConnectError::Nats(e.to_string()))?;
-    Ok(Session { id, client, expires_at: credentials.expires_at, obtained: Instant::now(), readers: Mutex::default() })
+    let echo = Arc::new(Echo {
+        subject: names.runtime_sync(&credentials.owner, &credentials.agent),
+        next: AtomicU64::new(0),
+        waiting: Mutex::default(),
+    });
+    let mut echoes = client.subscribe(echo.subject.clone()).await.map_err(|e| ConnectError::Nats(e.to_string()))?;
+    let reader = tokio::spawn({
+        let echo = echo.clone();
+        async move {
+            while let Some(message) = echoes.next().await {
+                let token = std::str::from_utf8(&message.payload).ok().and_then(|t| t.parse::<u64>().ok());
+                if let Some(waiting) = token.and_then(|t| echo.waiting.lock().expect("echo").remove(&t)) {
+                    let _ = waiting.send(());
+                }
+            }
+        }
+    });
+    let readers = Mutex::new(HashMap::from([(echo.subject.clone(), reader)]));
+    Ok(Session { id, client, expires_at: credentials.expires_at, obtained: Instant::now(), readers, echo })
 }
 
 /// Renews the NATS credentials at two thirds of their life, for as long as
@@ -684,12 +780,15 @@ async fn renew(inner: &Arc<Inner>) -> Result<(), ConnectError> {
     }
     let _changing = inner.changing.lock().await;
     let id = inner.next_session.fetch_add(1, Ordering::SeqCst);
-    let session = Arc::new(open_session(&inner.config, &inner.key, &credentials, id, &inner.events).await?);
+    let session =
+        Arc::new(open_session(&inner.config, &inner.key, &credentials, &inner.names, id, &inner.events).await?);
     let subjects: Vec<String> = inner.subjects.lock().expect("subjects").iter().cloned().collect();
     for subject in subjects {
         subscribe(inner, &session, subject).await.map_err(|e| ConnectError::Nats(e.to_string()))?;
     }
-    session.client.flush().await.map_err(|e| ConnectError::Nats(e.to_string()))?;
+    // Only once nats-server has them may the old session's go (its drain
+    // unsubscribes at once, on another connection, in no set order).
+    session.confirm().await.map_err(|e| ConnectError::Nats(e.to_string()))?;
     // The new session hears everything from here on; the old one (if it was
     // still up) heard everything until now.
     let old = std::mem::replace(&mut *inner.session.lock().expect("session"), session);

@@ -351,10 +351,11 @@ async fn revocations(
                         anyhow::anyhow!(
                             "client {} neither dropped the revoked credential nor failed closed in 10 s \
                              (round {round}, connection {id}; fresh: {}; cached for the service: {:?}; \
-                             other invalidations meanwhile: {others:?})",
+                             other invalidations meanwhile: {others:?}; {})",
                             client.agent(),
                             client.is_fresh(),
                             client.cached(&service).map(|c| c.connection_id.clone()),
+                            client.diagnose(&id),
                         )
                     })??;
                 if invalidation.connection_id == id {

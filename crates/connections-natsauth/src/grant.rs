@@ -19,10 +19,6 @@ impl Permission {
     fn allow(subjects: Vec<String>) -> Self {
         Self { allow: subjects, deny: Vec::new() }
     }
-
-    fn nothing() -> Self {
-        Self { allow: Vec::new(), deny: vec![">".into()] }
-    }
 }
 
 /// One identity's rights.
@@ -73,12 +69,13 @@ impl Grant {
 
     /// An agent runtime acting for (owner, agent): subscribes to its own
     /// binding notices and to its owner's connection notices, publishes
-    /// nothing (no JetStream API either), and holds a bounded number of
-    /// subscriptions.
+    /// only to its own echo subject (which only it hears: the round trip
+    /// that tells it nats-server has its subscriptions), no JetStream API,
+    /// and holds a bounded number of subscriptions.
     pub fn runtime(names: &Names, owner: &str, agent: &str) -> Self {
         Self {
             name: format!("runtime {owner}/{agent}"),
-            publish: Permission::nothing(),
+            publish: Permission::allow(vec![names.runtime_sync(owner, agent)]),
             subscribe: Permission::allow(Self::runtime_subjects(names, owner, agent)),
             max_subscriptions: 1024,
         }
@@ -86,7 +83,7 @@ impl Grant {
 
     /// The subjects a runtime for (owner, agent) may subscribe to.
     pub fn runtime_subjects(names: &Names, owner: &str, agent: &str) -> Vec<String> {
-        vec![names.agent_notices(owner, agent), names.owner_connection_notices(owner)]
+        vec![names.agent_notices(owner, agent), names.owner_connection_notices(owner), names.runtime_sync(owner, agent)]
     }
 
     /// A read-only consumer of the events stream (a data team's pipeline):
@@ -132,11 +129,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_runtime_publishes_nothing_and_hears_only_its_own_owner() {
+    fn a_runtime_publishes_only_to_its_own_echo_and_hears_only_its_own_owner() {
         let names = Names::new("p").expect("prefix");
         let grant = Grant::runtime(&names, "alice", "agent-1");
-        assert_eq!(grant.publish, Permission { allow: vec![], deny: vec![">".into()] });
-        assert_eq!(grant.subscribe.allow, ["p.v2.notices.alice.agent.agent-1", "p.v2.notices.alice.connection.*"]);
+        assert_eq!(grant.publish, Permission { allow: vec!["p.v2.sync.alice.agent-1".into()], deny: vec![] });
+        assert_eq!(
+            grant.subscribe.allow,
+            ["p.v2.notices.alice.agent.agent-1", "p.v2.notices.alice.connection.*", "p.v2.sync.alice.agent-1"]
+        );
     }
 
     #[test]

@@ -146,8 +146,7 @@ mod tests {
         assert_eq!(claims["sub"], user);
         assert_eq!(claims["exp"], 400);
         assert_eq!(claims["nats"]["issuer_account"], account.public_key());
-        assert_eq!(claims["nats"]["pub"]["deny"][0], ">");
-        assert!(claims["nats"]["pub"].get("allow").is_none());
+        assert_eq!(claims["nats"]["pub"], serde_json::json!({"allow": ["p.v2.sync.alice.a1"]}));
         assert_eq!(claims["nats"]["sub"]["allow"][1], "p.v2.notices.alice.connection.*");
         assert!(!format!("{issuer:?}").contains(&signing.seed().expect("seed")));
     }

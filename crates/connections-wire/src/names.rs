@@ -72,6 +72,14 @@ impl Names {
         format!("{}.v2.notices.{owner}.agent.{agent}", self.prefix)
     }
 
+    /// A runtime's own echo subject, the only one it may publish to:
+    /// `<prefix>.v2.sync.<owner>.<agent>`. What it publishes there comes
+    /// back to it once nats-server has handled everything it sent before
+    /// (its subscriptions included); nothing else listens.
+    pub fn runtime_sync(&self, owner: &str, agent: &str) -> String {
+        format!("{}.v2.sync.{owner}.{agent}", self.prefix)
+    }
+
     /// Everything under the prefix: `<prefix>.>`.
     pub fn everything(&self) -> String {
         format!("{}.>", self.prefix)

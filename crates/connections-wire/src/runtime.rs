@@ -38,7 +38,7 @@ pub struct RuntimeCredentials {
     /// The agent (from its token).
     pub agent: String,
     /// The subjects the runtime may subscribe to (NATS wildcards); it may
-    /// publish nothing.
+    /// publish only to the last of them, its own echo subject.
     pub subscribe: Vec<String>,
 }
 

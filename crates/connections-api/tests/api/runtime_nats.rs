@@ -44,10 +44,18 @@ async fn an_agent_token_obtains_credentials_for_its_own_notices_only() {
     assert!(answer.body.get("seed").is_none(), "a runtime that brings its key gets no seed");
     let claims = claims_of(&answer.body["jwt"]);
     assert_eq!(claims["sub"], public_key);
-    assert_eq!(claims["nats"]["pub"], json!({"deny": [">"]}), "runtimes publish nothing");
+    assert_eq!(
+        claims["nats"]["pub"],
+        json!({"allow": ["connections.v2.sync.alice.agent-1"]}),
+        "runtimes publish only to their own echo subject"
+    );
     assert_eq!(
         claims["nats"]["sub"]["allow"],
-        json!(["connections.v2.notices.alice.agent.agent-1", "connections.v2.notices.alice.connection.*"])
+        json!([
+            "connections.v2.notices.alice.agent.agent-1",
+            "connections.v2.notices.alice.connection.*",
+            "connections.v2.sync.alice.agent-1"
+        ])
     );
     assert_eq!(answer.body["subscribe"], claims["nats"]["sub"]["allow"]);
     let expires = claims["exp"].as_i64().expect("exp");
