@@ -346,11 +346,15 @@ impl AgentClient {
         let reader = session.readers.lock().expect("readers").get(&subject).map(|r| r.is_finished());
         let stats = session.client.statistics();
         format!(
-            "session {} (opened {:?} ago, {:?}), subject followed: {}, subscribed: {}, retired: {}, \
+            "session {} (opened {:?} ago, {:?}), fresh: {}, deaf: {}, a subscription or renewal under way: {}, \
+             subject followed: {}, subscribed: {}, retired: {}, \
              reader on this session: {}, subjects followed: {}, messages in on this session: {}",
             session.id,
             session.obtained.elapsed(),
             session.client.connection_state(),
+            inner.fresh.load(Ordering::SeqCst),
+            inner.deaf.load(Ordering::SeqCst),
+            inner.changing.try_lock().is_err(),
             inner.subjects.lock().expect("subjects").contains(&subject),
             inner.subscribed.lock().expect("subscribed").contains(connection_id),
             inner.retired.lock().expect("retired").contains(&subject),

@@ -223,7 +223,7 @@ async fn revocations(
     let mut copies = Vec::new();
     let owner = OwnerId::parse(format!("owner-{n}")).map_err(|e| anyhow::anyhow!("{e}"))?;
     let user_token = mint_user_token(secret, &owner, chrono::Utc::now().timestamp() + 3600)?;
-    let http = reqwest::Client::new();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
     let mut tokens = Vec::with_capacity(n);
     for i in 0..n {
         let agent = AgentId::parse(format!("agent-{i}")).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -299,7 +299,14 @@ async fn revocations(
                     // resolve again until cached, a bounded number of times.
                     let mut outcome = Err("not tried".to_owned());
                     for _ in 0..5 {
-                        outcome = client.resolve(&service).await.map(|_| ()).map_err(|e| e.to_string());
+                        outcome = match tokio::time::timeout(Duration::from_secs(30), client.resolve(&service)).await {
+                            Ok(resolved) => resolved.map(|_| ()).map_err(|e| e.to_string()),
+                            Err(_) => Err(format!(
+                                "client {}: no answer to a resolve in 30 s ({})",
+                                client.agent(),
+                                client.diagnose("-")
+                            )),
+                        };
                         if outcome.is_ok() && client.cached(&service).is_some() {
                             break;
                         }
