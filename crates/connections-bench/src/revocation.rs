@@ -288,7 +288,7 @@ async fn revocations(
             .await?;
         let resolved = futures_util::stream::iter(clients.iter())
             .map(|client| {
-                let service = service.clone();
+                let (service, id) = (service.clone(), &id);
                 async move {
                     // Every agent binds the new default on its first resolve, all
                     // on the owner's one stream for the service (they queue on its
@@ -304,7 +304,7 @@ async fn revocations(
                             Err(_) => Err(format!(
                                 "client {}: no answer to a resolve in 30 s ({})",
                                 client.agent(),
-                                client.diagnose("-")
+                                client.diagnose(id)
                             )),
                         };
                         if outcome.is_ok() && client.cached(&service).is_some() {
